@@ -1,0 +1,332 @@
+"""Every Numba kernel of streamlm, and nothing else.
+
+Conventions (after llm.c): a kernel takes its outputs first (preallocated by
+the caller), then its inputs, then weights; dimensions come from the shapes.
+Gradient outputs *accumulate* (``+=``) into buffers the caller zeroes, unless
+the docstring says "writes". Every array argument has its shape in a comment.
+
+Layouts are time-major: a block of T steps for N parallel streams is stored as
+``(T, N, ...)`` so that the state of one step, ``hs[t]``, is one contiguous
+``(N, H)`` matrix. Flattened token index ``m = t * N + n``.
+
+Kernels are dtype-generic: production calls them with float32 arrays, tests
+also call them with float64. Scalars that meet arrays (learning rates, scales)
+should be passed as numpy scalars of the array dtype so no silent upcast
+happens inside the loop.
+
+Numba does no bounds checking: callers validate token ids before any kernel
+sees them (see ``streamlm.data`` and ``streamlm.model``).
+
+The big matrix products (``x @ Wx``, ``h @ W_affine`` and their gradients)
+are *not* here: they run through numpy's BLAS between kernels (see
+``streamlm.model``), which is faster than ``np.dot`` inside a kernel for
+these shapes (measured in bench/bench_kernels.py) and needs no SciPy.
+
+Settings live in one place: ``JIT`` below. Do not read module globals from
+inside kernels: Numba freezes them at compile time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+# The one place where compile settings live. ``fastmath`` is restricted to
+# flags that cannot hide a NaN/Inf (no 'nnan'/'ninf'): training must still see
+# a diverged loss.
+_FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
+JIT = dict(cache=True, nogil=True, fastmath=_FASTMATH)
+JIT_PAR = dict(JIT, parallel=True)
+
+
+# ------------------------------------------------------------- embedding --
+@njit(**JIT_PAR)
+def embedding_forward(out, ids, W):
+    """Writes out[m] = W[ids[m]].
+
+    out: (M, D) float; ids: (M,) int32, each in [0, V); W: (V, D) float.
+    Rows are independent: each thread owns its output rows.
+    """
+    M = ids.shape[0]
+    D = W.shape[1]
+    for m in prange(M):
+        row = ids[m]
+        for d in range(D):
+            out[m, d] = W[row, d]
+
+
+@njit(**JIT)
+def embedding_backward(dW, ids, dout):
+    """Accumulates dW[ids[m]] += dout[m]; repeated ids add up.
+
+    dW: (V, D) float, zeroed by the caller; ids: (M,) int32; dout: (M, D) float.
+    Sequential on purpose: two threads could hit the same row.
+    """
+    M = ids.shape[0]
+    D = dW.shape[1]
+    for m in range(M):
+        row = ids[m]
+        for d in range(D):
+            dW[row, d] += dout[m, d]
+
+
+# ------------------------------------------------------------------- rnn --
+@njit(**JIT_PAR)
+def rnn_forward(hs, xw, h0, Wh, reset):
+    """The recurrence of a block of T steps: writes hs[t] = tanh(hs[t-1] @ Wh + xw[t]).
+
+    hs: (T, N, H) float, output (the backward needs it, nothing else);
+    xw: (T, N, H) float, the input term x_t @ Wx + b, precomputed with BLAS;
+    h0: (N, H) float, the carried state (hs[-1] of the previous block);
+    Wh: (H, H) float;
+    reset: (T, N) uint8; where reset[t, n] != 0 the state before step t is
+    taken as zero (a new line or document when scoring). Training passes zeros.
+    Rows n are independent streams: each thread owns hs[:, n, :].
+    """
+    T, N, H = hs.shape
+    for n in prange(N):
+        acc = np.empty(H, dtype=hs.dtype)
+        for t in range(T):
+            for j in range(H):
+                acc[j] = xw[t, n, j]
+            if reset[t, n] != 0:
+                pass
+            else:
+                for k in range(H):
+                    if t == 0:
+                        hk = h0[n, k]
+                    else:
+                        hk = hs[t - 1, n, k]
+                    for j in range(H):
+                        acc[j] += hk * Wh[k, j]
+            for j in range(H):
+                hs[t, n, j] = math.tanh(acc[j])
+
+
+@njit(**JIT_PAR)
+def rnn_backward(dxw, dh0, dhs, hs, Wh):
+    """Truncated BPTT through the recurrence of one block.
+
+    Writes dxw[t] = dL/d(pre-activation at t) and dh0 = dL/dh0.
+    The caller turns dxw into the parameter gradients with BLAS:
+    dWx = X^T dxw, dWh = Hprev^T dxw, db = sum(dxw), dX = dxw Wx^T.
+
+    dxw: (T, N, H) float, output;  dh0: (N, H) float, output;
+    dhs: (T, N, H) float, gradient from the layer above (per step);
+    hs:  (T, N, H) float, saved by rnn_forward;  Wh: (H, H) float.
+    Nothing flows past the block start except through dh0, which the
+    trainer drops (truncated BPTT).
+    """
+    T, N, H = hs.shape
+    for n in prange(N):
+        dh = np.zeros(H, dtype=hs.dtype)
+        zero = hs.dtype.type(0)
+        one = hs.dtype.type(1)
+        for t in range(T - 1, -1, -1):
+            for j in range(H):
+                h = hs[t, n, j]
+                dxw[t, n, j] = (dhs[t, n, j] + dh[j]) * (one - h * h)
+            # dh = dxw[t, n] @ Wh^T
+            for k in range(H):
+                s = zero
+                for j in range(H):
+                    s += dxw[t, n, j] * Wh[k, j]
+                dh[k] = s
+        for k in range(H):
+            dh0[n, k] = dh[k]
+
+
+@njit(**JIT)
+def tanh_add_(h, xw):
+    """Writes h = tanh(h + xw) in place. h, xw: (N, H) float.
+
+    The elementwise half of one recurrence step when the matrix half runs in
+    BLAS (large H, see streamlm.model.rnn_forward_blas).
+    """
+    N, H = h.shape
+    for n in range(N):
+        for j in range(H):
+            h[n, j] = math.tanh(h[n, j] + xw[n, j])
+
+
+@njit(**JIT)
+def tanh_backward_(dxw, dhs, dh, hs):
+    """Writes dxw = (dhs + dh) * (1 - hs^2). All (N, H) float."""
+    N, H = hs.shape
+    for n in range(N):
+        for j in range(H):
+            h = hs[n, j]
+            dxw[n, j] = (dhs[n, j] + dh[n, j]) * (1.0 - h * h)
+
+
+# ------------------------------------------------------- softmax + loss --
+@njit(**JIT_PAR)
+def softmax_ce_forward(nll, logits, b, labels):
+    """Per-token NLL of softmax(logits + b) with a stable log-sum-exp.
+
+    nll: (M,) float64, output: -log p(label); 0 where label == -1 (ignored);
+    logits: (M, V) float, the product h @ W (bias not yet added), unchanged;
+    b: (V,) float, the output bias; labels: (M,) int32 in [-1, V).
+    Returns nothing; the count of scored tokens is (labels >= 0).sum().
+    """
+    M, V = logits.shape
+    for m in prange(M):
+        lab = labels[m]
+        if lab < 0:
+            nll[m] = 0.0
+            continue
+        mx = logits[m, 0] + b[0]
+        for v in range(1, V):
+            z = logits[m, v] + b[v]
+            if z > mx:
+                mx = z
+        s = 0.0  # float64 accumulator
+        for v in range(V):
+            s += math.exp(logits[m, v] + b[v] - mx)
+        nll[m] = math.log(s) + (np.float64(mx) - np.float64(logits[m, lab] + b[lab]))
+
+
+@njit(**JIT_PAR)
+def softmax_ce_fused(nll, logits, b, labels, scale):
+    """Fused softmax cross-entropy forward and backward, in place.
+
+    Writes nll[m] = -log softmax(logits[m] + b)[labels[m]] and overwrites
+    logits[m] with the gradient (softmax - onehot) * scale, where scale is
+    1 / (number of scored tokens). No separate probability array exists.
+    Ignored rows (label == -1) get nll 0 and a zero gradient row.
+
+    nll: (M,) float64, output; logits: (M, V) float, in: h @ W, out: dlogits;
+    b: (V,) float; labels: (M,) int32 in [-1, V); scale: float scalar of
+    the logits dtype.
+    """
+    M, V = logits.shape
+    for m in prange(M):
+        lab = labels[m]
+        if lab < 0:
+            nll[m] = 0.0
+            for v in range(V):
+                logits[m, v] = 0.0
+            continue
+        mx = logits[m, 0] + b[0]
+        for v in range(V):
+            z = logits[m, v] + b[v]
+            logits[m, v] = z
+            if z > mx:
+                mx = z
+        zlab = logits[m, lab]
+        s = 0.0  # float64 accumulator
+        for v in range(V):
+            e = math.exp(logits[m, v] - mx)
+            logits[m, v] = e
+            s += e
+        nll[m] = math.log(s) + (np.float64(mx) - np.float64(zlab))
+        inv = logits.dtype.type(scale / s)
+        for v in range(V):
+            logits[m, v] = logits[m, v] * inv
+        logits[m, lab] -= scale
+
+
+@njit(**JIT_PAR)
+def log_softmax_rows(out, logits, b):
+    """Writes out[m] = log softmax(logits[m] + b) (used by generate / full scores).
+
+    out: (M, V) float; logits: (M, V) float; b: (V,) float. out may alias logits.
+    """
+    M, V = logits.shape
+    for m in prange(M):
+        mx = logits[m, 0] + b[0]
+        for v in range(1, V):
+            z = logits[m, v] + b[v]
+            if z > mx:
+                mx = z
+        s = 0.0
+        for v in range(V):
+            s += math.exp(logits[m, v] + b[v] - mx)
+        lse = mx + math.log(s)
+        for v in range(V):
+            out[m, v] = logits[m, v] + b[v] - lse
+
+
+# ------------------------------------------------------------ optimisers --
+@njit(**JIT_PAR)
+def sum_squares(g):
+    """Returns sum(g**2) in float64. g: (P,) float, a flat gradient buffer."""
+    P = g.shape[0]
+    nchunk = 64
+    step = (P + nchunk - 1) // nchunk
+    part = np.zeros(nchunk, dtype=np.float64)
+    for c in prange(nchunk):
+        s = 0.0
+        for i in range(c * step, min(P, (c + 1) * step)):
+            x = np.float64(g[i])
+            s += x * x
+        part[c] = s
+    return part.sum()
+
+
+@njit(**JIT_PAR)
+def scale_(g, s):
+    """Writes g *= s. g: (P,) float; s: scalar of g's dtype."""
+    for i in prange(g.shape[0]):
+        g[i] *= s
+
+
+@njit(**JIT_PAR)
+def sgd_update(p, g, lr):
+    """Writes p -= lr * g. p, g: (P,) float; lr: scalar of p's dtype."""
+    for i in prange(p.shape[0]):
+        p[i] -= lr * g[i]
+
+
+@njit(**JIT_PAR)
+def adam_update(p, g, m, v, lr_t, beta1, beta2, eps):
+    """One Adam step with the bias correction folded into lr_t (as the book does).
+
+    p, g, m, v: (P,) float (m, v: first and second moments, updated in place);
+    lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t); beta1, beta2, eps: scalars
+    of p's dtype.
+    """
+    for i in prange(p.shape[0]):
+        gi = g[i]
+        mi = m[i] + (1.0 - beta1) * (gi - m[i])
+        vi = v[i] + (1.0 - beta2) * (gi * gi - v[i])
+        m[i] = mi
+        v[i] = vi
+        p[i] -= lr_t * mi / (math.sqrt(vi) + eps)
+
+
+@njit(**JIT)
+def all_finite(x):
+    """True when every element of the flat array x: (P,) is finite."""
+    for i in range(x.shape[0]):
+        if not np.isfinite(x[i]):
+            return False
+    return True
+
+
+# -------------------------------------------------------------- sampling --
+@njit(**JIT)
+def sample_from_logits(logits, b, temperature, u):
+    """Returns one id drawn from softmax((logits + b) / temperature).
+
+    logits: (V,) float; b: (V,) float; temperature > 0; u: a uniform draw in
+    [0, 1) supplied by the caller's seeded generator (deterministic).
+    """
+    V = logits.shape[0]
+    mx = -np.inf
+    for v in range(V):
+        z = (logits[v] + b[v]) / temperature
+        if z > mx:
+            mx = z
+    s = 0.0
+    for v in range(V):
+        s += math.exp((logits[v] + b[v]) / temperature - mx)
+    target = u * s
+    c = 0.0
+    for v in range(V):
+        c += math.exp((logits[v] + b[v]) / temperature - mx)
+        if c > target:
+            return v
+    return V - 1

@@ -1,0 +1,115 @@
+"""Plain numpy reference of SimpleRnnlm, written after the book's
+common/time_layers.py (batch-major (N, T, ...) layout, short vectorised
+layers). It shares no code with streamlm's kernels: tests compare the two.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def embedding_forward(W, xs):
+    return W[xs]  # (N, T, D)
+
+
+def embedding_backward(dW, xs, dout):
+    np.add.at(dW, xs, dout)  # repeated ids add up
+
+
+def rnn_forward(xs, h0, Wx, Wh, b, reset=None):
+    """xs: (N, T, D) -> hs: (N, T, H)."""
+    N, T, _ = xs.shape
+    H = Wh.shape[0]
+    hs = np.empty((N, T, H), dtype=xs.dtype)
+    h = h0
+    for t in range(T):
+        if reset is not None:
+            h = h * (reset[:, t] == 0)[:, None]
+        h = np.tanh(h @ Wh + xs[:, t] @ Wx + b)
+        hs[:, t] = h
+    return hs
+
+
+def rnn_backward(dhs, xs, h0, hs, Wx, Wh):
+    """Returns dxs, dh0, dWx, dWh, db."""
+    N, T, _ = xs.shape
+    dWx = np.zeros_like(Wx)
+    dWh = np.zeros_like(Wh)
+    db = np.zeros(Wh.shape[0], dtype=xs.dtype)
+    dxs = np.zeros_like(xs)
+    dh = np.zeros_like(h0)
+    for t in reversed(range(T)):
+        h_prev = h0 if t == 0 else hs[:, t - 1]
+        dt = (dhs[:, t] + dh) * (1 - hs[:, t] ** 2)
+        db += dt.sum(axis=0)
+        dWh += h_prev.T @ dt
+        dWx += xs[:, t].T @ dt
+        dh = dt @ Wh.T
+        dxs[:, t] = dt @ Wx.T
+    return dxs, dh, dWx, dWh, db
+
+
+def softmax_ce(scores, ts):
+    """scores: (N, T, V); ts: (N, T) with -1 ignored.
+
+    Returns (per-token nll (N, T), mean loss, dscores of the mean loss).
+    """
+    N, T, V = scores.shape
+    s = scores.reshape(N * T, V).astype(np.float64)
+    t = ts.reshape(N * T)
+    mask = t >= 0
+    s = s - s.max(axis=1, keepdims=True)
+    p = np.exp(s)
+    p /= p.sum(axis=1, keepdims=True)
+    tt = np.where(mask, t, 0)
+    nll = -np.log(p[np.arange(N * T), tt]) * mask
+    count = mask.sum()
+    loss = nll.sum() / count
+    dp = p.copy()
+    dp[np.arange(N * T), tt] -= 1
+    dp *= mask[:, None] / count
+    return nll.reshape(N, T), loss, dp.reshape(N, T, V).astype(scores.dtype)
+
+
+def model_loss(params, xs, ts, h0):
+    """Mean loss and final state of the full model. params: dict of arrays."""
+    x = embedding_forward(params["embed_W"], xs)
+    hs = rnn_forward(x, h0, params["rnn_Wx"], params["rnn_Wh"], params["rnn_b"])
+    scores = hs @ params["affine_W"] + params["affine_b"]
+    nll, loss, _ = softmax_ce(scores, ts)
+    return loss, hs[:, -1], nll
+
+
+def model_grads(params, xs, ts, h0):
+    """Loss and analytic gradients (dict, plus 'h0', and the final state 'h_last')."""
+    x = embedding_forward(params["embed_W"], xs)
+    hs = rnn_forward(x, h0, params["rnn_Wx"], params["rnn_Wh"], params["rnn_b"])
+    scores = hs @ params["affine_W"] + params["affine_b"]
+    _, loss, dscores = softmax_ce(scores, ts)
+    g = {}
+    g["affine_W"] = np.einsum("nth,ntv->hv", hs, dscores)
+    g["affine_b"] = dscores.sum(axis=(0, 1))
+    dhs = dscores @ params["affine_W"].T
+    dx, dh0, g["rnn_Wx"], g["rnn_Wh"], g["rnn_b"] = rnn_backward(
+        dhs, x, h0, hs, params["rnn_Wx"], params["rnn_Wh"])
+    g["embed_W"] = np.zeros_like(params["embed_W"])
+    embedding_backward(g["embed_W"], xs, dx)
+    g["h0"] = dh0
+    g["h_last"] = hs[:, -1]
+    return loss, g
+
+
+class NumpyRnnlm:
+    """Stateful reference model (the book's SimpleRnnlm), for benchmarks and tests."""
+
+    def __init__(self, params):
+        self.params = {k: np.array(v) for k, v in params.items()}
+        self.h = None
+
+    def forward_backward(self, xs, ts):
+        N = xs.shape[0]
+        H = self.params["rnn_Wh"].shape[0]
+        h0 = np.zeros((N, H), self.params["rnn_Wh"].dtype) if self.h is None else self.h
+        loss, g = model_grads(self.params, xs, ts, h0)
+        self.h = g.pop("h_last")
+        return loss, g

@@ -1,0 +1,200 @@
+"""Each kernel against the plain numpy reference in tests/reference.py."""
+
+import numpy as np
+import pytest
+
+import reference as ref
+from streamlm import kernels as K
+
+TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-6)}
+DTYPES = [np.float64, np.float32]
+SHAPES = [  # (N, T, D, H, V)
+    (1, 1, 3, 4, 5),
+    (1, 7, 5, 3, 11),
+    (3, 1, 4, 4, 6),
+    (4, 5, 6, 9, 13),
+]
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,D,V", [(1, 1, 2), (9, 4, 3), (50, 7, 20)])
+def test_embedding_forward_backward_repeated_ids(dtype, M, D, V):
+    rng = _rng(1)
+    W = rng.standard_normal((V, D)).astype(dtype)
+    ids = rng.integers(0, V, size=M).astype(np.int32)
+    if M > 2:
+        ids[:3] = ids[0]  # repeated ids must accumulate
+    out = np.empty((M, D), dtype)
+    K.embedding_forward(out, ids, W)
+    np.testing.assert_array_equal(out, W[ids])
+    dout = rng.standard_normal((M, D)).astype(dtype)
+    dW = np.zeros((V, D), dtype)
+    K.embedding_backward(dW, ids, dout)
+    want = np.zeros((V, D), dtype)
+    ref.embedding_backward(want, ids, dout)
+    np.testing.assert_allclose(dW, want, **TOL[dtype])
+    # accumulates into what the caller left there
+    K.embedding_backward(dW, ids, dout)
+    np.testing.assert_allclose(dW, 2 * want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,T,D,H,V", SHAPES)
+def test_rnn_forward_backward_vs_reference(dtype, N, T, D, H, V):
+    rng = _rng(2)
+    x = rng.standard_normal((N, T, D)).astype(dtype)
+    h0 = rng.standard_normal((N, H)).astype(dtype) * 0.5
+    Wx = (rng.standard_normal((D, H)) / np.sqrt(D)).astype(dtype)
+    Wh = (rng.standard_normal((H, H)) / np.sqrt(H)).astype(dtype)
+    b = rng.standard_normal(H).astype(dtype) * 0.1
+    want_hs = ref.rnn_forward(x, h0, Wx, Wh, b)
+
+    xw = np.ascontiguousarray((x @ Wx + b).transpose(1, 0, 2))  # (T, N, H)
+    hs = np.empty((T, N, H), dtype)
+    K.rnn_forward(hs, xw, h0, Wh, np.zeros((T, N), np.uint8))
+    np.testing.assert_allclose(hs.transpose(1, 0, 2), want_hs, **TOL[dtype])
+
+    dhs = rng.standard_normal((N, T, H)).astype(dtype)
+    dxs, dh0_want, dWx, dWh, db = ref.rnn_backward(dhs, x, h0, want_hs, Wx, Wh)
+    dxw = np.empty((T, N, H), dtype)
+    dh0 = np.empty((N, H), dtype)
+    K.rnn_backward(dxw, dh0, np.ascontiguousarray(dhs.transpose(1, 0, 2)), hs, Wh)
+    np.testing.assert_allclose(dh0, dh0_want, **TOL[dtype])
+    hprev = np.concatenate([h0[None], hs[:-1]]).reshape(T * N, H)
+    D2 = dxw.reshape(T * N, H)
+    np.testing.assert_allclose(hprev.T @ D2, dWh, **TOL[dtype])
+    np.testing.assert_allclose(x.transpose(1, 0, 2).reshape(T * N, D).T @ D2, dWx, **TOL[dtype])
+    np.testing.assert_allclose(D2.sum(0), db, **TOL[dtype])
+    np.testing.assert_allclose((D2 @ Wx.T).reshape(T, N, D).transpose(1, 0, 2), dxs,
+                               **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rnn_forward_reset_mask(dtype):
+    rng = _rng(3)
+    N, T, D, H = 3, 6, 4, 5
+    x = rng.standard_normal((N, T, D)).astype(dtype)
+    h0 = rng.standard_normal((N, H)).astype(dtype)
+    Wx = rng.standard_normal((D, H)).astype(dtype) * 0.3
+    Wh = rng.standard_normal((H, H)).astype(dtype) * 0.3
+    b = np.zeros(H, dtype)
+    reset = (rng.random((N, T)) < 0.3).astype(np.uint8)
+    reset[0, 0] = 1
+    want = ref.rnn_forward(x, h0, Wx, Wh, b, reset=reset)
+    xw = np.ascontiguousarray((x @ Wx + b).transpose(1, 0, 2))
+    hs = np.empty((T, N, H), dtype)
+    K.rnn_forward(hs, xw, h0, Wh, np.ascontiguousarray(reset.T))
+    np.testing.assert_allclose(hs.transpose(1, 0, 2), want, **TOL[dtype])
+    # the reset really changes the result (the test can fail)
+    hs2 = np.empty_like(hs)
+    K.rnn_forward(hs2, xw, h0, Wh, np.zeros((T, N), np.uint8))
+    assert not np.allclose(hs2[0, 0], hs[0, 0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,V", [(1, 2), (6, 5), (40, 300)])
+def test_softmax_ce_forward_and_fused_vs_reference(dtype, M, V):
+    rng = _rng(4)
+    logits = (rng.standard_normal((M, V)) * 3).astype(dtype)
+    b = rng.standard_normal(V).astype(dtype)
+    labels = rng.integers(0, V, size=M).astype(np.int32)
+    if M > 1:
+        labels[1] = -1  # ignored
+    nll_want, loss_want, d_want = ref.softmax_ce((logits + b)[None], labels[None])
+    nll = np.empty(M, np.float64)
+    K.softmax_ce_forward(nll, logits, b, labels)
+    tol = TOL[dtype]
+    np.testing.assert_allclose(nll, nll_want[0], **tol)
+    count = int((labels >= 0).sum())
+    nll2 = np.empty(M, np.float64)
+    g = logits.copy()
+    K.softmax_ce_fused(nll2, g, b, labels, dtype(1.0 / count))
+    np.testing.assert_allclose(nll2, nll_want[0], **tol)
+    np.testing.assert_allclose(nll2.sum() / count, loss_want, **tol)
+    np.testing.assert_allclose(g, d_want[0], **tol)
+    if M > 1:
+        assert nll2[1] == 0 and not g[1].any()
+
+
+def test_softmax_ce_is_stable_for_huge_logits():
+    logits = np.array([[1e4, 0.0, -1e4], [-1e4, 1e4, 1e4 - 1]], np.float32)
+    b = np.zeros(3, np.float32)
+    labels = np.array([2, 1], np.int32)
+    nll = np.empty(2)
+    K.softmax_ce_forward(nll, logits, b, labels)
+    assert np.all(np.isfinite(nll))
+    np.testing.assert_allclose(nll[0], 2e4, rtol=1e-6)
+    np.testing.assert_allclose(nll[1], np.log1p(np.exp(-1.0)), rtol=1e-5)
+    g = logits.copy()
+    K.softmax_ce_fused(nll, g, b, labels, np.float32(0.5))
+    np.testing.assert_allclose(nll[0], 2e4, rtol=1e-6)
+    assert np.all(np.isfinite(g))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_log_softmax_rows(dtype):
+    rng = _rng(5)
+    z = rng.standard_normal((4, 9)).astype(dtype)
+    b = rng.standard_normal(9).astype(dtype)
+    out = np.empty_like(z)
+    K.log_softmax_rows(out, z, b)
+    s = (z + b).astype(np.float64)
+    want = s - s.max(1, keepdims=True)
+    want = want - np.log(np.exp(want).sum(1, keepdims=True))
+    np.testing.assert_allclose(out, want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_optimisers_and_clipping_vs_reference(dtype):
+    rng = _rng(6)
+    P = 1001
+    p = rng.standard_normal(P).astype(dtype)
+    g = rng.standard_normal(P).astype(dtype)
+    np.testing.assert_allclose(K.sum_squares(g), np.sum(g.astype(np.float64) ** 2), rtol=1e-12)
+    g2 = g.copy()
+    K.scale_(g2, dtype(0.25))
+    np.testing.assert_allclose(g2, g * dtype(0.25), **TOL[dtype])
+
+    q = p.copy()
+    K.sgd_update(q, g, dtype(0.1))
+    np.testing.assert_allclose(q, p - dtype(0.1) * g, **TOL[dtype])
+
+    # Adam, the book's formulation (common/optimizer.py), three steps
+    lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-8
+    q = p.copy()
+    m = np.zeros(P, dtype)
+    v = np.zeros(P, dtype)
+    pw, mw, vw = p.astype(np.float64), np.zeros(P), np.zeros(P)
+    for it in range(1, 4):
+        gi = (g * it).astype(dtype)
+        lr_t = lr * np.sqrt(1 - b2 ** it) / (1 - b1 ** it)
+        K.adam_update(q, gi, m, v, dtype(lr_t), dtype(b1), dtype(b2), dtype(eps))
+        mw += (1 - b1) * (gi - mw)
+        vw += (1 - b2) * (gi.astype(np.float64) ** 2 - vw)
+        pw -= lr_t * mw / (np.sqrt(vw) + eps)
+    np.testing.assert_allclose(q, pw, rtol=1e-5 if dtype == np.float32 else 1e-10, atol=1e-6)
+
+
+def test_all_finite():
+    x = np.ones(10, np.float32)
+    assert K.all_finite(x)
+    x[7] = np.nan
+    assert not K.all_finite(x)
+    x[7] = np.inf
+    assert not K.all_finite(x)
+
+
+def test_sample_from_logits_follows_distribution():
+    logits = np.log(np.array([0.1, 0.2, 0.7])).astype(np.float32)
+    b = np.zeros(3, np.float32)
+    rng = np.random.default_rng(0)
+    draws = np.array([K.sample_from_logits(logits, b, 1.0, u) for u in rng.random(20000)])
+    freq = np.bincount(draws, minlength=3) / len(draws)
+    np.testing.assert_allclose(freq, [0.1, 0.2, 0.7], atol=0.015)
+    # low temperature is (almost) argmax
+    draws = [K.sample_from_logits(logits, b, 0.05, u) for u in rng.random(200)]
+    assert np.mean(np.array(draws) == 2) > 0.99

@@ -1,0 +1,341 @@
+"""The whole model: against the numpy reference, finite-difference gradients,
+truncated-BPTT semantics and the model file."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+import reference as ref
+from streamlm.errors import ModelFileError
+from streamlm.model import RNNLM
+from streamlm.params import PARAM_NAMES, ModelConfig, Params, load_model, save_model
+
+
+def _setup(N=3, T=4, V=7, D=5, H=4, seed=0, dtype=np.float64, tied=False, bias=True):
+    cfg = ModelConfig(V=V, D=D, H=H, tied=tied)
+    p = Params.init(cfg, seed=seed, dtype=dtype)
+    rng = np.random.default_rng(seed + 100)
+    # make the embedding and biases non-trivial so every gradient is exercised
+    p["embed_W"][...] = rng.standard_normal((V, D)) * 0.5
+    if bias:
+        p["rnn_b"][...] = rng.standard_normal(H) * 0.1
+        p["affine_b"][...] = rng.standard_normal(V) * 0.1
+    xs = rng.integers(0, V, size=(N, T)).astype(np.int32)
+    xs[0, :2] = xs[0, 0]  # repeated ids
+    ts = rng.integers(0, V, size=(N, T)).astype(np.int32)
+    h0 = rng.standard_normal((N, H)) * 0.5
+    return p, xs, ts, h0.astype(dtype)
+
+
+def _arrays(p):
+    return {n: np.array(a) for n, a in p.items()}
+
+
+@pytest.mark.parametrize("recur", ["kernel", "blas"])
+@pytest.mark.parametrize("N,T,D,H", [(1, 1, 3, 4), (3, 4, 5, 4), (2, 6, 4, 7)])
+def test_forward_backward_match_reference(recur, N, T, D, H):
+    p, xs, ts, h0 = _setup(N=N, T=T, D=D, H=H)
+    if N * T > 1:
+        ts[0, 0] = -1  # an ignored label
+    m = RNNLM(p, recur=recur)
+    m.set_state(h0)
+    loss = m.forward(xs, ts)
+    g = p.zeros_like()
+    dh0 = m.backward(g)
+    want_loss, want = ref.model_grads(_arrays(p), xs, ts, h0)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-10)
+    for name in PARAM_NAMES:
+        np.testing.assert_allclose(g[name], want[name], rtol=1e-9, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(dh0, want["h0"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(m.h, want["h_last"], rtol=1e-10)
+
+
+def test_float32_model_matches_float64_reference():
+    p64, xs, ts, h0 = _setup(N=4, T=6, V=50, D=8, H=16)
+    p32 = p64.astype(np.float32)
+    m = RNNLM(p32)
+    m.set_state(h0)
+    loss = m.forward(xs, ts)
+    g = p32.zeros_like()
+    m.backward(g)
+    want_loss, want = ref.model_grads(_arrays(p64), xs, ts, h0)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    for name in PARAM_NAMES:
+        np.testing.assert_allclose(g[name], want[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def _numeric_grad(f, x, eps=1e-5):
+    g = np.zeros_like(x)
+    it = np.nditer(x, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        old = x[i]
+        x[i] = old + eps
+        fp = f()
+        x[i] = old - eps
+        fm = f()
+        x[i] = old
+        g[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+def _rel_err(a, b):
+    return np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-300)
+
+
+@pytest.mark.parametrize("tied,dropout", [(False, 0.0), (True, 0.0), (False, 0.3)])
+def test_finite_difference_gradients(tied, dropout):
+    """Central differences of the mean loss, float64, every parameter and h0."""
+    D = H = 4 if tied else None
+    p, xs, ts, h0 = _setup(N=2, T=5, V=6, D=D or 3, H=H or 4, tied=tied)
+    ts[1, 2] = -1
+    m = RNNLM(p, dropout=dropout, seed=7)
+    state = {"h0": h0}
+    rng_state = m.rng.bit_generator.state
+
+    def loss():
+        m.rng.bit_generator.state = rng_state  # same dropout masks every call
+        m.set_state(state["h0"])
+        return m.forward(xs, ts, train=True)
+
+    loss()
+    g = p.zeros_like()
+    dh0 = m.backward(g)
+    names = [n for n in PARAM_NAMES if not (tied and n == "affine_W")]
+    for name in names:
+        num = _numeric_grad(loss, p[name])
+        err = _rel_err(num, g[name])
+        assert err < 1e-6, (name, err)
+    num_h0 = _numeric_grad(loss, state["h0"])
+    assert _rel_err(num_h0, dh0) < 1e-6
+    assert np.abs(dh0).max() > 0  # h0 matters: the check can fail
+
+
+def test_gradient_check_detects_a_wrong_gradient():
+    """The checker itself can fail: a perturbed analytic gradient is caught."""
+    p, xs, ts, h0 = _setup(N=2, T=3, V=6, D=3, H=4)
+    m = RNNLM(p)
+
+    def loss():
+        m.set_state(h0)
+        return m.forward(xs, ts)
+
+    loss()
+    g = p.zeros_like()
+    m.backward(g)
+    bad = g["rnn_Wh"].copy()
+    bad[0, 0] += 1e-3
+    assert _rel_err(_numeric_grad(loss, p["rnn_Wh"]), bad) > 1e-6
+
+
+def test_truncated_bptt_block_loss_equals_long_sequence():
+    """A block scored from the carried h0 has the loss of the same tokens inside
+    one long sequence; and no gradient flows past the block start."""
+    p, _, _, _ = _setup(N=2, T=8, V=9, D=4, H=5)
+    rng = np.random.default_rng(3)
+    xs = rng.integers(0, 9, size=(2, 8)).astype(np.int32)
+    ts = rng.integers(0, 9, size=(2, 8)).astype(np.int32)
+    whole = RNNLM(p)
+    nll_whole = whole.nll(xs, ts)
+    blocks = RNNLM(p)
+    blocks.forward(xs[:, :3], ts[:, :3])
+    loss2 = blocks.forward(xs[:, 3:], ts[:, 3:])
+    np.testing.assert_allclose(loss2, nll_whole[:, 3:].mean(), rtol=1e-12)
+    np.testing.assert_allclose(blocks.h, whole.h, rtol=1e-12)
+    # the gradient of block 2 does not depend on the tokens of block 1
+    # except through the carried (constant) h0
+    g = p.zeros_like()
+    blocks.backward(g)
+    h0 = RNNLM(p)
+    h0.forward(xs[:, :3], ts[:, :3])
+    carried = h0.h.copy()
+    _, want = ref.model_grads(_arrays(p), xs[:, 3:], ts[:, 3:], carried)
+    for name in PARAM_NAMES:
+        np.testing.assert_allclose(g[name], want[name], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("recur", ["kernel", "blas"])
+def test_nll_in_chunks_equals_whole_and_reset(recur):
+    p, _, _, _ = _setup(N=1, T=1, V=11, D=4, H=6)
+    rng = np.random.default_rng(8)
+    L = 40
+    x = rng.integers(0, 11, size=(1, L)).astype(np.int32)
+    t = rng.integers(0, 11, size=(1, L)).astype(np.int32)
+    whole = RNNLM(p, recur=recur)
+    want = whole.nll(x, t)
+    m = RNNLM(p, recur=recur)
+    cuts = [0, 1, 8, 9, 25, L]
+    got = np.concatenate([m.nll(x[:, a:b], t[:, a:b]) for a, b in zip(cuts, cuts[1:])], axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    np.testing.assert_allclose(m.h, whole.h, rtol=1e-12)
+    # reset at position 20 == scoring the tail from a zero state
+    reset = np.zeros((1, L), np.uint8)
+    reset[0, 20] = 1
+    r = RNNLM(p, recur=recur).nll(x, t, reset=reset)
+    tail = RNNLM(p, recur=recur).nll(x[:, 20:], t[:, 20:])
+    np.testing.assert_allclose(r[:, 20:], tail, rtol=1e-12)
+    np.testing.assert_allclose(r[:, :20], want[:, :20], rtol=1e-12)
+    assert not np.allclose(r[:, 20:], want[:, 20:])
+
+
+def test_nll_matches_reference_and_forward():
+    p, xs, ts, h0 = _setup(N=3, T=5, V=8, D=3, H=4)
+    m = RNNLM(p)
+    m.set_state(h0)
+    got = m.nll(xs, ts)
+    _, h_last, want = ref.model_loss(_arrays(p), xs, ts, h0)
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    np.testing.assert_allclose(m.h, h_last, rtol=1e-10)
+    m.set_state(h0)
+    np.testing.assert_allclose(m.forward(xs, ts), want.mean(), rtol=1e-12)
+
+
+def test_out_of_range_ids_are_refused_before_any_kernel():
+    p, xs, ts, _ = _setup()
+    m = RNNLM(p)
+    bad = xs.copy()
+    bad[0, 0] = 7  # == V
+    with pytest.raises(ValueError, match="out of range"):
+        m.forward(bad, ts)
+    bad[0, 0] = -1
+    with pytest.raises(ValueError, match="out of range"):
+        m.nll(bad, ts)
+    badt = ts.copy()
+    badt[0, 0] = -2
+    with pytest.raises(ValueError, match="out of range"):
+        m.forward(xs, badt)
+
+
+def test_init_statistics_and_seed():
+    cfg = ModelConfig(V=2000, D=64, H=256)
+    p = Params.init(cfg, seed=1)
+    assert p.dtype == np.float32
+    assert abs(p["embed_W"].std() - 0.01) < 0.0005
+    assert abs(p["rnn_Wx"].std() - 1 / np.sqrt(64)) < 0.005
+    assert abs(p["rnn_Wh"].std() - 1 / np.sqrt(256)) < 0.002
+    assert abs(p["affine_W"].std() - 1 / np.sqrt(256)) < 0.001
+    assert not p["rnn_b"].any() and not p["affine_b"].any()
+    q = Params.init(cfg, seed=1)
+    np.testing.assert_array_equal(p.flat, q.flat)
+    assert not np.array_equal(p.flat, Params.init(cfg, seed=2).flat)
+    np.testing.assert_array_equal(Params.init(cfg, seed=1, dtype=np.float64).flat.astype(np.float32),
+                                  p.flat)
+
+
+# ------------------------------------------------------------- model file --
+def _save(tmp_path, tied=False):
+    cfg = ModelConfig(V=5, D=4, H=4, tied=tied)
+    p = Params.init(cfg, seed=3)
+    vocab = ["<unk>", "<eos>", "a", "b", "c"]
+    path = tmp_path / "m.npz"
+    save_model(path, p, vocab, train_config={"lr": 0.1})
+    return path, p, vocab
+
+
+def test_model_file_roundtrip_and_numpy_alone_reads_it(tmp_path):
+    path, p, vocab = _save(tmp_path)
+    with np.load(path, allow_pickle=False) as z:
+        assert set(z.files) == set(PARAM_NAMES) | {"vocab", "meta"}
+        for name in PARAM_NAMES:
+            np.testing.assert_array_equal(z[name], p[name])
+        assert list(z["vocab"]) == vocab
+        meta = json.loads(str(z["meta"]))
+    assert meta["V"] == 5 and meta["D"] == 4 and meta["H"] == 4
+    assert meta["format_version"] == 1 and len(meta["sha256"]) == 64
+    assert meta["train_config"] == {"lr": 0.1}
+    m = load_model(path)
+    assert m.vocab == vocab
+    for name in PARAM_NAMES:
+        np.testing.assert_array_equal(m.params[name], p[name])
+    assert not list(tmp_path.glob(".*tmp*"))  # no temp file left
+
+
+def test_tied_model_saves_untied_arrays(tmp_path):
+    path, p, _ = _save(tmp_path, tied=True)
+    m = load_model(path)
+    np.testing.assert_array_equal(m.params["affine_W"], p["embed_W"].T)
+
+
+def test_model_file_truncated(tmp_path):
+    path, _, _ = _save(tmp_path)
+    data = path.read_bytes()
+    for cut in (0, 10, len(data) // 2, len(data) - 5):
+        path.write_bytes(data[:cut])
+        with pytest.raises(ModelFileError, match=str(path)):
+            load_model(path)
+
+
+def test_model_file_flipped_byte_fails_checksum(tmp_path):
+    path, _, _ = _save(tmp_path)
+    # edit one weight through numpy and rewrite with the old meta
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["rnn_Wh"] = arrays["rnn_Wh"].copy()
+    arrays["rnn_Wh"][0, 0] += 1.0
+    np.savez(path, **arrays)
+    with pytest.raises(ModelFileError, match="checksum"):
+        load_model(path)
+
+
+def test_model_file_raw_byte_flip(tmp_path):
+    path, _, _ = _save(tmp_path)
+    data = bytearray(path.read_bytes())
+    # flip a byte inside the rnn_Wh payload (found by its float bytes)
+    with np.load(path, allow_pickle=False) as z:
+        needle = z["rnn_Wh"].tobytes()[:8]
+    i = bytes(data).find(needle)
+    assert i > 0
+    data[i] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError):
+        load_model(path)
+
+
+def test_model_file_pickled_object_refused(tmp_path):
+    path, _, _ = _save(tmp_path)
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["meta"] = np.array([{"evil": 1}], dtype=object)
+    np.savez(path, **arrays)
+    with pytest.raises(ModelFileError, match="pickle"):
+        load_model(path)
+
+
+def test_model_file_wrong_shape_extra_and_missing(tmp_path):
+    path, _, _ = _save(tmp_path)
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    a = dict(arrays)
+    a["rnn_Wh"] = np.zeros((3, 3), np.float32)
+    np.savez(path, **a)
+    with pytest.raises(ModelFileError, match="shape"):
+        load_model(path)
+    a = dict(arrays, extra=np.zeros(1))
+    np.savez(path, **a)
+    with pytest.raises(ModelFileError, match="unexpected arrays: extra"):
+        load_model(path)
+    a = dict(arrays)
+    del a["affine_b"]
+    np.savez(path, **a)
+    with pytest.raises(ModelFileError, match="missing arrays: affine_b"):
+        load_model(path)
+
+
+def test_model_file_not_npz_and_missing(tmp_path):
+    p = tmp_path / "x.npz"
+    p.write_text("hello")
+    with pytest.raises(ModelFileError, match="x.npz"):
+        load_model(p)
+    with pytest.raises(ModelFileError, match="not found"):
+        load_model(tmp_path / "nope.npz")
+    with pytest.raises(ModelFileError, match="directory"):
+        load_model(tmp_path)
+    np.save(tmp_path / "plain.npy", np.zeros(3))
+    with pytest.raises(ModelFileError):
+        load_model(tmp_path / "plain.npy")
+    with zipfile.ZipFile(tmp_path / "z.npz", "w") as z:
+        z.writestr("junk.txt", "x")
+    with pytest.raises(ModelFileError):
+        load_model(tmp_path / "z.npz")
