@@ -59,6 +59,40 @@ def print_json(obj) -> None:
 # (each command: Annotated typer options, then one call into the library)
 
 
+@app.command("prepare")
+def prepare_cmd(
+    inputs: Annotated[list[str], typer.Argument(
+        help="Text files (plain, .gz, .bz2, .xz) or '-' for stdin; one sentence per line.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output directory.")],
+    vocab_size: Annotated[Optional[int], typer.Option(
+        "--vocab-size", help="Keep the N most frequent words (incl. <unk>, <eos>).")] = None,
+    min_count: Annotated[int, typer.Option(
+        "--min-count", help="Drop words seen fewer than K times.")] = 1,
+    vocab: Annotated[Optional[str], typer.Option(
+        "--vocab", help="Use this vocabulary file (one word per line) instead of building one.")
+    ] = None,
+    shard_tokens: Annotated[int, typer.Option(
+        "--shard-tokens", help="Tokens per Parquet shard.")] = 1_000_000,
+    docs: Annotated[str, typer.Option(
+        "--docs", help="Document boundaries: none | blank-line.")] = "none",
+    errors: Annotated[str, typer.Option(
+        "--errors", help="Invalid UTF-8: strict (fail) | replace.")] = "strict",
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the manifest as one JSON object on stdout.")] = False,
+) -> None:
+    """Turn text into a vocabulary and Parquet token shards (DIR/manifest.json last)."""
+    from streamlm.data import prepare
+
+    m = prepare(inputs, out, vocab_size=vocab_size, min_count=min_count, vocab_path=vocab,
+                shard_tokens=shard_tokens, docs=docs, errors=errors)
+    if as_json:
+        print_json(m)
+    else:
+        log.info("prepared %s: %s tokens in %d shard(s), vocabulary %s words, %s <unk>",
+                 out, f"{m['num_tokens']:,}", len(m["shards"]), f"{m['vocab']['size']:,}",
+                 f"{m['unk_tokens']:,}")
+
+
 # ------------------------------------------------------------------- main --
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning StreamlmError into one stderr line."""

@@ -88,6 +88,9 @@ class _GuardedReader(io.RawIOBase):
 
     def __init__(self, raw: BinaryIO, name: str):
         self._raw = raw
+        # read1: hand out what decompressed cleanly before a corrupt spot, so the error
+        # names the line where the damage is (read(n) would drop the whole block)
+        self._read = getattr(raw, "read1", raw.read)
         self.name = name
         self.pos = 0  # decompressed bytes handed out so far
 
@@ -96,7 +99,7 @@ class _GuardedReader(io.RawIOBase):
 
     def read(self, n: int = -1) -> bytes:
         try:
-            data = self._raw.read(n)
+            data = self._read(n)
         except (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError) as e:
             reason = str(e) or type(e).__name__
             raise _CorruptStream(self.name, self.pos, reason) from None
