@@ -464,6 +464,7 @@ class TokenDataset:
         if vocab is not None:
             h.update(vocab.sha256().encode())
         self.fingerprint = h.hexdigest()
+        self.manifest: dict | None = None  # set for a prepared directory
         self._cursor = Cursor(self)
 
     def __repr__(self) -> str:
