@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 # Above this many multiply-adds per recurrence step (N * H * H) the H x H
 # product of each step goes to BLAS from Python; below it the whole block
 # runs in one Numba kernel. Chosen by bench/bench_kernels.py (see README).
-BLAS_RECUR_MIN_WORK = 20 * 256 * 256
+BLAS_RECUR_MIN_WORK = 4 * 128 * 128
 
 # Rows of the output projection computed at once when scoring: bounds the
 # logits buffer to PROJ_ROWS * V floats however long a chunk is.
