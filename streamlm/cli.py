@@ -93,6 +93,21 @@ def prepare_cmd(
                  f"{m['unk_tokens']:,}")
 
 
+@app.command("demo-corpus")
+def demo_corpus_cmd(
+    out: Annotated[str, typer.Argument(help="Directory to write train.txt, valid.txt, test.txt.")] = "data/demo",
+    sentences: Annotated[int, typer.Option(min=30, help="Total sentences (80/10/10 split).")] = 20000,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same files.")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+) -> None:
+    """Generate the synthetic demo corpus (a seeded toy grammar) as plain text files."""
+    from streamlm.demo import generate_demo_corpus
+
+    info = generate_demo_corpus(out, sentences=sentences, seed=seed)
+    if json_out:
+        print_json(info)
+
+
 # ------------------------------------------------------------------- main --
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning StreamlmError into one stderr line."""
