@@ -23,9 +23,10 @@ import hashlib
 import json
 import os
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -109,17 +110,17 @@ class Params:
     def items(self):
         return ((n, self._views[n]) for n in PARAM_NAMES)
 
-    def zeros_like(self) -> "Params":
+    def zeros_like(self) -> Params:
         return Params(self.config, self.dtype)
 
-    def copy(self) -> "Params":
+    def copy(self) -> Params:
         return Params(self.config, self.dtype, self.flat.copy())
 
-    def astype(self, dtype) -> "Params":
+    def astype(self, dtype) -> Params:
         return Params(self.config, dtype, self.flat.astype(dtype))
 
     @classmethod
-    def init(cls, config: ModelConfig, seed: int = 0, dtype=np.float32) -> "Params":
+    def init(cls, config: ModelConfig, seed: int = 0, dtype=np.float32) -> Params:
         """Seeded initialisation.
 
         embed_W ~ N(0, 0.01^2); rnn_Wx, rnn_Wh, affine_W ~ N(0, 1/fan_in) (the

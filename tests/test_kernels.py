@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 import reference as ref
+
 from streamlm import kernels as K
 
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-6)}

@@ -6,8 +6,8 @@ import zipfile
 
 import numpy as np
 import pytest
-
 import reference as ref
+
 from streamlm.errors import ModelFileError
 from streamlm.model import RNNLM
 from streamlm.params import PARAM_NAMES, ModelConfig, Params, load_model, save_model
@@ -220,8 +220,8 @@ def test_init_statistics_and_seed():
     q = Params.init(cfg, seed=1)
     np.testing.assert_array_equal(p.flat, q.flat)
     assert not np.array_equal(p.flat, Params.init(cfg, seed=2).flat)
-    np.testing.assert_array_equal(Params.init(cfg, seed=1, dtype=np.float64).flat.astype(np.float32),
-                                  p.flat)
+    p64 = Params.init(cfg, seed=1, dtype=np.float64)
+    np.testing.assert_array_equal(p64.flat.astype(np.float32), p.flat)
 
 
 # ------------------------------------------------------------- model file --
