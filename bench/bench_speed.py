@@ -1,0 +1,292 @@
+"""Tokens/s of streamlm against PyTorch (CPU) and numpy, side by side.
+
+    python bench/bench_speed.py            # full run, writes bench/results_speed.json
+    python bench/bench_speed.py --quick    # fewer repetitions, D=H=100 only
+
+Each (task, shape, peer) runs in its own persistent subprocess with the
+same thread count for every library (NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS,
+OMP_NUM_THREADS, MKL_NUM_THREADS, torch.set_num_threads), so that one
+library's thread pool cannot slow another. The orchestrator interleaves the
+peers repetition by repetition (order alternating), so a change in the load
+of the shared machine hits every peer alike; the reported figure is the
+median of the timed repetitions (warm-up excluded). Before timing, every worker scores the first two
+blocks from a fresh state (the second one checks the carried state and, for
+training, the optimiser step) and must agree with the float64 numpy oracle
+(tests/reference.py + the book's Adam) to 1e-4 in the mean loss; otherwise
+the worker fails and nothing is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import Shape, batches, load_weights, oracle_losses, ptb_ids, weights_file  # noqa: E402
+
+TOL = 1e-4
+V = 10000
+TRAIN_NT = (20, 35)
+MANY_NT = (20, 100)
+SINGLE_T = {"streamlm": 4096, "torch": 256, "numpy": 256, "streamlm@256": 256}
+
+
+def _peer_base(peer: str) -> str:
+    return peer.split("@")[0]
+
+
+def block_shape(task: str, peer: str) -> tuple[int, int]:
+    if task == "train":
+        return TRAIN_NT
+    if task == "score_many":
+        return MANY_NT
+    return (1, SINGLE_T[peer])
+
+
+def thread_env(threads: int) -> dict:
+    env = dict(os.environ)
+    for k in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[k] = str(threads)
+    env["PYTHONPATH"] = str(HERE) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+# ------------------------------------------------------------------ worker --
+def make_peer(peer: str, task: str, weights):
+    base = _peer_base(peer)
+    if base == "streamlm":
+        from streamlm_peer import StreamlmScorer, StreamlmTrainer
+        return StreamlmTrainer(weights) if task == "train" else StreamlmScorer(weights)
+    if base == "torch":
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        from torch_ref import TorchScorer, TorchTrainer
+        return TorchTrainer(weights) if task == "train" else TorchScorer(weights)
+    if base == "numpy":
+        from numpy_peer import NumpyScorer, NumpyTrainer
+        return NumpyTrainer(weights) if task == "train" else NumpyScorer(weights)
+    raise ValueError(peer)
+
+
+def run_block(obj, task, xs, ts) -> float:
+    if task == "train":
+        return float(obj.step(xs, ts))
+    return float(np.mean(obj.nll(xs, ts)))
+
+
+def worker(spec: dict) -> None:
+    """A persistent peer process: check, warm up, then one timed repetition per
+    'rep' line on stdin (the orchestrator interleaves the peers rep by rep)."""
+    task, peer = spec["task"], spec["peer"]
+    weights = load_weights(spec["weights"])
+    ids = ptb_ids()
+    N, T = block_shape(task, peer)
+    # correctness first, from a fresh state
+    t0 = time.perf_counter()
+    obj = make_peer(peer, task, weights)
+    check = batches(ids, N, T, 2)
+    losses = [run_block(obj, task, xs, ts) for xs, ts in check]
+    first_call = time.perf_counter() - t0
+    want = spec["oracle"]
+    err = max(abs(a - b) for a, b in zip(losses, want))
+    head = {"ok": bool(err <= TOL), "losses": losses, "oracle": want, "err": err,
+            "first_call_s": first_call, "N": N, "T": T}
+    if not head["ok"]:
+        print(json.dumps(head), flush=True)
+        return
+    # timing, on the following blocks (state carried on)
+    blocks_per_rep = max(1, int(spec["rep_tokens"] // (N * T)))
+    head["tokens_per_rep"] = blocks_per_rep * N * T
+    nblocks = blocks_per_rep * (spec["reps"] + spec["warmup"])
+    data = batches(ids, N, T, nblocks, start=2 * T)
+    k = 0
+    for _ in range(spec["warmup"]):
+        for _ in range(blocks_per_rep):
+            run_block(obj, task, *data[k % nblocks])
+            k += 1
+    print(json.dumps(head), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "rep":
+            break
+        t1 = time.perf_counter()
+        for _ in range(blocks_per_rep):
+            run_block(obj, task, *data[k % nblocks])
+            k += 1
+        print(json.dumps({"dt": time.perf_counter() - t1}), flush=True)
+
+
+def sgemm_worker(spec: dict) -> dict:
+    """numpy float32 700xH @ HxV, median GFLOP/s."""
+    out = {}
+    rng = np.random.default_rng(0)
+    for H in spec["H"]:
+        a = rng.random((700, H), dtype=np.float32)
+        b = rng.random((H, V), dtype=np.float32)
+        c = np.empty((700, V), np.float32)
+        ts = []
+        for i in range(25):
+            t0 = time.perf_counter()
+            np.matmul(a, b, out=c)
+            ts.append(time.perf_counter() - t0)
+        out[str(H)] = 2 * 700 * H * V / float(np.median(ts[5:])) / 1e9
+    return out
+
+
+# ------------------------------------------------------------ orchestrator --
+def call_worker(spec: dict, threads: int) -> dict:
+    r = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
+                       capture_output=True, text=True, env=thread_env(threads))
+    if r.returncode != 0:
+        raise RuntimeError(f"worker {spec.get('task')} failed:\n{r.stderr}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+class Peer:
+    """A persistent worker process for one peer; ``rep()`` times one repetition."""
+
+    def __init__(self, spec: dict, threads: int):
+        self.spec = spec
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=thread_env(threads))
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            raise RuntimeError(f"worker {spec['task']} {spec['peer']} died (exit {self.proc.returncode})")
+        self.head = json.loads(line)
+
+    def rep(self) -> float:
+        self.proc.stdin.write("rep\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())["dt"]
+
+    def close(self):
+        try:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        self.proc.wait(timeout=60)
+
+
+def versions() -> dict:
+    import numba
+
+    out = {"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__}
+    try:
+        import torch
+        out["torch"] = torch.__version__
+    except ImportError:
+        out["torch"] = None
+    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    out["numpy_blas"] = f"{blas.get('name')} {blas.get('version')}"
+    return out
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "platform": platform.platform()}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help="D=H=100 only, fewer repetitions.")
+    ap.add_argument("--hidden", default="100,650", help="Comma-separated D=H sizes (default 100,650).")
+    ap.add_argument("--tasks", default="train,score_many,score_single", help="Tasks to run.")
+    ap.add_argument("--peers", default="streamlm,torch,numpy", help="Peers to run.")
+    ap.add_argument("--reps", type=int, default=10,
+                    help="Timed repetitions per peer (interleaved between peers).")
+    ap.add_argument("--threads", type=int, default=2, help="Threads for every library.")
+    ap.add_argument("--out", default=str(HERE / "results_speed.json"), help="JSON results file.")
+    args = ap.parse_args(argv)
+    if args.worker:
+        spec = json.loads(args.worker)
+        if spec.get("task") == "sgemm":
+            print(json.dumps(sgemm_worker(spec)))
+        else:
+            worker(spec)
+        return
+    hidden = [100] if args.quick else [int(h) for h in args.hidden.split(",")]
+    reps = 4 if args.quick else args.reps
+    peers = args.peers.split(",")
+    tasks = args.tasks.split(",")
+    ids = ptb_ids()
+    results = {"machine": machine(), "versions": versions(), "threads": args.threads,
+               "reps": reps, "tol": TOL, "runs": []}
+    print("sgemm rate ... ", end="", file=sys.stderr, flush=True)
+    results["sgemm_gflops"] = call_worker({"task": "sgemm", "H": hidden}, args.threads)
+    print(results["sgemm_gflops"], file=sys.stderr)
+    for H in hidden:
+        shape = Shape(V, H, H)
+        wf = weights_file(shape)
+        weights = load_weights(wf)
+        for task in tasks:
+            task_peers = list(peers)
+            if task == "score_single" and "streamlm" in peers:
+                task_peers.append("streamlm@256")
+            oracle = {}
+            for peer in task_peers:
+                N, T = block_shape(task, peer)
+                if (N, T) not in oracle:
+                    oracle[(N, T)] = oracle_losses(weights, batches(ids, N, T, 2), task == "train")
+            fwd = shape.fwd_flop_per_token()
+            per_tok = 3 * fwd if task == "train" else fwd
+            # aim for ~0.5 s per repetition for the fastest peer
+            rep_tokens = max(700, int(results["sgemm_gflops"][str(H)] * 1e9 * 0.25 / per_tok))
+            workers = {}
+            try:
+                for peer in task_peers:
+                    N, T = block_shape(task, peer)
+                    spec = {"task": task, "peer": peer, "weights": str(wf), "oracle": oracle[(N, T)],
+                            "reps": reps, "warmup": 1, "rep_tokens": rep_tokens}
+                    if _peer_base(peer) == "numpy":
+                        spec["rep_tokens"] = max(N * T, rep_tokens // 4)
+                    w = Peer(spec, args.threads)
+                    workers[peer] = w
+                    h = w.head
+                    if not h["ok"]:
+                        raise SystemExit(f"{peer} {task} H={H}: loss {h['losses']} != oracle "
+                                         f"{h['oracle']} (err {h['err']:.2e})")
+                times = {p: [] for p in task_peers}
+                for r in range(reps):
+                    order = task_peers if r % 2 == 0 else task_peers[::-1]
+                    for peer in order:
+                        times[peer].append(workers[peer].rep())
+            finally:
+                for w in workers.values():
+                    w.close()
+            for peer in task_peers:
+                res = dict(workers[peer].head, task=task, peer=peer, H=H, times=times[peer])
+                tps = [res["tokens_per_rep"] / t for t in res["times"]]
+                print(f"H={H} {task:12s} {peer:13s}: median {np.median(tps):9.0f} tok/s"
+                      f"  (check err {res['err']:.1e}, first call {res['first_call_s']:.2f}s)",
+                      file=sys.stderr, flush=True)
+                results["runs"].append(res)
+    from streamlm.atomic import atomic_path
+
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps(results, indent=1))
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""Write bench/RESULTS.md from the JSON files the bench scripts leave in bench/.
+
+    python bench/report.py
+
+Reads results_speed.json (bench_speed.py), results_startup.json
+(bench_startup.py), results_memory.json (bench_memory.py) and
+results_kernels.json (bench_kernels.py); any that is missing is skipped.
+Hand-written notes (profiles, analysis) live in bench/NOTES.md and are
+appended verbatim.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import Shape  # noqa: E402
+
+TASK_TITLE = {"train": "training N=20, T=35", "score_many": "scoring N=20 streams, T=100",
+              "score_single": "scoring 1 stream"}
+# issue 6 targets: streamlm / torch
+TARGETS = {(100, "train"): 1.5, (100, "score_many"): 1.5, (100, "score_single"): 2.0,
+           (650, "train"): 1.1, (650, "score_many"): 1.1, (650, "score_single"): 1.1}
+
+
+def _load(name):
+    f = HERE / name
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def speed_section(r) -> list[str]:
+    out = ["## Speed (tokens/s, V=10000)", ""]
+    m, v = r["machine"], r["versions"]
+    out += [f"- Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}",
+            f"- Versions: Python {v['python']}, numpy {v['numpy']} ({v['numpy_blas']}), "
+            f"numba {v['numba']}, torch {v['torch']}",
+            f"- Threads: {r['threads']} for every library (NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS, "
+            f"OMP_NUM_THREADS, MKL_NUM_THREADS, torch.set_num_threads); each peer in its own process.",
+            f"- Medians of {r['reps']} timed repetitions per peer (warm-up excluded), the peers "
+            f"interleaved repetition by repetition. The machine is shared: compare ratios, "
+            f"not absolute figures across runs.",
+            f"- Every worker first reproduced the float64 numpy oracle's mean loss on two blocks "
+            f"(fresh state, then carried state / after one Adam step) to {r['tol']:g}; the largest "
+            f"error is listed.",
+            "- SGEMM (numpy float32, 700xH @ Hx10000): "
+            + ", ".join(f"H={h}: {g:.0f} GFLOP/s" for h, g in r["sgemm_gflops"].items()),
+            "- GEMM-bound limit = SGEMM rate / FLOP per token; forward 2(DH + H^2 + HV), "
+            "training 3x that.", ""]
+    runs = r["runs"]
+    hidden = sorted({x["H"] for x in runs})
+    for H in hidden:
+        shape = Shape(10000, H, H)
+        rate = r["sgemm_gflops"].get(str(H))
+        out += [f"### D=H={H}", "",
+                "| task | peer | N x T | tok/s (median) | vs torch | share of GEMM limit "
+                "| check err | first call s |",
+                "|---|---|---|---:|---:|---:|---:|---:|"]
+        for task in ("train", "score_many", "score_single"):
+            tr = [x for x in runs if x["H"] == H and x["task"] == task]
+            if not tr:
+                continue
+            peers = list(dict.fromkeys(x["peer"] for x in tr))
+            med = {}
+            for p in peers:
+                tps = [x["tokens_per_rep"] / t for x in tr if x["peer"] == p for t in x["times"]]
+                med[p] = float(np.median(tps))
+            flop = shape.fwd_flop_per_token() * (3 if task == "train" else 1)
+            for p in peers:
+                x0 = next(x for x in tr if x["peer"] == p)
+                err = max(x["err"] for x in tr if x["peer"] == p)
+                fc = float(np.median([x["first_call_s"] for x in tr if x["peer"] == p]))
+                ratio = f"{med[p] / med['torch']:.2f}x" if "torch" in med else "-"
+                share = f"{med[p] * flop / (rate * 1e9):.0%}" if rate else "-"
+                out.append(f"| {TASK_TITLE[task]} | {p} | {x0['N']} x {x0['T']} | {med[p]:,.0f} | "
+                           f"{ratio} | {share} | {err:.1e} | {fc:.2f} |")
+        out.append("")
+    # targets
+    out += ["### Targets (streamlm / torch, same run)", "", "| config | target | measured | met |",
+            "|---|---:|---:|---|"]
+    for (H, task), want in TARGETS.items():
+        tr = [x for x in runs if x["H"] == H and x["task"] == task]
+        if not tr:
+            continue
+        med = {}
+        for p in ("streamlm", "torch"):
+            tps = [x["tokens_per_rep"] / t for x in tr if x["peer"] == p for t in x["times"]]
+            if tps:
+                med[p] = float(np.median(tps))
+        if len(med) < 2:
+            continue
+        got = med["streamlm"] / med["torch"]
+        out.append(f"| D=H={H} {TASK_TITLE[task]} | {want:.1f}x | {got:.2f}x | "
+                   f"{'yes' if got >= want else '**no**'} |")
+    out.append("")
+    return out
+
+
+def startup_section(r) -> list[str]:
+    out = ["## Start-up and compile time", ""]
+    out += [f"- {r['note']}" if r.get("note") else ""]
+    out += ["| command | cache | wall s (median) | runs |", "|---|---|---:|---:|"]
+    for row in r["rows"]:
+        out.append(f"| `{row['cmd']}` | {row['cache']} | {row['median_s']:.2f} | {row['n']} |")
+    out.append("")
+    return out
+
+
+def memory_section(r) -> list[str]:
+    out = ["## Memory (peak RSS of `streamlm score`)", ""]
+    if r.get("note"):
+        out += [f"- {r['note']}", ""]
+    out += ["| input tokens | peak RSS MB | wall s |", "|---:|---:|---:|"]
+    for row in r["rows"]:
+        out.append(f"| {row['tokens']:,} | {row['rss_mb']:.0f} | {row['wall_s']:.1f} |")
+    out.append("")
+    return out
+
+
+def kernels_section(r) -> list[str]:
+    out = ["## Kernel-level measurements", ""]
+    for sec in r["sections"]:
+        out += [f"### {sec['title']}", ""]
+        if sec.get("note"):
+            out += [sec["note"], ""]
+        cols = sec["columns"]
+        out.append("| " + " | ".join(cols) + " |")
+        out.append("|" + "---|" * len(cols))
+        for row in sec["rows"]:
+            out.append("| " + " | ".join(str(c) for c in row) + " |")
+        out.append("")
+    return out
+
+
+def main():
+    lines = ["# streamlm benchmarks", "",
+             "Written by `python bench/report.py` from the JSON the bench scripts leave in bench/ "
+             "(`bench/run_all.sh` runs them all). Scripts: bench_speed.py (tokens/s vs PyTorch and "
+             "numpy), bench_startup.py (start-up / compile), bench_memory.py (peak RSS), "
+             "bench_kernels.py (kernel-level choices).", ""]
+    for name, fn in (("results_speed.json", speed_section), ("results_startup.json", startup_section),
+                     ("results_memory.json", memory_section),
+                     ("results_kernels.json", kernels_section)):
+        r = _load(name)
+        if r is not None:
+            lines += fn(r)
+    notes = HERE / "NOTES.md"
+    if notes.exists():
+        lines += [notes.read_text()]
+    from streamlm.atomic import atomic_path
+
+    with atomic_path(HERE / "RESULTS.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    print(f"wrote {HERE / 'RESULTS.md'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""streamlm as a benchmark peer: RNNLM forward/backward + the kernels'
+global-norm clipping and Adam (book semantics, same settings as the others)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from common import BETA1, BETA2, EPS, LR, MAX_GRAD
+
+from streamlm import kernels as K
+from streamlm.model import RNNLM
+from streamlm.params import ModelConfig, Params
+
+
+def params_from(weights: dict[str, np.ndarray]) -> Params:
+    V, D = weights["embed_W"].shape
+    H = weights["rnn_Wh"].shape[0]
+    return Params.from_arrays(ModelConfig(V=V, D=D, H=H), weights, dtype=np.float32)
+
+
+class StreamlmTrainer:
+    def __init__(self, weights):
+        self.p = params_from(weights)
+        self.g = self.p.zeros_like()
+        self.model = RNNLM(self.p)
+        self.m = np.zeros_like(self.p.flat)
+        self.v = np.zeros_like(self.p.flat)
+        self.t = 0
+
+    def step(self, xs, ts) -> float:
+        f32 = np.float32
+        g = self.g.flat
+        g[...] = 0
+        loss = self.model.forward(xs, ts, train=True)
+        self.model.backward(self.g)
+        norm = math.sqrt(K.sum_squares(g))
+        rate = MAX_GRAD / (norm + 1e-6)
+        if rate < 1:
+            K.scale_(g, f32(rate))
+        self.t += 1
+        lr_t = LR * math.sqrt(1.0 - BETA2 ** self.t) / (1.0 - BETA1 ** self.t)
+        K.adam_update(self.p.flat, g, self.m, self.v, f32(lr_t), f32(BETA1), f32(BETA2), f32(EPS))
+        return loss
+
+
+class StreamlmScorer:
+    def __init__(self, weights):
+        self.p = params_from(weights)
+        self.model = RNNLM(self.p)
+
+    def nll(self, xs, ts) -> np.ndarray:
+        return self.model.nll(xs, ts)
