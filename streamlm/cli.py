@@ -108,6 +108,90 @@ def demo_corpus_cmd(
         print_json(info)
 
 
+@app.command("train")
+def train_cmd(
+    shards: Annotated[list[str], typer.Argument(
+        help="A directory made by `streamlm prepare`, or Parquet/Arrow files (then --vocab).")],
+    out: Annotated[str, typer.Option("--out", "-o", help=(
+        "Model file to write (.npz); holds the best model by valid ppl. The checkpoint "
+        "goes next to it as <name>.ckpt.npz."))],
+    valid: Annotated[Optional[list[str]], typer.Option(
+        "--valid", help="Validation shards (a prepared directory); exact ppl after each "
+                        "epoch, lr / 4 when it does not improve.")] = None,
+    vocab: Annotated[Optional[str], typer.Option(
+        "--vocab", help="Vocabulary file, required when SHARDS are raw Parquet/Arrow files.")
+    ] = None,
+    embed: Annotated[int, typer.Option("--embed", help="Embedding size D.")] = 256,
+    hidden: Annotated[int, typer.Option("--hidden", help="Hidden size H.")] = 256,
+    batch: Annotated[int, typer.Option("--batch", help="Parallel streams N per batch.")] = 32,
+    bptt: Annotated[int, typer.Option("--bptt", help="Time steps T per truncated-BPTT block.")
+    ] = 35,
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs to train.")] = 10,
+    max_minutes: Annotated[Optional[float], typer.Option(
+        "--max-minutes", help="Stop after this many minutes of wall time (this invocation); "
+                              "the model is validated and saved first.")] = None,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd | adam.")] = "sgd",
+    lr: Annotated[float, typer.Option("--lr", help="Initial learning rate.")] = 20.0,
+    clip: Annotated[float, typer.Option(
+        "--clip", help="Clip the gradient's global norm to this (0: no clipping).")] = 0.25,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights and dropout.")
+    ] = 0,
+    dropout: Annotated[float, typer.Option(
+        "--dropout", help="Dropout rate on the embedding and RNN outputs (not recurrent).")
+    ] = 0.0,
+    tie_weights: Annotated[bool, typer.Option(
+        "--tie-weights/--no-tie-weights",
+        help="Share the embedding with the output projection (needs --embed == --hidden).")
+    ] = False,
+    log_interval: Annotated[int, typer.Option(
+        "--log-interval", help="Steps between progress lines / log records.")] = 100,
+    log_file: Annotated[Optional[str], typer.Option(
+        "--log", help="Write one JSON record per log interval and per epoch to this .jsonl.")
+    ] = None,
+    plot: Annotated[Optional[str], typer.Option(
+        "--plot", help="Draw the train/valid perplexity curves to this PNG (needs matplotlib).")
+    ] = None,
+    checkpoint_every: Annotated[int, typer.Option(
+        "--checkpoint-every", help="Steps between checkpoints (0: only at epoch ends).")
+    ] = 1000,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue from the checkpoint next to --out (same options).")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print a summary as one JSON object on stdout.")] = False,
+) -> None:
+    """Train the RNN LM with truncated BPTT; keep the best model by validation perplexity."""
+    from streamlm.train import ProgressReporter, TrainConfig, train
+
+    cfg = TrainConfig(embed=embed, hidden=hidden, batch=batch, bptt=bptt, epochs=epochs,
+                      max_minutes=max_minutes, optimizer=optimizer, lr=lr, clip=clip, seed=seed,
+                      dropout=dropout, tie_weights=tie_weights, log_interval=log_interval,
+                      checkpoint_every=checkpoint_every)
+    with ProgressReporter() as reporter:
+        summary = train(cfg, shards, out, valid_paths=valid, vocab_path=vocab,
+                        log_path=log_file, plot_path=plot, resume=resume, progress=reporter)
+    if as_json:
+        print_json({k: v for k, v in summary.items() if k != "history"})
+
+
+@app.command("generate")
+def generate_cmd(
+    model: Annotated[str, typer.Argument(help="A model file written by `streamlm train`.")],
+    words: Annotated[int, typer.Option("--words", "-n", help="Number of words to sample.")] = 100,
+    temperature: Annotated[float, typer.Option(
+        "--temperature", help="Softmax temperature (> 0; < 1 is more conservative).")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same text).")] = 0,
+    prompt: Annotated[Optional[str], typer.Option(
+        "--prompt", help="Words to condition on (unknown words read as <unk>).")] = None,
+) -> None:
+    """Sample text from a trained model; <eos> prints as a newline."""
+    from streamlm.generate import format_words, generate
+
+    it = generate(model, words=words, temperature=temperature, seed=seed, prompt=prompt)
+    for piece in format_words(it):
+        sys.stdout.write(piece)
+    sys.stdout.flush()
+
+
 # ------------------------------------------------------------------- main --
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning StreamlmError into one stderr line."""

@@ -1,0 +1,638 @@
+"""Training: truncated BPTT over token shards, validation, checkpoints, bitwise resume.
+
+The loop follows the book (deep-learning-from-scratch-2, ch. 5 and 6):
+
+* batches come from :class:`streamlm.data.Batcher` (row ``i`` starts at offset
+  ``i * (L' // N)``, ``time_idx`` never resets), and the hidden state carries
+  from one batch to the next (truncated BPTT);
+* one step: ``forward`` (mean NLL of the block), zero the gradient buffer,
+  ``backward``, global-norm clipping (``rate = clip / (norm + 1e-6)`` applied
+  when below 1, like the book's ``clip_grads``), then SGD or Adam (the book's
+  Adam: bias correction folded into ``lr_t``);
+* after each epoch the validation perplexity is computed exactly over the whole
+  validation set (see :func:`evaluate`); when it does not improve on the best
+  so far the learning rate is divided by 4 (ch. 6), otherwise the model file is
+  rewritten (so ``out_model`` always holds the best model). Without a
+  validation set the model file holds the latest weights.
+
+Checkpoints (``<out stem>.ckpt.npz``, a plain npz without pickles: arrays plus
+one JSON string) are written atomically every ``checkpoint_every`` steps and at
+every epoch end. They hold the weights, the optimiser moments and step, the
+carried hidden state, the batcher position, the dropout generator's state, the
+learning rate, the best validation perplexity and the log history: resuming
+(``resume=True``) continues the exact same computation, so the final weights
+are bitwise identical to an uninterrupted run (same seed, same machine).
+
+A NaN or Inf loss or gradient norm stops training with
+:class:`~streamlm.errors.TrainingDiverged`; the last checkpoint (all finite)
+and the best model file are left as they were.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from streamlm import __version__
+from streamlm import kernels as K
+from streamlm.atomic import atomic_open, atomic_path
+from streamlm.data import Batcher, TokenDataset, open_dataset
+from streamlm.errors import InputError, TrainingDiverged, UsageError
+from streamlm.model import RNNLM, warmup
+from streamlm.params import ModelConfig, Params, save_model
+from streamlm.vocab import Vocab
+
+log = logging.getLogger("streamlm.train")
+
+CKPT_FORMAT = "streamlm-checkpoint"
+CKPT_VERSION = 1
+ADAM_BETA1 = 0.9
+ADAM_BETA2 = 0.999
+ADAM_EPS = 1e-7  # as the book's Adam
+CLIP_EPS = 1e-6  # as the book's clip_grads
+LR_DECAY = 4.0  # divide the lr by this when the valid ppl does not improve (ch. 6)
+EVAL_CHUNK = 4096  # tokens per nll() call when evaluating (bounds memory)
+
+# Settings that shape the trajectory: a checkpoint resumes only with the same values.
+_TRAJECTORY = ("embed", "hidden", "batch", "bptt", "optimizer", "lr", "clip", "seed",
+               "dropout", "tie_weights")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in the model file's meta)."""
+
+    embed: int = 256  # D
+    hidden: int = 256  # H
+    batch: int = 32  # N, parallel streams
+    bptt: int = 35  # T, steps per truncated-BPTT block
+    epochs: int = 10
+    max_minutes: float | None = None  # wall-clock budget of this invocation
+    optimizer: str = "sgd"  # "sgd" | "adam"
+    lr: float = 20.0
+    clip: float = 0.25  # global-norm clipping threshold; 0 disables
+    seed: int = 0
+    dropout: float = 0.0  # on the embedding output and the RNN output (not recurrent)
+    tie_weights: bool = False  # affine_W = embed_W.T (needs embed == hidden)
+    log_interval: int = 100  # steps between log records
+    checkpoint_every: int = 1000  # steps between checkpoints (0: only at epoch ends)
+
+    def validate(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise UsageError(msg)
+
+        for name, flag in (("embed", "--embed"), ("hidden", "--hidden"), ("batch", "--batch"),
+                           ("bptt", "--bptt"), ("epochs", "--epochs"),
+                           ("log_interval", "--log-interval")):
+            v = getattr(self, name)
+            need(isinstance(v, int) and v >= 1, f"{flag} must be a positive integer, got {v!r}")
+        need(self.checkpoint_every >= 0,
+             f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
+        need(self.optimizer in ("sgd", "adam"),
+             f"--optimizer must be sgd or adam, got {self.optimizer!r}")
+        need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be positive, got {self.lr}")
+        need(math.isfinite(self.clip) and self.clip >= 0,
+             f"--clip must be >= 0 (0 disables), got {self.clip}")
+        need(0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
+        need(self.max_minutes is None or self.max_minutes > 0,
+             f"--max-minutes must be positive, got {self.max_minutes}")
+        need(not self.tie_weights or self.embed == self.hidden,
+             f"--tie-weights needs --embed == --hidden, got {self.embed} and {self.hidden}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def checkpoint_path(out_model: str | os.PathLike) -> Path:
+    """``model.npz`` -> ``model.ckpt.npz`` (next to the model file)."""
+    p = Path(out_model)
+    stem = p.name[:-4] if p.name.endswith(".npz") else p.name
+    return p.with_name(stem + ".ckpt.npz")
+
+
+def _dropout_seed(seed: int) -> int:
+    # a stream independent of the one Params.init draws from with ``seed``
+    return int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
+
+
+# ------------------------------------------------------------ evaluation --
+def evaluate(params: Params, dataset: TokenDataset, chunk: int = EVAL_CHUNK) -> dict:
+    """Exact perplexity of ``dataset`` as ONE stream with carried state.
+
+    The state starts at zero and carries across the whole stream; token ``k``
+    is predicted from tokens ``0..k-1``, for ``k = 1..L-1`` (the book's
+    ``xs = corpus[:-1], ts = corpus[1:]``). Returns ``{"ppl", "nll", "tokens"}``
+    with ``ppl = exp(mean NLL)``. Uses its own RNNLM (no dropout), so the
+    caller's carried training state is untouched.
+    """
+    model = RNNLM(params)
+    total, count = 0.0, 0
+    prev: np.ndarray | None = None
+    for c in dataset.iter_chunks(chunk):
+        seq = c.ids if prev is None else np.concatenate([prev, c.ids])
+        prev = seq[-1:]
+        if len(seq) < 2:
+            continue
+        nll = model.nll(seq[None, :-1], seq[None, 1:])
+        total += float(nll.sum())
+        count += len(seq) - 1
+    if count == 0:
+        raise InputError("the evaluation set needs at least 2 tokens",
+                         path=dataset.files[0].path if dataset.files else None)
+    mean = total / count
+    return {"ppl": math.exp(mean) if mean < 700 else math.inf, "nll": mean, "tokens": count}
+
+
+# --------------------------------------------------------------- the loop --
+class _Run:
+    """Mutable state of one training run (what a checkpoint holds)."""
+
+    def __init__(self, cfg: TrainConfig, params: Params, model: RNNLM):
+        self.cfg = cfg
+        self.params = params
+        self.model = model
+        self.grads = params.zeros_like()
+        adam = cfg.optimizer == "adam"
+        self.m = np.zeros_like(params.flat) if adam else None
+        self.v = np.zeros_like(params.flat) if adam else None
+        self.adam_t = 0
+        self.lr = float(cfg.lr)
+        self.best_ppl: float | None = None
+        self.history: list[dict] = []
+        self.elapsed_before = 0.0  # wall seconds spent by earlier invocations
+        # loss sums since the last log record / epoch start (checkpointed so that
+        # the records after a resume are the same as without one)
+        self.int_loss = 0.0
+        self.int_steps = 0
+        self.ep_loss = 0.0
+        self.ep_steps = 0
+
+
+def _json_float(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _save_checkpoint(path: Path, run: _Run, batcher: Batcher, model_cfg: ModelConfig,
+                     vocab: Vocab, elapsed: float) -> None:
+    _check_finite(run, batcher, path)
+    h = run.model.get_state()
+    state = {
+        "format": CKPT_FORMAT, "format_version": CKPT_VERSION,
+        "streamlm": __version__,
+        "train_config": run.cfg.to_dict(),
+        "model_config": dataclasses.asdict(model_cfg),
+        "dtype": run.params.dtype.name,
+        "vocab_sha256": vocab.sha256(),
+        "batcher": batcher.state(),
+        "rng": run.model.rng.bit_generator.state,
+        "adam_t": run.adam_t,
+        "lr": run.lr,
+        "best_ppl": run.best_ppl,
+        "history": run.history,
+        "elapsed_s": elapsed,
+        "int_loss": run.int_loss, "int_steps": run.int_steps,
+        "ep_loss": run.ep_loss, "ep_steps": run.ep_steps,
+        "has_h": h is not None,
+    }
+    empty = np.zeros(0, dtype=run.params.dtype)
+    arrays = {
+        "params": run.params.flat,
+        "adam_m": run.m if run.m is not None else empty,
+        "adam_v": run.v if run.v is not None else empty,
+        "h": h if h is not None else empty,
+        "state": np.array(json.dumps(state, allow_nan=False)),
+    }
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def _check_finite(run: _Run, batcher: Batcher, ckpt: Path) -> None:
+    """TrainingDiverged unless the weights (and Adam moments) are all finite."""
+    bufs = [run.params.flat] + ([run.m, run.v] if run.m is not None else [])
+    if not all(K.all_finite(b) for b in bufs):
+        step = batcher.batches_done
+        raise TrainingDiverged(
+            f"weights hold NaN/Inf after step {step} (epoch "
+            f"{step / batcher.iters_per_epoch:.2f}); training stopped, the last good "
+            f"checkpoint {ckpt} is kept; lower --lr or set --clip")
+
+
+def _load_checkpoint(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    if not path.exists():
+        raise UsageError(f"cannot resume: no checkpoint at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in ("params", "adam_m", "adam_v", "h", "state")}
+        state = json.loads(str(arrays.pop("state")))
+    except Exception as e:  # corrupt zip, missing key, pickled data, bad JSON
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"unreadable checkpoint ({msg})", path=path) from None
+    if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
+        raise InputError("not a streamlm checkpoint", path=path)
+    if state.get("format_version") != CKPT_VERSION:
+        raise InputError(f"unsupported checkpoint version {state.get('format_version')!r}",
+                         path=path)
+    return state, arrays
+
+
+def _restore(path: Path, run: _Run, batcher: Batcher, model_cfg: ModelConfig,
+             vocab: Vocab) -> None:
+    state, arrays = _load_checkpoint(path)
+    saved = state["train_config"]
+    for k in _TRAJECTORY:
+        if saved.get(k) != getattr(run.cfg, k):
+            flag = "--" + k.replace("_", "-")
+            raise UsageError(f"cannot resume: the checkpoint was made with {flag} "
+                             f"{saved.get(k)!r}, this run has {getattr(run.cfg, k)!r} "
+                             f"({path})")
+    if state["model_config"] != dataclasses.asdict(model_cfg):
+        raise UsageError(f"cannot resume: checkpoint model {state['model_config']} differs "
+                         f"from {dataclasses.asdict(model_cfg)} ({path})")
+    if state["vocab_sha256"] != vocab.sha256():
+        raise UsageError(f"cannot resume: the checkpoint was made with another vocabulary "
+                         f"({path})")
+    p = arrays["params"]
+    if p.shape != run.params.flat.shape or p.dtype != run.params.dtype:
+        raise InputError("checkpoint parameter buffer has the wrong size or dtype", path=path)
+    batcher.restore(state["batcher"])
+    run.params.flat[...] = p
+    if run.m is not None:
+        if arrays["adam_m"].shape != p.shape or arrays["adam_v"].shape != p.shape:
+            raise InputError("checkpoint lacks the Adam moments", path=path)
+        run.m[...] = arrays["adam_m"]
+        run.v[...] = arrays["adam_v"]
+    run.adam_t = int(state["adam_t"])
+    if state["has_h"]:
+        run.model.set_state(arrays["h"])
+    else:
+        run.model.reset_state()
+    run.model.rng.bit_generator.state = state["rng"]
+    run.lr = float(state["lr"])
+    run.best_ppl = state["best_ppl"]
+    run.history = list(state["history"])
+    run.elapsed_before = float(state["elapsed_s"])
+    run.int_loss, run.int_steps = float(state["int_loss"]), int(state["int_steps"])
+    run.ep_loss, run.ep_steps = float(state["ep_loss"]), int(state["ep_steps"])
+
+
+def _write_log(path: str | os.PathLike, history: list[dict]) -> None:
+    # rewritten whole and atomically: a reader never sees a torn line, and after
+    # a resume the file holds exactly the records of the resumed history
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        for rec in history:
+            f.write(json.dumps(rec, allow_nan=False) + "\n")
+
+
+def _check_plot_available() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("--plot needs matplotlib, which is not installed "
+                         "(pip install 'streamlm[plot]' or pip install matplotlib)") from None
+
+
+def plot_history(history: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
+    """Draw train (per log interval) and valid (per epoch) perplexity against epochs."""
+    _check_plot_available()
+    import matplotlib
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tr = [(r["epoch"], r["train_ppl"]) for r in history
+          if r.get("kind") == "interval" and r.get("train_ppl") is not None]
+    va = [(r["epoch"], r["valid_ppl"]) for r in history if r.get("valid_ppl") is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    if tr:
+        ax.plot(*zip(*tr), label="train (running, with dropout)", lw=1)
+    if va:
+        ax.plot(*zip(*va), "o-", label="valid (exact)", lw=1.5)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("perplexity")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path, suffix=Path(path).suffix or ".png") as tmp:
+        fig.savefig(tmp, format=(Path(path).suffix.lstrip(".") or "png"))
+    plt.close(fig)
+
+
+def _open_data(train_paths, valid_paths, vocab_path):
+    vocab = Vocab.load(vocab_path) if vocab_path is not None else None
+    ds = open_dataset(train_paths, vocab=vocab)
+    if ds.vocab is None:
+        raise UsageError("the training files carry no vocabulary: give --vocab FILE "
+                         "(or a directory made by `streamlm prepare`)")
+    vds = None
+    if valid_paths:
+        vds = open_dataset(valid_paths, vocab=ds.vocab)
+    return ds, vds, ds.vocab
+
+
+def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
+          out_model: str | os.PathLike, valid_paths: Sequence[str | os.PathLike] | None = None,
+          vocab_path: str | os.PathLike | None = None, log_path: str | os.PathLike | None = None,
+          plot_path: str | os.PathLike | None = None, resume: bool = False,
+          progress: Callable[[dict], None] | None = None) -> dict:
+    """Train an RNN LM on ``train_paths``; write the model file ``out_model``.
+
+    ``progress`` (optional) is called with small dicts: ``{"event": "start",
+    "total_steps", "step", ...}``, ``{"event": "step", "step", "tokens",
+    "train_ppl", "tokens_per_s", "lr"}`` after every step, and
+    ``{"event": "log" | "epoch", "record": {...}}`` for each log record.
+    Returns a summary dict (JSON-able). Raises UsageError / InputError for bad
+    options or data, TrainingDiverged on a NaN/Inf loss.
+    """
+    cfg = config
+    cfg.validate()
+    if isinstance(train_paths, (str, os.PathLike)):
+        train_paths = [train_paths]
+    if isinstance(valid_paths, (str, os.PathLike)):
+        valid_paths = [valid_paths]
+    if plot_path is not None:
+        _check_plot_available()
+    out_model = Path(out_model)
+    if out_model.is_dir():
+        raise UsageError(f"{out_model}: --out is a directory, expected a model file path")
+    ckpt = checkpoint_path(out_model)
+    ds, vds, vocab = _open_data(train_paths, valid_paths, vocab_path)
+    batcher = Batcher(ds, cfg.batch, cfg.bptt)
+    V = len(vocab)
+    model_cfg = ModelConfig(V=V, D=cfg.embed, H=cfg.hidden, tied=cfg.tie_weights)
+
+    warmup(np.float32)
+    params = Params.init(model_cfg, seed=cfg.seed, dtype=np.float32)
+    model = RNNLM(params, dropout=cfg.dropout, seed=_dropout_seed(cfg.seed))
+    run = _Run(cfg, params, model)
+    if resume:
+        _restore(ckpt, run, batcher, model_cfg, vocab)
+        log.info("resumed from %s at step %d (epoch %.2f)", ckpt, batcher.batches_done,
+                 batcher.epoch)
+    elif ckpt.exists():
+        log.warning("starting afresh: the existing checkpoint %s will be overwritten "
+                    "(use --resume to continue it)", ckpt)
+
+    ipe = batcher.iters_per_epoch
+    total_steps = cfg.epochs * ipe
+    tokens_per_step = cfg.batch * cfg.bptt
+    dt = params.dtype.type
+    train_meta = {**cfg.to_dict(), "train_data": [os.fspath(p) for p in train_paths],
+                  "valid_data": [os.fspath(p) for p in valid_paths or []],
+                  "train_tokens": ds.num_tokens}
+
+    t_start = time.monotonic()
+    deadline = None if cfg.max_minutes is None else t_start + 60.0 * cfg.max_minutes
+    t_int = t_start
+    int_tokens = 0
+    last_eval: dict | None = None
+
+    def elapsed() -> float:
+        return run.elapsed_before + (time.monotonic() - t_start)
+
+    def emit(event: str, **kw) -> None:
+        if progress is not None:
+            progress({"event": event, **kw})
+
+    def record(kind: str, step: int, train_ppl, valid_ppl, tps) -> dict:
+        rec = {"kind": kind, "step": step, "epoch": round(step / ipe, 4),
+               "tokens": step * tokens_per_step, "train_ppl": _json_float(train_ppl),
+               "valid_ppl": _json_float(valid_ppl), "lr": run.lr,
+               "tokens_per_s": _json_float(tps), "elapsed_s": round(elapsed(), 3)}
+        run.history.append(rec)
+        if log_path is not None:
+            _write_log(log_path, run.history)
+        return rec
+
+    def save_best() -> None:
+        _check_finite(run, batcher, ckpt)
+        save_model(out_model, params, vocab.words, train_config=train_meta,
+                   extra_meta={"valid_ppl": _json_float(run.best_ppl),
+                               "step": batcher.batches_done})
+
+    def validate_and_keep(decay: bool) -> float:
+        nonlocal last_eval
+        last_eval = evaluate(params, vds)
+        ppl = last_eval["ppl"]
+        if run.best_ppl is None or ppl < run.best_ppl:
+            run.best_ppl = ppl
+            save_best()
+            log.info("valid ppl %.2f (best): saved %s", ppl, out_model)
+        elif decay:
+            run.lr /= LR_DECAY
+            log.info("valid ppl %.2f did not improve on %.2f: lr -> %.4g", ppl,
+                     run.best_ppl, run.lr)
+        return ppl
+
+    emit("start", total_steps=total_steps, step=batcher.batches_done,
+         iters_per_epoch=ipe, tokens_per_step=tokens_per_step, train_tokens=ds.num_tokens)
+    log.info("training on %s tokens (V=%d), %d steps/epoch of %d x %d, %s lr=%g%s",
+             f"{ds.num_tokens:,}", V, ipe, cfg.batch, cfg.bptt, cfg.optimizer, run.lr,
+             f", valid {vds.num_tokens:,} tokens" if vds is not None else "")
+    stopped_by = "epochs"
+    # overflow shows up as a non-finite loss / norm below, raised as one clear
+    # error: numpy's RuntimeWarnings would only add noise to stderr (the warnings
+    # filter also covers the model's worker threads, which np.errstate does not)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
+            warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=RuntimeWarning, message="overflow")
+        warnings.filterwarnings("ignore", category=RuntimeWarning, message="invalid value")
+        while batcher.batches_done < total_steps:
+            xs, ts = batcher.next_batch()
+            step = batcher.batches_done
+            loss = model.forward(xs, ts, train=True)
+            if not math.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss is {loss} at step {step} (epoch {step / ipe:.2f}); training "
+                    f"stopped, the last good checkpoint {ckpt} is kept; lower --lr or "
+                    f"set --clip")
+            grads = run.grads
+            grads.flat.fill(0)
+            model.backward(grads)
+            sq = K.sum_squares(grads.flat)
+            norm = math.sqrt(sq) if math.isfinite(sq) else math.inf
+            if not math.isfinite(norm):
+                raise TrainingDiverged(
+                    f"gradient norm is {norm} at step {step} (epoch {step / ipe:.2f}); "
+                    f"training stopped, the last good checkpoint {ckpt} is kept; lower "
+                    f"--lr or set --clip")
+            if cfg.clip > 0:
+                rate = cfg.clip / (norm + CLIP_EPS)
+                if rate < 1.0:
+                    K.scale_(grads.flat, dt(rate))
+            if cfg.optimizer == "sgd":
+                K.sgd_update(params.flat, grads.flat, dt(run.lr))
+            else:
+                run.adam_t += 1
+                t = run.adam_t
+                lr_t = run.lr * math.sqrt(1.0 - ADAM_BETA2 ** t) / (1.0 - ADAM_BETA1 ** t)
+                K.adam_update(params.flat, grads.flat, run.m, run.v, dt(lr_t), dt(ADAM_BETA1),
+                              dt(ADAM_BETA2), dt(ADAM_EPS))
+            run.int_loss += loss
+            run.int_steps += 1
+            run.ep_loss += loss
+            run.ep_steps += 1
+            int_tokens += tokens_per_step
+            now = time.monotonic()
+            tps = int_tokens / max(now - t_int, 1e-9)
+            emit("step", step=step, tokens=step * tokens_per_step, loss=loss,
+                 train_ppl=math.exp(min(run.int_loss / run.int_steps, 700.0)), lr=run.lr,
+                 tokens_per_s=tps, epoch=step / ipe)
+
+            epoch_end = step % ipe == 0
+            if step % cfg.log_interval == 0 or epoch_end:
+                if run.int_steps:
+                    rec = record("interval", step, math.exp(min(run.int_loss / run.int_steps,
+                                                                700.0)), None, tps)
+                    emit("log", record=rec)
+                run.int_loss, run.int_steps = 0.0, 0
+                t_int, int_tokens = now, 0
+            out_of_time = deadline is not None and now >= deadline
+            if epoch_end:
+                tr = math.exp(min(run.ep_loss / run.ep_steps, 700.0)) if run.ep_steps else None
+                run.ep_loss, run.ep_steps = 0.0, 0
+                vppl = validate_and_keep(decay=True) if vds is not None else None
+                if vds is None:
+                    save_best()
+                rec = record("epoch", step, tr, vppl, None)
+                emit("epoch", record=rec)
+                _save_checkpoint(ckpt, run, batcher, model_cfg, vocab, elapsed())
+                if plot_path is not None:
+                    plot_history(run.history, plot_path)
+            elif out_of_time or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                _save_checkpoint(ckpt, run, batcher, model_cfg, vocab, elapsed())
+            if out_of_time and batcher.batches_done < total_steps:
+                stopped_by = "time"
+                log.info("--max-minutes %g reached at step %d (epoch %.2f)", cfg.max_minutes,
+                         step, step / ipe)
+                if not epoch_end:
+                    vppl = validate_and_keep(decay=False) if vds is not None else None
+                    if vds is None:
+                        save_best()
+                    rec = record("stop", step, None, vppl, None)
+                    emit("epoch", record=rec)
+                    _save_checkpoint(ckpt, run, batcher, model_cfg, vocab, elapsed())
+                    if plot_path is not None:
+                        plot_history(run.history, plot_path)
+                break
+
+    if not out_model.exists():  # e.g. resumed a finished run
+        save_best()
+    step = batcher.batches_done
+    wall = time.monotonic() - t_start
+    summary = {
+        "model": os.fspath(out_model),
+        "checkpoint": os.fspath(ckpt),
+        "stopped_by": stopped_by,
+        "steps": step,
+        "epochs": round(step / ipe, 4),
+        "tokens": step * tokens_per_step,
+        "iters_per_epoch": ipe,
+        "best_valid_ppl": _json_float(run.best_ppl),
+        "last_valid_ppl": _json_float(last_eval["ppl"]) if last_eval else None,
+        "lr": run.lr,
+        "elapsed_s": round(elapsed(), 3),
+        "wall_s_this_run": round(wall, 3),
+        "train_config": cfg.to_dict(),
+        "history": run.history,
+    }
+    emit("done", summary=summary)
+    log.info("done: %d steps (%.2f epochs)%s", step, step / ipe,
+             f", best valid ppl {run.best_ppl:.2f}" if run.best_ppl is not None else "")
+    return summary
+
+
+# ------------------------------------------------------------- progress --
+class ProgressReporter:
+    """The CLI's ``progress`` callback: a rich bar on a TTY, plain lines otherwise.
+
+    Use as a context manager. The bar shows steps, tokens/s, running train
+    perplexity, lr and ETA; off a TTY one line per log record goes to the
+    ``streamlm.train`` logger (stderr in the CLI).
+    """
+
+    def __init__(self, tty: bool | None = None):
+        import sys
+
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self._progress = None
+        self._task = None
+
+    def __enter__(self) -> ProgressReporter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def _start_bar(self, ev: dict) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("epoch {task.fields[epoch]:.2f}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[tps]:,.0f} tok/s"),
+            TextColumn("ppl {task.fields[ppl]:.1f}"), TextColumn("lr {task.fields[lr]:.3g}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=Console(stderr=True), transient=False)
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=ev["total_steps"],
+                                             completed=ev["step"], epoch=0.0, tps=0.0,
+                                             ppl=float("nan"), lr=float("nan"))
+
+    def __call__(self, ev: dict) -> None:
+        kind = ev["event"]
+        if kind == "start":
+            if self.tty:
+                self._start_bar(ev)
+            return
+        if self._progress is not None:
+            if kind == "step":
+                self._progress.update(self._task, completed=ev["step"], epoch=ev["epoch"],
+                                      tps=ev["tokens_per_s"], ppl=ev["train_ppl"], lr=ev["lr"])
+            elif kind == "epoch":
+                r = ev["record"]
+                self._progress.console.log(_format_record(r))
+            elif kind == "done":
+                self._progress.stop()
+                self._progress = None
+            return
+        if kind in ("log", "epoch"):
+            log.info("%s", _format_record(ev["record"]))
+
+
+def _format_record(r: dict) -> str:
+    head = {"epoch": "end of epoch", "stop": "stopped at epoch"}.get(r.get("kind"), "epoch")
+    parts = [f"{head} {r['epoch']:.2f}", f"step {r['step']}"]
+    if r.get("train_ppl") is not None:
+        parts.append(f"train ppl {r['train_ppl']:.2f}")
+    if r.get("valid_ppl") is not None:
+        parts.append(f"valid ppl {r['valid_ppl']:.2f}")
+    parts.append(f"lr {r['lr']:.4g}")
+    if r.get("tokens_per_s") is not None:
+        parts.append(f"{r['tokens_per_s']:,.0f} tok/s")
+    parts.append(f"{r['elapsed_s']:.0f} s")
+    return ", ".join(parts)

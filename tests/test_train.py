@@ -1,0 +1,296 @@
+"""The trainer: CLI end to end, bitwise resume after a real SIGKILL, NaN stop,
+lr decay, the JSONL log, exact validation perplexity and bad options."""
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import reference as ref
+from typer.testing import CliRunner
+
+from streamlm.cli import app
+from streamlm.data import open_dataset, prepare
+from streamlm.errors import TrainingDiverged, UsageError
+from streamlm.params import PARAM_NAMES, ModelConfig, Params, load_model
+from streamlm.train import TrainConfig, checkpoint_path, evaluate, train
+
+LOG_KEYS = {"step", "epoch", "tokens", "train_ppl", "valid_ppl", "lr", "tokens_per_s",
+            "elapsed_s"}
+
+
+def _toy_text(n_sent: int, seed: int, words: list[str], chain: int = 0) -> str:
+    """Sentences from a tiny Markov chain over ``words`` (learnable, not trivial):
+    each word has 3 possible successors (chain ``chain``); ``seed`` draws the walk."""
+    V = len(words)
+    nxt = np.random.default_rng(chain).integers(0, V, size=(V, 3))
+    rng = np.random.default_rng(seed)
+    lines = []
+    for _ in range(n_sent):
+        w = int(rng.integers(V))
+        sent = []
+        for _ in range(int(rng.integers(3, 12))):
+            sent.append(words[w])
+            w = int(nxt[w, rng.integers(3)])
+        lines.append(" ".join(sent))
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    words = [f"w{i}" for i in range(40)]
+    (d / "train.txt").write_text(_toy_text(600, 1, words))
+    (d / "valid.txt").write_text(_toy_text(60, 2, words))
+    # a validation set from a different chain: valid ppl gets worse as training fits train
+    (d / "other.txt").write_text(_toy_text(60, 99, words, chain=1))
+    prepare([str(d / "train.txt")], d / "train", row_group_tokens=997)
+    vocab = d / "train" / "vocab.txt"
+    prepare([str(d / "valid.txt")], d / "valid", vocab_path=vocab)
+    prepare([str(d / "other.txt")], d / "other", vocab_path=vocab)
+    return d
+
+
+def cli(*args, timeout=240):
+    r = subprocess.run([sys.executable, "-m", "streamlm", *map(str, args)], check=False,
+                       capture_output=True, timeout=timeout)
+    return r.returncode, r.stdout.decode(), r.stderr.decode()
+
+
+def _arrays(path):
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+SMALL = ["--embed", "16", "--hidden", "16", "--batch", "8", "--bptt", "10"]
+
+
+# ------------------------------------------------------------ end to end --
+def test_cli_train_then_generate(corpus, tmp_path):
+    out = tmp_path / "m.npz"
+    log = tmp_path / "log.jsonl"
+    rc, so, se = cli("train", corpus / "train", "--valid", corpus / "valid", "--out", out,
+                     *SMALL, "--epochs", "3", "--optimizer", "adam", "--lr", "0.01",
+                     "--log", log, "--log-interval", "50", "--json")
+    assert rc == 0, se
+    summary = json.loads(so)  # exactly one JSON object on stdout
+    assert summary["stopped_by"] == "epochs" and summary["epochs"] == 3.0
+    recs = [json.loads(line) for line in log.read_text().splitlines()]
+    assert recs and all(LOG_KEYS <= set(r) for r in recs)
+    epochs = [r for r in recs if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1.0, 2.0, 3.0]
+    assert all(r["valid_ppl"] is not None for r in epochs)
+    assert all(r["valid_ppl"] is None for r in recs if r["kind"] == "interval")
+    # learning happened: 40 words, 3 successors each -> ppl far below 40
+    assert recs[0]["train_ppl"] > 25  # starts near uniform (V = 42)
+    assert epochs[-1]["valid_ppl"] < min(15, epochs[0]["valid_ppl"])
+    # the model file is the best model, readable by numpy alone, with its config
+    m = load_model(out)
+    assert m.meta["valid_ppl"] == pytest.approx(min(r["valid_ppl"] for r in epochs))
+    assert m.meta["train_config"]["optimizer"] == "adam"
+    assert m.vocab == (corpus / "train" / "vocab.txt").read_text().split("\n")[:-1]
+    assert summary["best_valid_ppl"] == pytest.approx(m.meta["valid_ppl"])
+    # scoring the model file again reproduces the stored valid ppl exactly
+    vp = evaluate(m.params, open_dataset(corpus / "valid"))["ppl"]
+    assert vp == pytest.approx(m.meta["valid_ppl"], rel=1e-9)
+
+    rc, text, se = cli("generate", out, "--words", "30", "--seed", "5")
+    assert rc == 0, se
+    words = text.split()
+    assert len(words) + text.count("\n") - 1 <= 30 and len(words) > 0
+    assert set(words) <= set(m.vocab)
+
+
+def test_evaluate_is_exact_one_stream(corpus):
+    """evaluate() = mean NLL of tokens 1..L-1 from one carried state (numpy reference)."""
+    ds = open_dataset(corpus / "valid")
+    cfg = ModelConfig(V=ds.vocab_size, D=5, H=6)
+    p = Params.init(cfg, seed=3, dtype=np.float64)
+    p["affine_b"][...] = np.random.default_rng(0).standard_normal(cfg.V)
+    ids = ds.read(0, ds.num_tokens)
+    arrays = {n: np.array(a) for n, a in p.items()}
+    want, _, _ = ref.model_loss(arrays, ids[None, :-1], ids[None, 1:], np.zeros((1, 6)))
+    got = evaluate(p, ds, chunk=37)  # chunks of 37 tokens: the state must carry
+    assert got["tokens"] == ds.num_tokens - 1
+    assert got["nll"] == pytest.approx(float(want), rel=1e-10)
+    assert got["ppl"] == pytest.approx(math.exp(float(want)), rel=1e-10)
+
+
+# ----------------------------------------------------- resume after kill --
+def test_resume_after_sigkill_is_bitwise_identical(corpus, tmp_path):
+    args = [corpus / "train", "--valid", corpus / "other", "--embed", "24", "--hidden", "24",
+            "--batch", "8", "--bptt", "5", "--epochs", "4", "--optimizer", "adam",
+            "--lr", "0.02", "--clip", "0.5", "--dropout", "0.3", "--tie-weights",
+            "--seed", "7", "--checkpoint-every", "10", "--log-interval", "20"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    rc, _, se = cli("train", *args, "--out", a / "m.npz", "--log", a / "log.jsonl")
+    assert rc == 0, se
+
+    ckpt = checkpoint_path(b / "m.npz")
+    cmd = [sys.executable, "-m", "streamlm", "train", *map(str, args), "--out",
+           str(b / "m.npz"), "--log", str(b / "log.jsonl")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    with np.load(ckpt, allow_pickle=False) as z:
+        killed_at = json.loads(str(z["state"]))["batcher"]["time_idx"] // 5
+    total = 4 * ((open_dataset(corpus / "train").num_tokens - 1) // 40)
+    assert 0 < killed_at < total
+
+    rc, so, se = cli("train", *args, "--out", b / "m.npz", "--log", b / "log.jsonl",
+                     "--resume", "--json")
+    assert rc == 0, se
+    assert "resumed from" in se
+    # the best model and the final checkpoint's weights, moments and state: bitwise equal
+    for f in ("m.npz", "m.ckpt.npz"):
+        x, y = _arrays(a / f), _arrays(b / f)
+        assert x.keys() == y.keys()
+        for k in x:
+            if k in ("meta", "state"):
+                continue
+            assert x[k].tobytes() == y[k].tobytes(), (f, k)
+    assert _arrays(a / "m.npz")["meta"] == _arrays(b / "m.npz")["meta"]
+    # and the log holds the same records (timings aside)
+    def strip(path):
+        return [{k: v for k, v in json.loads(line).items()
+                 if k not in ("tokens_per_s", "elapsed_s")}
+                for line in path.read_text().splitlines()]
+    assert strip(a / "log.jsonl") == strip(b / "log.jsonl")
+
+
+def test_resume_refuses_other_options(corpus, tmp_path):
+    out = tmp_path / "m.npz"
+    cfg = TrainConfig(embed=8, hidden=8, batch=4, bptt=5, epochs=1, lr=0.1, clip=0)
+    train(cfg, corpus / "train", out)
+    with pytest.raises(UsageError, match="--hidden"):
+        train(TrainConfig(embed=8, hidden=9, batch=4, bptt=5, epochs=2, lr=0.1, clip=0),
+              corpus / "train", out, resume=True)
+    with pytest.raises(UsageError, match="no checkpoint"):
+        train(cfg, corpus / "train", tmp_path / "other.npz", resume=True)
+    # resuming with more epochs continues from the end of epoch 1
+    s = train(TrainConfig(embed=8, hidden=8, batch=4, bptt=5, epochs=2, lr=0.1, clip=0),
+              corpus / "train", out, resume=True)
+    assert s["epochs"] == 2.0
+    assert [r["epoch"] for r in s["history"] if r["kind"] == "epoch"] == [1.0, 2.0]
+
+
+# ---------------------------------------------------------------- NaN stop --
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(corpus, tmp_path):
+    out = tmp_path / "m.npz"
+    rc, so, se = cli("train", corpus / "train", "--out", out, *SMALL, "--epochs", "5",
+                     "--optimizer", "sgd", "--lr", "1e30", "--clip", "0",
+                     "--checkpoint-every", "1")
+    assert rc == 3, se
+    assert so == ""
+    err = [line for line in se.splitlines() if line.startswith("streamlm: error:")]
+    assert len(err) == 1 and "Traceback" not in se and "Warning" not in se
+    assert "NaN" in err[0] or "nan" in err[0] or "inf" in err[0]
+    assert "checkpoint" in err[0]
+    ck = _arrays(checkpoint_path(out))
+    assert np.isfinite(ck["params"]).all()
+    state = json.loads(str(ck["state"]))
+    assert state["batcher"]["time_idx"] >= 10  # at least one good step was kept
+
+
+def test_diverged_is_raised_by_the_library(corpus, tmp_path):
+    cfg = TrainConfig(embed=16, hidden=16, batch=4, bptt=6, epochs=5, lr=1e30, clip=0,
+                      checkpoint_every=0)
+    with pytest.raises(TrainingDiverged, match="step"):
+        train(cfg, corpus / "train", tmp_path / "m.npz")
+
+
+# ----------------------------------------------------------------- lr decay --
+def test_lr_divided_by_4_when_valid_does_not_improve(corpus, tmp_path):
+    out = tmp_path / "m.npz"
+    cfg = TrainConfig(embed=16, hidden=16, batch=4, bptt=6, epochs=5, optimizer="sgd",
+                      lr=1.0, clip=1.0, checkpoint_every=0)
+    s = train(cfg, corpus / "train", out, valid_paths=corpus / "other")
+    ep = [r for r in s["history"] if r["kind"] == "epoch"]
+    assert len(ep) == 5
+    best = math.inf
+    decays = 0
+    lr = 1.0
+    for r in ep:  # lr recorded after the epoch's decision
+        if r["valid_ppl"] < best:
+            best = r["valid_ppl"]
+        else:
+            lr /= 4
+            decays += 1
+        assert r["lr"] == lr
+    assert decays >= 1, "the unrelated valid set should stop improving"
+    assert load_model(out).meta["valid_ppl"] == pytest.approx(best)
+    # interval records carry the lr in force at the time
+    assert all(r["lr"] in {1.0 / 4 ** k for k in range(6)} for r in s["history"])
+
+
+# -------------------------------------------------------------- bad options --
+@pytest.mark.parametrize("opt, needle", [
+    (["--bptt", "0"], "--bptt"),
+    (["--batch", "0"], "--batch"),
+    (["--lr", "-0.1"], "--lr"),
+    (["--dropout", "1.5"], "--dropout"),
+    (["--optimizer", "rmsprop"], "--optimizer"),
+    (["--tie-weights", "--embed", "8", "--hidden", "16"], "--tie-weights"),
+    (["--clip", "-1"], "--clip"),
+])
+def test_bad_options_one_line(corpus, tmp_path, opt, needle):
+    out = tmp_path / "m.npz"
+    rc, so, se = cli("train", corpus / "train", "--out", out, *opt)
+    assert rc == 2
+    lines = se.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in se
+    assert not out.exists() and not checkpoint_path(out).exists()
+
+
+def test_bad_data_one_line(corpus, tmp_path):
+    # valid shards with another vocabulary are refused before training starts
+    d = tmp_path / "v2"
+    prepare([str(corpus / "other.txt")], d)
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", str(corpus / "train"), "--valid", str(d), "--out",
+                            str(tmp_path / "m.npz")])
+    assert r.exit_code != 0
+    assert "vocabulary" in str(r.exception)
+    rc, _, se = cli("train", corpus / "train" / "shard-00000.parquet", "--out",
+                    tmp_path / "m.npz")
+    assert rc == 2 and "--vocab" in se and len(se.strip().splitlines()) == 1
+
+
+def test_plot_and_time_limit(corpus, tmp_path):
+    pytest.importorskip("matplotlib")
+    out, png = tmp_path / "m.npz", tmp_path / "c.png"
+    cfg = TrainConfig(embed=8, hidden=8, batch=4, bptt=5, epochs=1000, lr=0.5, clip=1,
+                      max_minutes=0.02, log_interval=10)
+    s = train(cfg, corpus / "train", out, valid_paths=corpus / "valid", plot_path=png)
+    assert s["stopped_by"] == "time" and s["epochs"] < 1000
+    assert s["history"][-1]["valid_ppl"] is not None
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert load_model(out).meta["valid_ppl"] == pytest.approx(s["best_valid_ppl"])
+
+
+def test_tied_weights_saved_untied_and_equal(corpus, tmp_path):
+    out = tmp_path / "m.npz"
+    train(TrainConfig(embed=12, hidden=12, batch=4, bptt=5, epochs=1, lr=0.5, clip=1,
+                      tie_weights=True), corpus / "train", out)
+    a = _arrays(out)
+    assert set(PARAM_NAMES) <= set(a)
+    np.testing.assert_array_equal(a["affine_W"], a["embed_W"].T)
+
+
+def test_train_help_lists_options():
+    r = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "300"})
+    assert r.exit_code == 0
+    for opt in ("--embed", "--hidden", "--batch", "--bptt", "--epochs", "--max-minutes",
+                "--optimizer", "--lr", "--clip", "--seed", "--dropout", "--tie-weights",
+                "--log", "--plot", "--checkpoint-every", "--resume", "--json", "--valid"):
+        assert opt in r.output
