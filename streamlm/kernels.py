@@ -118,16 +118,16 @@ def _ov_vtanh(x):
 
 
 # ------------------------------------------------------------- embedding --
-@njit(**JIT_PAR)
+@njit(**JIT)
 def embedding_forward(out, ids, W):
     """Writes out[m] = W[ids[m]].
 
     out: (M, D) float; ids: (M,) int32, each in [0, V); W: (V, D) float.
-    Rows are independent: each thread owns its output rows.
+    Serial: streamlm.model runs it on row blocks in its own threads.
     """
     M = ids.shape[0]
     D = W.shape[1]
-    for m in prange(M):
+    for m in range(M):
         row = ids[m]
         for d in range(D):
             out[m, d] = W[row, d]
@@ -149,7 +149,59 @@ def embedding_backward(dW, ids, dout):
 
 
 # ------------------------------------------------------------------- rnn --
-@njit(**JIT_PAR)
+@njit(**JIT)
+def rnn_forward_rows(hs, xw, h0, Wh, reset, n0, n1):
+    """rnn_forward for the streams n0 <= n < n1 only (the others untouched).
+
+    Same arrays as rnn_forward. streamlm.model gives each of its threads a
+    group of streams: streams are independent, so no thread waits for another
+    inside a block. Four streams at a time share each load of Wh.
+    """
+    T, N, H = hs.shape
+    acc = np.empty((4, H), dtype=hs.dtype)
+    for g in range(n0, n1, 4):
+        ng = min(4, n1 - g)
+        for t in range(T):
+            for r in range(ng):
+                for j in range(H):
+                    acc[r, j] = xw[t, g + r, j]
+            if ng == 4 and reset[t, g] == 0 and reset[t, g + 1] == 0 \
+                    and reset[t, g + 2] == 0 and reset[t, g + 3] == 0:
+                for k in range(H):
+                    if t == 0:
+                        a0 = h0[g, k]
+                        a1 = h0[g + 1, k]
+                        a2 = h0[g + 2, k]
+                        a3 = h0[g + 3, k]
+                    else:
+                        a0 = hs[t - 1, g, k]
+                        a1 = hs[t - 1, g + 1, k]
+                        a2 = hs[t - 1, g + 2, k]
+                        a3 = hs[t - 1, g + 3, k]
+                    for j in range(H):
+                        w = Wh[k, j]
+                        acc[0, j] += a0 * w
+                        acc[1, j] += a1 * w
+                        acc[2, j] += a2 * w
+                        acc[3, j] += a3 * w
+            else:
+                for r in range(ng):
+                    n = g + r
+                    if reset[t, n] != 0:
+                        continue
+                    for k in range(H):
+                        if t == 0:
+                            hk = h0[n, k]
+                        else:
+                            hk = hs[t - 1, n, k]
+                        for j in range(H):
+                            acc[r, j] += hk * Wh[k, j]
+            for r in range(ng):
+                for j in range(H):
+                    hs[t, g + r, j] = vtanh(acc[r, j])
+
+
+@njit(**JIT)
 def rnn_forward(hs, xw, h0, Wh, reset):
     """The recurrence of a block of T steps: writes hs[t] = tanh(hs[t-1] @ Wh + xw[t]).
 
@@ -159,47 +211,20 @@ def rnn_forward(hs, xw, h0, Wh, reset):
     Wh: (H, H) float;
     reset: (T, N) uint8; where reset[t, n] != 0 the state before step t is
     taken as zero (a new line or document when scoring). Training passes zeros.
-    Rows n are independent streams: each thread owns hs[:, n, :].
+    Rows n are independent streams (see rnn_forward_rows).
     """
+    rnn_forward_rows(hs, xw, h0, Wh, reset, 0, hs.shape[1])
+
+
+@njit(**JIT)
+def rnn_backward_rows(dxw, dh0, dhs, hs, Wh, n0, n1):
+    """rnn_backward for the streams n0 <= n < n1 only (same arrays)."""
     T, N, H = hs.shape
-    for n in prange(N):
-        acc = np.empty(H, dtype=hs.dtype)
-        for t in range(T):
-            for j in range(H):
-                acc[j] = xw[t, n, j]
-            if reset[t, n] != 0:
-                pass
-            else:
-                for k in range(H):
-                    if t == 0:
-                        hk = h0[n, k]
-                    else:
-                        hk = hs[t - 1, n, k]
-                    for j in range(H):
-                        acc[j] += hk * Wh[k, j]
-            for j in range(H):
-                hs[t, n, j] = vtanh(acc[j])
-
-
-@njit(**JIT_PAR)
-def rnn_backward(dxw, dh0, dhs, hs, Wh):
-    """Truncated BPTT through the recurrence of one block.
-
-    Writes dxw[t] = dL/d(pre-activation at t) and dh0 = dL/dh0.
-    The caller turns dxw into the parameter gradients with BLAS:
-    dWx = X^T dxw, dWh = Hprev^T dxw, db = sum(dxw), dX = dxw Wx^T.
-
-    dxw: (T, N, H) float, output;  dh0: (N, H) float, output;
-    dhs: (T, N, H) float, gradient from the layer above (per step);
-    hs:  (T, N, H) float, saved by rnn_forward;  Wh: (H, H) float.
-    Nothing flows past the block start except through dh0, which the
-    trainer drops (truncated BPTT).
-    """
-    T, N, H = hs.shape
-    for n in prange(N):
-        dh = np.zeros(H, dtype=hs.dtype)
-        zero = hs.dtype.type(0)
-        one = hs.dtype.type(1)
+    zero = hs.dtype.type(0)
+    one = hs.dtype.type(1)
+    dh = np.zeros(H, dtype=hs.dtype)
+    for n in range(n0, n1):
+        dh[:] = zero
         for t in range(T - 1, -1, -1):
             for j in range(H):
                 h = hs[t, n, j]
@@ -212,6 +237,24 @@ def rnn_backward(dxw, dh0, dhs, hs, Wh):
                 dh[k] = s
         for k in range(H):
             dh0[n, k] = dh[k]
+
+
+@njit(**JIT)
+def rnn_backward(dxw, dh0, dhs, hs, Wh):
+    """Truncated BPTT through the recurrence of one block.
+
+    Writes dxw[t] = dL/d(pre-activation at t) and dh0 = dL/dh0.
+    The caller turns dxw into the parameter gradients with BLAS:
+    dWx = X^T dxw, dWh = Hprev^T dxw, db = sum(dxw), dX = dxw Wx^T.
+
+    dxw: (T, N, H) float, output;  dh0: (N, H) float, output;
+    dhs: (T, N, H) float, gradient from the layer above (per step);
+    hs:  (T, N, H) float, saved by rnn_forward;  Wh: (H, H) float.
+    Nothing flows past the block start except through dh0, which the
+    trainer drops (truncated BPTT). Streams are independent
+    (see rnn_backward_rows).
+    """
+    rnn_backward_rows(dxw, dh0, dhs, hs, Wh, 0, hs.shape[1])
 
 
 @njit(**JIT)
@@ -238,7 +281,7 @@ def tanh_backward_(dxw, dhs, dh, hs):
 
 
 # ------------------------------------------------------- softmax + loss --
-@njit(**JIT_PAR)
+@njit(**JIT)
 def softmax_ce_forward(nll, logits, b, labels):
     """Per-token NLL of softmax(logits + b) with a stable log-sum-exp.
 
@@ -248,7 +291,7 @@ def softmax_ce_forward(nll, logits, b, labels):
     Returns nothing; the count of scored tokens is (labels >= 0).sum().
     """
     M, V = logits.shape
-    for m in prange(M):
+    for m in range(M):
         lab = labels[m]
         if lab < 0:
             nll[m] = 0.0
@@ -264,7 +307,36 @@ def softmax_ce_forward(nll, logits, b, labels):
         nll[m] = math.log(s) + (np.float64(mx) - np.float64(logits[m, lab] + b[lab]))
 
 
-@njit(**JIT_PAR)
+@njit(**JIT)
+def _softmax_ce_row(nll, logits, b, labels, scale, m):
+    """One row of softmax_ce_fused (row m in place)."""
+    V = logits.shape[1]
+    lab = labels[m]
+    if lab < 0:
+        nll[m] = 0.0
+        for v in range(V):
+            logits[m, v] = 0.0
+        return
+    mx = logits[m, 0] + b[0]
+    for v in range(V):
+        z = logits[m, v] + b[v]
+        logits[m, v] = z
+        if z > mx:
+            mx = z
+    zlab = logits[m, lab]
+    s = 0.0  # float64 accumulator
+    for v in range(V):
+        e = vexp(logits[m, v] - mx)
+        logits[m, v] = e
+        s += e
+    nll[m] = math.log(s) + (np.float64(mx) - np.float64(zlab))
+    inv = logits.dtype.type(scale / s)
+    for v in range(V):
+        logits[m, v] = logits[m, v] * inv
+    logits[m, lab] -= scale
+
+
+@njit(**JIT)
 def softmax_ce_fused(nll, logits, b, labels, scale):
     """Fused softmax cross-entropy forward and backward, in place.
 
@@ -277,41 +349,33 @@ def softmax_ce_fused(nll, logits, b, labels, scale):
     b: (V,) float; labels: (M,) int32 in [-1, V); scale: float scalar of
     the logits dtype.
     """
-    M, V = logits.shape
-    for m in prange(M):
-        lab = labels[m]
-        if lab < 0:
-            nll[m] = 0.0
+    for m in range(logits.shape[0]):
+        _softmax_ce_row(nll, logits, b, labels, scale, m)
+
+
+@njit(**JIT)
+def softmax_ce_fused_db(nll, logits, b, labels, scale, db):
+    """softmax_ce_fused, and also accumulates db[v] += sum_m dlogits[m, v].
+
+    db: (V,) float, accumulated (the caller zeroes it): the output-bias
+    gradient, summed while each row is still in cache. Same other arguments.
+    """
+    V = logits.shape[1]
+    for m in range(logits.shape[0]):
+        _softmax_ce_row(nll, logits, b, labels, scale, m)
+        if labels[m] >= 0:
             for v in range(V):
-                logits[m, v] = 0.0
-            continue
-        mx = logits[m, 0] + b[0]
-        for v in range(V):
-            z = logits[m, v] + b[v]
-            logits[m, v] = z
-            if z > mx:
-                mx = z
-        zlab = logits[m, lab]
-        s = 0.0  # float64 accumulator
-        for v in range(V):
-            e = vexp(logits[m, v] - mx)
-            logits[m, v] = e
-            s += e
-        nll[m] = math.log(s) + (np.float64(mx) - np.float64(zlab))
-        inv = logits.dtype.type(scale / s)
-        for v in range(V):
-            logits[m, v] = logits[m, v] * inv
-        logits[m, lab] -= scale
+                db[v] += logits[m, v]
 
 
-@njit(**JIT_PAR)
+@njit(**JIT)
 def log_softmax_rows(out, logits, b):
     """Writes out[m] = log softmax(logits[m] + b) (used by generate / full scores).
 
     out: (M, V) float; logits: (M, V) float; b: (V,) float. out may alias logits.
     """
     M, V = logits.shape
-    for m in prange(M):
+    for m in range(M):
         mx = logits[m, 0] + b[0]
         for v in range(1, V):
             z = logits[m, v] + b[v]

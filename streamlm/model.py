@@ -16,6 +16,7 @@ is returned, for tests, but never applied).
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,10 @@ BLAS_RECUR_MIN_WORK = 4 * 128 * 128
 # logits buffer to PROJ_ROWS * V floats however long a chunk is.
 PROJ_ROWS = 512
 
+# Rows of the training logits computed by one GEMM and then passed at once to
+# the fused softmax, so that they are still in cache.
+FUSE_ROWS = 128
+
 
 def check_ids(ids: np.ndarray, V: int, what: str = "token ids", allow_ignore: bool = False):
     """Raise ValueError unless every id is in [0, V) (or -1 when allow_ignore).
@@ -49,6 +54,120 @@ def check_ids(ids: np.ndarray, V: int, what: str = "token ids", allow_ignore: bo
         raise ValueError(f"{what} out of range: {bad} not in [{lo}, {V})")
 
 
+# ---------------------------------------------------------------- threads --
+# streamlm runs its own threads: each task calls serial (nogil) kernels and
+# single-threaded BLAS on its share of the rows, streams or columns. One pool,
+# coarse tasks: no second thread pool (OpenBLAS's, numba's) spins against it.
+def _find_openblas():
+    """(set_num_threads, get_num_threads) of numpy's bundled OpenBLAS, or None."""
+    import ctypes
+    import glob
+    import os
+
+    base = os.path.dirname(np.__file__)
+    pats = [os.path.join(base, "..", "numpy.libs", "*openblas*"),
+            os.path.join(base, ".dylibs", "*openblas*")]
+    names = [("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
+             ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
+             ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
+             ("openblas_set_num_threads", "openblas_get_num_threads")]
+    for pat in pats:
+        for path in glob.glob(pat):
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for s, g in names:
+                if hasattr(lib, s) and hasattr(lib, g):
+                    fs, fg = getattr(lib, s), getattr(lib, g)
+                    fs.argtypes, fs.restype = [ctypes.c_int], None
+                    fg.argtypes, fg.restype = [], ctypes.c_int
+                    return fs, fg
+    return None
+
+
+class _Engine:
+    """``threads`` workers (the calling thread is one of them)."""
+
+    def __init__(self, threads: int):
+        self.threads = max(1, int(threads))
+        self._pool = None
+        self._blas = _find_openblas() if self.threads > 1 else None
+        if self.threads > 1 and self._blas is None:
+            log.debug("numpy's OpenBLAS not found: running on one thread")
+            self.threads = 1
+
+    def map(self, fn, ranges) -> None:
+        """fn(*r) for every r in ranges, concurrently; re-raises the first error."""
+        if len(ranges) == 1 or self.threads == 1:
+            for r in ranges:
+                fn(*r)
+            return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="streamlm")
+        futs = [self._pool.submit(fn, *r) for r in ranges[1:]]
+        try:
+            fn(*ranges[0])
+        finally:
+            errs = [f.exception() for f in futs]
+        for e in errs:
+            if e is not None:
+                raise e
+
+    @contextmanager
+    def single_blas(self):
+        """BLAS on one thread while streamlm's own threads run (restored after)."""
+        if self._blas is None:
+            yield
+            return
+        set_, get = self._blas
+        prev = get()
+        if prev != 1:
+            set_(1)
+        try:
+            yield
+        finally:
+            if prev != 1:
+                set_(prev)
+
+
+_ENGINE: _Engine | None = None
+
+
+def set_num_threads(n: int | None = None) -> None:
+    """Threads streamlm computes on (default: numba's NUMBA_NUM_THREADS)."""
+    global _ENGINE
+    if n is None:
+        from numba import config
+
+        n = config.NUMBA_NUM_THREADS
+    _ENGINE = _Engine(n)
+
+
+def _engine() -> _Engine:
+    if _ENGINE is None:
+        set_num_threads()
+    return _ENGINE
+
+
+def get_num_threads() -> int:
+    return _engine().threads
+
+
+def _split(n: int, parts: int) -> list[tuple[int, int]]:
+    """At most ``parts`` contiguous, near-equal ranges covering [0, n)."""
+    parts = max(1, min(parts, n))
+    q, r = divmod(n, parts)
+    out, lo = [], 0
+    for i in range(parts):
+        hi = lo + q + (1 if i < r else 0)
+        out.append((lo, hi))
+        lo = hi
+    return out
+
+
 # ------------------------------------------------------------ time layers --
 def time_embedding_forward(X, ids, W):
     """X: (M, D) out; ids: (M,) int32; W: (V, D)."""
@@ -60,8 +179,30 @@ def time_embedding_backward(dW, ids, dX):
     K.embedding_backward(dW, ids, dX)
 
 
+def rnn_recur_rows(hs_full, xw, Wh, reset, n0, n1, use_blas: bool, t0=0, t1=None):
+    """The recurrence for streams [n0, n1) and steps [t0, t1) of a block.
+
+    hs_full: (T+1, N, H), hs_full[t0] holds the state before step t0 on entry,
+    hs_full[t0+1:t1+1] is written; xw: (T, N, H) = X @ Wx + b;
+    reset: (T, N) uint8 (nonzero: the state before step t is zero).
+    """
+    T = xw.shape[0] if t1 is None else t1
+    if not use_blas:
+        K.rnn_forward_rows(hs_full[t0 + 1:T + 1], xw[t0:T], hs_full[t0], Wh, reset[t0:T], n0, n1)
+        return
+    rs = reset[t0:T, n0:n1]
+    any_reset = bool(rs.any())
+    for t in range(t0, T):
+        hp = hs_full[t, n0:n1]
+        if any_reset and reset[t, n0:n1].any():
+            hp = hp * (reset[t, n0:n1] == 0)[:, None].astype(hp.dtype)
+        out = hs_full[t + 1, n0:n1]
+        np.matmul(hp, Wh, out=out)
+        K.tanh_add_(out, xw[t, n0:n1])
+
+
 def time_rnn_forward(hs_full, xw, X, Wx, Wh, b, reset, use_blas: bool):
-    """Run the RNN over a block.
+    """Run the RNN over a block (one thread; RNNLM splits the same work).
 
     hs_full: (T+1, N, H) with hs_full[0] = h0 on entry; hs_full[1:] written.
     xw: (T, N, H) scratch, written with X @ Wx + b.  X: (T*N, D).
@@ -70,37 +211,33 @@ def time_rnn_forward(hs_full, xw, X, Wx, Wh, b, reset, use_blas: bool):
     T, N, H = xw.shape
     np.matmul(X, Wx, out=xw.reshape(T * N, H))
     xw += b
+    rnn_recur_rows(hs_full, xw, Wh, reset, 0, N, use_blas)
+
+
+def rnn_backward_rows(dxw, dh0, dhs, hs, Wh, n0, n1, use_blas: bool):
+    """dxw, dh0 for streams [n0, n1) (see K.rnn_backward)."""
     if not use_blas:
-        K.rnn_forward(hs_full[1:], xw, hs_full[0], Wh, reset)
+        K.rnn_backward_rows(dxw, dh0, dhs, hs, Wh, n0, n1)
         return
-    any_reset = bool(reset.any())
-    for t in range(T):
-        hp = hs_full[t]
-        if any_reset and reset[t].any():
-            hp = hp * (reset[t] == 0)[:, None].astype(hp.dtype)
-        np.matmul(hp, Wh, out=hs_full[t + 1])
-        K.tanh_add_(hs_full[t + 1], xw[t])
+    T = hs.shape[0]
+    dh = np.zeros((n1 - n0, hs.shape[2]), dtype=dxw.dtype)
+    WhT = Wh.T
+    for t in range(T - 1, -1, -1):
+        K.tanh_backward_(dxw[t, n0:n1], dhs[t, n0:n1], dh, hs[t, n0:n1])
+        np.matmul(dxw[t, n0:n1], WhT, out=dh)
+    dh0[n0:n1] = dh
 
 
 def time_rnn_backward(dxw, dh0, dhs, hs_full, X, Wx, Wh, grads_Wx, grads_Wh, grads_b,
                       use_blas: bool):
-    """Backward through the RNN block (truncated at the block start).
+    """Backward through the RNN block (truncated at the block start; one thread).
 
     Writes dxw: (T, N, H) and dh0: (N, H); accumulates the Wx, Wh, b
     gradients; returns dX: (T*N, D) (a new array).
     dhs: (T, N, H) gradient w.r.t. the RNN outputs hs_full[1:].
     """
     T, N, H = dxw.shape
-    hs = hs_full[1:]
-    if not use_blas:
-        K.rnn_backward(dxw, dh0, dhs, hs, Wh)
-    else:
-        dh = np.zeros((N, H), dtype=dxw.dtype)
-        WhT = Wh.T
-        for t in range(T - 1, -1, -1):
-            K.tanh_backward_(dxw[t], dhs[t], dh, hs[t])
-            np.matmul(dxw[t], WhT, out=dh)
-        dh0[...] = dh
+    rnn_backward_rows(dxw, dh0, dhs, hs_full[1:], Wh, 0, N, use_blas)
     D2 = dxw.reshape(T * N, H)
     grads_Wh += hs_full[:-1].reshape(T * N, H).T @ D2
     grads_Wx += X.T @ D2
@@ -189,29 +326,41 @@ class RNNLM:
         return b
 
     # shared front half ---------------------------------------------------
-    def _run_rnn(self, xs, reset, train: bool):
+    def _run_rnn(self, xs, reset, train: bool, eng: _Engine):
+        """Embedding, input term and recurrence of an (N, T) block (threads: rows, streams)."""
         p = self.params
         N, T = xs.shape
         H, D = self.config.H, self.config.D
         M = N * T
         ids = np.ascontiguousarray(xs.T, dtype=np.int32).reshape(M)
         check_ids(ids, self.config.V, "input ids")
-        X = self._buf("X", (M, D))
-        time_embedding_forward(X, ids, p.embed_W)
         mask_x = None
         if train and self.dropout > 0:
             mask_x = self._dropout_mask((M, D))
-            X *= mask_x
+        X = self._buf("X", (M, D))
+        xw = self._buf("xw", (T, N, H))
+        xw2 = xw.reshape(M, H)
+        Wx, b, E = p.rnn_Wx, p.rnn_b, p.embed_W
+
+        def embed_rows(i, j):
+            time_embedding_forward(X[i:j], ids[i:j], E)
+            if mask_x is not None:
+                X[i:j] *= mask_x[i:j]
+            np.matmul(X[i:j], Wx, out=xw2[i:j])
+            xw2[i:j] += b
+
+        eng.map(embed_rows, _split(M, eng.threads))
         hs_full = self._buf("hs_full", (T + 1, N, H))
         hs_full[0] = self._h0(N)
-        xw = self._buf("xw", (T, N, H))
         if reset is None:
             reset_tm = self._buf("reset0", (T, N), np.uint8)
             reset_tm[...] = 0
         else:
             reset_tm = np.ascontiguousarray(np.asarray(reset, dtype=np.uint8).T)
-        time_rnn_forward(hs_full, xw, X, p.rnn_Wx, p.rnn_Wh, p.rnn_b, reset_tm,
-                         self._use_blas(N))
+        use_blas = self._use_blas(N)
+        Wh = p.rnn_Wh
+        eng.map(lambda n0, n1: rnn_recur_rows(hs_full, xw, Wh, reset_tm, n0, n1, use_blas),
+                _split(N, eng.threads))
         return ids, X, hs_full, mask_x
 
     def _dropout_mask(self, shape) -> np.ndarray:
@@ -236,19 +385,34 @@ class RNNLM:
         V, H = self.config.V, self.config.H
         labels = np.ascontiguousarray(ts.T, dtype=np.int32).reshape(M)
         check_ids(labels, V, "target ids", allow_ignore=True)
-        ids, X, hs_full, mask_x = self._run_rnn(xs, None, train)
-        hs_in = hs_full[1:].reshape(M, H)
-        mask_h = None
-        if train and self.dropout > 0:
-            mask_h = self._dropout_mask((M, H))
-            hs_in = hs_in * mask_h
-        p = self.params
-        logits = self._buf("logits", (M, V))
-        np.matmul(hs_in, p.affine_W, out=logits)
-        nll = self._buf("nll", (M,), np.float64)
-        count = int((labels >= 0).sum())
-        scale = p.dtype.type(1.0 / count) if count else p.dtype.type(0.0)
-        K.softmax_ce_fused(nll, logits, p.affine_b, labels, scale)  # logits -> dlogits
+        eng = _engine()
+        with eng.single_blas():
+            ids, X, hs_full, mask_x = self._run_rnn(xs, None, train, eng)
+            hs_in = hs_full[1:].reshape(M, H)
+            mask_h = None
+            if train and self.dropout > 0:
+                mask_h = self._dropout_mask((M, H))
+                hs_in = self._buf("hs_in", (M, H))
+            p = self.params
+            logits = self._buf("logits", (M, V))
+            nll = self._buf("nll", (M,), np.float64)
+            count = int((labels >= 0).sum())
+            scale = p.dtype.type(1.0 / count) if count else p.dtype.type(0.0)
+            parts = _split(M, eng.threads)
+            dbp = self._buf("dbp", (len(parts), V))
+            W, bias, hs = p.affine_W, p.affine_b, hs_full[1:].reshape(M, H)
+
+            def head_rows(k, i, j):
+                if mask_h is not None:
+                    np.multiply(hs[i:j], mask_h[i:j], out=hs_in[i:j])
+                dbp[k] = 0
+                for a in range(i, j, FUSE_ROWS):  # GEMM, then softmax while in cache
+                    c = min(j, a + FUSE_ROWS)
+                    np.matmul(hs_in[a:c], W, out=logits[a:c])
+                    K.softmax_ce_fused_db(nll[a:c], logits[a:c], bias, labels[a:c], scale,
+                                          dbp[k])  # logits -> dlogits
+
+            eng.map(head_rows, [(k, i, j) for k, (i, j) in enumerate(parts)])
         self._cache = _Cache(N, T, ids, labels, count, X, hs_full, hs_in, mask_x, mask_h)
         self.h = hs_full[T].copy()
         return float(nll.sum() / count) if count else 0.0
@@ -264,20 +428,58 @@ class RNNLM:
             raise RuntimeError("backward() without forward()")
         p = self.params
         N, T, M = c.N, c.T, c.N * c.T
-        H = self.config.H
-        dlogits = self._buf("logits", (M, self.config.V))
-        grads["affine_W"] += c.hs_in.T @ dlogits
-        grads["affine_b"] += dlogits.sum(axis=0)
-        dhs = dlogits @ p.affine_W.T  # (M, H)
-        if c.mask_h is not None:
-            dhs *= c.mask_h
+        H, D, V = self.config.H, self.config.D, self.config.V
+        eng = _engine()
+        P = eng.threads
+        dlogits = self._buf("logits", (M, V))
+        dbp = self._buf("dbp", (len(_split(M, P)), V))
+        grads["affine_b"] += dbp.sum(axis=0)
+        W = p.affine_W
+        gW = grads["affine_W"]
+        dWs = self._buf("dW_affine", (H, V))
+        dhs = self._buf("dhs", (M, H))
+        rows, cols = _split(M, P), _split(V, P)
+        use_blas = self._use_blas(N)
         dxw = self._buf("dxw", (T, N, H))
+        dxw2 = dxw.reshape(M, H)
         dh0 = np.empty((N, H), dtype=p.dtype)
-        dX = time_rnn_backward(dxw, dh0, dhs.reshape(T, N, H), c.hs_full, c.X,
-                               p.rnn_Wx, p.rnn_Wh, grads["rnn_Wx"], grads["rnn_Wh"],
-                               grads["rnn_b"], self._use_blas(N))
-        if c.mask_x is not None:
-            dX *= c.mask_x
+        dX = self._buf("dX", (M, D))
+        gWx = self._buf("gWx", (P, D, H))
+        gWh = self._buf("gWh", (P, H, H))
+        gb = self._buf("gb", (P, H))
+        hprev = c.hs_full[:-1].reshape(M, H)
+        hs = c.hs_full[1:]
+        Wx, Wh = p.rnn_Wx, p.rnn_Wh
+
+        def affine_back(k):
+            if k < len(cols):  # dW columns: hs_in^T @ dlogits[:, cols]
+                a, b = cols[k]
+                np.matmul(c.hs_in.T, dlogits[:, a:b], out=dWs[:, a:b])
+                gW[:, a:b] += dWs[:, a:b]
+            if k < len(rows):  # dhs rows: dlogits[rows] @ W^T
+                i, j = rows[k]
+                np.matmul(dlogits[i:j], W.T, out=dhs[i:j])
+                if c.mask_h is not None:
+                    dhs[i:j] *= c.mask_h[i:j]
+
+        def input_back(k, i, j):
+            np.matmul(c.X[i:j].T, dxw2[i:j], out=gWx[k])
+            np.matmul(hprev[i:j].T, dxw2[i:j], out=gWh[k])
+            gb[k] = dxw2[i:j].sum(axis=0)
+            np.matmul(dxw2[i:j], Wx.T, out=dX[i:j])
+            if c.mask_x is not None:
+                dX[i:j] *= c.mask_x[i:j]
+
+        with eng.single_blas():
+            eng.map(affine_back, [(k,) for k in range(max(len(rows), len(cols)))])
+            streams = _split(N, P)
+            eng.map(lambda n0, n1: rnn_backward_rows(dxw, dh0, dhs.reshape(T, N, H), hs, Wh,
+                                                     n0, n1, use_blas), streams)
+            eng.map(input_back, [(k, i, j) for k, (i, j) in enumerate(rows)])
+        nr = len(rows)
+        grads["rnn_Wx"] += gWx[:nr].sum(axis=0)
+        grads["rnn_Wh"] += gWh[:nr].sum(axis=0)
+        grads["rnn_b"] += gb[:nr].sum(axis=0)
         time_embedding_backward(grads["embed_W"], c.ids, dX)
         self._cache = None
         return dh0
@@ -290,7 +492,8 @@ class RNNLM:
         Targets of -1 are ignored (NLL 0). ``reset`` (N, T): where nonzero, the
         state before that step is zero. The carried state becomes, per row,
         the state after its last real step: ``lengths[n]`` steps (default T).
-        No dropout, nothing kept for backward; memory is bounded by PROJ_ROWS.
+        No dropout, nothing kept for backward; memory is bounded by PROJ_ROWS
+        rows of logits per thread.
         """
         xs = np.asarray(xs)
         ts = np.asarray(ts)
@@ -301,17 +504,28 @@ class RNNLM:
         V, H = self.config.V, self.config.H
         labels = np.ascontiguousarray(ts.T, dtype=np.int32).reshape(M)
         check_ids(labels, V, "target ids", allow_ignore=True)
-        _, _, hs_full, _ = self._run_rnn(xs, reset, train=False)
-        hs = hs_full[1:].reshape(M, H)
+        eng = _engine()
         p = self.params
         out = np.empty(M, dtype=np.float64)
+        P = eng.threads
         rows = min(M, PROJ_ROWS)
-        logits = self._buf("proj", (rows, V))
-        for i in range(0, M, rows):
-            j = min(M, i + rows)
-            lg = logits[: j - i]
-            np.matmul(hs[i:j], p.affine_W, out=lg)
-            K.softmax_ce_forward(out[i:j], lg, p.affine_b, labels[i:j])
+        logits = self._buf("proj", (P, rows, V))
+        W, bias = p.affine_W, p.affine_b
+        with eng.single_blas():
+            if N >= P or P == 1:
+                _, _, hs_full, _ = self._run_rnn(xs, reset, False, eng)
+                hs = hs_full[1:].reshape(M, H)
+
+                def project(k, i, j):
+                    for a in range(i, j, rows):
+                        b = min(j, a + rows)
+                        lg = logits[k, : b - a]
+                        np.matmul(hs[a:b], W, out=lg)
+                        K.softmax_ce_forward(out[a:b], lg, bias, labels[a:b])
+
+                eng.map(project, [(k, i, j) for k, (i, j) in enumerate(_split(M, P))])
+            else:
+                hs_full = self._nll_pipelined(xs, reset, labels, out, logits, eng)
         if lengths is None:
             self.h = hs_full[T].copy()
         else:
@@ -319,10 +533,75 @@ class RNNLM:
             self.h = hs_full[lengths, np.arange(N)].copy()
         return out.reshape(T, N).T.copy()
 
+    def _nll_pipelined(self, xs, reset, labels, out, logits, eng: _Engine):
+        """Fewer streams than threads: while the calling thread runs the
+        recurrence segment by segment, the other threads project the segments
+        already done; then the calling thread joins the projection."""
+        import threading
+
+        p = self.params
+        N, T = xs.shape
+        M = N * T
+        H = self.config.H
+        ids = np.ascontiguousarray(xs.T, dtype=np.int32).reshape(M)
+        check_ids(ids, self.config.V, "input ids")
+        X = self._buf("X", (M, self.config.D))
+        xw = self._buf("xw", (T, N, H))
+        time_embedding_forward(X, ids, p.embed_W)
+        np.matmul(X, p.rnn_Wx, out=xw.reshape(M, H))
+        xw += p.rnn_b
+        hs_full = self._buf("hs_full", (T + 1, N, H))
+        hs_full[0] = self._h0(N)
+        if reset is None:
+            reset_tm = self._buf("reset0", (T, N), np.uint8)
+            reset_tm[...] = 0
+        else:
+            reset_tm = np.ascontiguousarray(np.asarray(reset, dtype=np.uint8).T)
+        use_blas = self._use_blas(N)
+        rows = logits.shape[1]
+        seg_t = max(1, rows // N)  # steps per segment: one projection slice
+        segs = [(t, min(T, t + seg_t)) for t in range(0, T, seg_t)]
+        ready = [threading.Event() for _ in segs]
+        nxt = iter(range(len(segs)))
+        lock = threading.Lock()
+        hs = hs_full[1:].reshape(M, H)
+        W, bias = p.affine_W, p.affine_b
+        failed = []
+
+        def project(k):
+            while True:
+                with lock:
+                    s = next(nxt, None)
+                if s is None:
+                    return
+                ready[s].wait()
+                if failed:
+                    return
+                a, b = segs[s][0] * N, segs[s][1] * N
+                lg = logits[k, : b - a]
+                np.matmul(hs[a:b], W, out=lg)
+                K.softmax_ce_forward(out[a:b], lg, bias, labels[a:b])
+
+        def work(k):
+            if k == 0:
+                try:
+                    for s, (t0, t1) in enumerate(segs):
+                        rnn_recur_rows(hs_full, xw, p.rnn_Wh, reset_tm, 0, N, use_blas, t0, t1)
+                        ready[s].set()
+                except BaseException:
+                    failed.append(True)
+                    for e in ready:
+                        e.set()
+                    raise
+            project(k)
+
+        eng.map(work, [(k,) for k in range(eng.threads)])
+        return hs_full
+
     def step_logprobs(self, ids: np.ndarray) -> np.ndarray:
         """Feed one token per row (ids: (N,)) and return log p(next) as (N, V)."""
         ids = np.asarray(ids, dtype=np.int32).reshape(-1, 1)
-        _, _, hs_full, _ = self._run_rnn(ids, None, train=False)
+        _, _, hs_full, _ = self._run_rnn(ids, None, False, _Engine(1))
         self.h = hs_full[1].copy()
         p = self.params
         lp = hs_full[1] @ p.affine_W
