@@ -349,7 +349,7 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
           out_model: str | os.PathLike, valid_paths: Sequence[str | os.PathLike] | None = None,
           vocab_path: str | os.PathLike | None = None, log_path: str | os.PathLike | None = None,
           plot_path: str | os.PathLike | None = None, resume: bool = False,
-          progress: Callable[[dict], None] | None = None) -> dict:
+          progress: Callable[[dict], None] | None = None, checkpoints: bool = True) -> dict:
     """Train an RNN LM on ``train_paths``; write the model file ``out_model``.
 
     ``progress`` (optional) is called with small dicts: ``{"event": "start",
@@ -358,6 +358,10 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
     ``{"event": "log" | "epoch", "record": {...}}`` for each log record.
     Returns a summary dict (JSON-able). Raises UsageError / InputError for bad
     options or data, TrainingDiverged on a NaN/Inf loss.
+
+    ``checkpoints=False`` (library only, for quick experiments and tests) writes
+    no checkpoint, and without a validation set writes the model file only at
+    the end: no fsync per epoch.
     """
     cfg = config
     cfg.validate()
@@ -418,6 +422,10 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
         if log_path is not None:
             _write_log(log_path, run.history)
         return rec
+
+    def save_checkpoint() -> None:
+        if checkpoints:
+            _save_checkpoint(ckpt, run, batcher, model_cfg, vocab, elapsed())
 
     def save_best() -> None:
         _check_finite(run, batcher, ckpt)
@@ -507,15 +515,15 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
                 tr = math.exp(min(run.ep_loss / run.ep_steps, 700.0)) if run.ep_steps else None
                 run.ep_loss, run.ep_steps = 0.0, 0
                 vppl = validate_and_keep(decay=True) if vds is not None else None
-                if vds is None:
-                    save_best()
+                if vds is None and checkpoints:
+                    save_best()  # the latest weights
                 rec = record("epoch", step, tr, vppl, None)
                 emit("epoch", record=rec)
-                _save_checkpoint(ckpt, run, batcher, model_cfg, vocab, elapsed())
+                save_checkpoint()
                 if plot_path is not None:
                     plot_history(run.history, plot_path)
             elif out_of_time or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-                _save_checkpoint(ckpt, run, batcher, model_cfg, vocab, elapsed())
+                save_checkpoint()
             if out_of_time and batcher.batches_done < total_steps:
                 stopped_by = "time"
                 log.info("--max-minutes %g reached at step %d (epoch %.2f)", cfg.max_minutes,
@@ -526,12 +534,12 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
                         save_best()
                     rec = record("stop", step, None, vppl, None)
                     emit("epoch", record=rec)
-                    _save_checkpoint(ckpt, run, batcher, model_cfg, vocab, elapsed())
+                    save_checkpoint()
                     if plot_path is not None:
                         plot_history(run.history, plot_path)
                 break
 
-    if not out_model.exists():  # e.g. resumed a finished run
+    if (vds is None and not checkpoints) or not out_model.exists():
         save_best()
     step = batcher.batches_done
     wall = time.monotonic() - t_start

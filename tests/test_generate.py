@@ -1,0 +1,120 @@
+"""`streamlm generate`: seeded sampling, the sampling rule itself, formatting, bad options."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from streamlm.generate import format_words, generate
+from streamlm.model import RNNLM
+from streamlm.params import ModelConfig, Params, save_model
+
+WORDS = ["<unk>", "<eos>"] + [f"w{i}" for i in range(28)]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    cfg = ModelConfig(V=len(WORDS), D=6, H=8)
+    p = Params.init(cfg, seed=1)
+    rng = np.random.default_rng(2)
+    # a peaked, non-uniform model so that samples carry information
+    p["embed_W"][...] = rng.standard_normal(p["embed_W"].shape)
+    p["affine_W"][...] = rng.standard_normal(p["affine_W"].shape) * 2
+    p["affine_b"][1] = 1.5  # <eos> is frequent
+    path = tmp_path_factory.mktemp("gen") / "m.npz"
+    save_model(path, p, WORDS)
+    return path
+
+
+def cli(*args):
+    r = subprocess.run([sys.executable, "-m", "streamlm", *map(str, args)], check=False,
+                       capture_output=True, timeout=120)
+    return r.returncode, r.stdout.decode(), r.stderr.decode()
+
+
+def test_same_seed_same_text(model_file):
+    a = list(generate(model_file, words=60, seed=3))
+    b = list(generate(model_file, words=60, seed=3))
+    c = list(generate(model_file, words=60, seed=4))
+    assert a == b and len(a) == 60
+    assert a != c
+    assert set(a) <= set(WORDS)
+
+
+def _softmax_sample(lp, temperature, u):
+    z = lp / temperature
+    p = np.exp(z - z.max())
+    c = np.cumsum(p)
+    return int(np.searchsorted(c, u * c[-1], side="right"))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
+def test_sampling_rule_matches_numpy(model_file, temperature):
+    """Each word is the inverse-CDF draw of softmax(log p / T) at the seeded uniform."""
+    from streamlm.params import load_model
+
+    got = list(generate(model_file, words=40, seed=11, temperature=temperature,
+                        prompt="w3 nonsense w5"))
+    m = load_model(model_file)
+    model = RNNLM(m.params)
+    rng = np.random.default_rng(11)
+    ctx = [1, WORDS.index("w3"), 0, WORDS.index("w5")]  # <eos>, prompt; unknown -> <unk>
+    for i in ctx:
+        lp = model.step_logprobs(np.array([i]))[0].astype(np.float64)
+    want = []
+    for _ in range(40):
+        k = _softmax_sample(lp, temperature, rng.random())
+        want.append(WORDS[k])
+        lp = model.step_logprobs(np.array([k]))[0].astype(np.float64)
+    assert got == want
+
+
+def test_low_temperature_is_greedy(model_file):
+    from streamlm.params import load_model
+
+    got = list(generate(model_file, words=15, seed=0, temperature=1e-4))
+    model = RNNLM(load_model(model_file).params)
+    lp = model.step_logprobs(np.array([1]))[0]
+    want = []
+    for _ in range(15):
+        k = int(np.argmax(lp))
+        want.append(WORDS[k])
+        lp = model.step_logprobs(np.array([k]))[0]
+    assert got == want
+
+
+def test_format_words():
+    assert "".join(format_words(iter(["a", "b", "<eos>", "c"]))) == "a b\nc\n"
+    assert "".join(format_words(iter(["<eos>", "<eos>"]))) == "\n\n"
+    assert "".join(format_words(iter([]))) == ""
+
+
+def test_cli_generate(model_file):
+    rc, out, err = cli("generate", model_file, "--words", "50", "--seed", "9")
+    assert rc == 0, err
+    words = list(generate(model_file, words=50, seed=9))
+    assert out == "".join(format_words(iter(words)))
+    assert out.count("\n") >= words.count("<eos>")
+    rc2, out2, _ = cli("generate", model_file, "--words", "50", "--seed", "9")
+    assert out2 == out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--temperature", "0"], "--temperature"),
+    (["--words", "-1"], "--words"),
+])
+def test_cli_bad_options(model_file, args, needle):
+    rc, out, err = cli("generate", model_file, *args)
+    assert rc == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err
+
+
+def test_cli_missing_or_broken_model(tmp_path):
+    rc, out, err = cli("generate", tmp_path / "nope.npz")
+    assert rc != 0 and out == "" and len(err.strip().splitlines()) == 1
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04garbage")
+    rc, out, err = cli("generate", bad)
+    assert rc != 0 and out == "" and "bad.npz" in err and "Traceback" not in err
