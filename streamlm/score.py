@@ -101,6 +101,7 @@ def summarize(tokens: int, oov: int, logprob: float, logprob_oov: float = 0.0) -
         "oov": int(oov),
         "logprob": float(logprob),
         "log10prob": float(logprob / _LN10),
+        "logprob_excl_oov": float(logprob - logprob_oov),  # exact merges (distributed)
         "perplexity": ppl,
         "perplexity_excl_oov": ppl_x,
         "bits_per_token": (-logprob / tokens / _LN2) if tokens else None,

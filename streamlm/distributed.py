@@ -1,0 +1,308 @@
+"""Scoring many inputs on a Dask cluster: one task per input file or shard.
+
+Each task streams its whole input with carried state, exactly as the local
+scorer (:func:`streamlm.score.score`) does for that input alone. The model is
+loaded once per worker process from its path (a worker-local cache keyed by
+path, size, mtime and checksum), never pickled into tasks: a task ships only
+strings and numbers.
+
+Totals merge exactly: every task returns its float64 sums (log-probability,
+log-probability of the non-OOV tokens, tokens, OOVs) and the client adds them
+with ``math.fsum``. Perplexities are computed once, from the merged sums.
+
+With ``output_dir``, each input gets ``<output_dir>/<name>.parquet`` (its
+per-unit scores) and then ``<name>.done.json`` (its sums, the model checksum,
+the input's size and mtime, and the Parquet file's sha256), both written
+atomically, the ``.done.json`` last, so it marks a finished shard. A rerun
+skips every input whose ``.done.json`` is present and verifies (same model,
+same options, input unchanged, Parquet checksum right) and scores the rest:
+like re-running only the missing outputs of a job array. A failing input is
+reported and the others still finish.
+
+``address`` is a scheduler address (``tcp://host:8786``) or ``local:N`` for a
+LocalCluster of N single-threaded worker processes on this machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streamlm.atomic import atomic_open
+from streamlm.errors import StreamlmError, UsageError
+
+log = logging.getLogger("streamlm.distributed")
+
+DONE_FORMAT = "streamlm-shard-scores"
+DONE_VERSION = 1
+
+# options that change the numbers; recorded in each .done.json
+_RESULT_OPTIONS = ("reset", "level", "errors", "column")
+
+
+def _require_dask():
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "--dask needs the optional Dask extra: pip install 'streamlm[dask]'") from None
+
+
+# ------------------------------------------------------------ worker side --
+_MODEL_CACHE: dict[tuple, object] = {}
+_MODEL_LOCK = threading.Lock()
+
+
+def _file_key(path: str) -> tuple:
+    st = os.stat(path)
+    return (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+def _cached_model(path: str):
+    """Load the model once per worker process (re-load only if the file changed)."""
+    from streamlm.params import load_model
+
+    key = _file_key(path)
+    with _MODEL_LOCK:
+        m = _MODEL_CACHE.get(key)
+        if m is None:
+            m = load_model(path)
+            _MODEL_CACHE.clear()  # one model per worker
+            _MODEL_CACHE[key] = m
+            log.info("worker %d loaded model %s", os.getpid(), path)
+        return m
+
+
+def _input_fingerprint(path: str) -> dict:
+    st = os.stat(path)
+    if os.path.isdir(path):  # a prepared dir: its manifest identifies it
+        man = Path(path) / "manifest.json"
+        digest = hashlib.sha256(man.read_bytes()).hexdigest() if man.exists() else None
+        return {"path": os.path.abspath(path), "manifest_sha256": digest}
+    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def output_name(path: str) -> str:
+    """The output stem of one input: its base name plus a short hash of its absolute path,
+    so two inputs with the same base name never collide."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(os.path.normpath(path))) or "input"
+    tag = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]
+    return f"{base}.{tag}"
+
+
+def score_one(model_path: str, input_path: str, options: dict,
+              out_parquet: str | None, done_json: str | None) -> dict:
+    """Score one input on a worker. Returns its sums, or ``{"error": message}``.
+
+    Never raises for a bad input: the error is returned so the other tasks go on.
+    """
+    from streamlm.score import score
+
+    try:
+        model = _cached_model(model_path)
+        res = score(model, [input_path], reset=options["reset"],
+                    chunk_tokens=options["chunk_tokens"], batch=options["batch"],
+                    level=options["level"] if out_parquet else None, output=out_parquet,
+                    errors=options["errors"], column=options["column"], engine="numba")
+        s = res.summary["inputs"][0]
+        sums = {"tokens": int(s["tokens"]), "oov": int(s["oov"]),
+                "logprob": float(s["logprob"]),
+                "logprob_excl_oov": float(s["logprob_excl_oov"])}
+        record = {
+            "format": DONE_FORMAT, "format_version": DONE_VERSION,
+            "input": _input_fingerprint(input_path),
+            "model_sha256": model.meta.get("sha256"),
+            "options": {k: options[k] for k in _RESULT_OPTIONS},
+            "sums": sums,
+            "parquet": os.path.basename(out_parquet) if out_parquet else None,
+            "parquet_sha256": _sha256_file(out_parquet) if out_parquet else None,
+            "seconds": round(res.seconds, 3),
+            "worker_pid": os.getpid(),
+        }
+        if done_json:
+            with atomic_open(done_json, "w", encoding="utf-8") as f:
+                json.dump(record, f, indent=1)
+        return {"path": input_path, "sums": sums, "skipped": False,
+                "seconds": res.seconds}
+    except StreamlmError as e:
+        return {"path": input_path, "error": str(e)}
+    except OSError as e:
+        where = f"{e.filename}: " if getattr(e, "filename", None) else f"{input_path}: "
+        return {"path": input_path, "error": f"{where}{e.strerror or e}"}
+    except Exception as e:  # a bug; still reported per shard, the others finish
+        return {"path": input_path, "error": f"{input_path}: {type(e).__name__}: {e}"}
+
+
+# ------------------------------------------------------------ client side --
+@dataclass
+class DaskScoreResult:
+    summary: dict
+    failed: list[dict] = field(default_factory=list)
+    skipped: int = 0
+
+
+def _verify_done(done: Path, parquet: Path, input_path: str, model_sha: str,
+                 options: dict) -> dict | None:
+    """The sums recorded in ``done`` if it proves the shard is finished, else None."""
+    try:
+        rec = json.loads(done.read_text(encoding="utf-8"))
+        if rec.get("format") != DONE_FORMAT or rec.get("model_sha256") != model_sha:
+            return None
+        if rec.get("options") != {k: options[k] for k in _RESULT_OPTIONS}:
+            return None
+        if rec.get("input") != _input_fingerprint(input_path):
+            return None
+        if not parquet.exists() or _sha256_file(parquet) != rec.get("parquet_sha256"):
+            return None
+        s = rec["sums"]
+        return {"tokens": int(s["tokens"]), "oov": int(s["oov"]),
+                "logprob": float(s["logprob"]),
+                "logprob_excl_oov": float(s["logprob_excl_oov"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _client(address: str):
+    """A distributed Client for ``address``; ``local:N`` starts a LocalCluster."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    m = re.fullmatch(r"local(?::(\d+))?", address.strip())
+    if m:
+        n = int(m.group(1) or os.cpu_count() or 1)
+        if n < 1:
+            raise UsageError(f"--dask {address}: need at least one worker")
+        # one thread per worker process, and no oversubscription inside it
+        env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+               "NUMBA_NUM_THREADS": "1", "STREAMLM_NUM_THREADS": "1"}
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
+        return Client(cluster), cluster
+    try:
+        return Client(address, timeout="30s"), None
+    except OSError as e:
+        raise UsageError(f"--dask {address}: cannot reach the scheduler ({e})") from None
+
+
+def score_dask(model_path: str, inputs: Sequence[str], address: str, *,
+               output_dir: str | None = None, level: str = "line", reset: str = "none",
+               chunk_tokens: int = 2048, batch: int = 16, errors: str = "strict",
+               column: str = "token_id",
+               progress: Callable[[dict], None] | None = None) -> DaskScoreResult:
+    """Score ``inputs`` as one Dask task each; merge the totals exactly.
+
+    Returns the merged summary (the same keys as :func:`streamlm.score.score`,
+    with ``inputs`` per input) and the list of failed inputs.
+    """
+    _require_dask()
+    from streamlm.params import load_model
+    from streamlm.score import summarize
+
+    if not inputs:
+        raise UsageError("no inputs given")
+    if "-" in inputs:
+        raise UsageError("--dask cannot read stdin ('-'): give files")
+    model = load_model(model_path)  # fail fast, here, on a bad model
+    model_sha = model.meta.get("sha256")
+    model_path = os.path.abspath(model_path)
+    options = {"reset": reset, "level": level, "errors": errors, "column": column,
+               "chunk_tokens": int(chunk_tokens), "batch": int(batch)}
+    out = Path(output_dir) if output_dir else None
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"{out}: --output with --dask must be a directory")
+        out.mkdir(parents=True, exist_ok=True)
+
+    results: dict[int, dict] = {}
+    todo: list[int] = []
+    names = [output_name(p) for p in inputs]
+    if len(set(names)) != len(names):
+        raise UsageError("the same input is given twice")
+    for i, p in enumerate(inputs):
+        if out is not None:
+            sums = _verify_done(out / f"{names[i]}.done.json", out / f"{names[i]}.parquet",
+                                p, model_sha, options) if os.path.exists(p) else None
+            if sums is not None:
+                results[i] = {"path": p, "sums": sums, "skipped": True}
+                continue
+        todo.append(i)
+    skipped = len(results)
+    if skipped:
+        log.info("%d of %d inputs already scored (verified outputs), skipping them",
+                 skipped, len(inputs))
+
+    if todo:
+        from distributed import as_completed
+
+        client, cluster = _client(address)
+        try:
+            futs = {}
+            for i in todo:
+                pq = str(out / f"{names[i]}.parquet") if out else None
+                dj = str(out / f"{names[i]}.done.json") if out else None
+                f = client.submit(score_one, model_path, os.path.abspath(inputs[i]), options,
+                                  pq, dj, key=f"streamlm-score-{names[i]}-{model_sha[:8]}",
+                                  pure=False)
+                futs[f] = i
+            done_tokens = 0
+            for n, f in enumerate(as_completed(futs), 1):
+                i = futs[f]
+                try:
+                    r = f.result()
+                except Exception as e:  # the task itself died (worker lost, ...)
+                    r = {"path": inputs[i], "error": f"{inputs[i]}: task failed: {e}"}
+                r["path"] = inputs[i]
+                results[i] = r
+                if "sums" in r:
+                    done_tokens += r["sums"]["tokens"]
+                if progress is not None:
+                    progress({"done": n + skipped, "total": len(inputs), "tokens": done_tokens,
+                              "path": inputs[i], "error": r.get("error")})
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+    per, failed = [], []
+    sums = {"tokens": 0, "oov": 0}
+    lp, lpx = [], []
+    for i in range(len(inputs)):
+        r = results[i]
+        if "error" in r:
+            failed.append({"path": inputs[i], "error": r["error"]})
+            continue
+        s = r["sums"]
+        sums["tokens"] += s["tokens"]
+        sums["oov"] += s["oov"]
+        lp.append(s["logprob"])
+        lpx.append(s["logprob_excl_oov"])
+        d = {"path": inputs[i]}
+        d.update(summarize(s["tokens"], s["oov"], s["logprob"],
+                           s["logprob"] - s["logprob_excl_oov"]))
+        d["skipped"] = bool(r.get("skipped"))
+        per.append(d)
+    total_lp, total_lpx = math.fsum(lp), math.fsum(lpx)
+    summary = summarize(sums["tokens"], sums["oov"], total_lp, total_lp - total_lpx)
+    summary["inputs"] = per
+    summary["failed"] = failed
+    summary["skipped"] = skipped
+    summary["model"] = model_path
+    summary["dask"] = address
+    return DaskScoreResult(summary, failed, skipped)
