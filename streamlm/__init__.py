@@ -1,3 +1,17 @@
 """streamlm: a Numba-compiled, streaming, word-level RNN language model."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """Lazy exports: ``streamlm.LanguageModel`` / ``streamlm.load`` import nothing heavy
+    until used."""
+    if name in ("LanguageModel", "Stream", "load"):
+        from streamlm import api
+
+        return getattr(api, name)
+    if name == "score":
+        from streamlm.score import score
+
+        return score
+    raise AttributeError(f"module 'streamlm' has no attribute {name!r}")

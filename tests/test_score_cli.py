@@ -1,0 +1,176 @@
+"""`streamlm score` as a user runs it: subprocesses, one-line errors, real SIGKILL resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from streamlm.params import ModelConfig, Params, save_model
+from streamlm.vocab import Vocab
+
+TRAIN = "the cat sat on the mat\nthe dog sat on the log\na cat and a dog\n"
+
+
+def cli(*args, stdin=None, timeout=300):
+    r = subprocess.run([sys.executable, "-m", "streamlm", *map(str, args)], input=stdin,
+                       check=False, capture_output=True, timeout=timeout)
+    return r.returncode, r.stdout.decode(), r.stderr.decode()
+
+
+def one_error_line(rc, err, *needles):
+    assert rc != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    vocab = Vocab.build(Counter(TRAIN.split()))
+    save_model(d / "m.npz", Params.init(ModelConfig(len(vocab), 4, 5), seed=1), vocab.words)
+    (d / "a.txt").write_text("the cat sat\nthe zebra\n\nthe dog\n")
+    (d / "b.txt").write_text("a cat\n")
+    return d
+
+
+def test_json_is_one_object(env):
+    rc, out, err = cli("score", env / "m.npz", env / "a.txt", env / "b.txt", "--json")
+    assert rc == 0, err
+    obj = json.loads(out)
+    assert out.count("\n") == 1
+    for k in ("tokens", "oov", "logprob", "log10prob", "perplexity", "perplexity_excl_oov",
+              "bits_per_token"):
+        assert k in obj
+        assert all(k in d for d in obj["inputs"])
+    assert [d["path"] for d in obj["inputs"]] == [str(env / "a.txt"), str(env / "b.txt")]
+    assert obj["tokens"] == (3 + 2 + 0 + 2 + 4) + 3 == sum(d["tokens"] for d in obj["inputs"])
+    assert obj["oov"] == 1
+
+
+def test_text_summary_and_stdin(env):
+    rc, out, err = cli("score", env / "m.npz", "-", stdin=b"the cat\n")
+    assert rc == 0, err
+    assert "perplexity incl. OOVs" in out and "perplexity excl. OOVs" in out
+    assert "tokens                    3" in out
+    rc, out2, _ = cli("score", env / "m.npz", env / "a.txt", "--engine", "numba", "--json")
+    rc, out3, _ = cli("score", env / "m.npz", env / "a.txt", "--engine", "numpy", "--json")
+    a, b = json.loads(out2), json.loads(out3)
+    assert a["logprob"] == pytest.approx(b["logprob"], rel=1e-6)
+
+
+def test_empty_input_json(env, tmp_path):
+    (tmp_path / "e.txt").write_text("")
+    rc, out, err = cli("score", env / "m.npz", tmp_path / "e.txt", "--json")
+    assert rc == 0, err
+    obj = json.loads(out)
+    assert obj["tokens"] == 0 and obj["perplexity"] is None
+
+
+def test_output_parquet(env, tmp_path):
+    out = tmp_path / "lines.parquet"
+    rc, so, err = cli("score", env / "m.npz", env / "a.txt", "--output", out, "--level",
+                      "line", "--reset", "line", "--json")
+    assert rc == 0, err
+    t = pq.read_table(out).to_pylist()
+    assert [r["index"] for r in t] == [0, 1, 2, 3]
+    assert sum(r["logprob"] for r in t) == pytest.approx(json.loads(so)["logprob"], rel=1e-9)
+
+
+@pytest.mark.parametrize("case", ["missing", "utf8", "model", "vocab", "ids", "usage"])
+def test_bad_input_one_line(env, tmp_path, case):
+    out = tmp_path / "o.jsonl"
+    model = env / "m.npz"
+    if case == "missing":
+        args, needles = [env / "a.txt", tmp_path / "nope.txt"], ["nope.txt", "no such file"]
+    elif case == "utf8":
+        p = tmp_path / "bad.txt"
+        p.write_bytes(b"ok\n" * 3 + b"caf\xe9\n")
+        args, needles = [p], ["bad.txt", "line 4", "byte 12", "UTF-8"]
+    elif case == "model":
+        model = tmp_path / "m.npz"
+        model.write_bytes((env / "m.npz").read_bytes()[:-100])
+        args, needles = [env / "a.txt"], ["m.npz", "corrupt"]
+    elif case == "vocab":
+        from streamlm.data import prepare
+
+        prepare([env / "a.txt"], tmp_path / "sh")  # its own vocabulary, not the model's
+        args, needles = [tmp_path / "sh"], ["sh", "vocabulary"]
+    elif case == "ids":
+        p = tmp_path / "ids.parquet"
+        pq.write_table(pa.table({"token_id": pa.array([1, 2, 3, 50], pa.int32())}), p)
+        args, needles = [p], ["ids.parquet", "50", "row 3"]
+    else:
+        args, needles = [env / "a.txt", "--reset", "word"], ["--reset"]
+    rc, so, err = cli("score", model, *args, "--output", out, "--level", "line")
+    one_error_line(rc, err, *needles)
+    assert so == ""
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_errors_replace(env, tmp_path):
+    p = tmp_path / "bad.txt"
+    p.write_bytes(b"the caf\xe9\n")
+    rc, out, err = cli("score", env / "m.npz", p, "--errors", "replace", "--json")
+    assert rc == 0, err
+    assert json.loads(out)["tokens"] == 3
+
+
+def test_sigkill_resume_gives_uninterrupted_totals(env, tmp_path):
+    # a text big enough that scoring one token per call takes several seconds
+    rng = np.random.default_rng(0)
+    words = TRAIN.split() + ["zebra"]
+    lines = [" ".join(rng.choice(words, size=rng.integers(0, 12))) for _ in range(600)]
+    big = tmp_path / "big.txt"
+    big.write_text("\n".join(lines) + "\n")
+    base = ["score", env / "m.npz", big, "--engine", "numpy", "--chunk-tokens", "4",
+            "--json", "--output", tmp_path / "w.jsonl", "--level", "word"]
+    rc, out, err = cli(*base)
+    assert rc == 0, err
+    full = json.loads(out)
+    reference_words = (tmp_path / "w.jsonl").read_text()
+    (tmp_path / "w.jsonl").unlink()
+
+    ck = tmp_path / "ck.npz"
+    args = [*base, "--checkpoint", ck, "--checkpoint-every", "40"]
+    kills = 0
+    for _ in range(2):
+        p = subprocess.Popen([sys.executable, "-m", "streamlm", *map(str, args)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        t0 = time.monotonic()
+        while not ck.exists() and time.monotonic() - t0 < 60 and p.poll() is None:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGKILL)
+            kills += 1
+        p.communicate()
+        if p.returncode == 0:
+            break
+        assert p.returncode == -signal.SIGKILL
+        assert not (tmp_path / "w.jsonl").exists()
+    assert kills >= 1
+    with np.load(ck) as z:
+        done = json.loads(str(z["meta"]))["inputs"][0]["scored"]
+    assert 0 < done < full["tokens"]
+    rc, out, err = cli(*args)
+    assert rc == 0, err
+    assert "resuming" in err
+    got = json.loads(out)
+    assert got["tokens"] == full["tokens"] and got["oov"] == full["oov"]
+    assert got["logprob"] == pytest.approx(full["logprob"], rel=1e-12)
+    assert (tmp_path / "w.jsonl").read_text() == reference_words
+    assert not ck.exists()
