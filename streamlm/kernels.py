@@ -281,6 +281,64 @@ def tanh_backward_(dxw, dhs, dh, hs):
 
 
 # ------------------------------------------------------- softmax + loss --
+# Each row is a few passes over V floats while the row stays in L1/L2: the
+# max, the exp, the sum (float32 partial sums of 256 added in float64), the
+# scale. One simple loop per pass: LLVM vectorises those, not fused ones.
+@njit(**JIT)
+def _row_max(x, b, m):
+    """max_v x[m, v] + b[v]. x: (M, V) float; b: (V,) float.
+
+    Sixteen independent running maxima, so the loop is not one serial chain
+    of compares (LLVM will not vectorise a float max reduction without
+    'nnan'). A NaN may be skipped here; the exp pass that follows propagates
+    it (vexp(NaN) is NaN), so a NaN logit still gives a NaN loss.
+    """
+    V = x.shape[1]
+    acc = np.empty(16, dtype=x.dtype)
+    for j in range(16):
+        acc[j] = x[m, 0] + b[0]
+    V16 = V - V % 16
+    for v in range(0, V16, 16):
+        for j in range(16):
+            z = x[m, v + j] + b[v + j]
+            acc[j] = z if z > acc[j] else acc[j]
+    mx = acc[0]
+    for j in range(1, 16):
+        if acc[j] > mx:
+            mx = acc[j]
+    for v in range(V16, V):
+        z = x[m, v] + b[v]
+        if z > mx:
+            mx = z
+    return mx
+
+
+@njit(**JIT)
+def _sum_f64(x):
+    """sum(x) of a float32/float64 vector in float64 (partial sums of 256 in x's dtype)."""
+    s = 0.0
+    n = x.shape[0]
+    for v0 in range(0, n, 256):
+        part = x.dtype.type(0)
+        for v in range(v0, min(n, v0 + 256)):
+            part += x[v]
+        s += np.float64(part)
+    return s
+
+
+@njit(**JIT)
+def _row_sumexp(x, b, m, mx, tmp):
+    """sum_v exp(x[m, v] + b[v] - mx) in float64; tmp: (V,) scratch.
+
+    exp into a scratch row, then a separate sum: LLVM vectorises each loop
+    alone but not the two fused.
+    """
+    V = x.shape[1]
+    for v in range(V):
+        tmp[v] = vexp(x[m, v] + b[v] - mx)
+    return _sum_f64(tmp)
+
+
 @njit(**JIT)
 def softmax_ce_forward(nll, logits, b, labels):
     """Per-token NLL of softmax(logits + b) with a stable log-sum-exp.
@@ -291,25 +349,21 @@ def softmax_ce_forward(nll, logits, b, labels):
     Returns nothing; the count of scored tokens is (labels >= 0).sum().
     """
     M, V = logits.shape
+    tmp = np.empty(V, dtype=logits.dtype)
     for m in range(M):
         lab = labels[m]
         if lab < 0:
             nll[m] = 0.0
             continue
-        mx = logits[m, 0] + b[0]
-        for v in range(1, V):
-            z = logits[m, v] + b[v]
-            if z > mx:
-                mx = z
-        s = 0.0  # float64 accumulator
-        for v in range(V):
-            s += vexp(logits[m, v] + b[v] - mx)
+        mx = _row_max(logits, b, m)
+        s = _row_sumexp(logits, b, m, mx, tmp)
         nll[m] = math.log(s) + (np.float64(mx) - np.float64(logits[m, lab] + b[lab]))
 
 
 @njit(**JIT)
-def _softmax_ce_row(nll, logits, b, labels, scale, m):
-    """One row of softmax_ce_fused (row m in place)."""
+def _softmax_ce_row(nll, logits, b, labels, scale, m, db, with_db):
+    """One row of softmax_ce_fused (row m, in place); adds the row's gradient to db
+    when with_db. Separate simple loops: each one vectorises."""
     V = logits.shape[1]
     lab = labels[m]
     if lab < 0:
@@ -317,23 +371,19 @@ def _softmax_ce_row(nll, logits, b, labels, scale, m):
         for v in range(V):
             logits[m, v] = 0.0
         return
-    mx = logits[m, 0] + b[0]
+    mx = _row_max(logits, b, m)
+    zlab = logits[m, lab] + b[lab]
     for v in range(V):
-        z = logits[m, v] + b[v]
-        logits[m, v] = z
-        if z > mx:
-            mx = z
-    zlab = logits[m, lab]
-    s = 0.0  # float64 accumulator
-    for v in range(V):
-        e = vexp(logits[m, v] - mx)
-        logits[m, v] = e
-        s += e
+        logits[m, v] = vexp(logits[m, v] + b[v] - mx)
+    s = _sum_f64(logits[m])
     nll[m] = math.log(s) + (np.float64(mx) - np.float64(zlab))
     inv = logits.dtype.type(scale / s)
     for v in range(V):
         logits[m, v] = logits[m, v] * inv
     logits[m, lab] -= scale
+    if with_db:
+        for v in range(V):
+            db[v] += logits[m, v]
 
 
 @njit(**JIT)
@@ -350,7 +400,7 @@ def softmax_ce_fused(nll, logits, b, labels, scale):
     the logits dtype.
     """
     for m in range(logits.shape[0]):
-        _softmax_ce_row(nll, logits, b, labels, scale, m)
+        _softmax_ce_row(nll, logits, b, labels, scale, m, b, False)
 
 
 @njit(**JIT)
@@ -360,12 +410,8 @@ def softmax_ce_fused_db(nll, logits, b, labels, scale, db):
     db: (V,) float, accumulated (the caller zeroes it): the output-bias
     gradient, summed while each row is still in cache. Same other arguments.
     """
-    V = logits.shape[1]
     for m in range(logits.shape[0]):
-        _softmax_ce_row(nll, logits, b, labels, scale, m)
-        if labels[m] >= 0:
-            for v in range(V):
-                db[v] += logits[m, v]
+        _softmax_ce_row(nll, logits, b, labels, scale, m, db, True)
 
 
 @njit(**JIT)
@@ -375,16 +421,10 @@ def log_softmax_rows(out, logits, b):
     out: (M, V) float; logits: (M, V) float; b: (V,) float. out may alias logits.
     """
     M, V = logits.shape
+    tmp = np.empty(V, dtype=logits.dtype)
     for m in range(M):
-        mx = logits[m, 0] + b[0]
-        for v in range(1, V):
-            z = logits[m, v] + b[v]
-            if z > mx:
-                mx = z
-        s = 0.0
-        for v in range(V):
-            s += vexp(logits[m, v] + b[v] - mx)
-        lse = mx + math.log(s)
+        mx = _row_max(logits, b, m)
+        lse = mx + math.log(_row_sumexp(logits, b, m, mx, tmp))
         for v in range(V):
             out[m, v] = logits[m, v] + b[v] - lse
 
