@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic, overload
 
 # The one place where compile settings live. ``fastmath`` is restricted to
@@ -40,7 +40,6 @@ from numba.extending import intrinsic, overload
 # a diverged loss.
 _FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
 JIT = dict(cache=True, nogil=True, fastmath=_FASTMATH)
-JIT_PAR = dict(JIT, parallel=True)
 
 
 # ------------------------------------------------- vectorisable exp / tanh --
@@ -430,37 +429,33 @@ def log_softmax_rows(out, logits, b):
 
 
 # ------------------------------------------------------------ optimisers --
-@njit(**JIT_PAR)
+# Serial over the flat buffer; streamlm.model.sum_squares / scale_ /
+# sgd_update / adam_update run them on slices in streamlm's threads.
+@njit(**JIT)
 def sum_squares(g):
     """Returns sum(g**2) in float64. g: (P,) float, a flat gradient buffer."""
-    P = g.shape[0]
-    nchunk = 64
-    step = (P + nchunk - 1) // nchunk
-    part = np.zeros(nchunk, dtype=np.float64)
-    for c in prange(nchunk):
-        s = 0.0
-        for i in range(c * step, min(P, (c + 1) * step)):
-            x = np.float64(g[i])
-            s += x * x
-        part[c] = s
-    return part.sum()
+    s = 0.0
+    for i in range(g.shape[0]):
+        x = np.float64(g[i])
+        s += x * x
+    return s
 
 
-@njit(**JIT_PAR)
+@njit(**JIT)
 def scale_(g, s):
     """Writes g *= s. g: (P,) float; s: scalar of g's dtype."""
-    for i in prange(g.shape[0]):
+    for i in range(g.shape[0]):
         g[i] *= s
 
 
-@njit(**JIT_PAR)
+@njit(**JIT)
 def sgd_update(p, g, lr):
     """Writes p -= lr * g. p, g: (P,) float; lr: scalar of p's dtype."""
-    for i in prange(p.shape[0]):
+    for i in range(p.shape[0]):
         p[i] -= lr * g[i]
 
 
-@njit(**JIT_PAR)
+@njit(**JIT)
 def adam_update(p, g, m, v, lr_t, beta1, beta2, eps):
     """One Adam step with the bias correction folded into lr_t (as the book does).
 
@@ -468,10 +463,11 @@ def adam_update(p, g, m, v, lr_t, beta1, beta2, eps):
     lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t); beta1, beta2, eps: scalars
     of p's dtype.
     """
-    for i in prange(p.shape[0]):
+    one = p.dtype.type(1)
+    for i in range(p.shape[0]):
         gi = g[i]
-        mi = m[i] + (1.0 - beta1) * (gi - m[i])
-        vi = v[i] + (1.0 - beta2) * (gi * gi - v[i])
+        mi = m[i] + (one - beta1) * (gi - m[i])
+        vi = v[i] + (one - beta2) * (gi * gi - v[i])
         m[i] = mi
         v[i] = vi
         p[i] -= lr_t * mi / (math.sqrt(vi) + eps)

@@ -26,9 +26,11 @@ from streamlm.params import Params
 
 log = logging.getLogger(__name__)
 
-# Above this many multiply-adds per recurrence step (N * H * H) the H x H
-# product of each step goes to BLAS from Python; below it the whole block
-# runs in one Numba kernel. Chosen by bench/bench_kernels.py (see README).
+# Above this many multiply-adds per recurrence step for one thread's streams
+# (N/threads * H * H) the H x H product of each step goes to BLAS from
+# Python; below it the whole block runs in one Numba kernel. Chosen by
+# bench/bench_kernels.py (bench/RESULTS.md: the kernel wins up to ~4e4, BLAS
+# from ~1e5).
 BLAS_RECUR_MIN_WORK = 4 * 128 * 128
 
 # Rows of the output projection computed at once when scoring: bounds the
@@ -166,6 +168,48 @@ def _split(n: int, parts: int) -> list[tuple[int, int]]:
         out.append((lo, hi))
         lo = hi
     return out
+
+
+# ------------------------------------------------------------ optimisers --
+# The kernels of the same names, run on slices of the flat buffers in
+# streamlm's threads (same arguments). Slices are multiples of 4096 elements.
+def _chunks(P: int, threads: int) -> list[tuple[int, int]]:
+    if threads == 1 or P < 65536:
+        return [(0, P)]
+    step = -(-P // threads)
+    step = -(-step // 4096) * 4096
+    return [(i, min(P, i + step)) for i in range(0, P, step)]
+
+
+def sum_squares(g: np.ndarray) -> float:
+    """sum(g**2) in float64 of a flat buffer g: (P,)."""
+    eng = _engine()
+    parts = _chunks(g.shape[0], eng.threads)
+    out = [0.0] * len(parts)
+
+    def run(k, i, j):
+        out[k] = K.sum_squares(g[i:j])
+
+    eng.map(run, [(k, i, j) for k, (i, j) in enumerate(parts)])
+    return float(sum(out))
+
+
+def scale_(g: np.ndarray, s) -> None:
+    """g *= s (s: scalar of g's dtype)."""
+    _engine().map(lambda i, j: K.scale_(g[i:j], s), _chunks(g.shape[0], _engine().threads))
+
+
+def sgd_update(p: np.ndarray, g: np.ndarray, lr) -> None:
+    """p -= lr * g (lr: scalar of p's dtype)."""
+    _engine().map(lambda i, j: K.sgd_update(p[i:j], g[i:j], lr),
+                  _chunks(p.shape[0], _engine().threads))
+
+
+def adam_update(p, g, m, v, lr_t, beta1, beta2, eps) -> None:
+    """The book's Adam step (see kernels.adam_update), on all threads."""
+    _engine().map(lambda i, j: K.adam_update(p[i:j], g[i:j], m[i:j], v[i:j], lr_t, beta1,
+                                             beta2, eps),
+                  _chunks(p.shape[0], _engine().threads))
 
 
 # ------------------------------------------------------------ time layers --
@@ -310,9 +354,11 @@ class RNNLM:
         return self.h
 
     def _use_blas(self, N: int) -> bool:
+        """BLAS per step or the Numba kernel, by the work of one thread's streams."""
         if self.recur != "auto":
             return self.recur == "blas"
-        return N * self.config.H * self.config.H >= BLAS_RECUR_MIN_WORK
+        n = -(-N // _engine().threads)
+        return n * self.config.H * self.config.H >= BLAS_RECUR_MIN_WORK
 
     def _buf(self, name: str, shape: tuple, dtype=None) -> np.ndarray:
         dtype = np.dtype(dtype or self.params.dtype)
@@ -624,11 +670,11 @@ def warmup(dtype=np.float32) -> None:
         m.backward(g)
         m.nll(xs, ts, reset=np.zeros_like(xs))
     m.step_logprobs(np.array([0, 1]))
-    K.sum_squares(g.flat)
-    K.scale_(g.flat, p.dtype.type(1.0))
-    K.sgd_update(p.flat, g.flat, p.dtype.type(0.0))
+    sum_squares(g.flat)
+    scale_(g.flat, p.dtype.type(1.0))
+    sgd_update(p.flat, g.flat, p.dtype.type(0.0))
     mm, vv = np.zeros_like(p.flat), np.zeros_like(p.flat)
     one = p.dtype.type
-    K.adam_update(p.flat, g.flat, mm, vv, one(0.0), one(0.9), one(0.999), one(1e-8))
+    adam_update(p.flat, g.flat, mm, vv, one(0.0), one(0.9), one(0.999), one(1e-8))
     K.all_finite(p.flat)
     K.sample_from_logits(p.affine_b, p.affine_b, 1.0, 0.5)
