@@ -38,7 +38,7 @@ TOL = 1e-4
 V = 10000
 TRAIN_NT = (20, 35)
 MANY_NT = (20, 100)
-SINGLE_T = {"streamlm": 4096, "torch": 256, "numpy": 256, "streamlm@256": 256}
+SINGLE_T = {"streamlm": 4096, "alt": 4096, "torch": 256, "numpy": 256}
 
 
 def _peer_base(peer: str) -> str:
@@ -50,6 +50,8 @@ def block_shape(task: str, peer: str) -> tuple[int, int]:
         return TRAIN_NT
     if task == "score_many":
         return MANY_NT
+    if "@" in peer:  # e.g. streamlm@256: another chunk length
+        return (1, int(peer.split("@")[1]))
     return (1, SINGLE_T[peer])
 
 
@@ -64,6 +66,9 @@ def thread_env(threads: int) -> dict:
 # ------------------------------------------------------------------ worker --
 def make_peer(peer: str, task: str, weights):
     base = _peer_base(peer)
+    if base == "alt":  # A/B runs: another streamlm tree, e.g. git archive of HEAD
+        sys.path.insert(0, os.environ["STREAMLM_BENCH_ALT"])
+        base = "streamlm"
     if base == "streamlm":
         from streamlm_peer import StreamlmScorer, StreamlmTrainer
         return StreamlmTrainer(weights) if task == "train" else StreamlmScorer(weights)
@@ -135,7 +140,7 @@ def sgemm_worker(spec: dict) -> dict:
         b = rng.random((H, V), dtype=np.float32)
         c = np.empty((700, V), np.float32)
         ts = []
-        for i in range(25):
+        for _ in range(25):
             t0 = time.perf_counter()
             np.matmul(a, b, out=c)
             ts.append(time.perf_counter() - t0)
@@ -163,7 +168,8 @@ class Peer:
         line = self.proc.stdout.readline()
         if not line:
             self.proc.wait()
-            raise RuntimeError(f"worker {spec['task']} {spec['peer']} died (exit {self.proc.returncode})")
+            raise RuntimeError(f"worker {spec['task']} {spec['peer']} died "
+                               f"(exit {self.proc.returncode})")
         self.head = json.loads(line)
 
     def rep(self) -> float:
@@ -207,12 +213,16 @@ def machine() -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="D=H=100 only, fewer repetitions.")
-    ap.add_argument("--hidden", default="100,650", help="Comma-separated D=H sizes (default 100,650).")
+    ap.add_argument("--hidden", default="100,650",
+                    help="Comma-separated D=H sizes (default 100,650).")
     ap.add_argument("--tasks", default="train,score_many,score_single", help="Tasks to run.")
-    ap.add_argument("--peers", default="streamlm,torch,numpy", help="Peers to run.")
+    ap.add_argument("--peers", default="streamlm,torch,numpy",
+                    help="Peers to run: streamlm, torch, numpy, and 'alt' (the streamlm "
+                         "package found in $STREAMLM_BENCH_ALT, for A/B runs).")
     ap.add_argument("--reps", type=int, default=10,
                     help="Timed repetitions per peer (interleaved between peers).")
     ap.add_argument("--threads", type=int, default=2, help="Threads for every library.")
@@ -226,7 +236,7 @@ def main(argv=None):
             worker(spec)
         return
     hidden = [100] if args.quick else [int(h) for h in args.hidden.split(",")]
-    reps = 4 if args.quick else args.reps
+    reps = min(4, args.reps) if args.quick else args.reps
     peers = args.peers.split(",")
     tasks = args.tasks.split(",")
     ids = ptb_ids()
@@ -256,8 +266,9 @@ def main(argv=None):
             try:
                 for peer in task_peers:
                     N, T = block_shape(task, peer)
-                    spec = {"task": task, "peer": peer, "weights": str(wf), "oracle": oracle[(N, T)],
-                            "reps": reps, "warmup": 1, "rep_tokens": rep_tokens}
+                    spec = {"task": task, "peer": peer, "weights": str(wf),
+                            "oracle": oracle[(N, T)], "reps": reps, "warmup": 1,
+                            "rep_tokens": rep_tokens}
                     if _peer_base(peer) == "numpy":
                         spec["rep_tokens"] = max(N * T, rep_tokens // 4)
                     w = Peer(spec, args.threads)

@@ -47,17 +47,29 @@ class Shape:
         return 2.0 * (self.D * self.H + self.H * self.H + self.H * self.V)
 
 
+def _ptb_words() -> list[str]:
+    with gzip.open(PTB_TRAIN, "rt", encoding="utf-8") as fh:
+        words = []
+        for line in fh:
+            words.extend(line.split())
+            words.append("<eos>")
+    return words
+
+
+def ptb_vocab() -> list[str]:
+    """PTB's 10,000 words: <unk>, <eos>, then the others by frequency (ties: first seen)."""
+    counts = Counter(_ptb_words())
+    rest = [w for w in sorted(counts, key=lambda w: -counts[w]) if w not in ("<unk>", "<eos>")]
+    return ["<unk>", "<eos>"] + rest
+
+
 def ptb_ids() -> np.ndarray:
     """PTB train as int32 ids (rank by frequency, ties by first appearance; <eos> per line)."""
     CACHE.mkdir(parents=True, exist_ok=True)
     f = CACHE / "ptb_train_ids.npy"
     if f.exists():
         return np.load(f, allow_pickle=False)
-    with gzip.open(PTB_TRAIN, "rt", encoding="utf-8") as fh:
-        words = []
-        for line in fh:
-            words.extend(line.split())
-            words.append("<eos>")
+    words = _ptb_words()
     counts = Counter(words)
     order = {w: i for i, w in enumerate(sorted(counts, key=lambda w: -counts[w]))}
     ids = np.fromiter((order[w] for w in words), dtype=np.int32, count=len(words))

@@ -40,8 +40,9 @@ def speed_section(r) -> list[str]:
     out += [f"- Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}",
             f"- Versions: Python {v['python']}, numpy {v['numpy']} ({v['numpy_blas']}), "
             f"numba {v['numba']}, torch {v['torch']}",
-            f"- Threads: {r['threads']} for every library (NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS, "
-            f"OMP_NUM_THREADS, MKL_NUM_THREADS, torch.set_num_threads); each peer in its own process.",
+            f"- Threads: {r['threads']} for every library (NUMBA_NUM_THREADS, "
+            f"OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS, torch.set_num_threads); "
+            f"each peer in its own process.",
             f"- Medians of {r['reps']} timed repetitions per peer (warm-up excluded), the peers "
             f"interleaved repetition by repetition. The machine is shared: compare ratios, "
             f"not absolute figures across runs.",
@@ -143,7 +144,8 @@ def main():
              "(`bench/run_all.sh` runs them all). Scripts: bench_speed.py (tokens/s vs PyTorch and "
              "numpy), bench_startup.py (start-up / compile), bench_memory.py (peak RSS), "
              "bench_kernels.py (kernel-level choices).", ""]
-    for name, fn in (("results_speed.json", speed_section), ("results_startup.json", startup_section),
+    for name, fn in (("results_speed.json", speed_section),
+                     ("results_startup.json", startup_section),
                      ("results_memory.json", memory_section),
                      ("results_kernels.json", kernels_section)):
         r = _load(name)

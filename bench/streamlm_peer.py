@@ -9,6 +9,7 @@ import numpy as np
 from common import BETA1, BETA2, EPS, LR, MAX_GRAD
 
 from streamlm import kernels as K
+from streamlm import model as Mm
 from streamlm.model import RNNLM
 from streamlm.params import ModelConfig, Params
 
@@ -17,6 +18,12 @@ def params_from(weights: dict[str, np.ndarray]) -> Params:
     V, D = weights["embed_W"].shape
     H = weights["rnn_Wh"].shape[0]
     return Params.from_arrays(ModelConfig(V=V, D=D, H=H), weights, dtype=np.float32)
+
+
+# streamlm.model runs the optimiser kernels on all threads (older trees: the kernels)
+_sum_squares = getattr(Mm, "sum_squares", K.sum_squares)
+_scale = getattr(Mm, "scale_", K.scale_)
+_adam = getattr(Mm, "adam_update", K.adam_update)
 
 
 class StreamlmTrainer:
@@ -34,13 +41,13 @@ class StreamlmTrainer:
         g[...] = 0
         loss = self.model.forward(xs, ts, train=True)
         self.model.backward(self.g)
-        norm = math.sqrt(K.sum_squares(g))
+        norm = math.sqrt(_sum_squares(g))
         rate = MAX_GRAD / (norm + 1e-6)
         if rate < 1:
-            K.scale_(g, f32(rate))
+            _scale(g, f32(rate))
         self.t += 1
         lr_t = LR * math.sqrt(1.0 - BETA2 ** self.t) / (1.0 - BETA1 ** self.t)
-        K.adam_update(self.p.flat, g, self.m, self.v, f32(lr_t), f32(BETA1), f32(BETA2), f32(EPS))
+        _adam(self.p.flat, g, self.m, self.v, f32(lr_t), f32(BETA1), f32(BETA2), f32(EPS))
         return loss
 
 

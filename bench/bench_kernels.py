@@ -1,0 +1,206 @@
+# ruff: noqa: B023  (the closures in loops are timed within their own iteration)
+"""Kernel-level choices, measured: writes bench/results_kernels.json.
+
+    python bench/bench_kernels.py [--quick]
+
+1. The H x V output projection: numpy ``@`` between kernels (what streamlm
+   does) versus ``np.dot`` inside an @njit function (numba's BLAS path,
+   through SciPy's own OpenBLAS), on the training shape 700 x H @ H x 10000,
+   alone and followed by the fused softmax.
+2. The recurrence: the Numba kernel (rnn_forward_rows, 4 streams per Wh
+   load) versus one BLAS call per step from Python, by streams per thread
+   and H, on one thread (streamlm runs one stream group per thread). This
+   sets streamlm.model.BLAS_RECUR_MIN_WORK.
+3. Rows per projection slice when scoring (PROJ_ROWS) and per fused
+   GEMM+softmax slice when training (FUSE_ROWS), one thread.
+Every timing is the median of repeated calls on one thread unless stated;
+the variants of one table are interleaved call by call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+# one thread for the single-thread tables; the projection table sets its own
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
+
+import numpy as np  # noqa: E402
+from numba import njit  # noqa: E402
+
+from streamlm import kernels as K  # noqa: E402
+from streamlm import model as M  # noqa: E402
+
+V = 10000
+
+
+def interleaved(fns: dict, reps: int) -> dict:
+    """Median seconds per call of each fn, the fns called in turn."""
+    for f in fns.values():
+        f()
+    ts = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            ts[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in ts.items()}
+
+
+@njit(cache=False, nogil=True)
+def _njit_dot(out, a, b):
+    out[...] = np.dot(a, b)
+
+
+@njit(cache=False, nogil=True)
+def _njit_dot_softmax(nll, a, W, bias, labels, scale):
+    logits = np.dot(a, W)
+    K.softmax_ce_fused(nll, logits, bias, labels, scale)
+    return logits
+
+
+def projection_table(reps, blas):
+    rows = []
+    rng = np.random.default_rng(0)
+    for H in (100, 650):
+        a = rng.standard_normal((700, H)).astype(np.float32)
+        W = (rng.standard_normal((H, V)) / np.sqrt(H)).astype(np.float32)
+        bias = np.zeros(V, np.float32)
+        labels = rng.integers(0, V, 700).astype(np.int32)
+        out = np.empty((700, V), np.float32)
+        nll = np.empty(700)
+        s = np.float32(1 / 700)
+        for threads in (1, 2):
+            blas[0](threads)
+            os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
+
+            def np_gemm():
+                np.matmul(a, W, out=out)
+
+            def nb_gemm():
+                _njit_dot(out, a, W)
+
+            def np_both():
+                np.matmul(a, W, out=out)
+                K.softmax_ce_fused(nll, out, bias, labels, s)
+
+            def nb_both():
+                _njit_dot_softmax(nll, a, W, bias, labels, s)
+
+            r = interleaved({"np": np_gemm, "nb": nb_gemm, "npb": np_both, "nbb": nb_both}, reps)
+            fl = 2 * 700 * H * V
+            rows.append([H, threads, f"{fl / r['np'] / 1e9:.0f}", f"{fl / r['nb'] / 1e9:.0f}",
+                         f"{r['npb'] * 1e3:.1f}", f"{r['nbb'] * 1e3:.1f}",
+                         f"{r['nb'] / r['np']:.2f}"])
+            print("proj", rows[-1], file=sys.stderr, flush=True)
+    blas[0](2)
+    return {"title": "Output projection: numpy @ between kernels vs np.dot inside @njit",
+            "note": "700 x H @ H x 10000 float32 (one training block). 'np.dot in njit' goes "
+                    "through SciPy's bundled OpenBLAS (a second BLAS library with its own "
+                    "threads, sized here by OPENBLAS_NUM_THREADS at its load); '+softmax' adds "
+                    "the fused softmax-CE (in the njit variant inside the same function). "
+                    "Ratio > 1: numpy @ is faster.",
+            "columns": ["H", "BLAS threads", "numpy @ GFLOP/s", "np.dot in njit GFLOP/s",
+                        "numpy @ + softmax ms", "njit np.dot + softmax ms", "njit / numpy time"],
+            "rows": rows}
+
+
+def recurrence_table(reps):
+    rows = []
+    rng = np.random.default_rng(1)
+    T = 35
+    best = {}
+    for H in (100, 200, 400, 650):
+        for N in (1, 4, 10, 32, 64):
+            Wh = (rng.standard_normal((H, H)) / np.sqrt(H)).astype(np.float32)
+            xw = rng.standard_normal((T, N, H)).astype(np.float32)
+            hs = np.zeros((T + 1, N, H), np.float32)
+            reset = np.zeros((T, N), np.uint8)
+            r = interleaved({
+                "kernel": lambda: M.rnn_recur_rows(hs, xw, Wh, reset, 0, N, False),
+                "blas": lambda: M.rnn_recur_rows(hs, xw, Wh, reset, 0, N, True)}, reps)
+            fl = 2 * T * N * H * H
+            rows.append([H, N, N * H * H, f"{r['kernel'] * 1e3:.3f}", f"{r['blas'] * 1e3:.3f}",
+                         f"{fl / r['kernel'] / 1e9:.1f}", f"{fl / r['blas'] / 1e9:.1f}",
+                         "kernel" if r["kernel"] <= r["blas"] else "BLAS"])
+            best[(H, N)] = r["kernel"] <= r["blas"]
+            print("recur", rows[-1], file=sys.stderr, flush=True)
+    return {"title": "Recurrence, one thread: Numba kernel vs one BLAS call per step",
+            "note": f"T={T} steps; N = streams handled by one thread; work = N*H*H multiply-adds "
+                    f"per step. streamlm picks BLAS when N*H*H >= BLAS_RECUR_MIN_WORK "
+                    f"(now {M.BLAS_RECUR_MIN_WORK}).",
+            "columns": ["H", "N", "N*H*H", "kernel ms", "BLAS ms", "kernel GFLOP/s",
+                        "BLAS GFLOP/s", "faster"],
+            "rows": rows}
+
+
+def slices_table(reps):
+    rows = []
+    rng = np.random.default_rng(2)
+    H = 100
+    Mrows = 2048
+    hs = rng.standard_normal((Mrows, H)).astype(np.float32)
+    W = (rng.standard_normal((H, V)) / np.sqrt(H)).astype(np.float32)
+    bias = np.zeros(V, np.float32)
+    labels = rng.integers(0, V, Mrows).astype(np.int32)
+    out = np.empty(Mrows)
+    full = np.empty((Mrows, V), np.float32)
+    fns = {}
+    for rws in (32, 64, 128, 256, 512, 1024):
+        buf = np.empty((rws, V), np.float32)
+
+        def score(rws=rws, buf=buf):
+            for a in range(0, Mrows, rws):
+                b = min(Mrows, a + rws)
+                np.matmul(hs[a:b], W, out=buf[: b - a])
+                K.softmax_ce_forward(out[a:b], buf[: b - a], bias, labels[a:b])
+
+        def train(rws=rws):
+            for a in range(0, Mrows, rws):
+                b = min(Mrows, a + rws)
+                np.matmul(hs[a:b], W, out=full[a:b])
+                K.softmax_ce_fused(out[a:b], full[a:b], bias, labels[a:b], np.float32(1e-3))
+
+        fns[("score", rws)] = score
+        fns[("train", rws)] = train
+    r = interleaved(fns, reps)
+    for rws in (32, 64, 128, 256, 512, 1024):
+        rows.append([rws, f"{Mrows / r[('score', rws)]:,.0f}", f"{Mrows / r[('train', rws)]:,.0f}"])
+    return {"title": "Rows per GEMM slice (one thread, H=100, V=10000, 2048 rows)",
+            "note": "score: GEMM into a reused slice buffer + softmax_ce_forward (PROJ_ROWS); "
+                    "train: GEMM into the full logits + fused softmax on the slice while in "
+                    f"cache (FUSE_ROWS). Now PROJ_ROWS={M.PROJ_ROWS}, FUSE_ROWS={M.FUSE_ROWS}.",
+            "columns": ["rows", "score rows/s", "train rows/s"], "rows": rows}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="Fewer repetitions.")
+    ap.add_argument("--out", default=str(HERE / "results_kernels.json"), help="JSON results.")
+    args = ap.parse_args(argv)
+    reps = 5 if args.quick else 15
+    blas = M._find_openblas()
+    if blas is None:
+        raise SystemExit("numpy's OpenBLAS not found")
+    sections = [projection_table(reps, blas)]
+    blas[0](1)
+    sections.append(recurrence_table(reps * 2))
+    sections.append(slices_table(reps))
+    blas[0](2)
+    from streamlm.atomic import atomic_path
+
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps({"sections": sections}, indent=1))
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

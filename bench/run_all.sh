@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Run every benchmark and write bench/RESULTS.md.
+#   bench/run_all.sh           full run (tens of minutes on 2 cores)
+#   bench/run_all.sh --quick   D=H=100 only, fewer repetitions, no 10M-token memory run
+# Needs the optional peer: pip install torch==2.13.0
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export NUMBA_NUM_THREADS="${NUMBA_NUM_THREADS:-2}"
+if [[ "${1:-}" == "--quick" ]]; then
+  python bench/bench_speed.py --quick
+  python bench/bench_startup.py --runs 3 --cold-runs 1
+  python bench/bench_kernels.py --quick
+  python bench/bench_memory.py --sizes 1
+else
+  python bench/bench_speed.py
+  python bench/bench_startup.py
+  python bench/bench_kernels.py
+  python bench/bench_memory.py --sizes 1,11
+fi
+python bench/report.py
