@@ -1,0 +1,299 @@
+"""Fault injection: kill -9 at random points, a full disk, concurrent writers.
+
+After every SIGKILL: no output is torn (absent, or complete and valid), the
+same command run again completes, and its result equals an uninterrupted
+run (bitwise for training weights, 1e-9 for scoring totals).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from streamlm.data import open_dataset, prepare
+from streamlm.errors import StreamlmError
+from streamlm.params import ModelConfig, Params, load_model, save_model
+
+REPO = Path(__file__).resolve().parents[1]
+KILLS = 5
+WORDS = [f"w{i}" for i in range(60)]
+
+
+def cmd(*args):
+    return [sys.executable, "-m", "streamlm", *map(str, args)]
+
+
+def run(*args, timeout=300):
+    r = subprocess.run(cmd(*args), capture_output=True, text=True, timeout=timeout,
+                       env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    return r
+
+
+def kill_after(argv, delay: float) -> int:
+    """Start argv, SIGKILL it after ``delay`` seconds (if still running). Returns rc."""
+    p = subprocess.Popen(cmd(*argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        p.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    return p.returncode
+
+
+def _text(n_lines, seed):
+    rng = np.random.default_rng(seed)
+    nxt = np.random.default_rng(0).integers(0, len(WORDS), size=(len(WORDS), 3))
+    out = []
+    for _ in range(n_lines):
+        w = int(rng.integers(len(WORDS)))
+        s = []
+        for _ in range(int(rng.integers(2, 14))):
+            s.append(WORDS[w])
+            w = int(nxt[w, rng.integers(3)])
+        out.append(" ".join(s))
+    return "\n".join(out) + "\n"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("faults")
+    (d / "big.txt").write_text(_text(120_000, 1))  # ~1M tokens: prepare takes a moment
+    (d / "train.txt").write_text(_text(3000, 2))
+    prepare([str(d / "train.txt")], d / "train")
+    vocab = [w for w in (d / "train" / "vocab.txt").read_text().split("\n") if w]
+    p = Params.init(ModelConfig(V=len(vocab), D=16, H=32), seed=3)
+    p["affine_b"][...] = np.random.default_rng(0).standard_normal(len(vocab))
+    save_model(d / "model.npz", p, vocab)
+    return d
+
+
+def _delays(seed, lo, hi):
+    return np.random.default_rng(seed).uniform(lo, hi, size=KILLS)
+
+
+def _no_torn_files(directory: Path):
+    """Every file a reader would accept is complete: no temp file is taken for output."""
+    for f in directory.rglob("*"):
+        if f.is_file() and f.suffix == ".parquet" and not f.name.startswith("."):
+            pq.read_metadata(f)  # a published Parquet file is whole
+        if f.is_file() and f.suffix == ".npz" and not f.name.startswith("."):
+            with np.load(f, allow_pickle=False) as z:
+                for k in z.files:
+                    z[k]
+
+
+# ------------------------------------------------------------------ kill -9 --
+def test_kill_prepare_at_random_points(corpus, tmp_path):
+    ref_dir = tmp_path / "ref"
+    t0 = time.monotonic()
+    assert run("prepare", corpus / "big.txt", "--out", ref_dir,
+               "--shard-tokens", "200000").returncode == 0
+    took = time.monotonic() - t0
+    want = json.loads((ref_dir / "manifest.json").read_text())
+    for k, delay in enumerate(_delays(1, 0.2, took)):
+        out = tmp_path / f"run{k}"
+        argv = ["prepare", corpus / "big.txt", "--out", out, "--shard-tokens", "200000"]
+        kill_after(argv, delay)
+        if (out / "manifest.json").exists():  # finished before the kill: must be whole
+            open_dataset(out, verify=True)
+        else:  # a reader refuses what is there
+            with pytest.raises(StreamlmError):
+                open_dataset(out)
+        assert run(*argv).returncode == 0
+        got = json.loads((out / "manifest.json").read_text())
+        assert [s["sha256"] for s in got["shards"]] == [s["sha256"] for s in want["shards"]]
+        assert got["num_tokens"] == want["num_tokens"]
+        open_dataset(out, verify=True)
+
+
+def _train_args(out):
+    return ["train", "--out", out, "--embed", "16", "--hidden", "16", "--batch", "8",
+            "--bptt", "10", "--epochs", "2", "--optimizer", "adam", "--lr", "0.01",
+            "--dropout", "0.2", "--seed", "5", "--checkpoint-every", "7", "--log-interval",
+            "50"]
+
+
+def test_kill_train_at_random_points_resumes_bitwise(corpus, tmp_path):
+    ref_out = tmp_path / "ref" / "m.npz"
+    t0 = time.monotonic()
+    r = run("train", corpus / "train", *_train_args(ref_out)[1:])
+    assert r.returncode == 0, r.stderr
+    took = time.monotonic() - t0
+    with np.load(ref_out, allow_pickle=False) as z:
+        want = {k: z[k].tobytes() for k in z.files if k != "meta"}
+    for k, delay in enumerate(_delays(2, 0.5, took)):
+        out = tmp_path / f"run{k}" / "m.npz"
+        argv = ["train", corpus / "train", *_train_args(out)[1:]]
+        kill_after(argv, delay)
+        if out.parent.exists():
+            _no_torn_files(out.parent)
+        ckpt = out.with_name("m.ckpt.npz")
+        again = argv + (["--resume"] if ckpt.exists() else [])
+        r = run(*again)
+        assert r.returncode == 0, r.stderr
+        with np.load(out, allow_pickle=False) as z:
+            got = {k: z[k].tobytes() for k in z.files if k != "meta"}
+        assert got.keys() == want.keys()
+        for name in want:
+            assert got[name] == want[name], (k, delay, name)
+
+
+def test_kill_score_at_random_points_resumes_exactly(corpus, tmp_path):
+    model = corpus / "model.npz"
+    big = corpus / "big.txt"
+    t0 = time.monotonic()
+    r = run("score", model, big, "--json", "--engine", "numba")
+    assert r.returncode == 0, r.stderr
+    took = time.monotonic() - t0
+    want = json.loads(r.stdout)
+    for k, delay in enumerate(_delays(3, 0.8, took)):
+        ck = tmp_path / f"s{k}.ckpt"
+        out = tmp_path / f"lines{k}.parquet"
+        argv = ["score", model, big, "--engine", "numba", "--checkpoint", ck,
+                "--checkpoint-every", "50000", "--output", out, "--level", "line"]
+        kill_after(argv, delay)
+        if out.exists():
+            pq.read_table(out)  # never torn
+        r = run(*argv, "--json")
+        assert r.returncode == 0, r.stderr
+        got = json.loads(r.stdout)
+        assert got["tokens"] == want["tokens"] and got["oov"] == want["oov"]
+        assert math.isclose(got["logprob"], want["logprob"], rel_tol=1e-9)
+        t = pq.read_table(out)
+        assert t.num_rows == 120_000
+        assert math.isclose(sum(t["logprob"].to_pylist()), want["logprob"], rel_tol=1e-9)
+        assert not ck.exists()  # removed after success
+
+
+# --------------------------------------------------------------- full disk --
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str):
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                       capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root): " + r.stderr.decode().strip())
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _fill(path: Path, leave: int):
+    """Fill the filesystem at ``path`` until about ``leave`` bytes are free."""
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    with open(path / "filler", "wb") as f:
+        f.write(b"\0" * max(0, free - leave))
+
+
+def test_full_disk_keeps_previous_outputs(corpus, tmp_path):
+    with small_tmpfs(tmp_path / "disk", "4m") as disk:
+        # a score output and a trained model exist; then the disk fills up
+        out = disk / "lines.jsonl"
+        r = run("score", corpus / "model.npz", corpus / "train.txt", "--output", out,
+                "--level", "line")
+        assert r.returncode == 0, r.stderr
+        before_out = out.read_bytes()
+        model = disk / "m.npz"
+        r = run("train", corpus / "train", "--out", model, "--embed", "8", "--hidden", "8",
+                "--batch", "4", "--bptt", "5", "--epochs", "1", "--checkpoint-every", "0")
+        assert r.returncode == 0, r.stderr
+        before_model = model.read_bytes()
+        ckpt = model.with_name("m.ckpt.npz")
+        before_ckpt = ckpt.read_bytes() if ckpt.exists() else None
+        _fill(disk, 2048)
+
+        r = run("score", corpus / "model.npz", corpus / "train.txt", "--output", out,
+                "--level", "line")
+        assert r.returncode != 0 and "Traceback" not in r.stderr
+        errs = [ln for ln in r.stderr.splitlines() if "error" in ln.lower()]
+        assert len(errs) == 1 and re.search(r"space|full", errs[0], re.I), r.stderr
+        assert out.read_bytes() == before_out
+
+        r = run("train", corpus / "train", "--out", model, "--embed", "8", "--hidden", "8",
+                "--batch", "4", "--bptt", "5", "--epochs", "2", "--checkpoint-every", "0",
+                *(["--resume"] if before_ckpt is not None else []))
+        assert r.returncode != 0 and "Traceback" not in r.stderr
+        errs = [ln for ln in r.stderr.splitlines() if "error" in ln.lower()]
+        assert len(errs) == 1 and re.search(r"space|full", errs[0], re.I), r.stderr
+        assert model.read_bytes() == before_model
+        load_model(model)
+        if before_ckpt is not None:
+            assert ckpt.read_bytes() == before_ckpt
+        assert not [p for p in disk.iterdir() if p.name.startswith(".")]  # no temp files
+
+
+def test_save_model_oserror_keeps_old_file(tmp_path, monkeypatch):
+    cfg = ModelConfig(V=4, D=2, H=3)
+    path = tmp_path / "m.npz"
+    save_model(path, Params.init(cfg, seed=0), ["<unk>", "<eos>", "a", "b"])
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", boom)
+    with pytest.raises(OSError):
+        save_model(path, Params.init(cfg, seed=1), ["<unk>", "<eos>", "a", "b"])
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
+
+
+# -------------------------------------------------------- concurrent writers --
+def test_two_scorers_same_output_never_mix(corpus, tmp_path):
+    a = tmp_path / "a.txt"
+    b = tmp_path / "b.txt"
+    a.write_text(_text(20000, 7))
+    b.write_text(_text(15000, 8))
+    out = tmp_path / "lines.jsonl"
+    want = {}
+    for name, src in (("a", a), ("b", b)):
+        o = tmp_path / f"want-{name}.jsonl"
+        assert run("score", corpus / "model.npz", src, "--output", o, "--level", "line",
+                   "--engine", "numba").returncode == 0
+        want[name] = o.read_bytes()
+    procs = [subprocess.Popen(cmd("score", corpus / "model.npz", src, "--output", out,
+                                  "--level", "line", "--engine", "numba"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for src in (a, b)]
+    rcs = [p.wait(timeout=300) for p in procs]
+    assert 0 in rcs
+    got = out.read_bytes()
+    # one complete file from one writer, with its own input path, never a mix
+    assert got in (want["a"], want["b"])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".lines")]
+
+
+# ---------------------------------------------------------------- security --
+def test_no_code_path_unpickles():
+    src = "\n".join(p.read_text() for p in (REPO / "streamlm").glob("*.py"))
+    assert "import pickle" not in src and "pickle.load" not in src
+    assert "allow_pickle=True" not in src
+    for call in re.findall(r"np\.load\([^)]*\)", src):
+        assert "allow_pickle=False" in call, call
+
+
+def test_manifest_paths_never_escape(corpus, tmp_path):
+    d = tmp_path / "prep"
+    prepare([str(corpus / "train.txt")], d)
+    outside = tmp_path / "outside.parquet"
+    m = json.loads((d / "manifest.json").read_text())
+    (d / m["shards"][0]["file"]).rename(outside)
+    m["shards"][0]["file"] = "../outside.parquet"
+    (d / "manifest.json").write_text(json.dumps(m))
+    r = run("score", corpus / "model.npz", d)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "outside" in r.stderr and "manifest" in r.stderr
