@@ -177,6 +177,7 @@ class _Run:
         self.int_steps = 0
         self.ep_loss = 0.0
         self.ep_steps = 0
+        self.have_ckpt = False  # a checkpoint of this run exists (written or resumed)
 
 
 def _json_float(x: float | None) -> float | None:
@@ -216,6 +217,7 @@ def _save_checkpoint(path: Path, run: _Run, batcher: Batcher, model_cfg: ModelCo
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
+    run.have_ckpt = True
 
 
 def _check_finite(run: _Run, batcher: Batcher, ckpt: Path) -> None:
@@ -225,8 +227,14 @@ def _check_finite(run: _Run, batcher: Batcher, ckpt: Path) -> None:
         step = batcher.batches_done
         raise TrainingDiverged(
             f"weights hold NaN/Inf after step {step} (epoch "
-            f"{step / batcher.iters_per_epoch:.2f}); training stopped, the last good "
-            f"checkpoint {ckpt} is kept; lower --lr or set --clip")
+            f"{step / batcher.iters_per_epoch:.2f}); training stopped, "
+            f"{_kept(ckpt, run.have_ckpt)}; lower --lr or set --clip")
+
+
+def _kept(ckpt: Path, have: bool) -> str:
+    if have:
+        return f"the last good checkpoint {ckpt} is kept"
+    return "no checkpoint was written"
 
 
 def _load_checkpoint(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -285,6 +293,7 @@ def _restore(path: Path, run: _Run, batcher: Batcher, model_cfg: ModelConfig,
     run.elapsed_before = float(state["elapsed_s"])
     run.int_loss, run.int_steps = float(state["int_loss"]), int(state["int_steps"])
     run.ep_loss, run.ep_steps = float(state["ep_loss"]), int(state["ep_steps"])
+    run.have_ckpt = True
 
 
 def _write_log(path: str | os.PathLike, history: list[dict]) -> None:
@@ -467,8 +476,7 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
             if not math.isfinite(loss):
                 raise TrainingDiverged(
                     f"loss is {loss} at step {step} (epoch {step / ipe:.2f}); training "
-                    f"stopped, the last good checkpoint {ckpt} is kept; lower --lr or "
-                    f"set --clip")
+                    f"stopped, {_kept(ckpt, run.have_ckpt)}; lower --lr or set --clip")
             grads = run.grads
             grads.flat.fill(0)
             model.backward(grads)
@@ -477,8 +485,7 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
             if not math.isfinite(norm):
                 raise TrainingDiverged(
                     f"gradient norm is {norm} at step {step} (epoch {step / ipe:.2f}); "
-                    f"training stopped, the last good checkpoint {ckpt} is kept; lower "
-                    f"--lr or set --clip")
+                    f"training stopped, {_kept(ckpt, run.have_ckpt)}; lower --lr or set --clip")
             if cfg.clip > 0:
                 rate = cfg.clip / (norm + CLIP_EPS)
                 if rate < 1.0:
