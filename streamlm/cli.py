@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
-from typing import Annotated
 
 from streamlm import __version__
 from streamlm.errors import StreamlmError
@@ -149,10 +148,20 @@ def score_cmd(
     engine: Annotated[str, typer.Option(
         "--engine", help="auto | numba | numpy: auto skips numba's ~1 s start-up on small "
                          "inputs (results agree to ~1e-6).")] = "auto",
+    dask: Annotated[Optional[str], typer.Option(
+        "--dask", help="Score on a Dask cluster, one task per input: a scheduler address "
+                       "(tcp://host:8786) or local:N for N local worker processes. With "
+                       "--output DIR, one Parquet file per input; a rerun skips finished "
+                       "inputs. Needs pip install 'streamlm[dask]'.")] = None,
 ) -> None:
     """Score text or shards: exact perplexity with the hidden state carried across chunks."""
     from streamlm.score import format_summary, score
 
+    if dask is not None:
+        _score_dask(model, inputs, dask, output=output, level=level or "line", reset=reset,
+                    chunk_tokens=chunk_tokens, batch=batch, errors=errors, column=column,
+                    as_json=as_json)
+        return
     show = progress if progress is not None else log.isEnabledFor(logging.INFO)
     with _progress_reporter(show) as report:
         result = score(model, inputs, reset=reset, chunk_tokens=chunk_tokens, batch=batch,
@@ -164,6 +173,32 @@ def score_cmd(
     else:
         sys.stdout.write(format_summary(result.summary))
         sys.stdout.flush()
+
+
+def _score_dask(model, inputs, address, *, output, level, reset, chunk_tokens, batch, errors,
+                column, as_json) -> None:
+    """The --dask path of ``score``: merged totals; failed shards listed; exit 4 if any."""
+    from streamlm.distributed import score_dask
+    from streamlm.score import format_summary
+
+    def report(ev: dict) -> None:
+        if ev.get("error"):
+            log.error("streamlm: shard failed: %s", ev["error"])
+        else:
+            log.info("[%d/%d] scored %s", ev["done"], ev["total"], ev["path"])
+
+    res = score_dask(model, inputs, address, output_dir=output, level=level, reset=reset,
+                     chunk_tokens=chunk_tokens, batch=batch, errors=errors, column=column,
+                     progress=report)
+    if as_json:
+        print_json(res.summary)
+    else:
+        sys.stdout.write(format_summary(res.summary))
+        sys.stdout.flush()
+    if res.failed:
+        sys.stderr.write(f"streamlm: error: {len(res.failed)} of {len(inputs)} inputs failed "
+                         f"(first: {res.failed[0]['error']})\n")
+        raise typer.Exit(4)
 
 
 class _progress_reporter:

@@ -1,0 +1,133 @@
+"""Scoring on a Dask LocalCluster of 2 workers equals the local scorer."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("distributed")
+
+from streamlm.data import prepare  # noqa: E402
+from streamlm.distributed import output_name, score_dask  # noqa: E402
+from streamlm.params import ModelConfig, Params, save_model  # noqa: E402
+from streamlm.score import score  # noqa: E402
+from streamlm.vocab import Vocab  # noqa: E402
+
+WORDS = "the cat sat on a mat and dog ran to big red house".split()
+
+
+def _text(rng, lines):
+    out = []
+    for _ in range(lines):
+        n = int(rng.integers(0, 9))
+        out.append(" ".join(WORDS[int(i)] for i in rng.integers(0, len(WORDS), n)))
+    out[len(out) // 2] += " zebra"  # an OOV
+    return "\n".join(out) + "\n"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dask")
+    rng = np.random.default_rng(0)
+    vocab = Vocab(["<unk>", "<eos>"] + WORDS)
+    model = d / "m.npz"
+    p = Params.init(ModelConfig(V=len(vocab), D=6, H=8), seed=1)
+    p["affine_b"][...] = rng.standard_normal(len(vocab)).astype(np.float32)
+    save_model(model, p, vocab.words)
+    inputs = []
+    for k in range(3):
+        f = d / f"part-{k}.txt"
+        f.write_text(_text(rng, 40 + 10 * k))
+        inputs.append(str(f))
+    vocab.save(d / "vocab.txt")
+    shard_src = d / "shard-src.txt"
+    shard_src.write_text(_text(rng, 30))
+    prepare([str(shard_src)], d / "prepared", vocab_path=str(d / "vocab.txt"))
+    inputs.append(str(d / "prepared"))
+    return d, str(model), inputs
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import Client, LocalCluster
+
+    c = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    client = Client(c)
+    yield c.scheduler_address
+    client.close()
+    c.close()
+
+
+def test_dask_totals_and_outputs_equal_local(setup, cluster, tmp_path):
+    d, model, inputs = setup
+    out = tmp_path / "out"
+    res = score_dask(model, inputs, cluster, output_dir=str(out), level="line")
+    assert not res.failed and res.skipped == 0
+    local = score(model, inputs, engine="numba").summary
+    s = res.summary
+    assert s["tokens"] == local["tokens"] > 0
+    assert s["oov"] == local["oov"] > 0
+    assert math.isclose(s["logprob"], local["logprob"], rel_tol=1e-9)
+    assert math.isclose(s["perplexity"], local["perplexity"], rel_tol=1e-9)
+    assert math.isclose(s["perplexity_excl_oov"], local["perplexity_excl_oov"], rel_tol=1e-9)
+    # per-shard outputs equal the local per-input outputs
+    for p in inputs:
+        want = tmp_path / f"local-{output_name(p)}.parquet"
+        score(model, [p], level="line", output=str(want), engine="numba")
+        got = pq.read_table(out / f"{output_name(p)}.parquet")
+        exp = pq.read_table(want)
+        assert got.column_names == exp.column_names
+        for col in got.column_names:
+            a, b = got[col].to_pylist(), exp[col].to_pylist()
+            if col in ("logprob", "perplexity", "log10prob"):
+                np.testing.assert_allclose(a, b, rtol=1e-9)
+            else:
+                assert a == b, col
+        done = json.loads((out / f"{output_name(p)}.done.json").read_text())
+        assert done["sums"]["tokens"] == got.num_rows or done["sums"]["tokens"] > 0
+
+
+def test_dask_rerun_skips_verified_outputs_and_redoes_damaged(setup, cluster, tmp_path):
+    d, model, inputs = setup
+    out = tmp_path / "out"
+    first = score_dask(model, inputs, cluster, output_dir=str(out))
+    again = score_dask(model, inputs, cluster, output_dir=str(out))
+    assert again.skipped == len(inputs)
+    assert again.summary["logprob"] == first.summary["logprob"]
+    # damage one output: it is scored again, the others are skipped
+    victim = out / f"{output_name(inputs[1])}.parquet"
+    victim.write_bytes(victim.read_bytes()[:-10])
+    third = score_dask(model, inputs, cluster, output_dir=str(out))
+    assert third.skipped == len(inputs) - 1
+    assert math.isclose(third.summary["logprob"], first.summary["logprob"], rel_tol=1e-12)
+    pq.read_table(victim)  # whole again
+
+
+def test_dask_failed_shard_is_reported_and_others_finish(setup, cluster, tmp_path):
+    d, model, inputs = setup
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"the cat\n\xff\xfe sat\n")
+    out = tmp_path / "out"
+    res = score_dask(model, [inputs[0], str(bad), inputs[2]], cluster, output_dir=str(out))
+    assert len(res.failed) == 1
+    assert str(bad) in res.failed[0]["error"] and "UTF-8" in res.failed[0]["error"]
+    assert len(res.summary["inputs"]) == 2
+    assert not (out / f"{output_name(str(bad))}.parquet").exists()
+    assert (out / f"{output_name(inputs[2])}.parquet").exists()
+
+
+def test_cli_dask_local_cluster(setup, tmp_path):
+    d, model, inputs = setup
+    r = subprocess.run([sys.executable, "-m", "streamlm", "score", model, *inputs[:2],
+                        "--dask", "local:2", "--json"], capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    local = score(model, inputs[:2], engine="numba").summary
+    assert got["tokens"] == local["tokens"]
+    assert math.isclose(got["logprob"], local["logprob"], rel_tol=1e-9)
