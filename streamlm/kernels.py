@@ -42,6 +42,41 @@ _FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
 JIT = dict(cache=True, nogil=True, fastmath=_FASTMATH)
 
 
+# -------------------------------------------------------------- start-up --
+def _load_numba_registries_without_scipy() -> None:
+    """Load numba's lowering registries now, hiding scipy.linalg meanwhile.
+
+    At its first compile or cache load numba imports ``numba.np.arraymath``,
+    which imports scipy.linalg (0.3-1 s) only to see whether ``np.dot`` can
+    work inside kernels. streamlm's kernels never call it (the matrix
+    products run in numpy between kernels), so the import is hidden for that
+    moment: ``np.dot`` inside @njit code of this process then needs SciPy
+    and fails. Set STREAMLM_NUMBA_BLAS=1 to keep numba's BLAS support. Does
+    nothing when scipy.linalg is already imported.
+    """
+    import os
+    import sys
+
+    key = "scipy.linalg.cython_blas"
+    if os.environ.get("STREAMLM_NUMBA_BLAS") == "1" or "scipy.linalg" in sys.modules:
+        return
+    from numba.core.registry import cpu_target
+
+    missing = object()
+    prev = sys.modules.get(key, missing)
+    sys.modules[key] = None  # "import scipy.linalg.cython_blas" raises ImportError
+    try:
+        cpu_target.target_context.refresh()
+    finally:
+        if prev is missing:
+            sys.modules.pop(key, None)
+        else:
+            sys.modules[key] = prev
+
+
+_load_numba_registries_without_scipy()
+
+
 # ------------------------------------------------- vectorisable exp / tanh --
 # Numba calls libm's expf/tanhf one element at a time (6 and 32 ns here, no
 # SVML). For float32 these replacements are plain arithmetic, so LLVM

@@ -1,0 +1,113 @@
+"""streamlm's own threads: the split work (row blocks, stream groups, V
+columns, the pipelined single-stream scorer, the optimiser slices) gives the
+reference's numbers for any thread count."""
+
+import numpy as np
+import pytest
+import reference as ref
+
+from streamlm import kernels as K
+from streamlm import model as M
+from streamlm.model import RNNLM
+from streamlm.params import PARAM_NAMES, ModelConfig, Params
+
+
+@pytest.fixture
+def threads():
+    before = M.get_num_threads()
+    yield M.set_num_threads
+    M.set_num_threads(before)
+
+
+def _setup(N, T, V=23, D=5, H=6, seed=0):
+    p = Params.init(ModelConfig(V=V, D=D, H=H), seed=seed, dtype=np.float64)
+    rng = np.random.default_rng(seed + 1)
+    p["embed_W"][...] = rng.standard_normal((V, D)) * 0.5
+    p["rnn_b"][...] = rng.standard_normal(H) * 0.1
+    p["affine_b"][...] = rng.standard_normal(V) * 0.1
+    xs = rng.integers(0, V, size=(N, T)).astype(np.int32)
+    ts = rng.integers(0, V, size=(N, T)).astype(np.int32)
+    ts[0, 0] = -1
+    h0 = rng.standard_normal((N, H)) * 0.5
+    return p, xs, ts, h0
+
+
+@pytest.mark.parametrize("nthreads", [1, 2, 3])
+@pytest.mark.parametrize("recur", ["kernel", "blas"])
+@pytest.mark.parametrize("N,T", [(1, 7), (2, 5), (5, 3), (7, 4)])
+def test_forward_backward_any_thread_count(threads, nthreads, recur, N, T):
+    threads(nthreads)
+    p, xs, ts, h0 = _setup(N, T)
+    m = RNNLM(p, recur=recur)
+    m.set_state(h0)
+    loss = m.forward(xs, ts)
+    g = p.zeros_like()
+    g.flat[...] = 1.0  # backward accumulates
+    dh0 = m.backward(g)
+    want_loss, want = ref.model_grads({n: np.array(a) for n, a in p.items()}, xs, ts, h0)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-10)
+    for name in PARAM_NAMES:
+        np.testing.assert_allclose(g[name] - 1.0, want[name], rtol=1e-9, atol=1e-12,
+                                   err_msg=name)
+    np.testing.assert_allclose(dh0, want["h0"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(m.h, want["h_last"], rtol=1e-10)
+
+
+@pytest.mark.parametrize("nthreads", [1, 2, 3])
+@pytest.mark.parametrize("N", [1, 2, 4])
+def test_nll_any_thread_count_and_pipelined_single_stream(threads, monkeypatch, nthreads, N):
+    threads(nthreads)
+    monkeypatch.setattr(M, "PROJ_ROWS", 4)  # many projection slices / pipeline segments
+    p, xs, ts, h0 = _setup(N, 37)
+    rng = np.random.default_rng(5)
+    reset = (rng.random(xs.shape) < 0.1).astype(np.uint8)
+    m = RNNLM(p)
+    m.set_state(h0)
+    got = m.nll(xs, ts, reset=reset)
+    # reference: the recurrence with resets, then the per-token NLL
+    x = ref.embedding_forward(p["embed_W"], xs)
+    hs = ref.rnn_forward(x, h0, p["rnn_Wx"], p["rnn_Wh"], p["rnn_b"], reset=reset)
+    want, _, _ = ref.softmax_ce(hs @ p["affine_W"] + p["affine_b"], ts)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(m.h, hs[:, -1], rtol=1e-10)
+
+
+@pytest.mark.parametrize("nthreads", [1, 2, 3])
+def test_optimiser_wrappers_match_kernels(threads, nthreads):
+    threads(nthreads)
+    rng = np.random.default_rng(7)
+    P = 200_003  # several slices, a ragged last one
+    p = rng.standard_normal(P).astype(np.float32)
+    g = rng.standard_normal(P).astype(np.float32)
+    np.testing.assert_allclose(M.sum_squares(g), np.sum(g.astype(np.float64) ** 2), rtol=1e-12)
+    a, b = g.copy(), g.copy()
+    M.scale_(a, np.float32(0.3))
+    K.scale_(b, np.float32(0.3))
+    np.testing.assert_array_equal(a, b)
+    a, b = p.copy(), p.copy()
+    M.sgd_update(a, g, np.float32(0.1))
+    K.sgd_update(b, g, np.float32(0.1))
+    np.testing.assert_array_equal(a, b)
+    a, b = p.copy(), p.copy()
+    ma, va = np.zeros_like(p), np.zeros_like(p)
+    mb, vb = np.zeros_like(p), np.zeros_like(p)
+    f = np.float32
+    for _ in range(3):
+        M.adam_update(a, g, ma, va, f(1e-3), f(0.9), f(0.999), f(1e-8))
+        K.adam_update(b, g, mb, vb, f(1e-3), f(0.9), f(0.999), f(1e-8))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ma, mb)
+    np.testing.assert_array_equal(va, vb)
+    assert not np.array_equal(a, p)
+
+
+def test_errors_in_a_worker_thread_propagate(threads):
+    threads(2)
+    eng = M._engine()
+
+    def boom(i, j):
+        if i > 0:
+            raise ValueError("worker failed")
+
+    with pytest.raises(ValueError, match="worker failed"):
+        eng.map(boom, [(0, 1), (1, 2)])
