@@ -29,8 +29,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-# one thread for the single-thread tables; the projection table sets its own
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
+os.environ["STREAMLM_NUMBA_BLAS"] = "1"  # keep numba's np.dot (streamlm hides SciPy otherwise)
 
 import numpy as np  # noqa: E402
 from numba import njit  # noqa: E402
@@ -56,14 +56,13 @@ def interleaved(fns: dict, reps: int) -> dict:
 
 @njit(cache=False, nogil=True)
 def _njit_dot(out, a, b):
-    out[...] = np.dot(a, b)
+    np.dot(a, b, out)
 
 
 @njit(cache=False, nogil=True)
-def _njit_dot_softmax(nll, a, W, bias, labels, scale):
-    logits = np.dot(a, W)
-    K.softmax_ce_fused(nll, logits, bias, labels, scale)
-    return logits
+def _njit_dot_softmax(nll, out, a, W, bias, labels, scale):
+    np.dot(a, W, out)
+    K.softmax_ce_fused(nll, out, bias, labels, scale)
 
 
 def projection_table(reps, blas):
@@ -92,7 +91,7 @@ def projection_table(reps, blas):
                 K.softmax_ce_fused(nll, out, bias, labels, s)
 
             def nb_both():
-                _njit_dot_softmax(nll, a, W, bias, labels, s)
+                _njit_dot_softmax(nll, out, a, W, bias, labels, s)
 
             r = interleaved({"np": np_gemm, "nb": nb_gemm, "npb": np_both, "nbb": nb_both}, reps)
             fl = 2 * 700 * H * V

@@ -34,8 +34,8 @@ def _load(name):
     return json.loads(f.read_text()) if f.exists() else None
 
 
-def speed_section(r) -> list[str]:
-    out = ["## Speed (tokens/s, V=10000)", ""]
+def speed_section(r, title="## Speed (tokens/s, V=10000)") -> list[str]:
+    out = [title, ""]
     m, v = r["machine"], r["versions"]
     out += [f"- Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}",
             f"- Versions: Python {v['python']}, numpy {v['numpy']} ({v['numpy_blas']}), "
@@ -52,7 +52,10 @@ def speed_section(r) -> list[str]:
             "- SGEMM (numpy float32, 700xH @ Hx10000): "
             + ", ".join(f"H={h}: {g:.0f} GFLOP/s" for h, g in r["sgemm_gflops"].items()),
             "- GEMM-bound limit = SGEMM rate / FLOP per token; forward 2(DH + H^2 + HV), "
-            "training 3x that.", ""]
+            "training 3x that.",
+            "- 1-minute load average after each task: "
+            + ", ".join(f"{x['H']}/{x['task']}: {x['loadavg']:.1f}" for x in r["runs"]
+                        if "loadavg" in x and x["peer"] == r["runs"][0]["peer"]), ""]
     runs = r["runs"]
     hidden = sorted({x["H"] for x in runs})
     for H in hidden:
@@ -82,7 +85,8 @@ def speed_section(r) -> list[str]:
                            f"{ratio} | {share} | {err:.1e} | {fc:.2f} |")
         out.append("")
     # targets
-    out += ["### Targets (streamlm / torch, same run)", "", "| config | target | measured | met |",
+    out += [f"### Targets (streamlm / torch, same run, {r['threads']} thread(s))", "",
+            "| config | target | measured | met |",
             "|---|---:|---:|---|"]
     for (H, task), want in TARGETS.items():
         tr = [x for x in runs if x["H"] == H and x["task"] == task]
@@ -144,7 +148,9 @@ def main():
              "(`bench/run_all.sh` runs them all). Scripts: bench_speed.py (tokens/s vs PyTorch and "
              "numpy), bench_startup.py (start-up / compile), bench_memory.py (peak RSS), "
              "bench_kernels.py (kernel-level choices).", ""]
+    t1 = lambda r: speed_section(r, "## Speed with ONE thread per library (per-core efficiency)")  # noqa: E731
     for name, fn in (("results_speed.json", speed_section),
+                     ("results_speed_t1.json", t1),
                      ("results_startup.json", startup_section),
                      ("results_memory.json", memory_section),
                      ("results_kernels.json", kernels_section)):

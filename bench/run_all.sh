@@ -13,6 +13,7 @@ if [[ "${1:-}" == "--quick" ]]; then
   python bench/bench_memory.py --sizes 1
 else
   python bench/bench_speed.py
+  python bench/bench_speed.py --threads 1 --reps 6 --out bench/results_speed_t1.json
   python bench/bench_startup.py
   python bench/bench_kernels.py
   python bench/bench_memory.py --sizes 1,11
