@@ -271,15 +271,15 @@ def train_cmd(
     max_minutes: Annotated[Optional[float], typer.Option(
         "--max-minutes", help="Stop after this many minutes of wall time (this invocation); "
                               "the model is validated and saved first.")] = None,
-    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd | adam.")] = "sgd",
-    lr: Annotated[float, typer.Option("--lr", help="Initial learning rate.")] = 20.0,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd | adam.")] = "adam",
+    lr: Annotated[float, typer.Option("--lr", help="Initial learning rate.")] = 0.002,
     clip: Annotated[float, typer.Option(
-        "--clip", help="Clip the gradient's global norm to this (0: no clipping).")] = 0.25,
+        "--clip", help="Clip the gradient's global norm to this (0: no clipping).")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights and dropout.")
     ] = 0,
     dropout: Annotated[float, typer.Option(
         "--dropout", help="Dropout rate on the embedding and RNN outputs (not recurrent).")
-    ] = 0.0,
+    ] = 0.25,
     tie_weights: Annotated[bool, typer.Option(
         "--tie-weights/--no-tie-weights",
         help="Share the embedding with the output projection (needs --embed == --hidden).")

@@ -170,15 +170,18 @@ def test_resume_after_sigkill_is_bitwise_identical(corpus, tmp_path):
 
 def test_resume_refuses_other_options(corpus, tmp_path):
     out = tmp_path / "m.npz"
-    cfg = TrainConfig(embed=8, hidden=8, batch=4, bptt=5, epochs=1, lr=0.1, clip=0)
+    cfg = TrainConfig(embed=8, hidden=8, batch=4, bptt=5, epochs=1, optimizer="sgd", lr=0.1,
+                      clip=0)
     train(cfg, corpus / "train", out)
     with pytest.raises(UsageError, match="--hidden"):
-        train(TrainConfig(embed=8, hidden=9, batch=4, bptt=5, epochs=2, lr=0.1, clip=0),
+        train(TrainConfig(embed=8, hidden=9, batch=4, bptt=5, epochs=2, optimizer="sgd",
+                          lr=0.1, clip=0),
               corpus / "train", out, resume=True)
     with pytest.raises(UsageError, match="no checkpoint"):
         train(cfg, corpus / "train", tmp_path / "other.npz", resume=True)
     # resuming with more epochs continues from the end of epoch 1
-    s = train(TrainConfig(embed=8, hidden=8, batch=4, bptt=5, epochs=2, lr=0.1, clip=0),
+    s = train(TrainConfig(embed=8, hidden=8, batch=4, bptt=5, epochs=2, optimizer="sgd",
+                          lr=0.1, clip=0),
               corpus / "train", out, resume=True)
     assert s["epochs"] == 2.0
     assert [r["epoch"] for r in s["history"] if r["kind"] == "epoch"] == [1.0, 2.0]
@@ -203,7 +206,8 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(corpus, tmp_path):
 
 
 def test_diverged_is_raised_by_the_library(corpus, tmp_path):
-    cfg = TrainConfig(embed=16, hidden=16, batch=4, bptt=6, epochs=5, lr=1e30, clip=0,
+    cfg = TrainConfig(embed=16, hidden=16, batch=4, bptt=6, epochs=5, optimizer="sgd", lr=1e30,
+                      clip=0,
                       checkpoint_every=0)
     with pytest.raises(TrainingDiverged, match="step"):
         train(cfg, corpus / "train", tmp_path / "m.npz")
@@ -269,7 +273,8 @@ def test_bad_data_one_line(corpus, tmp_path):
 def test_plot_and_time_limit(corpus, tmp_path):
     pytest.importorskip("matplotlib")
     out, png = tmp_path / "m.npz", tmp_path / "c.png"
-    cfg = TrainConfig(embed=8, hidden=8, batch=4, bptt=5, epochs=1000, lr=0.5, clip=1,
+    cfg = TrainConfig(embed=8, hidden=8, batch=4, bptt=5, epochs=1000, optimizer="sgd",
+                      lr=0.5, clip=1,
                       max_minutes=0.02, log_interval=10)
     s = train(cfg, corpus / "train", out, valid_paths=corpus / "valid", plot_path=png)
     assert s["stopped_by"] == "time" and s["epochs"] < 1000
@@ -280,7 +285,8 @@ def test_plot_and_time_limit(corpus, tmp_path):
 
 def test_tied_weights_saved_untied_and_equal(corpus, tmp_path):
     out = tmp_path / "m.npz"
-    train(TrainConfig(embed=12, hidden=12, batch=4, bptt=5, epochs=1, lr=0.5, clip=1,
+    train(TrainConfig(embed=12, hidden=12, batch=4, bptt=5, epochs=1, optimizer="sgd",
+                      lr=0.5, clip=1,
                       tie_weights=True), corpus / "train", out)
     a = _arrays(out)
     assert set(PARAM_NAMES) <= set(a)
