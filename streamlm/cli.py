@@ -41,7 +41,8 @@ def _root(
         typer.Option("--version", callback=_version_callback, is_eager=True,
                      help="Print the version and exit."),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Debug logging on stderr.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")] = False,
 ) -> None:
     level = logging.DEBUG if verbose else (logging.ERROR if quiet else logging.INFO)
@@ -94,10 +95,14 @@ def prepare_cmd(
 
 @app.command("demo-corpus")
 def demo_corpus_cmd(
-    out: Annotated[str, typer.Argument(help="Directory to write train.txt, valid.txt, test.txt.")] = "data/demo",
-    sentences: Annotated[int, typer.Option(min=30, help="Total sentences (80/10/10 split).")] = 20000,
-    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same files.")] = 0,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    out: Annotated[str, typer.Argument(
+        help="Directory to write train.txt, valid.txt, test.txt.")] = "data/demo",
+    sentences: Annotated[int, typer.Option(
+        min=30, help="Total sentences (80/10/10 split).")] = 20000,
+    seed: Annotated[int, typer.Option(
+        help="Random seed: the same seed gives the same files.")] = 0,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
     """Generate the synthetic demo corpus (a seeded toy grammar) as plain text files."""
     from streamlm.demo import generate_demo_corpus
