@@ -106,7 +106,9 @@ def _ov_vexp(x):
     if x == types.float32:
         def impl(x):
             x = min(max(x, np.float32(-87.33654)), np.float32(88.37626))
-            fx = math.floor(x * np.float32(1.44269504088896341) + np.float32(0.5))
+            # np.floor keeps float32 (math.floor returns int64, which would turn
+            # the rest into float64 and halve the vector width)
+            fx = np.floor(x * np.float32(1.44269504088896341) + np.float32(0.5))
             r = x - fx * np.float32(0.693359375) + fx * np.float32(2.12194440e-4)
             r2 = r * r
             y = np.float32(1.9875691500e-4)
