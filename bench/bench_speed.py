@@ -38,7 +38,7 @@ TOL = 1e-4
 V = 10000
 TRAIN_NT = (20, 35)
 MANY_NT = (20, 100)
-SINGLE_T = {"streamlm": 4096, "alt": 4096, "torch": 256, "numpy": 256}
+SINGLE_T = {"streamlm": 4096, "alt": 4096, "torch": 256, "numpy": 256, "reference": 256}
 
 
 def _peer_base(peer: str) -> str:
@@ -81,7 +81,30 @@ def make_peer(peer: str, task: str, weights):
     if base == "numpy":
         from numpy_peer import NumpyScorer, NumpyTrainer
         return NumpyTrainer(weights) if task == "train" else NumpyScorer(weights)
+    if base == "reference" and task == "train":  # tests/reference.py, float32 weights
+        return ReferenceTrainer(weights)
     raise ValueError(peer)
+
+
+class ReferenceTrainer:
+    """tests/reference.py's NumpyRnnlm (the book's layers; float64 softmax) + the
+    book's clipping and Adam from common.py: the issue-2 "numpy reference"."""
+
+    def __init__(self, weights):
+        sys.path.insert(0, str(HERE.parent / "tests"))
+        from common import AdamState
+        from reference import NumpyRnnlm
+
+        self.m = NumpyRnnlm(weights)
+        self.st = AdamState.for_arrays(self.m.params)
+
+    def step(self, xs, ts):
+        from common import clip_and_adam
+
+        loss, g = self.m.forward_backward(xs, ts)
+        g.pop("h0")
+        clip_and_adam(self.m.params, g, self.st)
+        return loss
 
 
 def run_block(obj, task, xs, ts) -> float:
@@ -90,10 +113,34 @@ def run_block(obj, task, xs, ts) -> float:
     return float(np.mean(obj.nll(xs, ts)))
 
 
+def sgemm_peer(spec: dict) -> None:
+    """The machine's SGEMM rate as one more interleaved peer: each repetition
+    times numpy float32 700xH @ Hx10000 products (same threads as the others)."""
+    H = spec["H"]
+    rng = np.random.default_rng(0)
+    a = rng.random((700, H), dtype=np.float32)
+    b = rng.random((H, V), dtype=np.float32)
+    c = np.empty((700, V), np.float32)
+    k = max(1, int(spec["flop_per_rep"] // (2 * 700 * H * V)))
+    for _ in range(2):
+        np.matmul(a, b, out=c)
+    print(json.dumps({"ok": True, "flop_per_rep": k * 2 * 700 * H * V}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "rep":
+            break
+        t1 = time.perf_counter()
+        for _ in range(k):
+            np.matmul(a, b, out=c)
+        print(json.dumps({"dt": time.perf_counter() - t1}), flush=True)
+
+
 def worker(spec: dict) -> None:
     """A persistent peer process: check, warm up, then one timed repetition per
     'rep' line on stdin (the orchestrator interleaves the peers rep by rep)."""
     task, peer = spec["task"], spec["peer"]
+    if peer == "sgemm":
+        sgemm_peer(spec)
+        return
     weights = load_weights(spec["weights"])
     ids = ptb_ids()
     N, T = block_shape(task, peer)
@@ -195,6 +242,12 @@ def versions() -> dict:
         out["torch"] = torch.__version__
     except ImportError:
         out["torch"] = None
+    try:
+        rev = subprocess.run(["git", "-C", str(HERE), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True).stdout.strip()
+    except OSError:
+        rev = ""
+    out["streamlm_commit"] = rev
     blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
     out["numpy_blas"] = f"{blas.get('name')} {blas.get('version')}"
     return out
@@ -221,8 +274,9 @@ def main(argv=None):
                     help="Comma-separated D=H sizes (default 100,650).")
     ap.add_argument("--tasks", default="train,score_many,score_single", help="Tasks to run.")
     ap.add_argument("--peers", default="streamlm,torch,numpy",
-                    help="Peers to run: streamlm, torch, numpy, and 'alt' (the streamlm "
-                         "package found in $STREAMLM_BENCH_ALT, for A/B runs).")
+                    help="Peers to run: streamlm, torch, numpy (a fast float32 numpy peer), "
+                         "reference (tests/reference.py, training only), and 'alt' (the "
+                         "streamlm package found in $STREAMLM_BENCH_ALT, for A/B runs).")
     ap.add_argument("--reps", type=int, default=10,
                     help="Timed repetitions per peer (interleaved between peers).")
     ap.add_argument("--threads", type=int, default=2, help="Threads for every library.")
@@ -250,7 +304,7 @@ def main(argv=None):
         wf = weights_file(shape)
         weights = load_weights(wf)
         for task in tasks:
-            task_peers = list(peers)
+            task_peers = [p for p in peers if not (p == "reference" and task != "train")]
             if task == "score_single" and "streamlm" in peers:
                 task_peers.append("streamlm@256")
             oracle = {}
@@ -264,12 +318,15 @@ def main(argv=None):
             rep_tokens = max(700, int(results["sgemm_gflops"][str(H)] * 1e9 * 0.25 / per_tok))
             workers = {}
             try:
+                workers["sgemm"] = Peer({"task": task, "peer": "sgemm", "H": H,
+                                         "flop_per_rep": 0.25e9 * results["sgemm_gflops"][str(H)]},
+                                        args.threads)
                 for peer in task_peers:
                     N, T = block_shape(task, peer)
                     spec = {"task": task, "peer": peer, "weights": str(wf),
                             "oracle": oracle[(N, T)], "reps": reps, "warmup": 1,
                             "rep_tokens": rep_tokens}
-                    if _peer_base(peer) == "numpy":
+                    if _peer_base(peer) in ("numpy", "reference"):
                         spec["rep_tokens"] = max(N * T, rep_tokens // 4)
                     w = Peer(spec, args.threads)
                     workers[peer] = w
@@ -277,16 +334,23 @@ def main(argv=None):
                     if not h["ok"]:
                         raise SystemExit(f"{peer} {task} H={H}: loss {h['losses']} != oracle "
                                          f"{h['oracle']} (err {h['err']:.2e})")
-                times = {p: [] for p in task_peers}
+                times = {p: [] for p in ["sgemm"] + task_peers}
                 for r in range(reps):
-                    order = task_peers if r % 2 == 0 else task_peers[::-1]
+                    order = ["sgemm"] + task_peers
+                    order = order if r % 2 == 0 else order[::-1]
                     for peer in order:
                         times[peer].append(workers[peer].rep())
             finally:
                 for w in workers.values():
                     w.close()
+            gf = [workers["sgemm"].head["flop_per_rep"] / t / 1e9 for t in times["sgemm"]]
+            results.setdefault("sgemm_same_time", []).append(
+                {"H": H, "task": task, "gflops": gf, "median": float(np.median(gf))})
+            print(f"H={H} {task:12s} SGEMM (interleaved): median {np.median(gf):.0f} GFLOP/s",
+                  file=sys.stderr, flush=True)
             for peer in task_peers:
-                res = dict(workers[peer].head, task=task, peer=peer, H=H, times=times[peer])
+                res = dict(workers[peer].head, task=task, peer=peer, H=H, times=times[peer],
+                           loadavg=os.getloadavg()[0])
                 tps = [res["tokens_per_rep"] / t for t in res["times"]]
                 print(f"H={H} {task:12s} {peer:13s}: median {np.median(tps):9.0f} tok/s"
                       f"  (check err {res['err']:.1e}, first call {res['first_call_s']:.2f}s)",

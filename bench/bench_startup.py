@@ -43,10 +43,18 @@ def model_file() -> Path:
     return f
 
 
+_CPU = []  # CPU seconds (user + sys) of the last timed child
+
+
 def timed(cmd: list[str], env: dict) -> float:
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     dt = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    _CPU.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
     return dt
@@ -66,6 +74,7 @@ def main(argv=None):
 
     def row(name, cmd, cache, runs):
         ts = []
+        del _CPU[:]
         for _ in range(runs):
             e = dict(env)
             if cache == "cold":
@@ -73,7 +82,7 @@ def main(argv=None):
                 e["NUMBA_CACHE_DIR"] = d
             ts.append(timed(cmd, e))
         rows.append({"cmd": name, "cache": cache, "median_s": float(np.median(ts)),
-                     "n": runs, "all_s": ts})
+                     "n": runs, "all_s": ts, "cpu_s": float(np.median(_CPU))})
         print(f"{name:60s} {cache:5s} {np.median(ts):6.2f} s  {' '.join(f'{t:.2f}' for t in ts)}",
               file=sys.stderr, flush=True)
 
@@ -94,6 +103,10 @@ def main(argv=None):
         timed(cmd, env)
         row("streamlm score MODEL one-line.txt (V=10000, D=H=100)", cmd, "warm", args.runs)
         row("streamlm score MODEL one-line.txt (V=10000, D=H=100)", cmd, "cold", args.cold_runs)
+        cmd = cmd + ["--engine", "numba"]
+        timed(cmd, env)
+        row("streamlm score --engine numba MODEL one-line.txt", cmd, "warm", args.runs)
+        row("streamlm score --engine numba MODEL one-line.txt", cmd, "cold", args.cold_runs)
     else:
         note = "`streamlm score` not available yet: only warmup() measured."
     out = {"rows": rows, "note": note, "threads": os.environ.get("NUMBA_NUM_THREADS", "default")}

@@ -39,7 +39,8 @@ def speed_section(r, title="## Speed (tokens/s, V=10000)") -> list[str]:
     m, v = r["machine"], r["versions"]
     out += [f"- Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}",
             f"- Versions: Python {v['python']}, numpy {v['numpy']} ({v['numpy_blas']}), "
-            f"numba {v['numba']}, torch {v['torch']}",
+            f"numba {v['numba']}, torch {v['torch']}"
+            + (f"; streamlm at commit {v['streamlm_commit']}" if v.get("streamlm_commit") else ""),
             f"- Threads: {r['threads']} for every library (NUMBA_NUM_THREADS, "
             f"OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS, torch.set_num_threads); "
             f"each peer in its own process.",
@@ -49,9 +50,11 @@ def speed_section(r, title="## Speed (tokens/s, V=10000)") -> list[str]:
             f"- Every worker first reproduced the float64 numpy oracle's mean loss on two blocks "
             f"(fresh state, then carried state / after one Adam step) to {r['tol']:g}; the largest "
             f"error is listed.",
-            "- SGEMM (numpy float32, 700xH @ Hx10000): "
-            + ", ".join(f"H={h}: {g:.0f} GFLOP/s" for h, g in r["sgemm_gflops"].items()),
-            "- GEMM-bound limit = SGEMM rate / FLOP per token; forward 2(DH + H^2 + HV), "
+            "- SGEMM (numpy float32, 700xH @ Hx10000, same threads), measured as one more "
+            "peer interleaved with the others, so the rate is that of the same moments: "
+            + "; ".join(f"H={x['H']} during {x['task']}: {x['median']:.0f} GFLOP/s"
+                        for x in r.get("sgemm_same_time", [])),
+            "- GEMM-bound limit = that SGEMM rate / FLOP per token; forward 2(DH + H^2 + HV), "
             "training 3x that.",
             "- 1-minute load average after each task: "
             + ", ".join(f"{x['H']}/{x['task']}: {x['loadavg']:.1f}" for x in r["runs"]
@@ -60,7 +63,7 @@ def speed_section(r, title="## Speed (tokens/s, V=10000)") -> list[str]:
     hidden = sorted({x["H"] for x in runs})
     for H in hidden:
         shape = Shape(10000, H, H)
-        rate = r["sgemm_gflops"].get(str(H))
+        same = {x["task"]: x["median"] for x in r.get("sgemm_same_time", []) if x["H"] == H}
         out += [f"### D=H={H}", "",
                 "| task | peer | N x T | tok/s (median) | vs torch | share of GEMM limit "
                 "| check err | first call s |",
@@ -75,6 +78,7 @@ def speed_section(r, title="## Speed (tokens/s, V=10000)") -> list[str]:
                 tps = [x["tokens_per_rep"] / t for x in tr if x["peer"] == p for t in x["times"]]
                 med[p] = float(np.median(tps))
             flop = shape.fwd_flop_per_token() * (3 if task == "train" else 1)
+            rate = same.get(task)
             for p in peers:
                 x0 = next(x for x in tr if x["peer"] == p)
                 err = max(x["err"] for x in tr if x["peer"] == p)
@@ -109,9 +113,14 @@ def speed_section(r, title="## Speed (tokens/s, V=10000)") -> list[str]:
 def startup_section(r) -> list[str]:
     out = ["## Start-up and compile time", ""]
     out += [f"- {r['note']}" if r.get("note") else ""]
-    out += ["| command | cache | wall s (median) | runs |", "|---|---|---:|---:|"]
+    out += ["Wall time depends on the machine's load; CPU time (user + sys of the process, "
+            "median) much less so.", "",
+            "| command | cache | wall s (median) | CPU s (median) | runs |",
+            "|---|---|---:|---:|---:|"]
     for row in r["rows"]:
-        out.append(f"| `{row['cmd']}` | {row['cache']} | {row['median_s']:.2f} | {row['n']} |")
+        cpu = f"{row['cpu_s']:.2f}" if "cpu_s" in row else "-"
+        out.append(f"| `{row['cmd']}` | {row['cache']} | {row['median_s']:.2f} | {cpu} | "
+                   f"{row['n']} |")
     out.append("")
     return out
 
