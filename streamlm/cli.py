@@ -341,6 +341,9 @@ def generate_cmd(
 # ------------------------------------------------------------------- main --
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning StreamlmError into one stderr line."""
+    import os
+
+    os.environ.setdefault("STREAMLM_FAST_START", "1")  # see kernels._load_numba_registries...
     try:
         app(args=argv, standalone_mode=False)
     except StreamlmError as e:
@@ -355,12 +358,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write("streamlm: interrupted\n")
         sys.exit(130)
     except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show(file=sys.stderr)
+        # typer vendors its own click (typer._click), so match click's exceptions by
+        # shape, not by class: a usage error has format_message() and exit_code
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):
+            sys.stderr.write(f"streamlm: error: {e.format_message()} (see --help)\n")
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Exit):
+        if type(e).__name__ == "Exit" and hasattr(e, "exit_code"):
             sys.exit(e.exit_code)
         if isinstance(e, BrokenPipeError):
             sys.exit(1)

@@ -51,13 +51,17 @@ def _load_numba_registries_without_scipy() -> None:
     work inside kernels. streamlm's kernels never call it (the matrix
     products run in numpy between kernels), so the import is hidden for that
     moment: ``np.dot`` inside @njit code of this process then needs SciPy
-    and fails. Set STREAMLM_NUMBA_BLAS=1 to keep numba's BLAS support. Does
-    nothing when scipy.linalg is already imported.
+    and fails. Only the ``streamlm`` command does this (it sets
+    STREAMLM_FAST_START=1); importing streamlm as a library leaves numba alone.
+    Set STREAMLM_NUMBA_BLAS=1 to keep numba's BLAS support in the command too.
+    Does nothing when scipy.linalg is already imported.
     """
     import os
     import sys
 
     key = "scipy.linalg.cython_blas"
+    if os.environ.get("STREAMLM_FAST_START") != "1":  # set by the CLI only: a library
+        return  # import must not change numba for the user's own kernels
     if os.environ.get("STREAMLM_NUMBA_BLAS") == "1" or "scipy.linalg" in sys.modules:
         return
     from numba.core.registry import cpu_target

@@ -45,6 +45,7 @@ import numpy as np
 
 from streamlm import __version__
 from streamlm import kernels as K
+from streamlm import model as M
 from streamlm.atomic import atomic_open, atomic_path
 from streamlm.data import Batcher, TokenDataset, open_dataset
 from streamlm.errors import InputError, TrainingDiverged, UsageError
@@ -486,7 +487,7 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
             grads = run.grads
             grads.flat.fill(0)
             model.backward(grads)
-            sq = K.sum_squares(grads.flat)
+            sq = M.sum_squares(grads.flat)
             norm = math.sqrt(sq) if math.isfinite(sq) else math.inf
             if not math.isfinite(norm):
                 raise TrainingDiverged(
@@ -495,14 +496,14 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
             if cfg.clip > 0:
                 rate = cfg.clip / (norm + CLIP_EPS)
                 if rate < 1.0:
-                    K.scale_(grads.flat, dt(rate))
+                    M.scale_(grads.flat, dt(rate))
             if cfg.optimizer == "sgd":
-                K.sgd_update(params.flat, grads.flat, dt(run.lr))
+                M.sgd_update(params.flat, grads.flat, dt(run.lr))
             else:
                 run.adam_t += 1
                 t = run.adam_t
                 lr_t = run.lr * math.sqrt(1.0 - ADAM_BETA2 ** t) / (1.0 - ADAM_BETA1 ** t)
-                K.adam_update(params.flat, grads.flat, run.m, run.v, dt(lr_t), dt(ADAM_BETA1),
+                M.adam_update(params.flat, grads.flat, run.m, run.v, dt(lr_t), dt(ADAM_BETA1),
                               dt(ADAM_BETA2), dt(ADAM_EPS))
             run.int_loss += loss
             run.int_steps += 1

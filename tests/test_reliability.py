@@ -229,6 +229,11 @@ CASES = [
     Case("score-chunk-tokens-zero",
          lambda b, t: _score(b, b["dir"] / "train.txt", "--chunk-tokens", "0"),
          names="chunk-tokens", outputs=["out.jsonl"]),
+    Case("unknown-option", lambda b, t: ["score", b["dir"] / "model.npz", "--bogus"],
+         names="--bogus"),
+    Case("bad-integer-option",
+         lambda b, t: _train(b, b["dir"] / "prep", "--batch", "many"), names="--batch",
+         outputs=["m.npz"]),
     Case("train-negative-lr", lambda b, t: _train(b, b["dir"] / "prep", "--lr", "-1"),
          names="lr", outputs=["m.npz"]),
 ]
