@@ -165,7 +165,8 @@ def test_sigkill_resume_gives_uninterrupted_totals(env, tmp_path):
     assert kills >= 1
     with np.load(ck) as z:
         done = json.loads(str(z["meta"]))["inputs"][0]["scored"]
-    assert 0 < done < full["tokens"]
+    # killed mid-way (or, on a fast machine, after the final checkpoint but before exit)
+    assert 0 < done <= full["tokens"]
     rc, out, err = cli(*args)
     assert rc == 0, err
     assert "resuming" in err
