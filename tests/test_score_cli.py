@@ -133,7 +133,7 @@ def test_sigkill_resume_gives_uninterrupted_totals(env, tmp_path):
     # a text big enough that scoring one token per call takes several seconds
     rng = np.random.default_rng(0)
     words = TRAIN.split() + ["zebra"]
-    lines = [" ".join(rng.choice(words, size=rng.integers(0, 12))) for _ in range(600)]
+    lines = [" ".join(rng.choice(words, size=rng.integers(0, 12))) for _ in range(2500)]
     big = tmp_path / "big.txt"
     big.write_text("\n".join(lines) + "\n")
     base = ["score", env / "m.npz", big, "--engine", "numpy", "--chunk-tokens", "4",
@@ -153,7 +153,7 @@ def test_sigkill_resume_gives_uninterrupted_totals(env, tmp_path):
         t0 = time.monotonic()
         while not ck.exists() and time.monotonic() - t0 < 60 and p.poll() is None:
             time.sleep(0.02)
-        time.sleep(0.3)
+        time.sleep(0.1)
         if p.poll() is None:
             os.kill(p.pid, signal.SIGKILL)
             kills += 1
