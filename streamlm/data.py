@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 from pyarrow import ipc
 
 from streamlm import __version__
-from streamlm.atomic import atomic_open, atomic_path
+from streamlm.atomic import atomic_open, atomic_path, sha256_file, umask
 from streamlm.errors import InputError, UsageError
 from streamlm.text import (
     DOCS_MODES,
@@ -71,20 +71,6 @@ _LOG_EVERY_S = 5.0
 
 
 # ================================================================ prepare ==
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class _ShardWriter:
     """Cuts one token stream into shards of ``shard_tokens`` and row groups."""
 
@@ -132,7 +118,7 @@ class _ShardWriter:
         self._writer.close()
         self._writer = None
         size = os.path.getsize(self._tmp)
-        sha = _sha256_file(self._tmp)
+        sha = sha256_file(self._tmp)
         self._stack.close()  # fsync + rename into place
         self._stack = None
         self.shards.append({"file": self._name, "tokens": self._in_shard,
@@ -292,7 +278,7 @@ def prepare(inputs: Sequence[str], out_dir: str | os.PathLike, *, vocab_size: in
         with contextlib.suppress(FileNotFoundError):
             (out / MANIFEST).unlink()
         new_names = {VOCAB_FILE} | {s["file"] for s in shards}
-        mode = 0o666 & ~_umask()
+        mode = 0o666 & ~umask()
         for name in sorted(new_names):
             os.chmod(staging / name, mode)
             os.replace(staging / name, out / name)
@@ -699,7 +685,7 @@ def _open_prepared(d: Path, vocab: Vocab | None, vocab_size: int | None,
         if docs == "blank-line" and f.doc_column is None:
             raise InputError("manifest says docs=blank-line but the shard has no doc_start "
                              "column", path=sp)
-        if verify and _sha256_file(sp) != s.get("sha256"):
+        if verify and sha256_file(sp) != s.get("sha256"):
             raise InputError("shard sha256 differs from the manifest", path=sp)
         files.append(f)
     extra = json.dumps([s.get("sha256") for s in shards])

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamlm.atomic import atomic_open
+from streamlm.atomic import atomic_open, sha256_file
 from streamlm.errors import StreamlmError, UsageError
 
 log = logging.getLogger("streamlm.distributed")
@@ -90,14 +90,6 @@ def _input_fingerprint(path: str) -> dict:
     return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def output_name(path: str) -> str:
     """The output stem of one input: its base name plus a short hash of its absolute path,
     so two inputs with the same base name never collide."""
@@ -131,7 +123,7 @@ def score_one(model_path: str, input_path: str, options: dict,
             "options": {k: options[k] for k in _RESULT_OPTIONS},
             "sums": sums,
             "parquet": os.path.basename(out_parquet) if out_parquet else None,
-            "parquet_sha256": _sha256_file(out_parquet) if out_parquet else None,
+            "parquet_sha256": sha256_file(out_parquet) if out_parquet else None,
             "seconds": round(res.seconds, 3),
             "worker_pid": os.getpid(),
         }
@@ -168,7 +160,7 @@ def _verify_done(done: Path, parquet: Path, input_path: str, model_sha: str,
             return None
         if rec.get("input") != _input_fingerprint(input_path):
             return None
-        if not parquet.exists() or _sha256_file(parquet) != rec.get("parquet_sha256"):
+        if not parquet.exists() or sha256_file(parquet) != rec.get("parquet_sha256"):
             return None
         s = rec["sums"]
         return {"tokens": int(s["tokens"]), "oov": int(s["oov"]),

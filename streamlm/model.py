@@ -414,6 +414,17 @@ class RNNLM:
         m = self.rng.random(shape, dtype=np.float32) < keep
         return m.astype(self.params.dtype) * self.params.dtype.type(1.0 / keep)
 
+    def _block(self, xs, ts) -> tuple[np.ndarray, np.ndarray]:
+        """Check an (N, T) block; return xs and the time-major (N*T,) int32 targets,
+        validated against V (-1 = ignore) before any kernel sees them."""
+        xs = np.asarray(xs)
+        ts = np.asarray(ts)
+        if xs.ndim != 2 or xs.shape != ts.shape:
+            raise ValueError("xs and ts must both be (N, T)")
+        labels = np.ascontiguousarray(ts.T, dtype=np.int32).reshape(xs.size)
+        check_ids(labels, self.config.V, "target ids", allow_ignore=True)
+        return xs, labels
+
     # training ------------------------------------------------------------
     def forward(self, xs: np.ndarray, ts: np.ndarray, train: bool = False) -> float:
         """Mean NLL over the non-ignored targets of one (N, T) block.
@@ -422,15 +433,10 @@ class RNNLM:
         Keeps the activations for ``backward`` and carries the state.
         With train=True, dropout (if configured) is applied.
         """
-        xs = np.asarray(xs)
-        ts = np.asarray(ts)
-        if xs.ndim != 2 or xs.shape != ts.shape:
-            raise ValueError("xs and ts must both be (N, T)")
+        xs, labels = self._block(xs, ts)
         N, T = xs.shape
         M = N * T
         V, H = self.config.V, self.config.H
-        labels = np.ascontiguousarray(ts.T, dtype=np.int32).reshape(M)
-        check_ids(labels, V, "target ids", allow_ignore=True)
         eng = _engine()
         with eng.single_blas():
             ids, X, hs_full, mask_x = self._run_rnn(xs, None, train, eng)
@@ -541,15 +547,10 @@ class RNNLM:
         No dropout, nothing kept for backward; memory is bounded by PROJ_ROWS
         rows of logits per thread.
         """
-        xs = np.asarray(xs)
-        ts = np.asarray(ts)
-        if xs.ndim != 2 or xs.shape != ts.shape:
-            raise ValueError("xs and ts must both be (N, T)")
+        xs, labels = self._block(xs, ts)
         N, T = xs.shape
         M = N * T
         V, H = self.config.V, self.config.H
-        labels = np.ascontiguousarray(ts.T, dtype=np.int32).reshape(M)
-        check_ids(labels, V, "target ids", allow_ignore=True)
         eng = _engine()
         p = self.params
         out = np.empty(M, dtype=np.float64)

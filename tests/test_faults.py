@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from helpers import markov_text
 
 from streamlm.data import open_dataset, prepare
 from streamlm.errors import StreamlmError
@@ -53,17 +54,7 @@ def kill_after(argv, delay: float) -> int:
 
 
 def _text(n_lines, seed):
-    rng = np.random.default_rng(seed)
-    nxt = np.random.default_rng(0).integers(0, len(WORDS), size=(len(WORDS), 3))
-    out = []
-    for _ in range(n_lines):
-        w = int(rng.integers(len(WORDS)))
-        s = []
-        for _ in range(int(rng.integers(2, 14))):
-            s.append(WORDS[w])
-            w = int(nxt[w, rng.integers(3)])
-        out.append(" ".join(s))
-    return "\n".join(out) + "\n"
+    return markov_text(n_lines, seed, WORDS, chain=0, lengths=(2, 14))
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,7 @@
 """`streamlm generate`: seeded sampling, the sampling rule itself, formatting, bad options."""
 
-import subprocess
-import sys
 
+import helpers
 import numpy as np
 import pytest
 
@@ -28,9 +27,7 @@ def model_file(tmp_path_factory):
 
 
 def cli(*args):
-    r = subprocess.run([sys.executable, "-m", "streamlm", *map(str, args)], check=False,
-                       capture_output=True, timeout=120)
-    return r.returncode, r.stdout.decode(), r.stderr.decode()
+    return helpers.cli(*args, timeout=120)
 
 
 def test_same_seed_same_text(model_file):

@@ -4,10 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import assert_one_error_line
 
 from streamlm import data
 from streamlm.data import open_dataset, prepare
@@ -17,18 +19,7 @@ PTB = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ptb"
 
 
 def cli(*args, stdin=None):
-    r = subprocess.run([sys.executable, "-m", "streamlm", *map(str, args)], input=stdin,
-                       check=False, capture_output=True, timeout=120)
-    return r.returncode, r.stdout.decode(), r.stderr.decode()
-
-
-def assert_one_error_line(rc, err, *needles):
-    assert rc != 0
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
+    return helpers.cli(*args, stdin=stdin, timeout=120)
 
 
 def all_ids(out):

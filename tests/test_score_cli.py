@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import assert_one_error_line as one_error_line
+from helpers import cli
 
 from streamlm.params import ModelConfig, Params, save_model
 from streamlm.vocab import Vocab
@@ -21,19 +23,6 @@ from streamlm.vocab import Vocab
 TRAIN = "the cat sat on the mat\nthe dog sat on the log\na cat and a dog\n"
 
 
-def cli(*args, stdin=None, timeout=300):
-    r = subprocess.run([sys.executable, "-m", "streamlm", *map(str, args)], input=stdin,
-                       check=False, capture_output=True, timeout=timeout)
-    return r.returncode, r.stdout.decode(), r.stderr.decode()
-
-
-def one_error_line(rc, err, *needles):
-    assert rc != 0
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 @pytest.fixture(scope="module")

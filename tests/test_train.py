@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import helpers
 import numpy as np
 import pytest
 import reference as ref
@@ -23,21 +24,7 @@ LOG_KEYS = {"step", "epoch", "tokens", "train_ppl", "valid_ppl", "lr", "tokens_p
             "elapsed_s"}
 
 
-def _toy_text(n_sent: int, seed: int, words: list[str], chain: int = 0) -> str:
-    """Sentences from a tiny Markov chain over ``words`` (learnable, not trivial):
-    each word has 3 possible successors (chain ``chain``); ``seed`` draws the walk."""
-    V = len(words)
-    nxt = np.random.default_rng(chain).integers(0, V, size=(V, 3))
-    rng = np.random.default_rng(seed)
-    lines = []
-    for _ in range(n_sent):
-        w = int(rng.integers(V))
-        sent = []
-        for _ in range(int(rng.integers(3, 12))):
-            sent.append(words[w])
-            w = int(nxt[w, rng.integers(3)])
-        lines.append(" ".join(sent))
-    return "\n".join(lines) + "\n"
+_toy_text = helpers.markov_text
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +43,7 @@ def corpus(tmp_path_factory):
 
 
 def cli(*args, timeout=240):
-    r = subprocess.run([sys.executable, "-m", "streamlm", *map(str, args)], check=False,
-                       capture_output=True, timeout=timeout)
-    return r.returncode, r.stdout.decode(), r.stderr.decode()
+    return helpers.cli(*args, timeout=timeout)
 
 
 def _arrays(path):
