@@ -62,7 +62,7 @@ def _njit_dot(out, a, b):
 @njit(cache=False, nogil=True)
 def _njit_dot_softmax(nll, out, a, W, bias, labels, scale):
     np.dot(a, W, out)
-    K.softmax_ce_fused(nll, out, bias, labels, scale)
+    K.softmax_ce_fused(nll, out, bias, labels, scale, a, W)
 
 
 def projection_table(reps, blas):
@@ -88,7 +88,7 @@ def projection_table(reps, blas):
 
             def np_both():
                 np.matmul(a, W, out=out)
-                K.softmax_ce_fused(nll, out, bias, labels, s)
+                K.softmax_ce_fused(nll, out, bias, labels, s, a, W)
 
             def nb_both():
                 _njit_dot_softmax(nll, out, a, W, bias, labels, s)
@@ -165,7 +165,8 @@ def slices_table(reps):
             for a in range(0, Mrows, rws):
                 b = min(Mrows, a + rws)
                 np.matmul(hs[a:b], W, out=full[a:b])
-                K.softmax_ce_fused(out[a:b], full[a:b], bias, labels[a:b], np.float32(1e-3))
+                K.softmax_ce_fused(out[a:b], full[a:b], bias, labels[a:b], np.float32(1e-3),
+                                   hs[a:b], W)
 
         fns[("score", rws)] = score
         fns[("train", rws)] = train
@@ -186,7 +187,9 @@ def main(argv=None):
     ap.add_argument("--out", default=str(HERE / "results_kernels.json"), help="JSON results.")
     args = ap.parse_args(argv)
     reps = 5 if args.quick else 15
-    blas = M._find_openblas()
+    from streamlm import blas as B
+
+    blas = B.openblas_threads()
     if blas is None:
         raise SystemExit("numpy's OpenBLAS not found")
     sections = [projection_table(reps, blas)]

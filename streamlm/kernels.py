@@ -37,9 +37,13 @@ from numba.extending import intrinsic, overload
 
 # The one place where compile settings live. ``fastmath`` is restricted to
 # flags that cannot hide a NaN/Inf (no 'nnan'/'ninf'): training must still see
-# a diverged loss.
+# a diverged loss. ``error_model="numpy"``: a float division by zero gives
+# inf/NaN as in numpy instead of raising; Python's model puts a zero check
+# before every division, which stops LLVM from vectorising any loop with a
+# division in it (Adam's update and the float32 tanh ran scalar: Adam 2.6x
+# slower, bench/RESULTS.md).
 _FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
-JIT = dict(cache=True, nogil=True, fastmath=_FASTMATH)
+JIT = dict(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
 
 
 # -------------------------------------------------------------- start-up --
@@ -321,9 +325,17 @@ def tanh_backward_(dxw, dhs, dh, hs):
 
 
 # ------------------------------------------------------- softmax + loss --
-# Each row is a few passes over V floats while the row stays in L1/L2: the
-# max, the exp, the sum (float32 partial sums of 256 added in float64), the
-# scale. One simple loop per pass: LLVM vectorises those, not fused ones.
+# One pass over each row, no max pass. log-sum-exp is shifted by the
+# target's own logit c = z[label] instead of the row max: then the sum
+# s = sum_v exp(z_v - c) is >= 1 (the target's term is exp(0)), so it cannot
+# underflow, and NLL = log(s) exactly. It could overflow only when some logit
+# is far above the target's (more than ~69 nats, a loss above 69): such a row
+# (s >= SHIFT_LIMIT, inf or NaN) is redone with the exact row max. The sum
+# runs in 32 float32 lanes (vectorised; each lane sums V/32 terms) that are
+# added in float64.
+SHIFT_LIMIT = 1e30  # float64 literal: frozen into the kernels at compile time
+
+
 @njit(**JIT)
 def _row_max(x, b, m):
     """max_v x[m, v] + b[v]. x: (M, V) float; b: (V,) float.
@@ -354,34 +366,46 @@ def _row_max(x, b, m):
 
 
 @njit(**JIT)
-def _sum_f64(x):
-    """sum(x) of a float32/float64 vector in float64 (partial sums of 256 in x's dtype)."""
+def _sumexp(xr, b, c):
+    """sum_v exp(xr[v] + b[v] - c) in float64. xr, b: (V,) float; c: scalar."""
+    V = xr.shape[0]
+    acc = np.zeros(32, dtype=xr.dtype)
+    V32 = V - V % 32
+    for v0 in range(0, V32, 32):
+        for j in range(32):
+            acc[j] += vexp(xr[v0 + j] + b[v0 + j] - c)
     s = 0.0
-    n = x.shape[0]
-    for v0 in range(0, n, 256):
-        part = x.dtype.type(0)
-        for v in range(v0, min(n, v0 + 256)):
-            part += x[v]
-        s += np.float64(part)
+    for j in range(32):
+        s += np.float64(acc[j])
+    for v in range(V32, V):
+        s += np.float64(vexp(xr[v] + b[v] - c))
     return s
 
 
 @njit(**JIT)
-def _row_sumexp(x, b, m, mx, tmp):
-    """sum_v exp(x[m, v] + b[v] - mx) in float64; tmp: (V,) scratch.
-
-    exp into a scratch row, then a separate sum: LLVM vectorises each loop
-    alone but not the two fused.
-    """
-    V = x.shape[1]
-    for v in range(V):
-        tmp[v] = vexp(x[m, v] + b[v] - mx)
-    return _sum_f64(tmp)
+def _expstore(xr, b, c):
+    """Writes xr[v] = exp(xr[v] + b[v] - c); returns their sum in float64."""
+    V = xr.shape[0]
+    acc = np.zeros(32, dtype=xr.dtype)
+    V32 = V - V % 32
+    for v0 in range(0, V32, 32):
+        for j in range(32):
+            e = vexp(xr[v0 + j] + b[v0 + j] - c)
+            xr[v0 + j] = e
+            acc[j] += e
+    s = 0.0
+    for j in range(32):
+        s += np.float64(acc[j])
+    for v in range(V32, V):
+        e = vexp(xr[v] + b[v] - c)
+        xr[v] = e
+        s += np.float64(e)
+    return s
 
 
 @njit(**JIT)
 def softmax_ce_forward(nll, logits, b, labels):
-    """Per-token NLL of softmax(logits + b) with a stable log-sum-exp.
+    """Per-token NLL of softmax(logits + b), one pass per row (see SHIFT_LIMIT).
 
     nll: (M,) float64, output: -log p(label); 0 where label == -1 (ignored);
     logits: (M, V) float, the product h @ W (bias not yet added), unchanged;
@@ -389,45 +413,63 @@ def softmax_ce_forward(nll, logits, b, labels):
     Returns nothing; the count of scored tokens is (labels >= 0).sum().
     """
     M, V = logits.shape
-    tmp = np.empty(V, dtype=logits.dtype)
     for m in range(M):
         lab = labels[m]
         if lab < 0:
             nll[m] = 0.0
             continue
-        mx = _row_max(logits, b, m)
-        s = _row_sumexp(logits, b, m, mx, tmp)
-        nll[m] = math.log(s) + (np.float64(mx) - np.float64(logits[m, lab] + b[lab]))
+        zl = logits[m, lab] + b[lab]
+        s = _sumexp(logits[m], b, zl)
+        if s < SHIFT_LIMIT:
+            nll[m] = math.log(s)
+        else:  # overflow, inf or NaN: the exact max (a NaN stays NaN)
+            mx = _row_max(logits, b, m)
+            s = _sumexp(logits[m], b, mx)
+            nll[m] = math.log(s) + (np.float64(mx) - np.float64(zl))
 
 
 @njit(**JIT)
-def _softmax_ce_row(nll, logits, b, labels, scale, m, db, with_db):
+def _softmax_ce_row(nll, logits, b, labels, scale, m, db, with_db, h, W):
     """One row of softmax_ce_fused (row m, in place); adds the row's gradient to db
-    when with_db. Separate simple loops: each one vectorises."""
+    when with_db. When the shifted sum overflows, the row's logits (already
+    overwritten) are recomputed from h[m] @ W and shifted by the exact max."""
     V = logits.shape[1]
     lab = labels[m]
+    xr = logits[m]
     if lab < 0:
         nll[m] = 0.0
         for v in range(V):
-            logits[m, v] = 0.0
+            xr[v] = 0.0
         return
-    mx = _row_max(logits, b, m)
-    zlab = logits[m, lab] + b[lab]
-    for v in range(V):
-        logits[m, v] = vexp(logits[m, v] + b[v] - mx)
-    s = _sum_f64(logits[m])
-    nll[m] = math.log(s) + (np.float64(mx) - np.float64(zlab))
+    zl = xr[lab] + b[lab]
+    c = zl
+    s = _expstore(xr, b, c)
+    if not s < SHIFT_LIMIT:  # rare: recompute the row, shift by its max
+        for v in range(V):
+            xr[v] = 0.0
+        for k in range(h.shape[1]):
+            hk = h[m, k]
+            for v in range(V):
+                xr[v] += hk * W[k, v]
+        zl = xr[lab] + b[lab]
+        c = _row_max(logits, b, m)
+        s = _expstore(xr, b, c)
+    nll[m] = math.log(s) + (np.float64(c) - np.float64(zl))
     inv = logits.dtype.type(scale / s)
-    for v in range(V):
-        logits[m, v] = logits[m, v] * inv
-    logits[m, lab] -= scale
     if with_db:
         for v in range(V):
-            db[v] += logits[m, v]
+            e = xr[v] * inv
+            xr[v] = e
+            db[v] += e
+        db[lab] -= scale
+    else:
+        for v in range(V):
+            xr[v] = xr[v] * inv
+    xr[lab] -= scale
 
 
 @njit(**JIT)
-def softmax_ce_fused(nll, logits, b, labels, scale):
+def softmax_ce_fused(nll, logits, b, labels, scale, h, W):
     """Fused softmax cross-entropy forward and backward, in place.
 
     Writes nll[m] = -log softmax(logits[m] + b)[labels[m]] and overwrites
@@ -437,21 +479,22 @@ def softmax_ce_fused(nll, logits, b, labels, scale):
 
     nll: (M,) float64, output; logits: (M, V) float, in: h @ W, out: dlogits;
     b: (V,) float; labels: (M,) int32 in [-1, V); scale: float scalar of
-    the logits dtype.
+    the logits dtype; h: (M, H), W: (H, V) float, the factors of logits
+    (read only for a row whose shifted sum overflows, see SHIFT_LIMIT).
     """
     for m in range(logits.shape[0]):
-        _softmax_ce_row(nll, logits, b, labels, scale, m, b, False)
+        _softmax_ce_row(nll, logits, b, labels, scale, m, b, False, h, W)
 
 
 @njit(**JIT)
-def softmax_ce_fused_db(nll, logits, b, labels, scale, db):
+def softmax_ce_fused_db(nll, logits, b, labels, scale, db, h, W):
     """softmax_ce_fused, and also accumulates db[v] += sum_m dlogits[m, v].
 
     db: (V,) float, accumulated (the caller zeroes it): the output-bias
     gradient, summed while each row is still in cache. Same other arguments.
     """
     for m in range(logits.shape[0]):
-        _softmax_ce_row(nll, logits, b, labels, scale, m, db, True)
+        _softmax_ce_row(nll, logits, b, labels, scale, m, db, True, h, W)
 
 
 @njit(**JIT)
@@ -461,10 +504,9 @@ def log_softmax_rows(out, logits, b):
     out: (M, V) float; logits: (M, V) float; b: (V,) float. out may alias logits.
     """
     M, V = logits.shape
-    tmp = np.empty(V, dtype=logits.dtype)
     for m in range(M):
         mx = _row_max(logits, b, m)
-        lse = mx + math.log(_row_sumexp(logits, b, m, mx, tmp))
+        lse = mx + math.log(_sumexp(logits[m], b, mx))
         for v in range(V):
             out[m, v] = logits[m, v] + b[v] - lse
 

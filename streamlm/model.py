@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from streamlm import blas
 from streamlm import kernels as K
 from streamlm.params import Params
 
@@ -35,11 +36,11 @@ BLAS_RECUR_MIN_WORK = 4 * 128 * 128
 
 # Rows of the output projection computed at once when scoring: bounds the
 # logits buffer to PROJ_ROWS * V floats however long a chunk is.
-PROJ_ROWS = 512
+PROJ_ROWS = 256
 
 # Rows of the training logits computed by one GEMM and then passed at once to
 # the fused softmax, so that they are still in cache.
-FUSE_ROWS = 128
+FUSE_ROWS = 256
 
 
 def check_ids(ids: np.ndarray, V: int, what: str = "token ids", allow_ignore: bool = False):
@@ -60,41 +61,13 @@ def check_ids(ids: np.ndarray, V: int, what: str = "token ids", allow_ignore: bo
 # streamlm runs its own threads: each task calls serial (nogil) kernels and
 # single-threaded BLAS on its share of the rows, streams or columns. One pool,
 # coarse tasks: no second thread pool (OpenBLAS's, numba's) spins against it.
-def _find_openblas():
-    """(set_num_threads, get_num_threads) of numpy's bundled OpenBLAS, or None."""
-    import ctypes
-    import glob
-    import os
-
-    base = os.path.dirname(np.__file__)
-    pats = [os.path.join(base, "..", "numpy.libs", "*openblas*"),
-            os.path.join(base, ".dylibs", "*openblas*")]
-    names = [("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
-             ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
-             ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
-             ("openblas_set_num_threads", "openblas_get_num_threads")]
-    for pat in pats:
-        for path in glob.glob(pat):
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for s, g in names:
-                if hasattr(lib, s) and hasattr(lib, g):
-                    fs, fg = getattr(lib, s), getattr(lib, g)
-                    fs.argtypes, fs.restype = [ctypes.c_int], None
-                    fg.argtypes, fg.restype = [], ctypes.c_int
-                    return fs, fg
-    return None
-
-
 class _Engine:
     """``threads`` workers (the calling thread is one of them)."""
 
     def __init__(self, threads: int):
         self.threads = max(1, int(threads))
         self._pool = None
-        self._blas = _find_openblas() if self.threads > 1 else None
+        self._blas = blas.openblas_threads() if self.threads > 1 else None
         if self.threads > 1 and self._blas is None:
             log.debug("numpy's OpenBLAS not found: running on one thread")
             self.threads = 1
@@ -241,21 +214,8 @@ def rnn_recur_rows(hs_full, xw, Wh, reset, n0, n1, use_blas: bool, t0=0, t1=None
         if any_reset and reset[t, n0:n1].any():
             hp = hp * (reset[t, n0:n1] == 0)[:, None].astype(hp.dtype)
         out = hs_full[t + 1, n0:n1]
-        np.matmul(hp, Wh, out=out)
+        blas.gemm(hp, Wh, out)
         K.tanh_add_(out, xw[t, n0:n1])
-
-
-def time_rnn_forward(hs_full, xw, X, Wx, Wh, b, reset, use_blas: bool):
-    """Run the RNN over a block (one thread; RNNLM splits the same work).
-
-    hs_full: (T+1, N, H) with hs_full[0] = h0 on entry; hs_full[1:] written.
-    xw: (T, N, H) scratch, written with X @ Wx + b.  X: (T*N, D).
-    reset: (T, N) uint8 (nonzero: state before step t is zero).
-    """
-    T, N, H = xw.shape
-    np.matmul(X, Wx, out=xw.reshape(T * N, H))
-    xw += b
-    rnn_recur_rows(hs_full, xw, Wh, reset, 0, N, use_blas)
 
 
 def rnn_backward_rows(dxw, dh0, dhs, hs, Wh, n0, n1, use_blas: bool):
@@ -268,25 +228,8 @@ def rnn_backward_rows(dxw, dh0, dhs, hs, Wh, n0, n1, use_blas: bool):
     WhT = Wh.T
     for t in range(T - 1, -1, -1):
         K.tanh_backward_(dxw[t, n0:n1], dhs[t, n0:n1], dh, hs[t, n0:n1])
-        np.matmul(dxw[t, n0:n1], WhT, out=dh)
+        blas.gemm(dxw[t, n0:n1], WhT, dh)
     dh0[n0:n1] = dh
-
-
-def time_rnn_backward(dxw, dh0, dhs, hs_full, X, Wx, Wh, grads_Wx, grads_Wh, grads_b,
-                      use_blas: bool):
-    """Backward through the RNN block (truncated at the block start; one thread).
-
-    Writes dxw: (T, N, H) and dh0: (N, H); accumulates the Wx, Wh, b
-    gradients; returns dX: (T*N, D) (a new array).
-    dhs: (T, N, H) gradient w.r.t. the RNN outputs hs_full[1:].
-    """
-    T, N, H = dxw.shape
-    rnn_backward_rows(dxw, dh0, dhs, hs_full[1:], Wh, 0, N, use_blas)
-    D2 = dxw.reshape(T * N, H)
-    grads_Wh += hs_full[:-1].reshape(T * N, H).T @ D2
-    grads_Wx += X.T @ D2
-    grads_b += D2.sum(axis=0)
-    return D2 @ Wx.T
 
 
 # --------------------------------------------------------------- the model --
@@ -392,7 +335,7 @@ class RNNLM:
             time_embedding_forward(X[i:j], ids[i:j], E)
             if mask_x is not None:
                 X[i:j] *= mask_x[i:j]
-            np.matmul(X[i:j], Wx, out=xw2[i:j])
+            blas.gemm(X[i:j], Wx, xw2[i:j])
             xw2[i:j] += b
 
         eng.map(embed_rows, _split(M, eng.threads))
@@ -460,9 +403,9 @@ class RNNLM:
                 dbp[k] = 0
                 for a in range(i, j, FUSE_ROWS):  # GEMM, then softmax while in cache
                     c = min(j, a + FUSE_ROWS)
-                    np.matmul(hs_in[a:c], W, out=logits[a:c])
+                    blas.gemm(hs_in[a:c], W, logits[a:c])
                     K.softmax_ce_fused_db(nll[a:c], logits[a:c], bias, labels[a:c], scale,
-                                          dbp[k])  # logits -> dlogits
+                                          dbp[k], hs_in[a:c], W)  # logits -> dlogits
 
             eng.map(head_rows, [(k, i, j) for k, (i, j) in enumerate(parts)])
         self._cache = _Cache(N, T, ids, labels, count, X, hs_full, hs_in, mask_x, mask_h)
@@ -488,7 +431,6 @@ class RNNLM:
         grads["affine_b"] += dbp.sum(axis=0)
         W = p.affine_W
         gW = grads["affine_W"]
-        dWs = self._buf("dW_affine", (H, V))
         dhs = self._buf("dhs", (M, H))
         rows, cols = _split(M, P), _split(V, P)
         use_blas = self._use_blas(N)
@@ -506,19 +448,18 @@ class RNNLM:
         def affine_back(k):
             if k < len(cols):  # dW columns: hs_in^T @ dlogits[:, cols]
                 a, b = cols[k]
-                np.matmul(c.hs_in.T, dlogits[:, a:b], out=dWs[:, a:b])
-                gW[:, a:b] += dWs[:, a:b]
+                blas.gemm(c.hs_in.T, dlogits[:, a:b], gW[:, a:b], beta=1.0)
             if k < len(rows):  # dhs rows: dlogits[rows] @ W^T
                 i, j = rows[k]
-                np.matmul(dlogits[i:j], W.T, out=dhs[i:j])
+                blas.gemm(dlogits[i:j], W.T, dhs[i:j])
                 if c.mask_h is not None:
                     dhs[i:j] *= c.mask_h[i:j]
 
         def input_back(k, i, j):
-            np.matmul(c.X[i:j].T, dxw2[i:j], out=gWx[k])
-            np.matmul(hprev[i:j].T, dxw2[i:j], out=gWh[k])
+            blas.gemm(c.X[i:j].T, dxw2[i:j], gWx[k])
+            blas.gemm(hprev[i:j].T, dxw2[i:j], gWh[k])
             gb[k] = dxw2[i:j].sum(axis=0)
-            np.matmul(dxw2[i:j], Wx.T, out=dX[i:j])
+            blas.gemm(dxw2[i:j], Wx.T, dX[i:j])
             if c.mask_x is not None:
                 dX[i:j] *= c.mask_x[i:j]
 
@@ -567,7 +508,7 @@ class RNNLM:
                     for a in range(i, j, rows):
                         b = min(j, a + rows)
                         lg = logits[k, : b - a]
-                        np.matmul(hs[a:b], W, out=lg)
+                        blas.gemm(hs[a:b], W, lg)
                         K.softmax_ce_forward(out[a:b], lg, bias, labels[a:b])
 
                 eng.map(project, [(k, i, j) for k, (i, j) in enumerate(_split(M, P))])
@@ -595,7 +536,7 @@ class RNNLM:
         X = self._buf("X", (M, self.config.D))
         xw = self._buf("xw", (T, N, H))
         time_embedding_forward(X, ids, p.embed_W)
-        np.matmul(X, p.rnn_Wx, out=xw.reshape(M, H))
+        blas.gemm(X, p.rnn_Wx, xw.reshape(M, H))
         xw += p.rnn_b
         hs_full = self._buf("hs_full", (T + 1, N, H))
         hs_full[0] = self._h0(N)
@@ -626,7 +567,7 @@ class RNNLM:
                     return
                 a, b = segs[s][0] * N, segs[s][1] * N
                 lg = logits[k, : b - a]
-                np.matmul(hs[a:b], W, out=lg)
+                blas.gemm(hs[a:b], W, lg)
                 K.softmax_ce_forward(out[a:b], lg, bias, labels[a:b])
 
         def work(k):

@@ -112,7 +112,7 @@ def test_softmax_ce_forward_and_fused_vs_reference(dtype, M, V):
     count = int((labels >= 0).sum())
     nll2 = np.empty(M, np.float64)
     g = logits.copy()
-    K.softmax_ce_fused(nll2, g, b, labels, dtype(1.0 / count))
+    K.softmax_ce_fused(nll2, g, b, labels, dtype(1.0 / count), logits, np.eye(V, dtype=dtype))
     np.testing.assert_allclose(nll2, nll_want[0], **tol)
     np.testing.assert_allclose(nll2.sum() / count, loss_want, **tol)
     np.testing.assert_allclose(g, d_want[0], **tol)
@@ -130,9 +130,39 @@ def test_softmax_ce_is_stable_for_huge_logits():
     np.testing.assert_allclose(nll[0], 2e4, rtol=1e-6)
     np.testing.assert_allclose(nll[1], np.log1p(np.exp(-1.0)), rtol=1e-5)
     g = logits.copy()
-    K.softmax_ce_fused(nll, g, b, labels, np.float32(0.5))
+    K.softmax_ce_fused(nll, g, b, labels, np.float32(0.5), logits, np.eye(3, dtype=np.float32))
     np.testing.assert_allclose(nll[0], 2e4, rtol=1e-6)
     assert np.all(np.isfinite(g))
+    np.testing.assert_allclose(g[0], [0.5, 0.0, -0.5], atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_ce_far_target_takes_the_exact_path(dtype):
+    # The sum is shifted by the target's own logit; a target ~100 nats below
+    # the row max overflows that shift and the row is redone with the max,
+    # the fused kernel recomputing its (already overwritten) logits from h @ W.
+    rng = _rng(9)
+    M, H, V = 6, 5, 70
+    h = rng.standard_normal((M, H)).astype(dtype)
+    W = rng.standard_normal((H, V)).astype(dtype)
+    logits = (h @ W).astype(dtype)
+    b = rng.standard_normal(V).astype(dtype)
+    labels = rng.integers(0, V, size=M).astype(np.int32)
+    W[:, 3] *= 60  # column 3 dominates every row whose h . W[:, 3] is large
+    logits = (h @ W).astype(dtype)
+    labels[:] = np.argmin(logits + b, axis=1)
+    far = (logits + b).max(1) - (logits + b)[np.arange(M), labels]
+    assert (far > 80).sum() >= 2 and (far < 60).sum() >= 1  # both paths taken
+    nll_want, loss_want, d_want = ref.softmax_ce((logits + b)[None], labels[None])
+    nll = np.empty(M, np.float64)
+    K.softmax_ce_forward(nll, logits, b, labels)
+    np.testing.assert_allclose(nll, nll_want[0], **TOL[dtype])
+    g = logits.copy()
+    db = np.zeros(V, dtype)
+    K.softmax_ce_fused_db(nll, g, b, labels, dtype(1.0 / M), db, h, W)
+    np.testing.assert_allclose(nll, nll_want[0], **TOL[dtype])
+    np.testing.assert_allclose(g, d_want[0], rtol=TOL[dtype]["rtol"], atol=1e-6)
+    np.testing.assert_allclose(db, d_want[0].sum(0), rtol=TOL[dtype]["rtol"], atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
