@@ -42,7 +42,15 @@ SINGLE_T = {"streamlm": 4096, "alt": 4096, "torch": 256, "numpy": 256, "referenc
 
 
 def _peer_base(peer: str) -> str:
-    return peer.split("@")[0]
+    """'streamlm+mkl@256' -> 'streamlm'."""
+    return peer.split("@")[0].split("+")[0]
+
+
+def mkl_available() -> bool:
+    """Whether streamlm finds Intel MKL (pip install 'streamlm[mkl]')."""
+    from streamlm import blas
+
+    return blas._mkl() is not None
 
 
 def block_shape(task: str, peer: str) -> tuple[int, int]:
@@ -52,7 +60,7 @@ def block_shape(task: str, peer: str) -> tuple[int, int]:
         return MANY_NT
     if "@" in peer:  # e.g. streamlm@256: another chunk length
         return (1, int(peer.split("@")[1]))
-    return (1, SINGLE_T[peer])
+    return (1, SINGLE_T[_peer_base(peer)])
 
 
 def thread_env(threads: int) -> dict:
@@ -70,6 +78,8 @@ def make_peer(peer: str, task: str, weights):
         sys.path.insert(0, os.environ["STREAMLM_BENCH_ALT"])
         base = "streamlm"
     if base == "streamlm":
+        # "streamlm" is the default install (numpy's OpenBLAS); "streamlm+mkl" the mkl extra
+        os.environ["STREAMLM_BLAS"] = "mkl" if "+mkl" in peer else "numpy"
         from streamlm_peer import StreamlmScorer, StreamlmTrainer
         return StreamlmTrainer(weights) if task == "train" else StreamlmScorer(weights)
     if base == "torch":
@@ -273,8 +283,10 @@ def main(argv=None):
     ap.add_argument("--hidden", default="100,650",
                     help="Comma-separated D=H sizes (default 100,650).")
     ap.add_argument("--tasks", default="train,score_many,score_single", help="Tasks to run.")
-    ap.add_argument("--peers", default="streamlm,torch,numpy",
-                    help="Peers to run: streamlm, torch, numpy (a fast float32 numpy peer), "
+    ap.add_argument("--peers", default="streamlm,streamlm+mkl,torch,numpy",
+                    help="Peers to run: streamlm (with numpy's OpenBLAS), streamlm+mkl (with "
+                         "Intel MKL, skipped when not installed), torch, numpy (a fast float32 "
+                         "numpy peer), "
                          "reference (tests/reference.py, training only), and 'alt' (the "
                          "streamlm package found in $STREAMLM_BENCH_ALT, for A/B runs).")
     ap.add_argument("--reps", type=int, default=10,
@@ -292,6 +304,10 @@ def main(argv=None):
     hidden = [100] if args.quick else [int(h) for h in args.hidden.split(",")]
     reps = min(4, args.reps) if args.quick else args.reps
     peers = args.peers.split(",")
+    if "streamlm+mkl" in peers and not mkl_available():
+        print("streamlm+mkl: MKL not installed (pip install 'streamlm[mkl]'), skipped",
+              file=sys.stderr)
+        peers.remove("streamlm+mkl")
     tasks = args.tasks.split(",")
     ids = ptb_ids()
     results = {"machine": machine(), "versions": versions(), "threads": args.threads,
@@ -305,8 +321,8 @@ def main(argv=None):
         weights = load_weights(wf)
         for task in tasks:
             task_peers = [p for p in peers if not (p == "reference" and task != "train")]
-            if task == "score_single" and "streamlm" in peers:
-                task_peers.append("streamlm@256")
+            if task == "score_single":
+                task_peers += [f"{p}@256" for p in ("streamlm", "streamlm+mkl") if p in peers]
             oracle = {}
             for peer in task_peers:
                 N, T = block_shape(task, peer)
