@@ -1,5 +1,5 @@
-"""streamlm as a benchmark peer: RNNLM forward/backward + the kernels'
-global-norm clipping and Adam (book semantics, same settings as the others)."""
+"""streamlm as a benchmark peer: RNNLM forward/backward + global-norm clipping
+and Adam as streamlm.train runs them (book semantics, same settings as the others)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import math
 import numpy as np
 from common import BETA1, BETA2, EPS, LR, MAX_GRAD
 
-from streamlm import kernels as K
 from streamlm import model as Mm
 from streamlm.model import RNNLM
 from streamlm.params import ModelConfig, Params
@@ -20,10 +19,6 @@ def params_from(weights: dict[str, np.ndarray]) -> Params:
     return Params.from_arrays(ModelConfig(V=V, D=D, H=H), weights, dtype=np.float32)
 
 
-# streamlm.model runs the optimiser kernels on all threads (older trees: the kernels)
-_sum_squares = getattr(Mm, "sum_squares", K.sum_squares)
-_scale = getattr(Mm, "scale_", K.scale_)
-_adam = getattr(Mm, "adam_update", K.adam_update)
 
 
 class StreamlmTrainer:
@@ -41,13 +36,13 @@ class StreamlmTrainer:
         g[...] = 0
         loss = self.model.forward(xs, ts, train=True)
         self.model.backward(self.g)
-        norm = math.sqrt(_sum_squares(g))
+        norm = math.sqrt(Mm.sum_squares(g))
         rate = MAX_GRAD / (norm + 1e-6)
-        if rate < 1:
-            _scale(g, f32(rate))
+        gscale = f32(rate) if rate < 1 else f32(1.0)  # as streamlm.train: clip inside Adam
         self.t += 1
         lr_t = LR * math.sqrt(1.0 - BETA2 ** self.t) / (1.0 - BETA1 ** self.t)
-        _adam(self.p.flat, g, self.m, self.v, f32(lr_t), f32(BETA1), f32(BETA2), f32(EPS))
+        Mm.adam_update(self.p.flat, g, self.m, self.v, f32(lr_t), f32(BETA1), f32(BETA2),
+                       f32(EPS), gscale)
         return loss
 
 

@@ -532,28 +532,33 @@ def scale_(g, s):
 
 
 @njit(**JIT)
-def sgd_update(p, g, lr):
-    """Writes p -= lr * g. p, g: (P,) float; lr: scalar of p's dtype."""
+def sgd_update(p, g, lr, gscale):
+    """Writes p -= lr * (g * gscale). p, g: (P,) float; lr, gscale: scalars of p's dtype.
+
+    gscale is the clipping rate (1 when not clipping), applied on the fly: the
+    same float32 products as scaling g first, without that pass over g.
+    """
     for i in range(p.shape[0]):
-        p[i] -= lr * g[i]
+        p[i] -= lr * (g[i] * gscale)
 
 
 @njit(**JIT)
-def adam_update(p, g, m, v, lr_t, beta1, beta2, eps):
+def adam_update(p, g, m, v, lr_t, beta1, beta2, eps, gscale):
     """One Adam step with the bias correction folded into lr_t (as the book does).
 
     p, g, m, v: (P,) float (m, v: first and second moments, updated in place);
     lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t); beta1, beta2, eps: scalars
-    of p's dtype.
+    of p's dtype; gscale: the clipping rate applied to g on the fly (1 when
+    not clipping; see sgd_update).
     """
     one = p.dtype.type(1)
     for i in range(p.shape[0]):
-        gi = g[i]
+        gi = g[i] * gscale
         mi = m[i] + (one - beta1) * (gi - m[i])
         vi = v[i] + (one - beta2) * (gi * gi - v[i])
         m[i] = mi
         v[i] = vi
-        p[i] -= lr_t * mi / (math.sqrt(vi) + eps)
+        p[i] -= lr_t * mi / (np.sqrt(vi) + eps)
 
 
 @njit(**JIT)

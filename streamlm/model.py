@@ -172,16 +172,18 @@ def scale_(g: np.ndarray, s) -> None:
     _engine().map(lambda i, j: K.scale_(g[i:j], s), _chunks(g.shape[0], _engine().threads))
 
 
-def sgd_update(p: np.ndarray, g: np.ndarray, lr) -> None:
-    """p -= lr * g (lr: scalar of p's dtype)."""
-    _engine().map(lambda i, j: K.sgd_update(p[i:j], g[i:j], lr),
+def sgd_update(p: np.ndarray, g: np.ndarray, lr, gscale=None) -> None:
+    """p -= lr * (g * gscale) (lr, gscale: scalars of p's dtype; gscale default 1)."""
+    gs = p.dtype.type(1) if gscale is None else gscale
+    _engine().map(lambda i, j: K.sgd_update(p[i:j], g[i:j], lr, gs),
                   _chunks(p.shape[0], _engine().threads))
 
 
-def adam_update(p, g, m, v, lr_t, beta1, beta2, eps) -> None:
-    """The book's Adam step (see kernels.adam_update), on all threads."""
+def adam_update(p, g, m, v, lr_t, beta1, beta2, eps, gscale=None) -> None:
+    """The book's Adam step on g * gscale (see kernels.adam_update), on all threads."""
+    gs = p.dtype.type(1) if gscale is None else gscale
     _engine().map(lambda i, j: K.adam_update(p[i:j], g[i:j], m[i:j], v[i:j], lr_t, beta1,
-                                             beta2, eps),
+                                             beta2, eps, gs),
                   _chunks(p.shape[0], _engine().threads))
 
 
@@ -617,6 +619,6 @@ def warmup(dtype=np.float32) -> None:
     sgd_update(p.flat, g.flat, p.dtype.type(0.0))
     mm, vv = np.zeros_like(p.flat), np.zeros_like(p.flat)
     one = p.dtype.type
-    adam_update(p.flat, g.flat, mm, vv, one(0.0), one(0.9), one(0.999), one(1e-8))
+    adam_update(p.flat, g.flat, mm, vv, one(0.0), one(0.9), one(0.999), one(1e-8), one(1.0))
     K.all_finite(p.flat)
     K.sample_from_logits(p.affine_b, p.affine_b, 1.0, 0.5)

@@ -493,18 +493,19 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
                 raise TrainingDiverged(
                     f"gradient norm is {norm} at step {step} (epoch {step / ipe:.2f}); "
                     f"training stopped, {_kept(ckpt, run.have_ckpt)}; lower --lr or set --clip")
+            gscale = dt(1.0)  # the clipping rate, applied inside the update
             if cfg.clip > 0:
                 rate = cfg.clip / (norm + CLIP_EPS)
                 if rate < 1.0:
-                    M.scale_(grads.flat, dt(rate))
+                    gscale = dt(rate)
             if cfg.optimizer == "sgd":
-                M.sgd_update(params.flat, grads.flat, dt(run.lr))
+                M.sgd_update(params.flat, grads.flat, dt(run.lr), gscale)
             else:
                 run.adam_t += 1
                 t = run.adam_t
                 lr_t = run.lr * math.sqrt(1.0 - ADAM_BETA2 ** t) / (1.0 - ADAM_BETA1 ** t)
                 M.adam_update(params.flat, grads.flat, run.m, run.v, dt(lr_t), dt(ADAM_BETA1),
-                              dt(ADAM_BETA2), dt(ADAM_EPS))
+                              dt(ADAM_BETA2), dt(ADAM_EPS), gscale)
             run.int_loss += loss
             run.int_steps += 1
             run.ep_loss += loss

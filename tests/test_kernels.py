@@ -190,8 +190,14 @@ def test_optimisers_and_clipping_vs_reference(dtype):
     np.testing.assert_allclose(g2, g * dtype(0.25), **TOL[dtype])
 
     q = p.copy()
-    K.sgd_update(q, g, dtype(0.1))
+    K.sgd_update(q, g, dtype(0.1), dtype(1.0))
     np.testing.assert_allclose(q, p - dtype(0.1) * g, **TOL[dtype])
+    # the clipping rate applied inside the update == scaling g first, bitwise
+    q, q2 = p.copy(), p.copy()
+    K.sgd_update(q, g, dtype(0.1), dtype(0.25))
+    K.sgd_update(q2, g2, dtype(0.1), dtype(1.0))
+    np.testing.assert_array_equal(q, q2)
+    assert not np.array_equal(q, p - dtype(0.1) * g)
 
     # Adam, the book's formulation (common/optimizer.py), three steps
     lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-8
@@ -202,11 +208,19 @@ def test_optimisers_and_clipping_vs_reference(dtype):
     for it in range(1, 4):
         gi = (g * it).astype(dtype)
         lr_t = lr * np.sqrt(1 - b2 ** it) / (1 - b1 ** it)
-        K.adam_update(q, gi, m, v, dtype(lr_t), dtype(b1), dtype(b2), dtype(eps))
+        K.adam_update(q, gi, m, v, dtype(lr_t), dtype(b1), dtype(b2), dtype(eps), dtype(1.0))
         mw += (1 - b1) * (gi - mw)
         vw += (1 - b2) * (gi.astype(np.float64) ** 2 - vw)
         pw -= lr_t * mw / (np.sqrt(vw) + eps)
     np.testing.assert_allclose(q, pw, rtol=1e-5 if dtype == np.float32 else 1e-10, atol=1e-6)
+    # gscale: the clipping rate on the fly == scaling g first, bitwise
+    args = (dtype(lr), dtype(b1), dtype(b2), dtype(eps))
+    q, m, v = p.copy(), np.zeros(P, dtype), np.zeros(P, dtype)
+    q2, m2, v2 = p.copy(), np.zeros(P, dtype), np.zeros(P, dtype)
+    K.adam_update(q, g, m, v, *args, dtype(0.25))
+    K.adam_update(q2, g2, m2, v2, *args, dtype(1.0))
+    np.testing.assert_array_equal(q, q2)
+    np.testing.assert_array_equal(v, v2)
 
 
 def test_all_finite():
