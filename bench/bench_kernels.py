@@ -117,24 +117,32 @@ def recurrence_table(reps):
     T = 35
     best = {}
     for H in (100, 200, 400, 650):
-        for N in (1, 4, 10, 32, 64):
+        for N in (1, 4, 10, 20, 32):
             Wh = (rng.standard_normal((H, H)) / np.sqrt(H)).astype(np.float32)
             xw = rng.standard_normal((T, N, H)).astype(np.float32)
             hs = np.zeros((T + 1, N, H), np.float32)
             reset = np.zeros((T, N), np.uint8)
-            r = interleaved({
-                "kernel": lambda: M.rnn_recur_rows(hs, xw, Wh, reset, 0, N, False),
-                "blas": lambda: M.rnn_recur_rows(hs, xw, Wh, reset, 0, N, True)}, reps)
-            fl = 2 * T * N * H * H
+            dhs = rng.standard_normal((T, N, H)).astype(np.float32)
+            dxw = np.empty_like(dhs)
+            dh0 = np.empty((N, H), np.float32)
+
+            def fwd_bwd(use_blas):
+                M.rnn_recur_rows(hs, xw, Wh, reset, 0, N, use_blas)
+                M.rnn_backward_rows(dxw, dh0, dhs, hs[1:], Wh, 0, N, use_blas)
+
+            r = interleaved({"kernel": lambda: fwd_bwd(False), "blas": lambda: fwd_bwd(True)},
+                            reps)
+            fl = 2 * 2 * T * N * H * H  # forward (h @ Wh) + backward (dxw @ Wh^T)
             rows.append([H, N, N * H * H, f"{r['kernel'] * 1e3:.3f}", f"{r['blas'] * 1e3:.3f}",
                          f"{fl / r['kernel'] / 1e9:.1f}", f"{fl / r['blas'] / 1e9:.1f}",
                          "kernel" if r["kernel"] <= r["blas"] else "BLAS"])
             best[(H, N)] = r["kernel"] <= r["blas"]
             print("recur", rows[-1], file=sys.stderr, flush=True)
-    return {"title": "Recurrence, one thread: Numba kernel vs one BLAS call per step",
+    return {"title": "Recurrence forward + backward, one thread: Numba kernels vs one BLAS "
+                     "call per step",
             "note": f"T={T} steps; N = streams handled by one thread; work = N*H*H multiply-adds "
                     f"per step. streamlm picks BLAS when N*H*H >= BLAS_RECUR_MIN_WORK "
-                    f"(now {M.BLAS_RECUR_MIN_WORK}).",
+                    f"(now {M.BLAS_RECUR_MIN_WORK}) and N >= {M.BLAS_RECUR_MIN_STREAMS}.",
             "columns": ["H", "N", "N*H*H", "kernel ms", "BLAS ms", "kernel GFLOP/s",
                         "BLAS GFLOP/s", "faster"],
             "rows": rows}

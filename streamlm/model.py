@@ -27,12 +27,15 @@ from streamlm.params import Params
 
 log = logging.getLogger(__name__)
 
-# Above this many multiply-adds per recurrence step for one thread's streams
-# (N/threads * H * H) the H x H product of each step goes to BLAS from
-# Python; below it the whole block runs in one Numba kernel. Chosen by
-# bench/bench_kernels.py (bench/RESULTS.md: the kernel wins up to ~4e4, BLAS
-# from ~1e5).
-BLAS_RECUR_MIN_WORK = 4 * 128 * 128
+# From this many multiply-adds per recurrence step for one thread's streams
+# (N/threads * H * H), and at least BLAS_RECUR_MIN_STREAMS streams per
+# thread, the H x H product of each step goes to BLAS from Python; otherwise
+# the whole block runs in one Numba kernel. Chosen by bench/bench_kernels.py
+# (bench/RESULTS.md; forward + backward, T=35, one thread: H=100 with 10
+# streams 0.64 ms kernel vs 0.97 BLAS, 20 streams 1.20 vs 1.07; H=650 with
+# 1 stream 2.7 vs 3.4, 10 streams 28 vs 9).
+BLAS_RECUR_MIN_WORK = 150_000
+BLAS_RECUR_MIN_STREAMS = 4
 
 # Rows of the output projection computed at once when scoring: bounds the
 # logits buffer to PROJ_ROWS * V floats however long a chunk is.
@@ -303,7 +306,7 @@ class RNNLM:
         if self.recur != "auto":
             return self.recur == "blas"
         n = -(-N // _engine().threads)
-        return n * self.config.H * self.config.H >= BLAS_RECUR_MIN_WORK
+        return n >= BLAS_RECUR_MIN_STREAMS and n * self.config.H ** 2 >= BLAS_RECUR_MIN_WORK
 
     def _buf(self, name: str, shape: tuple, dtype=None) -> np.ndarray:
         dtype = np.dtype(dtype or self.params.dtype)
