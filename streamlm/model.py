@@ -71,8 +71,9 @@ class _Engine:
         self.threads = max(1, int(threads))
         self._pool = None
         self._blas = blas.openblas_threads() if self.threads > 1 else None
-        if self.threads > 1 and self._blas is None:
-            log.debug("numpy's OpenBLAS not found: running on one thread")
+        if self.threads > 1 and self._blas is None and blas.load() is None:
+            # numpy's @ with a BLAS whose threads streamlm cannot hold at one
+            log.debug("no CBLAS library streamlm can drive: running on one thread")
             self.threads = 1
 
     def map(self, fn, ranges) -> None:
