@@ -115,7 +115,10 @@ def main(argv=None):
     N, T = {"train": (20, 35), "score_many": (20, 100), "score_single": (1, 4096)}[args.task]
     weights = load_weights(weights_file(Shape(10000, args.hidden, args.hidden)))
     rows = profile_streamlm(weights, args.task, args.steps, N, T)
-    print(f"### streamlm {args.task}, D=H={args.hidden}, N={N}, T={T}, {args.steps} calls\n")
+    from streamlm import blas
+
+    print(f"### streamlm {args.task}, D=H={args.hidden}, N={N}, T={T}, {args.steps} calls, "
+          f"BLAS: {blas.describe().split(' ')[0]}\n")
     print("| phase | calls | wall ms / call | CPU/wall |")
     print("|---|---:|---:|---:|")
     for name, wall, cpu, n in rows:

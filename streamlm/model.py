@@ -31,10 +31,10 @@ log = logging.getLogger(__name__)
 # (N/threads * H * H), and at least BLAS_RECUR_MIN_STREAMS streams per
 # thread, the H x H product of each step goes to BLAS from Python; otherwise
 # the whole block runs in one Numba kernel. Chosen by bench/bench_kernels.py
-# (bench/RESULTS.md; forward + backward, T=35, one thread: H=100 with 10
-# streams 0.64 ms kernel vs 0.97 BLAS, 20 streams 1.20 vs 1.07; H=650 with
-# 1 stream 2.7 vs 3.4, 10 streams 28 vs 9).
-BLAS_RECUR_MIN_WORK = 150_000
+# (bench/RESULTS.md, forward + backward, T=35, one thread: the kernel wins up
+# to 2e5 (H=100 with 20 streams: a tie), BLAS from 3.2e5 with 4 or more
+# streams; with one stream the kernel wins even at H=650).
+BLAS_RECUR_MIN_WORK = 250_000
 BLAS_RECUR_MIN_STREAMS = 4
 
 # Rows of the output projection computed at once when scoring: bounds the
