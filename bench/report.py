@@ -166,11 +166,8 @@ def main():
              "numpy), bench_startup.py (start-up / compile), bench_memory.py (peak RSS), "
              "bench_kernels.py (kernel-level choices).", ""]
     t1 = lambda r: speed_section(r, "## Speed with ONE thread per library (per-core efficiency)")  # noqa: E731
-    loaded = lambda r: speed_section(  # noqa: E731
-        r, "## Speed on 2 threads under heavy load (load average 6-9; robustness, not speed)")
     for name, fn in (("results_speed.json", speed_section),
                      ("results_speed_t1.json", t1),
-                     ("results_speed_loaded.json", loaded),
                      ("results_startup.json", startup_section),
                      ("results_memory.json", memory_section),
                      ("results_kernels.json", kernels_section)):

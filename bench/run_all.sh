@@ -2,7 +2,7 @@
 # Run every benchmark and write bench/RESULTS.md.
 #   bench/run_all.sh           full run (tens of minutes on 2 cores)
 #   bench/run_all.sh --quick   D=H=100 only, fewer repetitions, no 10M-token memory run
-# Needs the optional peer: pip install torch==2.13.0
+# Needs the optional peers: pip install -e '.[bench]' (torch==2.13.0, psutil, mkl)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export NUMBA_NUM_THREADS="${NUMBA_NUM_THREADS:-2}"

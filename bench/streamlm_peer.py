@@ -21,8 +21,17 @@ def params_from(weights: dict[str, np.ndarray]) -> Params:
 
 
 
+def _hold_blas():
+    """As streamlm's train and score jobs do around their loops: numpy's OpenBLAS
+    held at one thread while the peer lives (see streamlm.model.hold_blas)."""
+    hold = Mm.hold_blas()
+    hold.__enter__()
+    return hold
+
+
 class StreamlmTrainer:
     def __init__(self, weights):
+        self._hold = _hold_blas()
         self.p = params_from(weights)
         self.g = self.p.zeros_like()
         self.model = RNNLM(self.p)
@@ -48,6 +57,7 @@ class StreamlmTrainer:
 
 class StreamlmScorer:
     def __init__(self, weights):
+        self._hold = _hold_blas()
         self.p = params_from(weights)
         self.model = RNNLM(self.p)
 

@@ -70,6 +70,7 @@ class _Engine:
     def __init__(self, threads: int):
         self.threads = max(1, int(threads))
         self._pool = None
+        self._depth = 0  # single_blas nesting
         self._blas = blas.openblas_threads() if self.threads > 1 else None
         if self.threads > 1 and self._blas is None and blas.load() is None:
             # numpy's @ with a BLAS whose threads streamlm cannot hold at one
@@ -97,19 +98,32 @@ class _Engine:
 
     @contextmanager
     def single_blas(self):
-        """BLAS on one thread while streamlm's own threads run (restored after)."""
-        if self._blas is None:
+        """numpy's OpenBLAS on one thread while streamlm's own threads run.
+
+        Only when OpenBLAS does streamlm's products (MKL is loaded sequential).
+        Re-entrant: jobs hold it around their whole loop (``hold_blas``), so the
+        per-call uses inside are free. Restoring OpenBLAS's thread count after
+        every call wakes its worker threads, which then spin on the cores
+        streamlm's threads compute on: a D=H=650 training step took 259 ms
+        that way against 235 ms held (bench/RESULTS.md).
+        """
+        lib = blas.load()
+        if self._blas is None or (lib is not None and lib.name != "openblas"):
             yield
             return
-        set_, get = self._blas
-        prev = get()
-        if prev != 1:
-            set_(1)
+        self._depth += 1
+        prev = None
         try:
+            if self._depth == 1:
+                set_, get = self._blas
+                prev = get()
+                if prev != 1:
+                    set_(1)
             yield
         finally:
-            if prev != 1:
-                set_(prev)
+            self._depth -= 1
+            if prev is not None and prev != 1:
+                self._blas[0](prev)
 
 
 _ENGINE: _Engine | None = None
@@ -133,6 +147,16 @@ def _engine() -> _Engine:
 
 def get_num_threads() -> int:
     return _engine().threads
+
+
+def hold_blas():
+    """Context manager: numpy's OpenBLAS stays on one thread for the whole block.
+
+    Jobs (training, scoring) wrap their loop in it; every RNNLM call inside
+    then skips the set/restore of OpenBLAS's thread count (see
+    ``_Engine.single_blas``). numpy's own ``@`` is single-threaded inside.
+    """
+    return _engine().single_blas()
 
 
 def _split(n: int, parts: int) -> list[tuple[int, int]]:

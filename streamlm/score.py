@@ -1064,7 +1064,13 @@ def score(model, inputs: Sequence[str | os.PathLike], *, reset: str = "none",
                         spool.truncate(i, t.records)
                 log.info("resuming from %s: %s tokens already scored", checkpoint,
                          f"{sum(t.scored for t in acc.t):,}")
-        scorer.run()
+        hold = contextlib.nullcontext()
+        if engine == "numba":  # (the numpy engine must not import numba: start-up)
+            from streamlm.model import hold_blas
+
+            hold = hold_blas()
+        with hold:
+            scorer.run()
         for s in sources:  # inputs with no tokens at all
             acc.finish(s.index)
         if spool is not None:

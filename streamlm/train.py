@@ -473,7 +473,7 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
     # error: numpy's RuntimeWarnings would only add noise to stderr (the warnings
     # filter also covers the model's worker threads, which np.errstate does not)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
-            warnings.catch_warnings():
+            warnings.catch_warnings(), M.hold_blas():
         warnings.filterwarnings("ignore", category=RuntimeWarning, message="overflow")
         warnings.filterwarnings("ignore", category=RuntimeWarning, message="invalid value")
         while batcher.batches_done < total_steps:
