@@ -62,7 +62,7 @@ def profile_streamlm(weights, task, steps, N, T):
         run(xs, ts)
     Mm._Engine.map = timed_map
     saved = {}
-    for name in ("sum_squares", "scale_", "adam_update", "embedding_backward"):
+    for name in ("sum_squares", "adam_update", "embedding_backward"):
         saved[name] = getattr(K, name)
         setattr(K, name, wrap(f"kernel:{name}", saved[name]))
     model_cls = Mm.RNNLM

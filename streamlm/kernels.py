@@ -18,9 +18,10 @@ Numba does no bounds checking: callers validate token ids before any kernel
 sees them (see ``streamlm.data`` and ``streamlm.model``).
 
 The big matrix products (``x @ Wx``, ``h @ W_affine`` and their gradients)
-are *not* here: they run through numpy's BLAS between kernels (see
-``streamlm.model``), which is faster than ``np.dot`` inside a kernel for
-these shapes (measured in bench/bench_kernels.py) and needs no SciPy.
+are *not* here: they run through ``streamlm.blas`` (CBLAS by ctypes) between
+kernels (see ``streamlm.model``), which is faster than ``np.dot`` inside a
+kernel for these shapes (measured in bench/bench_kernels.py) and needs no
+SciPy.
 
 Settings live in one place: ``JIT`` below. Do not read module globals from
 inside kernels: Numba freezes them at compile time.
@@ -512,7 +513,7 @@ def log_softmax_rows(out, logits, b):
 
 
 # ------------------------------------------------------------ optimisers --
-# Serial over the flat buffer; streamlm.model.sum_squares / scale_ /
+# Serial over the flat buffer; streamlm.model.sum_squares /
 # sgd_update / adam_update run them on slices in streamlm's threads.
 @njit(**JIT)
 def sum_squares(g):
@@ -522,13 +523,6 @@ def sum_squares(g):
         x = np.float64(g[i])
         s += x * x
     return s
-
-
-@njit(**JIT)
-def scale_(g, s):
-    """Writes g *= s. g: (P,) float; s: scalar of g's dtype."""
-    for i in range(g.shape[0]):
-        g[i] *= s
 
 
 @njit(**JIT)

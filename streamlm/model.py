@@ -1,9 +1,10 @@
 """Forward/backward orchestration of the RNN language model.
 
 Layers, in order: Embedding -> RNN (tanh) -> Affine -> softmax cross-entropy,
-over a block of T steps for N parallel streams. The ``time_*`` functions only
-call kernels (``streamlm.kernels``) and numpy BLAS, in order; ``RNNLM`` holds
-the carried hidden state and preallocated buffers.
+over a block of T steps for N parallel streams. The module-level layer
+functions only call kernels (``streamlm.kernels``) and GEMMs
+(``streamlm.blas``), in order; ``RNNLM`` holds the carried hidden state and
+preallocated buffers and splits the work over streamlm's own threads.
 
 Internally everything is time-major: token ``m = t * N + n``. The public
 methods take and return batch-major ``(N, T)`` arrays, like the book.
@@ -193,11 +194,6 @@ def sum_squares(g: np.ndarray) -> float:
 
     eng.map(run, [(k, i, j) for k, (i, j) in enumerate(parts)])
     return float(sum(out))
-
-
-def scale_(g: np.ndarray, s) -> None:
-    """g *= s (s: scalar of g's dtype)."""
-    _engine().map(lambda i, j: K.scale_(g[i:j], s), _chunks(g.shape[0], _engine().threads))
 
 
 def sgd_update(p: np.ndarray, g: np.ndarray, lr, gscale=None) -> None:
@@ -643,7 +639,6 @@ def warmup(dtype=np.float32) -> None:
         m.nll(xs, ts, reset=np.zeros_like(xs))
     m.step_logprobs(np.array([0, 1]))
     sum_squares(g.flat)
-    scale_(g.flat, p.dtype.type(1.0))
     sgd_update(p.flat, g.flat, p.dtype.type(0.0))
     mm, vv = np.zeros_like(p.flat), np.zeros_like(p.flat)
     one = p.dtype.type

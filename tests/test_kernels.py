@@ -185,9 +185,7 @@ def test_optimisers_and_clipping_vs_reference(dtype):
     p = rng.standard_normal(P).astype(dtype)
     g = rng.standard_normal(P).astype(dtype)
     np.testing.assert_allclose(K.sum_squares(g), np.sum(g.astype(np.float64) ** 2), rtol=1e-12)
-    g2 = g.copy()
-    K.scale_(g2, dtype(0.25))
-    np.testing.assert_allclose(g2, g * dtype(0.25), **TOL[dtype])
+    g2 = g * dtype(0.25)  # what clipping used to do in a separate pass
 
     q = p.copy()
     K.sgd_update(q, g, dtype(0.1), dtype(1.0))
