@@ -46,6 +46,10 @@ BLAS_RECUR_MIN_STREAMS = 4
 PROJ_ROWS = 1024
 PROJ_BYTES = 48 << 20
 
+# Rows per segment of the single-stream pipeline (``_nll_pipelined``): 1024
+# left the projecting thread idle for a quarter of a 4096-token chunk.
+PIPE_ROWS = 256
+
 # Rows of the training logits per GEMM, each slice then goes through the fused
 # softmax (the full logits buffer exists anyway: it becomes dlogits).
 FUSE_ROWS = 1024
@@ -583,7 +587,8 @@ class RNNLM:
             reset_tm = np.ascontiguousarray(np.asarray(reset, dtype=np.uint8).T)
         use_blas = self._use_blas(N)
         rows = logits.shape[1]
-        seg_t = max(1, rows // N)  # steps per segment: one projection slice
+        # steps per segment: small segments balance the two threads at the end
+        seg_t = max(1, min(rows, PIPE_ROWS) // N)
         segs = [(t, min(T, t + seg_t)) for t in range(0, T, seg_t)]
         ready = [threading.Event() for _ in segs]
         nxt = iter(range(len(segs)))
