@@ -472,7 +472,6 @@ class RNNLM:
         grads["affine_b"] += dbp.sum(axis=0)
         W = p.affine_W
         gW = grads["affine_W"]
-        dhs = self._buf("dhs", (M, H))
         rows, cols = _split(M, P), _split(V, P)
         use_blas = self._use_blas(N)
         dxw = self._buf("dxw", (T, N, H))
@@ -486,15 +485,15 @@ class RNNLM:
         hs = c.hs_full[1:]
         Wx, Wh = p.rnn_Wx, p.rnn_Wh
 
+        dhp = self._buf("dhs_part", (len(cols), M, H))
+
         def affine_back(k):
-            if k < len(cols):  # dW columns: hs_in^T @ dlogits[:, cols]
-                a, b = cols[k]
-                blas.gemm(c.hs_in.T, dlogits[:, a:b], gW[:, a:b], beta=1.0)
-            if k < len(rows):  # dhs rows: dlogits[rows] @ W^T
-                i, j = rows[k]
-                blas.gemm(dlogits[i:j], W.T, dhs[i:j])
-                if c.mask_h is not None:
-                    dhs[i:j] *= c.mask_h[i:j]
+            # one block of V columns per thread: dW[:, cols] = hs_in^T @ dlogits[:, cols]
+            # and the partial dhs_k = dlogits[:, cols] @ W[:, cols]^T (summed below),
+            # so each thread packs only its own part of W
+            a, b = cols[k]
+            blas.gemm(c.hs_in.T, dlogits[:, a:b], gW[:, a:b], beta=1.0)
+            blas.gemm(dlogits[:, a:b], W[:, a:b].T, dhp[k])
 
         def input_back(k, i, j):
             blas.gemm(c.X[i:j].T, dxw2[i:j], gWx[k])
@@ -505,7 +504,12 @@ class RNNLM:
                 dX[i:j] *= c.mask_x[i:j]
 
         with eng.single_blas():
-            eng.map(affine_back, [(k,) for k in range(max(len(rows), len(cols)))])
+            eng.map(affine_back, [(k,) for k in range(len(cols))])
+            dhs = dhp[0]
+            for k in range(1, len(cols)):
+                dhs += dhp[k]
+            if c.mask_h is not None:
+                dhs *= c.mask_h
             streams = _split(N, P)
             eng.map(lambda n0, n1: rnn_backward_rows(dxw, dh0, dhs.reshape(T, N, H), hs, Wh,
                                                      n0, n1, use_blas), streams)
