@@ -38,11 +38,14 @@ log = logging.getLogger(__name__)
 BLAS_RECUR_MIN_WORK = 250_000
 BLAS_RECUR_MIN_STREAMS = 4
 
-# Rows of the output projection computed by one GEMM when scoring. The BLAS
-# packs the H x V operand once per call, so larger slices pay that less often:
-# 1024 rows scored D=H=650 with 20 streams 25% faster than 256 rows, and
-# D=H=100 5% faster (bench/RESULTS.md). The logits buffer is at most
-# PROJ_ROWS * V floats and PROJ_BYTES per thread however long a chunk is.
+# The output layer's products are split over threads by columns of W (each
+# thread packs only its block of W, once per call; the softmax then goes by
+# rows): one W packing per call instead of one per thread was +20-40% at
+# D=H=650 and +6-13% at D=H=100 (bench/RESULTS.md). When scoring, PROJ_ROWS
+# rows per thread go through one GEMM at a time (larger slices pack W less
+# often: 1024 rows scored D=H=650 25% faster than 256); the logits buffer is
+# at most PROJ_ROWS * V floats and PROJ_BYTES per thread however long a
+# chunk is.
 PROJ_ROWS = 1024
 PROJ_BYTES = 48 << 20
 
@@ -50,9 +53,6 @@ PROJ_BYTES = 48 << 20
 # left the projecting thread idle for a quarter of a 4096-token chunk.
 PIPE_ROWS = 256
 
-# Rows of the training logits per GEMM, each slice then goes through the fused
-# softmax (the full logits buffer exists anyway: it becomes dlogits).
-FUSE_ROWS = 1024
 
 
 def check_ids(ids: np.ndarray, V: int, what: str = "token ids", allow_ignore: bool = False):
@@ -439,15 +439,19 @@ class RNNLM:
             dbp = self._buf("dbp", (len(parts), V))
             W, bias, hs = p.affine_W, p.affine_b, hs_full[1:].reshape(M, H)
 
-            def head_rows(k, i, j):
-                if mask_h is not None:
-                    np.multiply(hs[i:j], mask_h[i:j], out=hs_in[i:j])
-                dbp[k] = 0
-                for a, c in _slices(i, j, FUSE_ROWS):  # GEMM, then the softmax on it
-                    blas.gemm(hs_in[a:c], W, logits[a:c])
-                    K.softmax_ce_fused_db(nll[a:c], logits[a:c], bias, labels[a:c], scale,
-                                          dbp[k], hs_in[a:c], W)  # logits -> dlogits
+            if mask_h is not None:
+                np.multiply(hs, mask_h, out=hs_in)
+            cols = _split(V, eng.threads)
 
+            def head_cols(a, b):  # logits[:, cols] = hs_in @ W[:, cols]: W packed once
+                blas.gemm(hs_in, W[:, a:b], logits[:, a:b])
+
+            def head_rows(k, i, j):  # then the softmax, by rows
+                dbp[k] = 0
+                K.softmax_ce_fused_db(nll[i:j], logits[i:j], bias, labels[i:j], scale,
+                                      dbp[k], hs_in[i:j], W)  # logits -> dlogits
+
+            eng.map(head_cols, cols)
             eng.map(head_rows, [(k, i, j) for k, (i, j) in enumerate(parts)])
         self._cache = _Cache(N, T, ids, labels, count, X, hs_full, hs_in, mask_x, mask_h)
         self.h = hs_full[T].copy()
@@ -549,13 +553,20 @@ class RNNLM:
                 _, _, hs_full, _ = self._run_rnn(xs, reset, False, eng)
                 hs = hs_full[1:].reshape(M, H)
 
-                def project(k, i, j):
-                    for a, b in _slices(i, j, rows):
-                        lg = logits[k, : b - a]
-                        blas.gemm(hs[a:b], W, lg)
-                        K.softmax_ce_forward(out[a:b], lg, bias, labels[a:b])
+                lgs = logits.reshape(P * rows, V)
+                cols = _split(V, P)
+                for a0, b0 in _slices(0, M, P * rows):  # P * rows rows at a time
+                    lg = lgs[: b0 - a0]
 
-                eng.map(project, [(k, i, j) for k, (i, j) in enumerate(_split(M, P))])
+                    def gemm_cols(a, b, a0=a0, b0=b0, lg=lg):  # W packed once
+                        blas.gemm(hs[a0:b0], W[:, a:b], lg[:, a:b])
+
+                    def softmax_rows(i, j, a0=a0, lg=lg):
+                        K.softmax_ce_forward(out[a0 + i:a0 + j], lg[i:j], bias,
+                                             labels[a0 + i:a0 + j])
+
+                    eng.map(gemm_cols, cols)
+                    eng.map(softmax_rows, _split(b0 - a0, P))
             else:
                 hs_full = self._nll_pipelined(xs, reset, labels, out, logits, eng)
         if lengths is None:

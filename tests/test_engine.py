@@ -35,9 +35,8 @@ def _setup(N, T, V=23, D=5, H=6, seed=0):
 @pytest.mark.parametrize("nthreads", [1, 2, 3])
 @pytest.mark.parametrize("recur", ["kernel", "blas"])
 @pytest.mark.parametrize("N,T", [(1, 7), (2, 5), (5, 3), (7, 4)])
-def test_forward_backward_any_thread_count(threads, monkeypatch, nthreads, recur, N, T):
+def test_forward_backward_any_thread_count(threads, nthreads, recur, N, T):
     threads(nthreads)
-    monkeypatch.setattr(M, "FUSE_ROWS", 3)  # several GEMM + softmax slices per thread
     p, xs, ts, h0 = _setup(N, T)
     m = RNNLM(p, recur=recur)
     m.set_state(h0)
