@@ -267,7 +267,7 @@ def rnn_backward_rows(dxw, dh0, dhs, hs, Wh, n0, n1, use_blas: bool):
         return
     T = hs.shape[0]
     dh = np.zeros((n1 - n0, hs.shape[2]), dtype=dxw.dtype)
-    WhT = Wh.T
+    WhT = np.ascontiguousarray(Wh.T)  # per-step GEMMs: N x H @ H x H is 1.5x faster NN than NT
     for t in range(T - 1, -1, -1):
         K.tanh_backward_(dxw[t, n0:n1], dhs[t, n0:n1], dh, hs[t, n0:n1])
         blas.gemm(dxw[t, n0:n1], WhT, dh)
