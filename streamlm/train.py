@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamlm import __version__
+from streamlm import __version__, blas
 from streamlm import kernels as K
 from streamlm import model as M
 from streamlm.atomic import atomic_open, atomic_path
@@ -465,9 +465,10 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
 
     emit("start", total_steps=total_steps, step=batcher.batches_done,
          iters_per_epoch=ipe, tokens_per_step=tokens_per_step, train_tokens=ds.num_tokens)
-    log.info("training on %s tokens (V=%d), %d steps/epoch of %d x %d, %s lr=%g%s",
-             f"{ds.num_tokens:,}", V, ipe, cfg.batch, cfg.bptt, cfg.optimizer, run.lr,
-             f", valid {vds.num_tokens:,} tokens" if vds is not None else "")
+    log.info("training on %s tokens (V=%d), %d steps/epoch of %d x %d, %s lr=%g%s; "
+             "%d threads, BLAS: %s", f"{ds.num_tokens:,}", V, ipe, cfg.batch, cfg.bptt,
+             cfg.optimizer, run.lr, f", valid {vds.num_tokens:,} tokens" if vds is not None else "",
+             M.get_num_threads(), blas.describe().split(" ")[0])
     stopped_by = "epochs"
     # overflow shows up as a non-finite loss / norm below, raised as one clear
     # error: numpy's RuntimeWarnings would only add noise to stderr (the warnings
