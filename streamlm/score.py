@@ -1048,6 +1048,11 @@ def score(model, inputs: Sequence[str | os.PathLike], *, reset: str = "none",
     try:
         if ckpt is not None:
             saved = ckpt.load()
+            if saved is None and spool is not None:
+                # killed before its first checkpoint: records spooled then are not
+                # counted anywhere, start the spool again
+                for i in range(len(sources)):
+                    spool.truncate(i, 0)
             if saved is not None:
                 if len(saved["inputs"]) != len(sources):
                     raise UsageError(f"{checkpoint}: checkpoint has a different number of "

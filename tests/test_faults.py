@@ -168,6 +168,24 @@ def test_kill_score_at_random_points_resumes_exactly(corpus, tmp_path):
         assert not ck.exists()  # removed after success
 
 
+def test_score_killed_before_its_first_checkpoint_restarts_the_spool(corpus, tmp_path):
+    # A kill before the first checkpoint leaves spooled records that no
+    # checkpoint counts; the rerun must not append to them (found by the
+    # random-kill test above once scoring got faster).
+    model = corpus / "model.npz"
+    big = corpus / "big.txt"
+    ck = tmp_path / "s.ckpt"
+    out = tmp_path / "lines.parquet"
+    spool = tmp_path / "s.ckpt.spool"
+    spool.mkdir()
+    (spool / "000000.bin").write_bytes(b"\x01" * 4096 * 7)  # stale records
+    r = run("score", model, big, "--checkpoint", ck, "--output", out, "--level", "line",
+            "--json")
+    assert r.returncode == 0, r.stderr
+    assert pq.read_table(out).num_rows == 120_000
+    assert not ck.exists() and not spool.exists()
+
+
 # --------------------------------------------------------------- full disk --
 @contextlib.contextmanager
 def small_tmpfs(path: Path, size: str):
