@@ -92,10 +92,9 @@ def _numpy_openblas() -> Library | None:
 
 
 def _mkl_candidates() -> list[str]:
-    dirs = []
-    for prefix in dict.fromkeys([sys.prefix, sys.base_prefix, sys.exec_prefix]):
-        dirs.append(os.path.join(prefix, "lib"))
-        dirs.append(os.path.join(prefix, "Library", "bin"))
+    # this environment's own lib/ (where the mkl wheel and conda put it), not a
+    # venv's base interpreter: an MKL there is not this environment's
+    dirs = [os.path.join(sys.prefix, "lib"), os.path.join(sys.prefix, "Library", "bin")]
     dirs += [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if d]
     out = []
     for d in dirs:
