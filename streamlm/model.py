@@ -169,7 +169,8 @@ def hold_blas():
 
 
 def _slices(i: int, j: int, rows: int) -> list[tuple[int, int]]:
-    """[i, j) in near-equal contiguous slices of at most ``rows`` (not 1024 + 1)."""
+    """[i, j) in near-equal contiguous slices of at most ``rows`` (1025 rows in
+    slices of 1024 -> 513 + 512, not 1024 + 1)."""
     n = j - i
     if n <= 0:
         return []
