@@ -420,7 +420,8 @@ class TokenDataset:
     """
 
     def __init__(self, files: list[_File], *, vocab: Vocab | None, vocab_size: int | None,
-                 fingerprint_extra: str = "", name: str | None = None):
+                 fingerprint_extra: str = "", name: str | None = None,
+                 allow_empty: bool = False):
         self.files = files
         self.vocab = vocab
         self.vocab_size = len(vocab) if vocab is not None else vocab_size
@@ -441,7 +442,7 @@ class TokenDataset:
         self._starts = np.zeros(len(counts) + 1, dtype=np.int64)
         np.cumsum(counts, out=self._starts[1:])
         self.num_tokens = int(self._starts[-1])
-        if self.num_tokens == 0:
+        if self.num_tokens == 0 and not allow_empty:
             raise InputError("empty dataset: no tokens", path=name or ", ".join(
                 f.path for f in files))
         h = hashlib.sha256(fingerprint_extra.encode())
@@ -723,7 +724,8 @@ def _expand(paths: list[str]) -> list[str]:
 
 def open_dataset(paths: Sequence[str | os.PathLike] | str | os.PathLike, *,
                  column: str = "token_id", vocab_size: int | None = None,
-                 vocab: Vocab | None = None, verify: bool = False) -> TokenDataset:
+                 vocab: Vocab | None = None, verify: bool = False,
+                 allow_empty: bool = False) -> TokenDataset:
     """Open a prepared directory, or Parquet / Arrow IPC files, as a :class:`TokenDataset`.
 
     * a single directory containing ``manifest.json``: the prepared dataset; its
@@ -735,7 +737,8 @@ def open_dataset(paths: Sequence[str | os.PathLike] | str | os.PathLike, *,
 
     Ids are bounded by ``len(vocab)`` or ``vocab_size``; with neither (raw files),
     only ``0 <= id < 2**31`` is checked, and the caller must pass the model's size
-    before ids reach a kernel.
+    before ids reach a kernel. Files with no tokens at all are an error (training
+    needs tokens) unless ``allow_empty`` (scoring: 0 tokens, like empty text).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -748,7 +751,7 @@ def open_dataset(paths: Sequence[str | os.PathLike] | str | os.PathLike, *,
         return _open_prepared(Path(paths[0]), vocab, vocab_size, verify)
     files = [_open_file(p, column) for p in _expand(paths)]
     return TokenDataset(files, vocab=vocab, vocab_size=vocab_size,
-                        name=", ".join(paths))
+                        name=", ".join(paths), allow_empty=allow_empty)
 
 
 # ================================================================ batcher ==

@@ -216,7 +216,8 @@ class _Source:
             if prepared:
                 ds = open_dataset(p, vocab=self.vocab)
             else:
-                ds = open_dataset(p, column=column, vocab_size=len(self.vocab))
+                ds = open_dataset(p, column=column, vocab_size=len(self.vocab),
+                                  allow_empty=True)  # 0 tokens, as empty text
         except InputError as e:
             if prepared and "differs from the dataset" in str(e):
                 raise InputError("the model's vocabulary does not match the shards' "

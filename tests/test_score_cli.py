@@ -68,6 +68,23 @@ def test_empty_input_json(env, tmp_path):
     assert obj["tokens"] == 0 and obj["perplexity"] is None
 
 
+def test_empty_parquet_scores_zero_tokens_like_empty_text(env, tmp_path):
+    empty = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"token_id": pa.array([], pa.int32())}), empty)
+    rc, out, err = cli("score", env / "m.npz", empty, "--json")
+    assert rc == 0, err
+    obj = json.loads(out)
+    assert obj["tokens"] == 0 and obj["perplexity"] is None
+    some = tmp_path / "s.parquet"
+    pq.write_table(pa.table({"token_id": pa.array([2, 3, 1], pa.int32())}), some)
+    rc, out2, err = cli("score", env / "m.npz", empty, some, "--json")
+    assert rc == 0, err
+    both = json.loads(out2)
+    rc, out3, err = cli("score", env / "m.npz", some, "--json")
+    assert both["tokens"] == 3 and both["logprob"] == json.loads(out3)["logprob"]
+    assert [i["tokens"] for i in both["inputs"]] == [0, 3]
+
+
 def test_output_parquet(env, tmp_path):
     out = tmp_path / "lines.parquet"
     rc, so, err = cli("score", env / "m.npz", env / "a.txt", "--output", out, "--level",
