@@ -51,10 +51,11 @@ from streamlm.errors import InputError, UsageError
 from streamlm.text import (
     DOCS_MODES,
     ERRORS_MODES,
+    check_readable,
     display_name,
     encode_lines,
+    is_stream,
     iter_pieces,
-    open_binary,
 )
 from streamlm.vocab import Vocab
 
@@ -195,8 +196,7 @@ def prepare(inputs: Sequence[str], out_dir: str | os.PathLike, *, vocab_size: in
     if inputs.count("-") > 1:
         raise UsageError("stdin ('-') can be given only once")
     for p in inputs:  # fail on missing/unreadable inputs before creating anything
-        if p != "-":
-            open_binary(p).close()
+        check_readable(p)
     vocab = Vocab.load(vocab_path) if vocab_path is not None else None
 
     out = Path(out_dir)
@@ -213,12 +213,20 @@ def prepare(inputs: Sequence[str], out_dir: str | os.PathLike, *, vocab_size: in
 
     try:
         sources = list(inputs)
-        if "-" in inputs and vocab is None:
-            spool = staging / "stdin.spool"
-            log.info("spooling stdin to %s (the vocabulary needs two passes)", spool)
-            with open(spool, "wb") as f:
-                shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
-            sources = [str(spool) if p == "-" else p for p in inputs]
+        if vocab is None:  # stdin and pipes can be read once: spool them for two passes
+            for k, p in enumerate(inputs):
+                if not is_stream(p):
+                    continue
+                spool = staging / f"stream{k}.spool"
+                log.info("spooling %s to %s (the vocabulary needs two passes)",
+                         display_name(p), spool)
+                with open(spool, "wb") as f:
+                    if p == "-":
+                        shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
+                    else:
+                        with open(p, "rb") as src:
+                            shutil.copyfileobj(src, f, 1 << 20)
+                sources[k] = str(spool)
 
         if vocab is None:
             counts: Counter = Counter()

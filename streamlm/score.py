@@ -66,7 +66,7 @@ import numpy as np
 
 from streamlm.atomic import atomic_path
 from streamlm.errors import InputError, ModelFileError, UsageError
-from streamlm.text import display_name, iter_pieces, open_binary
+from streamlm.text import check_readable, display_name, is_stream, iter_pieces
 from streamlm.vocab import Vocab
 
 log = logging.getLogger("streamlm.score")
@@ -174,7 +174,7 @@ class _Blk:
 
 def is_shard_input(path: str) -> bool:
     """True for a directory, a Parquet/Arrow file (by extension or magic bytes)."""
-    if path == "-":
+    if is_stream(path):  # a pipe is read as text: sniffing it would consume it
         return False
     if os.path.isdir(path):
         return True
@@ -204,8 +204,7 @@ class _Source:
         if self.shards:
             self._open_shards(column)
         else:
-            if path != "-":
-                open_binary(path).close()  # missing / unreadable: fail before scoring
+            check_readable(path)  # missing / unreadable: fail before scoring
 
     def _open_shards(self, column: str) -> None:
         from streamlm.data import open_dataset  # pyarrow: only when shards are scored
@@ -307,8 +306,9 @@ class _Source:
 
     def fingerprint(self) -> dict:
         p = self.path
-        if p == "-":
-            raise UsageError("--checkpoint cannot be used with stdin ('-'): it cannot be "
+        if is_stream(p):
+            what = "stdin ('-')" if p == "-" else f"a pipe ({self.name})"
+            raise UsageError(f"--checkpoint cannot be used with {what}: it cannot be "
                              "read again")
         st = os.stat(p)
         fp = {"path": os.path.abspath(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -952,7 +952,7 @@ def _estimate_tokens(sources: list[_Source]) -> float:
     for s in sources:
         if s.dataset is not None:
             est += s.dataset.num_tokens
-        elif s.path == "-":
+        elif is_stream(s.path):
             return math.inf
         else:
             with open(s.path, "rb") as f:

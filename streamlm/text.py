@@ -118,6 +118,33 @@ class _GuardedReader(io.RawIOBase):
             super().close()
 
 
+def is_stream(path: str | os.PathLike) -> bool:
+    """True for stdin (``"-"``) and for a path that is a pipe, socket or character
+    device (``<(cmd)`` in a shell): data that can be read once, with no seeking."""
+    p = os.fspath(path)
+    if p == "-":
+        return True
+    try:
+        mode = os.stat(p).st_mode
+    except OSError:
+        return False
+    import stat
+
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
+
+
+def check_readable(path: str | os.PathLike) -> None:
+    """Raise InputError now if ``path`` cannot be opened for reading. A stream
+    (see is_stream) is only checked for existence: opening it would consume it."""
+    if os.fspath(path) == "-":
+        return
+    if is_stream(path):
+        if not os.access(path, os.R_OK):
+            raise InputError("cannot open: permission denied", path=display_name(path))
+        return
+    open_binary(path).close()
+
+
 def open_binary(path: str | os.PathLike) -> BinaryIO:
     """Open ``path`` for binary reading, decompressing ``.gz``/``.bz2``/``.xz``.
 
@@ -145,8 +172,11 @@ def open_binary(path: str | os.PathLike) -> BinaryIO:
         except OSError as e:
             raise InputError(f"cannot open: {e.strerror or e}", path=name) from None
         try:
-            head = raw.read(6)
-            raw.seek(0)
+            if raw.seekable():
+                head = raw.read(6)
+                raw.seek(0)
+            else:  # a pipe: look without consuming
+                head = raw.peek(6)[:6]
         except OSError as e:
             raw.close()
             raise InputError(f"cannot read: {e.strerror or e}", path=name) from None

@@ -43,3 +43,19 @@ def markov_text(n_lines: int, seed: int, words: list[str], chain: int = 0,
             w = int(nxt[w, rng.integers(3)])
         lines.append(" ".join(sent))
     return "\n".join(lines) + "\n"
+
+
+def fifo(path, data: bytes):
+    """A named pipe at ``path`` whose writer (a daemon thread) sends ``data`` once
+    a reader opens it: what a shell's ``<(cmd)`` gives a command."""
+    import os
+    import threading
+
+    os.mkfifo(path)
+
+    def write():
+        with open(path, "wb") as f:
+            f.write(data)
+
+    threading.Thread(target=write, daemon=True).start()
+    return path

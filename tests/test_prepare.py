@@ -196,3 +196,15 @@ def test_bad_dataset_errors_are_one_line(tmp_path):
                        check=False, capture_output=True, timeout=120)
     assert_one_error_line(r.returncode, r.stderr.decode(), "n.parquet", "row group 0, row 1",
                           "null")
+
+
+def test_prepare_from_a_named_pipe_equals_the_file(tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_text(helpers.markov_text(300, seed=3, words=["a", "b", "c", "d", "e"]))
+    rc, _, err = cli("prepare", src, "--out", tmp_path / "f")
+    assert rc == 0, err
+    pipe = helpers.fifo(tmp_path / "pipe", src.read_bytes())
+    rc, _, err = cli("prepare", pipe, "--out", tmp_path / "p")
+    assert rc == 0, err
+    assert (tmp_path / "f" / "vocab.txt").read_text() == (tmp_path / "p" / "vocab.txt").read_text()
+    np.testing.assert_array_equal(all_ids(tmp_path / "f"), all_ids(tmp_path / "p"))

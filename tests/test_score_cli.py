@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -83,6 +84,24 @@ def test_empty_parquet_scores_zero_tokens_like_empty_text(env, tmp_path):
     rc, out3, err = cli("score", env / "m.npz", some, "--json")
     assert both["tokens"] == 3 and both["logprob"] == json.loads(out3)["logprob"]
     assert [i["tokens"] for i in both["inputs"]] == [0, 3]
+
+
+def test_named_pipe_input_scores_like_the_file(env, tmp_path):
+    from helpers import fifo
+
+    text = (env / "a.txt").read_bytes()
+    rc, out, err = cli("score", env / "m.npz", env / "a.txt", "--json")
+    assert rc == 0, err
+    want = json.loads(out)
+    for name, data in (("p1", text), ("p2", gzip.compress(text))):  # sniffed, not seeked
+        rc, out, err = cli("score", env / "m.npz", fifo(tmp_path / name, data), "--json")
+        assert rc == 0, err
+        got = json.loads(out)
+        assert got["tokens"] == want["tokens"] and got["oov"] == want["oov"]
+        assert got["logprob"] == pytest.approx(want["logprob"], rel=1e-6)
+    rc, out, err = cli("score", env / "m.npz", fifo(tmp_path / "p3", text), "--checkpoint",
+                       tmp_path / "c.ckpt")
+    one_error_line(rc, err, "--checkpoint", "pipe")
 
 
 def test_output_parquet(env, tmp_path):
