@@ -118,7 +118,7 @@ def main(argv=None):
     from streamlm import blas
 
     print(f"### streamlm {args.task}, D=H={args.hidden}, N={N}, T={T}, {args.steps} calls, "
-          f"BLAS: {blas.describe().split(' ')[0]}\n")
+          f"BLAS: {blas.name()}\n")
     print("| phase | calls | wall ms / call | CPU/wall |")
     print("|---|---:|---:|---:|")
     for name, wall, cpu, n in rows:

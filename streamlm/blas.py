@@ -187,10 +187,16 @@ def openblas_threads():
     return _OPENBLAS.set_threads, _OPENBLAS.get_threads
 
 
-def describe() -> str:
-    """Which library multiplies, e.g. 'mkl (/venv/lib/libmkl_rt.so.2)'."""
+def name() -> str:
+    """Which library multiplies: 'mkl', 'openblas', 'custom' or 'numpy @'."""
     lib = _LIB if _LOADED else load()
-    return "numpy @" if lib is None else f"{lib.name} ({lib.path})"
+    return "numpy @" if lib is None else lib.name
+
+
+def describe() -> str:
+    """name() with the library's path, e.g. 'mkl (/venv/lib/libmkl_rt.so.2)'."""
+    lib = _LIB if _LOADED else load()
+    return name() if lib is None else f"{lib.name} ({lib.path})"
 
 
 def _operand(X: np.ndarray):

@@ -385,7 +385,11 @@ def _sumexp(xr, b, c):
 
 @njit(**JIT)
 def _expstore(xr, b, c):
-    """Writes xr[v] = exp(xr[v] + b[v] - c); returns their sum in float64."""
+    """Writes xr[v] = exp(xr[v] + b[v] - c); returns their sum in float64.
+
+    _sumexp's loop plus the store. Kept as two kernels on purpose: scoring must
+    leave the logits unchanged, and storing into a scratch row instead cost
+    the scoring pass ~25% (0.68 against 0.53 ns per element, one thread)."""
     V = xr.shape[0]
     acc = np.zeros(32, dtype=xr.dtype)
     V32 = V - V % 32

@@ -27,6 +27,7 @@ import gzip
 import io
 import lzma
 import os
+import stat
 import sys
 import zlib
 from collections.abc import Iterable, Iterator
@@ -128,21 +129,16 @@ def is_stream(path: str | os.PathLike) -> bool:
         mode = os.stat(p).st_mode
     except OSError:
         return False
-    import stat
-
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
 
 
 def check_readable(path: str | os.PathLike) -> None:
     """Raise InputError now if ``path`` cannot be opened for reading. A stream
     (see is_stream) is only checked for existence: opening it would consume it."""
-    if os.fspath(path) == "-":
-        return
-    if is_stream(path):
-        if not os.access(path, os.R_OK):
-            raise InputError("cannot open: permission denied", path=display_name(path))
-        return
-    open_binary(path).close()
+    if not is_stream(path):
+        open_binary(path).close()
+    elif os.fspath(path) != "-" and not os.access(path, os.R_OK):
+        raise InputError("cannot open: permission denied", path=display_name(path))
 
 
 def open_binary(path: str | os.PathLike) -> BinaryIO:

@@ -468,7 +468,7 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
     log.info("training on %s tokens (V=%d), %d steps/epoch of %d x %d, %s lr=%g%s; "
              "%d threads, BLAS: %s", f"{ds.num_tokens:,}", V, ipe, cfg.batch, cfg.bptt,
              cfg.optimizer, run.lr, f", valid {vds.num_tokens:,} tokens" if vds is not None else "",
-             M.get_num_threads(), blas.describe().split(" ")[0])
+             M.get_num_threads(), blas.name())
     stopped_by = "epochs"
     # overflow shows up as a non-finite loss / norm below, raised as one clear
     # error: numpy's RuntimeWarnings would only add noise to stderr (the warnings
