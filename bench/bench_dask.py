@@ -32,9 +32,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "bench" / "results_dask.json"))
     args = ap.parse_args()
 
-    from streamlm.data import prepare
     from streamlm.distributed import score_dask
     from streamlm.params import ModelConfig, Params, save_model
+    from streamlm.prepare import prepare
     from streamlm.score import score
     from streamlm.vocab import Vocab
 

@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 from numba import njit  # noqa: E402
 
 from streamlm import blas as SB  # noqa: E402
+from streamlm import heads  # noqa: E402
 from streamlm import kernels as K  # noqa: E402
 from streamlm import model as M  # noqa: E402
 
@@ -65,7 +66,7 @@ def _njit_dot_softmax(nll, out, a, W, bias, labels, scale):
     K.softmax_ce_fused(nll, out, bias, labels, scale, a, W)
 
 
-def projection_table(reps, blas):
+def projection_table(reps, blas_threads):
     rows = []
     rng = np.random.default_rng(0)
     for H in (100, 650):
@@ -77,7 +78,7 @@ def projection_table(reps, blas):
         nll = np.empty(700)
         s = np.float32(1 / 700)
         for threads in (1, 2):
-            blas[0](threads)
+            blas_threads(threads)
             os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
 
             def np_gemm():
@@ -99,7 +100,7 @@ def projection_table(reps, blas):
                          f"{r['npb'] * 1e3:.1f}", f"{r['nbb'] * 1e3:.1f}",
                          f"{r['nb'] / r['np']:.2f}"])
             print("proj", rows[-1], file=sys.stderr, flush=True)
-    blas[0](2)
+    blas_threads(2)
     return {"title": "Output projection: numpy @ between kernels vs np.dot inside @njit",
             "note": "700 x H @ H x 10000 float32 (one training block). 'np.dot in njit' goes "
                     "through SciPy's bundled OpenBLAS (a second BLAS library with its own "
@@ -176,7 +177,7 @@ def slices_table(reps):
     return {"title": f"Rows per GEMM slice when scoring (one thread, H={H}, V=10000, "
                      f"{Mrows} rows)",
             "note": "GEMM (streamlm.blas) into a reused slice buffer + softmax_ce_forward. "
-                    f"Now PROJ_ROWS={M.PROJ_ROWS} (capped at {M.PROJ_BYTES >> 20} MB of "
+                    f"Now PROJ_ROWS={heads.PROJ_ROWS} (capped at {heads.PROJ_BYTES >> 20} MB of "
                     "logits per thread).",
             "columns": ["rows", "score rows/s"], "rows": rows}
 
@@ -188,16 +189,16 @@ def main(argv=None):
     ap.add_argument("--out", default=str(HERE / "results_kernels.json"), help="JSON results.")
     args = ap.parse_args(argv)
     reps = 5 if args.quick else 15
-    from streamlm import blas as B
+    from threadpoolctl import threadpool_limits
 
-    blas = B.openblas_threads()
-    if blas is None:
-        raise SystemExit("numpy's OpenBLAS not found")
-    sections = [projection_table(reps, blas)]
-    blas[0](1)
+    def blas_threads(n):  # numpy's BLAS, as streamlm.threads holds it
+        threadpool_limits(limits=n, user_api="blas")
+
+    sections = [projection_table(reps, blas_threads)]
+    blas_threads(1)
     sections.append(recurrence_table(reps * 2))
     sections.append(slices_table(reps))
-    blas[0](2)
+    blas_threads(2)
     from streamlm.atomic import atomic_path
 
     with atomic_path(args.out) as tmp:

@@ -3,7 +3,7 @@
     python bench/profile_step.py [--hidden 100] [--task train|score_many|score_single]
                                  [--torch] [--steps 20]
 
-streamlm: every parallel phase of streamlm.model (each ``_Engine.map`` call,
+streamlm: every parallel phase of streamlm.model (each ``threads.Pool.map`` call,
 named after the function it runs), the serial glue between them, and the
 optimiser kernels. CPU time is the process CPU time over the phase: CPU/wall
 near the thread count means both threads were busy, near 1 means one was
@@ -31,9 +31,10 @@ def profile_streamlm(weights, task, steps, N, T):
 
     from streamlm import kernels as K
     from streamlm import model as Mm
+    from streamlm.threads import Pool
 
     acc = defaultdict(lambda: [0.0, 0.0, 0])
-    orig_map = Mm._Engine.map
+    orig_map = Pool.map
 
     def timed_map(self, fn, ranges):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -60,7 +61,7 @@ def profile_streamlm(weights, task, steps, N, T):
     run = (lambda xs, ts: obj.step(xs, ts)) if task == "train" else obj.nll
     for xs, ts in data[:3]:
         run(xs, ts)
-    Mm._Engine.map = timed_map
+    Pool.map = timed_map
     saved = {}
     for name in ("sum_squares", "adam_update", "embedding_backward"):
         saved[name] = getattr(K, name)
@@ -76,7 +77,7 @@ def profile_streamlm(weights, task, steps, N, T):
             run(xs, ts)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
-        Mm._Engine.map = orig_map
+        Pool.map = orig_map
         for name, f in saved.items():
             setattr(K, name, f)
         model_cls.forward, model_cls.backward, model_cls.nll = saved_fwd, saved_bwd, saved_nll

@@ -1,5 +1,12 @@
 """streamlm as a benchmark peer: RNNLM forward/backward + global-norm clipping
-and Adam as streamlm.train runs them (book semantics, same settings as the others)."""
+and Adam as streamlm.train runs them (book semantics, same settings as the others).
+
+The peer also drives an older streamlm tree (the ``alt`` peer of an A/B run):
+before the restructuring (79a6f8e) the model carried its state itself, the
+optimisers lived in ``streamlm.model`` and the jobs held numpy's OpenBLAS at
+one thread with ``model.hold_blas()``; now the caller carries the state,
+``streamlm.threads`` has the optimisers and its pool holds BLAS itself.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,14 @@ from streamlm import model as Mm
 from streamlm.model import RNNLM
 from streamlm.params import ModelConfig, Params
 
+try:
+    from streamlm import threads as ops  # the current tree
+
+    OLD_API = False
+except ImportError:  # a tree from before the restructuring
+    ops = Mm
+    OLD_API = True
+
 
 def params_from(weights: dict[str, np.ndarray]) -> Params:
     V, D = weights["embed_W"].shape
@@ -19,11 +34,10 @@ def params_from(weights: dict[str, np.ndarray]) -> Params:
     return Params.from_arrays(ModelConfig(V=V, D=D, H=H), weights, dtype=np.float32)
 
 
-
-
 def _hold_blas():
-    """As streamlm's train and score jobs do around their loops: numpy's OpenBLAS
-    held at one thread while the peer lives (see streamlm.model.hold_blas)."""
+    """As the jobs of the old tree did around their loops (the new pool holds BLAS)."""
+    if not OLD_API:
+        return None
     hold = Mm.hold_blas()
     hold.__enter__()
     return hold
@@ -38,20 +52,24 @@ class StreamlmTrainer:
         self.m = np.zeros_like(self.p.flat)
         self.v = np.zeros_like(self.p.flat)
         self.t = 0
+        self.h = None
 
     def step(self, xs, ts) -> float:
         f32 = np.float32
         g = self.g.flat
         g[...] = 0
-        loss = self.model.forward(xs, ts, train=True)
+        if OLD_API:
+            loss = self.model.forward(xs, ts, train=True)
+        else:
+            loss, self.h = self.model.forward(xs, ts, self.h, train=True)
         self.model.backward(self.g)
-        norm = math.sqrt(Mm.sum_squares(g))
+        norm = math.sqrt(ops.sum_squares(g))
         rate = MAX_GRAD / (norm + 1e-6)
         gscale = f32(rate) if rate < 1 else f32(1.0)  # as streamlm.train: clip inside Adam
         self.t += 1
         lr_t = LR * math.sqrt(1.0 - BETA2 ** self.t) / (1.0 - BETA1 ** self.t)
-        Mm.adam_update(self.p.flat, g, self.m, self.v, f32(lr_t), f32(BETA1), f32(BETA2),
-                       f32(EPS), gscale)
+        ops.adam_update(self.p.flat, g, self.m, self.v, f32(lr_t), f32(BETA1), f32(BETA2),
+                        f32(EPS), gscale)
         return loss
 
 
@@ -60,6 +78,10 @@ class StreamlmScorer:
         self._hold = _hold_blas()
         self.p = params_from(weights)
         self.model = RNNLM(self.p)
+        self.h = None
 
     def nll(self, xs, ts) -> np.ndarray:
-        return self.model.nll(xs, ts)
+        if OLD_API:
+            return self.model.nll(xs, ts)
+        nll, self.h = self.model.nll(xs, ts, self.h)
+        return nll

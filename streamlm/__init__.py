@@ -10,8 +10,4 @@ def __getattr__(name):
         from streamlm import api
 
         return getattr(api, name)
-    if name == "score":
-        from streamlm.score import score
-
-        return score
     raise AttributeError(f"module 'streamlm' has no attribute {name!r}")

@@ -20,16 +20,15 @@ this model (there is no other start state): it raises ValueError; use
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from streamlm.score import NumpyRNN, summarize
+from streamlm.engines import scoring_model
+from streamlm.metrics import LN10, summarize
 from streamlm.vocab import Vocab
 
-_LN10 = math.log(10.0)
 _CHUNK = 4096
 
 
@@ -70,9 +69,7 @@ class Stream:
             xs[0, 1:] = chunk[:-1]
             reset = np.zeros_like(xs, dtype=np.uint8)
             reset[0, 0] = self._start
-            self._rnn.set_state(self._h)
-            nll = self._rnn.nll(xs, chunk[None, :], reset=reset)
-            self._h = self._rnn.get_state()
+            nll, self._h = self._rnn.nll(xs, chunk[None, :], self._h, reset=reset)
             self._prev = int(chunk[-1])
             self._start = False
             lp = -nll[0]
@@ -81,7 +78,7 @@ class Stream:
             self.oov += int(oovm.sum())
             self.logprob += float(lp.sum())
             self._logprob_oov += float(lp[oovm].sum())
-            out[a:a + len(chunk)] = lp / _LN10
+            out[a:a + len(chunk)] = lp / LN10
         return out
 
     @property
@@ -91,7 +88,7 @@ class Stream:
 
     @property
     def log10prob(self) -> float:
-        return self.logprob / _LN10
+        return self.logprob / LN10
 
     def summary(self) -> dict:
         """tokens, oov, logprob, log10prob, perplexity, perplexity_excl_oov, bits_per_token."""
@@ -132,11 +129,7 @@ class LanguageModel:
         return word in self.vocab.index
 
     def _new_rnn(self):
-        if self.engine == "numpy":
-            return NumpyRNN(self.model.params)
-        from streamlm.model import RNNLM
-
-        return RNNLM(self.model.params)
+        return scoring_model(self.model.params, self.engine)
 
     def encode(self, tokens) -> np.ndarray:
         """Ids (int32) of a string, a list of words or a list/array of ids."""

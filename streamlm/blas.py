@@ -15,11 +15,12 @@ OpenBLAS), ``numpy``, ``mkl``, or the path of any library exporting
 ``cblas_sgemm``/``cblas_dgemm`` with 32-bit ints. ``STREAMLM_BLAS=off`` makes
 every product a plain numpy ``@`` (the reference path).
 
-Every call runs in the calling thread: numpy's OpenBLAS is held at one thread
-while streamlm's own threads compute (``streamlm.model._Engine.single_blas``)
-and MKL is loaded with its sequential threading layer. Layouts the library
-cannot take (negative or non-unit inner strides, mixed dtypes) fall back to
-numpy.
+Every call runs in the calling thread: numpy's BLAS is held at one thread
+(threadpoolctl) while streamlm's own threads compute (``streamlm.threads.Pool``)
+and MKL is loaded with its sequential threading layer. numpy's library is
+found with threadpoolctl, wherever it lives (numpy's wheel, conda, the
+system). Layouts the library cannot take (negative or non-unit inner
+strides, mixed dtypes) fall back to numpy.
 """
 
 from __future__ import annotations
@@ -40,14 +41,12 @@ _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
 @dataclass
 class Library:
-    """A loaded CBLAS: its GEMMs and, for OpenBLAS, its thread-count setters."""
+    """A loaded CBLAS library and its two GEMMs."""
 
-    name: str  # "mkl", "openblas" or "custom"
+    name: str  # "mkl", "openblas", "blis" or "custom"
     path: str
     sgemm: object
     dgemm: object
-    set_threads: object = None  # f(n) -> None, OpenBLAS only
-    get_threads: object = None
 
 
 def _gemm_fn(lib, name, int_t, real_t):
@@ -59,35 +58,32 @@ def _gemm_fn(lib, name, int_t, real_t):
     return fn
 
 
-def _numpy_openblas() -> Library | None:
-    """numpy's bundled OpenBLAS (numpy.libs/ or .dylibs/), or None."""
-    base = os.path.dirname(np.__file__)
-    pats = [os.path.join(base, "..", "numpy.libs", "*openblas*"),
-            os.path.join(base, ".dylibs", "*openblas*")]
-    # (gemm prefix, gemm suffix, thread setter, thread getter, int type)
-    flavours = [("scipy_cblas_", "64_", "scipy_openblas_set_num_threads64_",
-                 "scipy_openblas_get_num_threads64_", ctypes.c_int64),
-                ("scipy_cblas_", "", "scipy_openblas_set_num_threads",
-                 "scipy_openblas_get_num_threads", ctypes.c_int),
-                ("cblas_", "64_", "openblas_set_num_threads64_",
-                 "openblas_get_num_threads64_", ctypes.c_int64),
-                ("cblas_", "", "openblas_set_num_threads", "openblas_get_num_threads",
-                 ctypes.c_int)]
-    for pat in pats:
-        for path in sorted(glob.glob(pat)):
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for pre, suf, s, g, int_t in flavours:
-                names = (f"{pre}sgemm{suf}", f"{pre}dgemm{suf}", s, g)
-                if all(hasattr(lib, n) for n in names):
-                    fs, fg = getattr(lib, s), getattr(lib, g)
-                    fs.argtypes, fs.restype = [ctypes.c_int], None
-                    fg.argtypes, fg.restype = [], ctypes.c_int
-                    return Library("openblas", path,
-                                   _gemm_fn(lib, names[0], int_t, ctypes.c_float),
-                                   _gemm_fn(lib, names[1], int_t, ctypes.c_double), fs, fg)
+# (symbol prefix, symbol suffix, integer type) of the CBLAS builds seen in the wild:
+# numpy's bundled scipy-openblas (64-bit ints, suffixed), then plain CBLAS
+# (conda's and Debian's OpenBLAS, BLIS, FlexiBLAS)
+_FLAVOURS = [("scipy_cblas_", "64_", ctypes.c_int64), ("scipy_cblas_", "", ctypes.c_int),
+             ("cblas_", "64_", ctypes.c_int64), ("cblas_", "", ctypes.c_int)]
+
+
+def _numpy_blas() -> Library | None:
+    """The CBLAS of the BLAS library numpy itself loaded (as threadpoolctl finds it:
+    numpy's bundled OpenBLAS, a conda or system OpenBLAS, BLIS...), or None."""
+    from threadpoolctl import threadpool_info
+
+    for info in threadpool_info():
+        if info.get("user_api") != "blas" or not info.get("filepath"):
+            continue
+        try:
+            lib = ctypes.CDLL(info["filepath"])
+        except OSError:
+            continue
+        for pre, suf, int_t in _FLAVOURS:
+            s, d = f"{pre}sgemm{suf}", f"{pre}dgemm{suf}"
+            if hasattr(lib, s) and hasattr(lib, d):
+                name = info.get("internal_api") or "custom"
+                return Library(name, info["filepath"], _gemm_fn(lib, s, int_t, ctypes.c_float),
+                               _gemm_fn(lib, d, int_t, ctypes.c_double))
+        log.debug("%s exports no CBLAS GEMM streamlm knows", info["filepath"])
     return None
 
 
@@ -139,8 +135,7 @@ _LOADED = False
 def load(choice: str | None = None) -> Library | None:
     """Select the library (``choice`` or $STREAMLM_BLAS, default auto); None = numpy @.
 
-    Idempotent unless ``choice`` is given. numpy's OpenBLAS is also kept for
-    its thread control (``openblas_threads``) whichever library multiplies.
+    Idempotent unless ``choice`` is given.
     """
     global _LIB, _LOADED
     if _LOADED and choice is None:
@@ -150,20 +145,20 @@ def load(choice: str | None = None) -> Library | None:
     if choice == "off":
         lib = None
     elif choice == "numpy":
-        lib = _numpy_openblas()
+        lib = _numpy_blas()
     elif choice == "mkl":
         lib = _mkl()
         if lib is None:
             log.warning("STREAMLM_BLAS=mkl but libmkl_rt was not found "
                         "(pip install 'streamlm[mkl]'); using numpy's OpenBLAS")
-            lib = _numpy_openblas()
+            lib = _numpy_blas()
     elif choice == "auto":
-        lib = _mkl() or _numpy_openblas()
+        lib = _mkl() or _numpy_blas()
     else:
         lib = (_mkl(choice) or _custom(choice)) if os.path.exists(choice) else None
         if lib is None:
             log.warning("STREAMLM_BLAS=%s: not a CBLAS library; using numpy's OpenBLAS", choice)
-            lib = _numpy_openblas()
+            lib = _numpy_blas()
     if lib is None and choice != "off":
         log.debug("no CBLAS library found: matrix products go through numpy")
     _LIB, _LOADED = lib, True
@@ -171,24 +166,21 @@ def load(choice: str | None = None) -> Library | None:
     return lib
 
 
-_OPENBLAS: Library | None = None
-_OPENBLAS_LOADED = False
+def single_thread_limit():
+    """Hold the BLAS libraries of this process (numpy's) at one thread, with
+    threadpoolctl, while streamlm's own threads multiply: returns the limit
+    (``.restore_original_limits()`` undoes it), or None when there is no BLAS
+    threadpoolctl can control. MKL as streamlm loads it is sequential anyway."""
+    from threadpoolctl import ThreadpoolController
 
-
-def openblas_threads():
-    """(set_num_threads, get_num_threads) of numpy's OpenBLAS, or None."""
-    global _OPENBLAS, _OPENBLAS_LOADED
-    if not _OPENBLAS_LOADED:
-        lib = load()
-        _OPENBLAS = lib if lib is not None and lib.name == "openblas" else _numpy_openblas()
-        _OPENBLAS_LOADED = True
-    if _OPENBLAS is None:
+    ctl = ThreadpoolController().select(user_api="blas")
+    if not ctl.lib_controllers:
         return None
-    return _OPENBLAS.set_threads, _OPENBLAS.get_threads
+    return ctl.limit(limits=1)
 
 
 def name() -> str:
-    """Which library multiplies: 'mkl', 'openblas', 'custom' or 'numpy @'."""
+    """Which library multiplies: 'mkl', 'openblas', 'blis', 'custom' or 'numpy @'."""
     lib = _LIB if _LOADED else load()
     return "numpy @" if lib is None else lib.name
 

@@ -16,6 +16,7 @@ import typer
 
 from streamlm import __version__
 from streamlm.errors import StreamlmError
+from streamlm.options import Docs, Engine, Errors, Level, Optimizer, Reset
 
 app = typer.Typer(
     name="streamlm",
@@ -73,15 +74,16 @@ def prepare_cmd(
     ] = None,
     shard_tokens: Annotated[int, typer.Option(
         "--shard-tokens", help="Tokens per Parquet shard.")] = 1_000_000,
-    docs: Annotated[str, typer.Option(
-        "--docs", help="Document boundaries: none | blank-line.")] = "none",
-    errors: Annotated[str, typer.Option(
-        "--errors", help="Invalid UTF-8: strict (fail) | replace.")] = "strict",
+    docs: Annotated[Docs, typer.Option(
+        "--docs", help="Document boundaries: none, or blank lines between documents.")
+    ] = Docs.none,
+    errors: Annotated[Errors, typer.Option(
+        "--errors", help="Invalid UTF-8: strict (fail) or replace (U+FFFD).")] = Errors.strict,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print the manifest as one JSON object on stdout.")] = False,
 ) -> None:
     """Turn text into a vocabulary and Parquet token shards (DIR/manifest.json last)."""
-    from streamlm.data import prepare
+    from streamlm.prepare import prepare
 
     m = prepare(inputs, out, vocab_size=vocab_size, min_count=min_count, vocab_path=vocab,
                 shard_tokens=shard_tokens, docs=docs, errors=errors)
@@ -119,11 +121,11 @@ def score_cmd(
         help="Text files (plain, .gz, .bz2, .xz), '-' for stdin, or token shards (a "
              "prepared directory, Parquet or Arrow files). Each input is scored on its own "
              "and summed into the total.")],
-    reset: Annotated[str, typer.Option(
+    reset: Annotated[Reset, typer.Option(
         "--reset", help="none: each input is one stream (state carried across lines); "
                         "line: every line independent (like KenLM query); doc: every "
                         "document independent (blank-line separated text, or the shards' "
-                        "document boundaries).")] = "none",
+                        "document boundaries).")] = Reset.none,
     chunk_tokens: Annotated[int, typer.Option(
         "--chunk-tokens", help="Tokens per stream per model call; memory is bounded by "
                                "batch x chunk-tokens whatever the input size.")] = 2048,
@@ -135,123 +137,68 @@ def score_cmd(
     output: Annotated[Optional[str], typer.Option(
         "--output", "-o", help="Write per-unit scores here: .parquet for Parquet, "
                                "anything else JSONL (written atomically at the end).")] = None,
-    level: Annotated[Optional[str], typer.Option(
-        "--level", help="Unit of --output: line | doc | word.")] = None,
+    level: Annotated[Optional[Level], typer.Option(
+        "--level", help="Unit of --output records.")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(
         "--checkpoint", help="Save progress to this file; rerunning the same command "
                              "resumes from it (removed on success).")] = None,
     checkpoint_every: Annotated[int, typer.Option(
         "--checkpoint-every", help="Tokens between checkpoints.")] = 1_000_000,
-    errors: Annotated[str, typer.Option(
-        "--errors", help="Invalid UTF-8 in text: strict (fail, naming the byte offset) | "
-                         "replace (U+FFFD).")] = "strict",
+    errors: Annotated[Errors, typer.Option(
+        "--errors", help="Invalid UTF-8 in text: strict (fail, naming the byte offset) or "
+                         "replace (U+FFFD).")] = Errors.strict,
     column: Annotated[str, typer.Option(
         "--column", help="Token id column of raw Parquet/Arrow inputs.")] = "token_id",
     progress: Annotated[Optional[bool], typer.Option(
         "--progress/--no-progress", help="Progress on stderr (default: on unless -q).")
     ] = None,
-    engine: Annotated[str, typer.Option(
-        "--engine", help="auto | numba | numpy: auto skips numba's ~1 s start-up on small "
-                         "inputs (results agree to ~1e-6).")] = "auto",
+    engine: Annotated[Engine, typer.Option(
+        "--engine", help="auto skips numba's ~1 s start-up on small inputs (numba and numpy "
+                         "agree to ~1e-6).")] = Engine.auto,
     dask: Annotated[Optional[str], typer.Option(
         "--dask", help="Score on a Dask cluster, one task per input: a scheduler address "
                        "(tcp://host:8786) or local:N for N local worker processes. With "
                        "--output DIR, one Parquet file per input; a rerun skips finished "
-                       "inputs. Needs pip install 'streamlm[dask]'.")] = None,
+                       "inputs. Needs pip install 'streamlm\\[dask]'.")] = None,
 ) -> None:
     """Score text or shards: exact perplexity with the hidden state carried across chunks."""
-    from streamlm.score import format_summary, score
+    from streamlm.metrics import format_summary
+    from streamlm.options import ScoreOptions
 
+    opts = ScoreOptions(reset=reset, level=level, chunk_tokens=chunk_tokens, batch=batch,
+                        errors=errors, column=column, engine=engine,
+                        checkpoint_every=checkpoint_every)
+    failed: list[dict] = []
     if dask is not None:
-        _score_dask(model, inputs, dask, output=output, level=level or "line", reset=reset,
-                    chunk_tokens=chunk_tokens, batch=batch, errors=errors, column=column,
-                    as_json=as_json)
-        return
-    show = progress if progress is not None else log.isEnabledFor(logging.INFO)
-    with _progress_reporter(show) as report:
-        result = score(model, inputs, reset=reset, chunk_tokens=chunk_tokens, batch=batch,
-                       level=level, output=output, checkpoint=checkpoint,
-                       checkpoint_every=checkpoint_every, errors=errors, column=column,
-                       progress=report, engine=engine)
-    if as_json:
-        print_json(result.summary)
+        from streamlm.distributed import score_dask
+
+        res = score_dask(model, inputs, dask, opts.replace(level=level or Level.line),
+                         output_dir=output, progress=_dask_progress)
+        summary, failed = res.summary, res.failed
     else:
-        sys.stdout.write(format_summary(result.summary))
-        sys.stdout.flush()
+        from streamlm.progress import ScoreProgress
+        from streamlm.score import score
 
-
-def _score_dask(model, inputs, address, *, output, level, reset, chunk_tokens, batch, errors,
-                column, as_json) -> None:
-    """The --dask path of ``score``: merged totals; failed shards listed; exit 4 if any."""
-    from streamlm.distributed import score_dask
-    from streamlm.score import format_summary
-
-    def report(ev: dict) -> None:
-        if ev.get("error"):
-            log.error("streamlm: shard failed: %s", ev["error"])
-        else:
-            log.info("[%d/%d] scored %s", ev["done"], ev["total"], ev["path"])
-
-    res = score_dask(model, inputs, address, output_dir=output, level=level, reset=reset,
-                     chunk_tokens=chunk_tokens, batch=batch, errors=errors, column=column,
-                     progress=report)
+        show = progress if progress is not None else log.isEnabledFor(logging.INFO)
+        with ScoreProgress(show) as report:
+            summary = score(model, inputs, opts, output=output, checkpoint=checkpoint,
+                            progress=report).summary
     if as_json:
-        print_json(res.summary)
+        print_json(summary)
     else:
-        sys.stdout.write(format_summary(res.summary))
+        sys.stdout.write(format_summary(summary))
         sys.stdout.flush()
-    if res.failed:
-        sys.stderr.write(f"streamlm: error: {len(res.failed)} of {len(inputs)} inputs failed "
-                         f"(first: {res.failed[0]['error']})\n")
+    if failed:
+        sys.stderr.write(f"streamlm: error: {len(failed)} of {len(inputs)} inputs failed "
+                         f"(first: {failed[0]['error']})\n")
         raise typer.Exit(4)
 
 
-class _progress_reporter:
-    """Running perplexity and tokens/s on stderr: a rich line on a TTY, plain lines
-    every 10 s otherwise. Yields the callback (None when disabled)."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.tty = sys.stderr.isatty()
-        self.live = None
-        self.last = 0.0
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        import time
-
-        self._time = time.monotonic
-        self.last = time.monotonic()
-        if self.tty:
-            from rich.console import Console
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-            self.live = Progress(SpinnerColumn(), TextColumn("{task.description}"),
-                                 TimeElapsedColumn(), console=Console(stderr=True),
-                                 transient=True)
-            self.live.start()
-            self.task = self.live.add_task("scoring", total=None)
-        return self._update
-
-    def _update(self, info: dict) -> None:
-        now = self._time()
-        if now - self.last < (0.2 if self.tty else 10.0):
-            return
-        self.last = now
-        ppl = info.get("perplexity")
-        rate = info["scored_this_run"] / info["seconds"] if info["seconds"] > 0 else 0.0
-        text = (f"{info['tokens']:,} tokens  perplexity {ppl:.2f}  {rate:,.0f} tokens/s"
-                if ppl is not None else f"{info['tokens']:,} tokens")
-        if self.live is not None:
-            self.live.update(self.task, description=text)
-        else:
-            log.info("score: %s", text)
-
-    def __exit__(self, *exc):
-        if self.live is not None:
-            self.live.stop()
-        return False
+def _dask_progress(ev: dict) -> None:
+    if ev.get("error"):
+        log.error("streamlm: shard failed: %s", ev["error"])
+    else:
+        log.info("[%d/%d] scored %s", ev["done"], ev["total"], ev["path"])
 
 
 @app.command("train")
@@ -276,7 +223,8 @@ def train_cmd(
     max_minutes: Annotated[Optional[float], typer.Option(
         "--max-minutes", help="Stop after this many minutes of wall time (this invocation); "
                               "the model is validated and saved first.")] = None,
-    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd | adam.")] = "adam",
+    optimizer: Annotated[Optimizer, typer.Option(
+        "--optimizer", help="The book's SGD or Adam.")] = Optimizer.adam,
     lr: Annotated[float, typer.Option("--lr", help="Initial learning rate.")] = 0.002,
     clip: Annotated[float, typer.Option(
         "--clip", help="Clip the gradient's global norm to this (0: no clipping).")] = 1.0,
@@ -306,13 +254,14 @@ def train_cmd(
         "--json", help="Print a summary as one JSON object on stdout.")] = False,
 ) -> None:
     """Train the RNN LM with truncated BPTT; keep the best model by validation perplexity."""
-    from streamlm.train import ProgressReporter, TrainConfig, train
+    from streamlm.progress import TrainProgress
+    from streamlm.train import TrainConfig, train
 
     cfg = TrainConfig(embed=embed, hidden=hidden, batch=batch, bptt=bptt, epochs=epochs,
                       max_minutes=max_minutes, optimizer=optimizer, lr=lr, clip=clip, seed=seed,
                       dropout=dropout, tie_weights=tie_weights, log_interval=log_interval,
                       checkpoint_every=checkpoint_every)
-    with ProgressReporter() as reporter:
+    with TrainProgress() as reporter:
         summary = train(cfg, shards, out, valid_paths=valid, vocab_path=vocab,
                         log_path=log_file, plot_path=plot, resume=resume, progress=reporter)
     if as_json:

@@ -38,14 +38,14 @@ from pathlib import Path
 
 from streamlm.atomic import atomic_open, sha256_file
 from streamlm.errors import StreamlmError, UsageError
+from streamlm.inputs import fingerprint
+from streamlm.metrics import summarize
+from streamlm.options import ScoreOptions
 
 log = logging.getLogger("streamlm.distributed")
 
 DONE_FORMAT = "streamlm-shard-scores"
 DONE_VERSION = 1
-
-# options that change the numbers; recorded in each .done.json
-_RESULT_OPTIONS = ("reset", "level", "errors", "column")
 
 
 def _require_dask():
@@ -81,15 +81,6 @@ def _cached_model(path: str):
         return m
 
 
-def _input_fingerprint(path: str) -> dict:
-    st = os.stat(path)
-    if os.path.isdir(path):  # a prepared dir: its manifest identifies it
-        man = Path(path) / "manifest.json"
-        digest = hashlib.sha256(man.read_bytes()).hexdigest() if man.exists() else None
-        return {"path": os.path.abspath(path), "manifest_sha256": digest}
-    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
 def output_name(path: str) -> str:
     """The output stem of one input: its base name plus a short hash of its absolute path,
     so two inputs with the same base name never collide."""
@@ -102,25 +93,25 @@ def score_one(model_path: str, input_path: str, options: dict,
               out_parquet: str | None, done_json: str | None) -> dict:
     """Score one input on a worker. Returns its sums, or ``{"error": message}``.
 
+    ``options``: ScoreOptions as JSON (a task ships only strings and numbers).
     Never raises for a bad input: the error is returned so the other tasks go on.
     """
     from streamlm.score import score
 
     try:
+        opts = ScoreOptions(**options)
         model = _cached_model(model_path)
-        res = score(model, [input_path], reset=options["reset"],
-                    chunk_tokens=options["chunk_tokens"], batch=options["batch"],
-                    level=options["level"] if out_parquet else None, output=out_parquet,
-                    errors=options["errors"], column=options["column"], engine="numba")
+        res = score(model, [input_path], opts.replace(level=opts.level if out_parquet else None),
+                    output=out_parquet)
         s = res.summary["inputs"][0]
         sums = {"tokens": int(s["tokens"]), "oov": int(s["oov"]),
                 "logprob": float(s["logprob"]),
                 "logprob_excl_oov": float(s["logprob_excl_oov"])}
         record = {
             "format": DONE_FORMAT, "format_version": DONE_VERSION,
-            "input": _input_fingerprint(input_path),
+            "input": fingerprint(input_path),
             "model_sha256": model.meta.get("sha256"),
-            "options": {k: options[k] for k in _RESULT_OPTIONS},
+            "options": opts.result_options(),
             "sums": sums,
             "parquet": os.path.basename(out_parquet) if out_parquet else None,
             "parquet_sha256": sha256_file(out_parquet) if out_parquet else None,
@@ -150,15 +141,15 @@ class DaskScoreResult:
 
 
 def _verify_done(done: Path, parquet: Path, input_path: str, model_sha: str,
-                 options: dict) -> dict | None:
+                 options: ScoreOptions) -> dict | None:
     """The sums recorded in ``done`` if it proves the shard is finished, else None."""
     try:
         rec = json.loads(done.read_text(encoding="utf-8"))
         if rec.get("format") != DONE_FORMAT or rec.get("model_sha256") != model_sha:
             return None
-        if rec.get("options") != {k: options[k] for k in _RESULT_OPTIONS}:
+        if rec.get("options") != options.result_options():
             return None
-        if rec.get("input") != _input_fingerprint(input_path):
+        if rec.get("input") != fingerprint(input_path):
             return None
         if not parquet.exists() or sha256_file(parquet) != rec.get("parquet_sha256"):
             return None
@@ -182,7 +173,7 @@ def _client(address: str):
             raise UsageError(f"--dask {address}: need at least one worker")
         # one thread per worker process, and no oversubscription inside it
         env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-               "NUMBA_NUM_THREADS": "1", "STREAMLM_NUM_THREADS": "1"}
+               "NUMBA_NUM_THREADS": "1"}
         with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                    dashboard_address=None)
@@ -193,19 +184,27 @@ def _client(address: str):
         raise UsageError(f"--dask {address}: cannot reach the scheduler ({e})") from None
 
 
-def score_dask(model_path: str, inputs: Sequence[str], address: str, *,
-               output_dir: str | None = None, level: str = "line", reset: str = "none",
-               chunk_tokens: int = 2048, batch: int = 16, errors: str = "strict",
-               column: str = "token_id",
-               progress: Callable[[dict], None] | None = None) -> DaskScoreResult:
+def score_dask(model_path: str, inputs: Sequence[str], address: str,
+               options: ScoreOptions | None = None, *, output_dir: str | None = None,
+               progress: Callable[[dict], None] | None = None,
+               **option_values) -> DaskScoreResult:
     """Score ``inputs`` as one Dask task each; merge the totals exactly.
 
-    Returns the merged summary (the same keys as :func:`streamlm.score.score`,
-    with ``inputs`` per input) and the list of failed inputs.
+    ``options`` (or its fields as keywords) as for :func:`streamlm.score.score`;
+    the per-input records of ``--output DIR`` are at ``options.level`` (default
+    line). The engine is always numba (a worker scores whole inputs). Returns
+    the merged summary (the same keys as :func:`streamlm.score.score`, with
+    ``inputs`` per input) and the list of failed inputs.
     """
     _require_dask()
     from streamlm.params import load_model
-    from streamlm.score import summarize
+
+    options = options or ScoreOptions(level="line")
+    if option_values:
+        options = options.replace(**option_values)
+    if options.level is None:
+        options = options.replace(level="line")
+    options = options.replace(engine="numba")
 
     if not inputs:
         raise UsageError("no inputs given")
@@ -214,8 +213,6 @@ def score_dask(model_path: str, inputs: Sequence[str], address: str, *,
     model = load_model(model_path)  # fail fast, here, on a bad model
     model_sha = model.meta.get("sha256")
     model_path = os.path.abspath(model_path)
-    options = {"reset": reset, "level": level, "errors": errors, "column": column,
-               "chunk_tokens": int(chunk_tokens), "batch": int(batch)}
     out = Path(output_dir) if output_dir else None
     if out is not None:
         if out.exists() and not out.is_dir():
@@ -249,9 +246,9 @@ def score_dask(model_path: str, inputs: Sequence[str], address: str, *,
             for i in todo:
                 pq = str(out / f"{names[i]}.parquet") if out else None
                 dj = str(out / f"{names[i]}.done.json") if out else None
-                f = client.submit(score_one, model_path, os.path.abspath(inputs[i]), options,
-                                  pq, dj, key=f"streamlm-score-{names[i]}-{model_sha[:8]}",
-                                  pure=False)
+                f = client.submit(score_one, model_path, os.path.abspath(inputs[i]),
+                                  options.to_json(), pq, dj,
+                                  key=f"streamlm-score-{names[i]}-{model_sha[:8]}", pure=False)
                 futs[f] = i
             done_tokens = 0
             for n, f in enumerate(as_completed(futs), 1):

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from streamlm import kernels as K
 from streamlm.errors import UsageError
 from streamlm.model import RNNLM
 from streamlm.params import load_model
@@ -43,14 +42,13 @@ def generate(model_path: str | os.PathLike, words: int = 100, temperature: float
 def _sample(params, vocab, context, words, temperature, seed) -> Iterator[str]:
     model = RNNLM(params)
     rng = np.random.default_rng(seed)
-    zeros = np.zeros(params.config.V, dtype=params.dtype)
-    lp = None
+    h = None
     for i in context:
-        lp = model.step_logprobs(np.array([i]))
+        h = model.step(np.array([i]), h)
     for _ in range(words):
-        nxt = int(K.sample_from_logits(lp[0], zeros, temperature, float(rng.random())))
+        nxt = model.sample(h[0], temperature, rng)
         yield vocab[nxt]
-        lp = model.step_logprobs(np.array([nxt]))
+        h = model.step(np.array([nxt]), h)
 
 
 def format_words(words: Iterator[str]) -> Iterator[str]:

@@ -15,7 +15,7 @@ should be passed as numpy scalars of the array dtype so no silent upcast
 happens inside the loop.
 
 Numba does no bounds checking: callers validate token ids before any kernel
-sees them (see ``streamlm.data`` and ``streamlm.model``).
+sees them (see ``streamlm.shards`` and ``streamlm.model``).
 
 The big matrix products (``x @ Wx``, ``h @ W_affine`` and their gradients)
 are *not* here: they run through ``streamlm.blas`` (CBLAS by ctypes) between
@@ -106,8 +106,12 @@ def _bits_to_f32(typingctx, x):
 
 
 def vexp(x):
-    """exp(x); a vectorisable float32 version inside kernels."""
-    return math.exp(x)
+    """exp(x); a vectorisable float32 version inside kernels. This Python body runs
+    only under NUMBA_DISABLE_JIT, where it overflows to inf as the compiled code does."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
 
 
 @overload(vexp, inline="always")
@@ -307,7 +311,7 @@ def tanh_add_(h, xw):
     """Writes h = tanh(h + xw) in place. h, xw: (N, H) float.
 
     The elementwise half of one recurrence step when the matrix half runs in
-    BLAS (large H, see streamlm.model.rnn_forward_blas).
+    BLAS (large H, see streamlm.model.rnn_recur_rows).
     """
     N, H = h.shape
     for n in range(N):
@@ -517,7 +521,7 @@ def log_softmax_rows(out, logits, b):
 
 
 # ------------------------------------------------------------ optimisers --
-# Serial over the flat buffer; streamlm.model.sum_squares /
+# Serial over the flat buffer; streamlm.threads.sum_squares /
 # sgd_update / adam_update run them on slices in streamlm's threads.
 @njit(**JIT)
 def sum_squares(g):

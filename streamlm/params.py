@@ -13,24 +13,22 @@ With weight tying (``tied=True``, needs D == H) ``affine_W`` is the view
 The model file is a plain ``.npz`` that numpy alone reads with
 ``np.load(path, allow_pickle=False)``: the six arrays under those names, plus
 ``vocab`` (a unicode string array, words in id order) and ``meta`` (a 0-d
-unicode array holding one JSON object; see :func:`save_model`).
+unicode array holding one JSON object; see :func:`save_model` and
+:mod:`streamlm.store`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from streamlm.atomic import atomic_path
+from streamlm import store
 from streamlm.errors import ModelFileError
 
 FORMAT = "streamlm-model"
@@ -185,8 +183,6 @@ def save_model(path: str | os.PathLike, params: Params, vocab: Sequence[str],
     arrays = {n: np.ascontiguousarray(a, dtype=params.dtype) for n, a in params.items()}
     digest = checksum(arrays, vocab)
     meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
         "V": cfg.V, "D": cfg.D, "H": cfg.H,
         "tied": cfg.tied,
         "dtype": params.dtype.name,
@@ -196,9 +192,7 @@ def save_model(path: str | os.PathLike, params: Params, vocab: Sequence[str],
     if extra_meta:
         meta.update(extra_meta)
     vocab_arr = np.array(vocab, dtype=np.str_) if vocab else np.zeros(0, dtype="<U1")
-    with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays, vocab=vocab_arr, meta=np.array(json.dumps(meta)))
+    store.save(path, FORMAT, FORMAT_VERSION, meta, {**arrays, "vocab": vocab_arr})
     return digest
 
 
@@ -210,48 +204,17 @@ def load_model(path: str | os.PathLike, dtype=np.float32) -> Model:
     dtypes, or fails its sha256.
     """
     path = os.fspath(path)
-    p = Path(path)
-    if not p.exists():
-        raise ModelFileError("model file not found", path)
-    if p.is_dir():
-        raise ModelFileError("is a directory, expected a model file (.npz)", path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if not isinstance(z, np.lib.npyio.NpzFile):
-                raise ModelFileError("not a streamlm model (.npz) file", path)
-            names = set(z.files)
-            expected = set(PARAM_NAMES) | {"vocab", "meta"}
-            missing = sorted(expected - names)
-            extra = sorted(names - expected)
-            if missing:
-                raise ModelFileError(f"missing arrays: {', '.join(missing)}", path)
-            if extra:
-                raise ModelFileError(f"unexpected arrays: {', '.join(extra)}", path)
-            arrays = {n: z[n] for n in PARAM_NAMES}
-            vocab_arr = z["vocab"]
-            meta_arr = z["meta"]
-    except ModelFileError:
-        raise
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "pickle" in msg.lower():
-            msg = "holds a pickled object, refused (allow_pickle=False)"
-        raise ModelFileError(f"corrupt or truncated model file ({msg})", path) from None
-    except Exception as e:  # anything numpy/zipfile raise on garbage
-        raise ModelFileError(f"corrupt model file ({type(e).__name__}: {e})", path) from None
-
-    if meta_arr.shape != () or meta_arr.dtype.kind != "U":
-        raise ModelFileError("'meta' must be a 0-d string array holding JSON", path)
-    try:
-        meta = json.loads(str(meta_arr))
-    except json.JSONDecodeError as e:
-        raise ModelFileError(f"'meta' is not valid JSON ({e.msg} at char {e.pos})", path) from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelFileError("not a streamlm model (meta.format missing)", path)
-    if int(meta.get("format_version", -1)) > FORMAT_VERSION:
-        raise ModelFileError(
-            f"model format version {meta.get('format_version')} is newer than this "
-            f"streamlm supports ({FORMAT_VERSION})", path)
+    meta, z = store.load(path, FORMAT, FORMAT_VERSION, what="model file", error=ModelFileError)
+    names = set(z)
+    expected = set(PARAM_NAMES) | {"vocab"}
+    missing = sorted(expected - names)
+    extra = sorted(names - expected)
+    if missing:
+        raise ModelFileError(f"missing arrays: {', '.join(missing)}", path)
+    if extra:
+        raise ModelFileError(f"unexpected arrays: {', '.join(extra)}", path)
+    arrays = {n: z[n] for n in PARAM_NAMES}
+    vocab_arr = z["vocab"]
     if vocab_arr.ndim != 1 or vocab_arr.dtype.kind != "U":
         raise ModelFileError("'vocab' must be a 1-d string array", path)
     vocab = [str(w) for w in vocab_arr]

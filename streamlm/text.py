@@ -1,23 +1,17 @@
-"""Streaming text input: open (compressed) files, split into lines and words, encode to ids.
+"""Reading text: open (compressed) files and streams, split them into lines and words.
 
-Token accounting rule (shared by ``prepare`` and the scorer)
-------------------------------------------------------------
 * Lines are separated by ``b"\\n"`` only; a last line without a newline still counts.
 * Words are ``line.split()`` (Python's whitespace split, so ``\\r``, tabs and Unicode
-  spaces separate words too).
-* ``docs="none"``: every line contributes its words plus one ``<eos>``; a blank
-  (whitespace-only) line contributes just ``<eos>``.
-* ``docs="blank-line"``: blank lines are document separators and contribute nothing;
-  a run of blank lines is one boundary. Every other line contributes its words plus
-  ``<eos>``. The first token of every document (and of every input file) is marked
-  with ``doc_start=True``.
+  spaces separate words too). A UTF-8 byte-order mark at the start is skipped.
+
+How lines become tokens (``<eos>``, documents) is :mod:`streamlm.tokenizer`'s
+rule; what counts as a text input at all is :mod:`streamlm.inputs`' decision.
 
 Memory: text is read in blocks of ``block_size`` bytes (1 MiB). A line longer than a
 block is handed out in several :class:`LinePiece` s, cut at ASCII whitespace, so
-:func:`iter_pieces` and :func:`encode_lines` use memory bounded by a few blocks
-whatever the line length (only a single *word* longer than a block is held whole).
-:func:`iter_lines` joins the pieces back into one :class:`Line`, so its memory is
-that of the line's word list.
+:func:`iter_pieces` uses memory bounded by a few blocks whatever the line length
+(only a single *word* longer than a block is held whole). :func:`iter_lines` joins
+the pieces back into one :class:`Line`, so its memory is that of the line's word list.
 """
 
 from __future__ import annotations
@@ -27,26 +21,15 @@ import gzip
 import io
 import lzma
 import os
-import stat
 import sys
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import BinaryIO, NamedTuple
 
-import numpy as np
-
 from streamlm.errors import InputError
+from streamlm.formats import compression, compression_suffix
 
 BLOCK_SIZE = 1 << 20
-DOCS_MODES = ("none", "blank-line")
-ERRORS_MODES = ("strict", "replace")
-
-_MAGIC = {
-    b"\x1f\x8b": "gz",
-    b"BZh": "bz2",
-    b"\xfd7zXZ\x00": "xz",
-}
-_EXT = {".gz": "gz", ".gzip": "gz", ".bz2": "bz2", ".xz": "xz"}
 # ASCII bytes that str.split() treats as whitespace. They never occur inside a
 # multi-byte UTF-8 sequence, so cutting a line right after one gives the same words.
 _ASCII_WS = (b" ", b"\t", b"\r", b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e", b"\x1f")
@@ -119,28 +102,6 @@ class _GuardedReader(io.RawIOBase):
             super().close()
 
 
-def is_stream(path: str | os.PathLike) -> bool:
-    """True for stdin (``"-"``) and for a path that is a pipe, socket or character
-    device (``<(cmd)`` in a shell): data that can be read once, with no seeking."""
-    p = os.fspath(path)
-    if p == "-":
-        return True
-    try:
-        mode = os.stat(p).st_mode
-    except OSError:
-        return False
-    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
-
-
-def check_readable(path: str | os.PathLike) -> None:
-    """Raise InputError now if ``path`` cannot be opened for reading. A stream
-    (see is_stream) is only checked for existence: opening it would consume it."""
-    if not is_stream(path):
-        open_binary(path).close()
-    elif os.fspath(path) != "-" and not os.access(path, os.R_OK):
-        raise InputError("cannot open: permission denied", path=display_name(path))
-
-
 def open_binary(path: str | os.PathLike) -> BinaryIO:
     """Open ``path`` for binary reading, decompressing ``.gz``/``.bz2``/``.xz``.
 
@@ -176,12 +137,8 @@ def open_binary(path: str | os.PathLike) -> BinaryIO:
         except OSError as e:
             raw.close()
             raise InputError(f"cannot read: {e.strerror or e}", path=name) from None
-        ext = _EXT.get(os.path.splitext(p)[1].lower())
-    kind = None
-    for magic, k in _MAGIC.items():
-        if head.startswith(magic):
-            kind = k
-            break
+        ext = compression_suffix(p)
+    kind = compression(head)
     if ext is not None and kind != ext:
         raw.close()
         raise InputError(f"file name says .{ext} but the data is not {ext}-compressed",
@@ -197,13 +154,6 @@ def open_binary(path: str | os.PathLike) -> BinaryIO:
     return _GuardedReader(dec, name)  # type: ignore[return-value]
 
 
-def _check_modes(errors: str, docs: str | None = None) -> None:
-    if errors not in ERRORS_MODES:
-        raise ValueError(f"errors must be one of {ERRORS_MODES}, got {errors!r}")
-    if docs is not None and docs not in DOCS_MODES:
-        raise ValueError(f"docs must be one of {DOCS_MODES}, got {docs!r}")
-
-
 def _last_ascii_ws(buf: bytes | bytearray, start: int) -> int:
     """Index of the last ASCII whitespace byte in ``buf[start:]``, or -1."""
     return max(buf.rfind(c, start) for c in _ASCII_WS)
@@ -212,7 +162,8 @@ def _last_ascii_ws(buf: bytes | bytearray, start: int) -> int:
 def iter_pieces(path: str | os.PathLike, errors: str = "strict", *,
                 block_size: int = BLOCK_SIZE) -> Iterator[LinePiece]:
     """Stream ``path`` as :class:`LinePiece` s (memory bounded by a few blocks)."""
-    _check_modes(errors)
+    if errors not in ("strict", "replace"):
+        raise ValueError(f"errors must be strict or replace, got {errors!r}")
     name = display_name(path)
     f = open_binary(path)
     index = 0  # current line index
@@ -301,66 +252,3 @@ def iter_lines(path: str | os.PathLike, errors: str = "strict") -> Iterator[Line
         if piece.last:
             yield Line(piece.index, piece.byte_offset, words)
             words = []
-
-
-def count_words(path: str | os.PathLike, counts: dict, errors: str = "strict") -> tuple[int, int]:
-    """Add the word counts of ``path`` to the Counter ``counts``; return (lines, words)."""
-    lines = 0
-    nwords = 0
-    for piece in iter_pieces(path, errors):
-        counts.update(piece.words)
-        nwords += len(piece.words)
-        lines += piece.last
-    return lines, nwords
-
-
-def encode_lines(lines: Iterable[Line | LinePiece], vocab, docs: str = "none", *,
-                 chunk_tokens: int = 1 << 16
-                 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    """Encode lines (or line pieces) of ONE input to id chunks by the accounting rule.
-
-    Yields ``(ids, doc_start)``: ``ids`` int32 of about ``chunk_tokens`` tokens (the
-    last chunk may be shorter, a chunk is never empty); ``doc_start`` is a bool
-    array of the same length when ``docs="blank-line"`` (True on the first token of
-    each document, including the first token of this input), else None.
-    Out-of-vocabulary words become ``vocab.unk_id``.
-    """
-    _check_modes("strict", docs)
-    blank_docs = docs == "blank-line"
-    table = vocab.index
-    unk = vocab.unk_id
-    eos = vocab.eos_id
-    ids: list[int] = []
-    starts: list[int] = []  # positions in ids that start a document
-    line_has_words = False
-    new_doc = True
-    for item in lines:
-        words = item.words
-        last = getattr(item, "last", True)
-        if words:
-            if new_doc and blank_docs:
-                starts.append(len(ids))
-                new_doc = False
-            ids.extend(map(table.get, words, [unk] * len(words)))
-            line_has_words = True
-        if last:
-            if line_has_words or not blank_docs:
-                ids.append(eos)
-            elif blank_docs:
-                new_doc = True
-            line_has_words = False
-        if len(ids) >= chunk_tokens:
-            yield _chunk(ids, starts, blank_docs)
-            ids = []
-            starts = []
-    if ids:
-        yield _chunk(ids, starts, blank_docs)
-
-
-def _chunk(ids: list[int], starts: list[int], blank_docs: bool):
-    arr = np.array(ids, dtype=np.int32)
-    if not blank_docs:
-        return arr, None
-    ds = np.zeros(len(arr), dtype=np.bool_)
-    ds[starts] = True
-    return arr, ds

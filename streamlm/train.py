@@ -2,7 +2,7 @@
 
 The loop follows the book (deep-learning-from-scratch-2, ch. 5 and 6):
 
-* batches come from :class:`streamlm.data.Batcher` (row ``i`` starts at offset
+* batches come from :class:`streamlm.batcher.Batcher` (row ``i`` starts at offset
   ``i * (L' // N)``, ``time_idx`` never resets), and the hidden state carries
   from one batch to the next (truncated BPTT);
 * one step: ``forward`` (mean NLL of the block), zero the gradient buffer,
@@ -15,13 +15,11 @@ The loop follows the book (deep-learning-from-scratch-2, ch. 5 and 6):
   rewritten (so ``out_model`` always holds the best model). Without a
   validation set the model file holds the latest weights.
 
-Checkpoints (``<out stem>.ckpt.npz``, a plain npz without pickles: arrays plus
-one JSON string) are written atomically every ``checkpoint_every`` steps and at
-every epoch end. They hold the weights, the optimiser moments and step, the
-carried hidden state, the batcher position, the dropout generator's state, the
-learning rate, the best validation perplexity and the log history: resuming
-(``resume=True``) continues the exact same computation, so the final weights
-are bitwise identical to an uninterrupted run (same seed, same machine).
+Checkpoints (``<out stem>.ckpt.npz``, see :mod:`streamlm.checkpoint`) are
+written atomically every ``checkpoint_every`` steps and at every epoch end:
+resuming (``resume=True``) continues the exact same computation, so the final
+weights are bitwise identical to an uninterrupted run (same seed, same machine
+and BLAS library).
 
 A NaN or Inf loss or gradient norm stops training with
 :class:`~streamlm.errors.TrainingDiverged`; the last checkpoint (all finite)
@@ -43,30 +41,26 @@ from pathlib import Path
 
 import numpy as np
 
-from streamlm import __version__, blas
+from streamlm import blas, plots, threads
 from streamlm import kernels as K
-from streamlm import model as M
-from streamlm.atomic import atomic_open, atomic_path
-from streamlm.data import Batcher, TokenDataset, open_dataset
+from streamlm.atomic import atomic_open
+from streamlm.batcher import Batcher
+from streamlm.checkpoint import TrainState, restore_train, save_train
 from streamlm.errors import InputError, TrainingDiverged, UsageError
 from streamlm.model import RNNLM, warmup
+from streamlm.options import Optimizer
 from streamlm.params import ModelConfig, Params, save_model
+from streamlm.shards import TokenDataset, open_dataset
 from streamlm.vocab import Vocab
 
 log = logging.getLogger("streamlm.train")
 
-CKPT_FORMAT = "streamlm-checkpoint"
-CKPT_VERSION = 1
 ADAM_BETA1 = 0.9
 ADAM_BETA2 = 0.999
 ADAM_EPS = 1e-7  # as the book's Adam
 CLIP_EPS = 1e-6  # as the book's clip_grads
 LR_DECAY = 4.0  # divide the lr by this when the valid ppl does not improve (ch. 6)
 EVAL_CHUNK = 4096  # tokens per nll() call when evaluating (bounds memory)
-
-# Settings that shape the trajectory: a checkpoint resumes only with the same values.
-_TRAJECTORY = ("embed", "hidden", "batch", "bptt", "optimizer", "lr", "clip", "seed",
-               "dropout", "tie_weights")
 
 
 @dataclass
@@ -106,8 +100,7 @@ class TrainConfig:
             need(isinstance(v, int) and v >= 1, f"{flag} must be a positive integer, got {v!r}")
         need(self.checkpoint_every >= 0,
              f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
-        need(self.optimizer in ("sgd", "adam"),
-             f"--optimizer must be sgd or adam, got {self.optimizer!r}")
+        self.optimizer = Optimizer.parse(self.optimizer, "--optimizer").value
         need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be positive, got {self.lr}")
         need(math.isfinite(self.clip) and self.clip >= 0,
              f"--clip must be >= 0 (0 disables), got {self.clip}")
@@ -146,12 +139,13 @@ def evaluate(params: Params, dataset: TokenDataset, chunk: int = EVAL_CHUNK) -> 
     model = RNNLM(params)
     total, count = 0.0, 0
     prev: np.ndarray | None = None
+    h = None
     for c in dataset.iter_chunks(chunk):
         seq = c.ids if prev is None else np.concatenate([prev, c.ids])
         prev = seq[-1:]
         if len(seq) < 2:
             continue
-        nll = model.nll(seq[None, :-1], seq[None, 1:])
+        nll, h = model.nll(seq[None, :-1], seq[None, 1:], h)
         total += float(nll.sum())
         count += len(seq) - 1
     if count == 0:
@@ -162,72 +156,11 @@ def evaluate(params: Params, dataset: TokenDataset, chunk: int = EVAL_CHUNK) -> 
 
 
 # --------------------------------------------------------------- the loop --
-class _Run:
-    """Mutable state of one training run (what a checkpoint holds)."""
-
-    def __init__(self, cfg: TrainConfig, params: Params, model: RNNLM):
-        self.cfg = cfg
-        self.params = params
-        self.model = model
-        self.grads = params.zeros_like()
-        adam = cfg.optimizer == "adam"
-        self.m = np.zeros_like(params.flat) if adam else None
-        self.v = np.zeros_like(params.flat) if adam else None
-        self.adam_t = 0
-        self.lr = float(cfg.lr)
-        self.best_ppl: float | None = None
-        self.history: list[dict] = []
-        self.elapsed_before = 0.0  # wall seconds spent by earlier invocations
-        # loss sums since the last log record / epoch start (checkpointed so that
-        # the records after a resume are the same as without one)
-        self.int_loss = 0.0
-        self.int_steps = 0
-        self.ep_loss = 0.0
-        self.ep_steps = 0
-        self.have_ckpt = False  # a checkpoint of this run exists (written or resumed)
-
-
 def _json_float(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def _save_checkpoint(path: Path, run: _Run, batcher: Batcher, model_cfg: ModelConfig,
-                     vocab: Vocab, elapsed: float) -> None:
-    _check_finite(run, batcher, path)
-    h = run.model.get_state()
-    state = {
-        "format": CKPT_FORMAT, "format_version": CKPT_VERSION,
-        "streamlm": __version__,
-        "train_config": run.cfg.to_dict(),
-        "model_config": dataclasses.asdict(model_cfg),
-        "dtype": run.params.dtype.name,
-        "vocab_sha256": vocab.sha256(),
-        "batcher": batcher.state(),
-        "rng": run.model.rng.bit_generator.state,
-        "adam_t": run.adam_t,
-        "lr": run.lr,
-        "best_ppl": run.best_ppl,
-        "history": run.history,
-        "elapsed_s": elapsed,
-        "int_loss": run.int_loss, "int_steps": run.int_steps,
-        "ep_loss": run.ep_loss, "ep_steps": run.ep_steps,
-        "has_h": h is not None,
-    }
-    empty = np.zeros(0, dtype=run.params.dtype)
-    arrays = {
-        "params": run.params.flat,
-        "adam_m": run.m if run.m is not None else empty,
-        "adam_v": run.v if run.v is not None else empty,
-        "h": h if h is not None else empty,
-        "state": np.array(json.dumps(state, allow_nan=False)),
-    }
-    with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-    run.have_ckpt = True
-
-
-def _check_finite(run: _Run, batcher: Batcher, ckpt: Path) -> None:
+def _check_finite(run: TrainState, batcher: Batcher, ckpt: Path) -> None:
     """TrainingDiverged unless the weights (and Adam moments) are all finite."""
     bufs = [run.params.flat] + ([run.m, run.v] if run.m is not None else [])
     if not all(K.all_finite(b) for b in bufs):
@@ -244,109 +177,12 @@ def _kept(ckpt: Path, have: bool) -> str:
     return "no checkpoint was written"
 
 
-def _load_checkpoint(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    if not path.exists():
-        raise UsageError(f"cannot resume: no checkpoint at {path}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in ("params", "adam_m", "adam_v", "h", "state")}
-        state = json.loads(str(arrays.pop("state")))
-    except Exception as e:  # corrupt zip, missing key, pickled data, bad JSON
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise InputError(f"unreadable checkpoint ({msg})", path=path) from None
-    if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
-        raise InputError("not a streamlm checkpoint", path=path)
-    if state.get("format_version") != CKPT_VERSION:
-        raise InputError(f"unsupported checkpoint version {state.get('format_version')!r}",
-                         path=path)
-    return state, arrays
-
-
-def _restore(path: Path, run: _Run, batcher: Batcher, model_cfg: ModelConfig,
-             vocab: Vocab) -> None:
-    state, arrays = _load_checkpoint(path)
-    saved = state["train_config"]
-    for k in _TRAJECTORY:
-        if saved.get(k) != getattr(run.cfg, k):
-            flag = "--" + k.replace("_", "-")
-            raise UsageError(f"cannot resume: the checkpoint was made with {flag} "
-                             f"{saved.get(k)!r}, this run has {getattr(run.cfg, k)!r} "
-                             f"({path})")
-    if state["model_config"] != dataclasses.asdict(model_cfg):
-        raise UsageError(f"cannot resume: checkpoint model {state['model_config']} differs "
-                         f"from {dataclasses.asdict(model_cfg)} ({path})")
-    if state["vocab_sha256"] != vocab.sha256():
-        raise UsageError(f"cannot resume: the checkpoint was made with another vocabulary "
-                         f"({path})")
-    p = arrays["params"]
-    if p.shape != run.params.flat.shape or p.dtype != run.params.dtype:
-        raise InputError("checkpoint parameter buffer has the wrong size or dtype", path=path)
-    batcher.restore(state["batcher"])
-    run.params.flat[...] = p
-    if run.m is not None:
-        if arrays["adam_m"].shape != p.shape or arrays["adam_v"].shape != p.shape:
-            raise InputError("checkpoint lacks the Adam moments", path=path)
-        run.m[...] = arrays["adam_m"]
-        run.v[...] = arrays["adam_v"]
-    run.adam_t = int(state["adam_t"])
-    if state["has_h"]:
-        run.model.set_state(arrays["h"])
-    else:
-        run.model.reset_state()
-    run.model.rng.bit_generator.state = state["rng"]
-    run.lr = float(state["lr"])
-    run.best_ppl = state["best_ppl"]
-    run.history = list(state["history"])
-    run.elapsed_before = float(state["elapsed_s"])
-    run.int_loss, run.int_steps = float(state["int_loss"]), int(state["int_steps"])
-    run.ep_loss, run.ep_steps = float(state["ep_loss"]), int(state["ep_steps"])
-    run.have_ckpt = True
-
-
 def _write_log(path: str | os.PathLike, history: list[dict]) -> None:
     # rewritten whole and atomically: a reader never sees a torn line, and after
     # a resume the file holds exactly the records of the resumed history
     with atomic_open(path, "w", encoding="utf-8") as f:
         for rec in history:
             f.write(json.dumps(rec, allow_nan=False) + "\n")
-
-
-def _check_plot_available() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise UsageError("--plot needs matplotlib, which is not installed "
-                         "(pip install 'streamlm[plot]' or pip install matplotlib)") from None
-
-
-def plot_history(history: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
-    """Draw train (per log interval) and valid (per epoch) perplexity against epochs."""
-    _check_plot_available()
-    import matplotlib
-
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tr = [(r["epoch"], r["train_ppl"]) for r in history
-          if r.get("kind") == "interval" and r.get("train_ppl") is not None]
-    va = [(r["epoch"], r["valid_ppl"]) for r in history if r.get("valid_ppl") is not None]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    if tr:
-        ax.plot(*zip(*tr), label="train (running, with dropout)", lw=1)
-    if va:
-        ax.plot(*zip(*va), "o-", label="valid (exact)", lw=1.5)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("perplexity")
-    ax.set_yscale("log")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path, suffix=Path(path).suffix or ".png") as tmp:
-        fig.savefig(tmp, format=(Path(path).suffix.lstrip(".") or "png"))
-    plt.close(fig)
 
 
 def _open_data(train_paths, valid_paths, vocab_path):
@@ -386,7 +222,7 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
     if isinstance(valid_paths, (str, os.PathLike)):
         valid_paths = [valid_paths]
     if plot_path is not None:
-        _check_plot_available()
+        plots.check_available()
     out_model = Path(out_model)
     if out_model.is_dir():
         raise UsageError(f"{out_model}: --out is a directory, expected a model file path")
@@ -399,9 +235,9 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
     warmup(np.float32)
     params = Params.init(model_cfg, seed=cfg.seed, dtype=np.float32)
     model = RNNLM(params, dropout=cfg.dropout, seed=_dropout_seed(cfg.seed))
-    run = _Run(cfg, params, model)
+    run = TrainState(cfg, params, model.rng)
     if resume:
-        _restore(ckpt, run, batcher, model_cfg, vocab)
+        restore_train(ckpt, run, batcher, model_cfg, vocab)
         log.info("resumed from %s at step %d (epoch %.2f)", ckpt, batcher.batches_done,
                  batcher.epoch)
     elif ckpt.exists():
@@ -441,7 +277,8 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
 
     def save_checkpoint() -> None:
         if checkpoints:
-            _save_checkpoint(ckpt, run, batcher, model_cfg, vocab, elapsed())
+            _check_finite(run, batcher, ckpt)
+            save_train(ckpt, run, batcher, model_cfg, vocab, elapsed())
 
     def save_best() -> None:
         _check_finite(run, batcher, ckpt)
@@ -468,19 +305,19 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
     log.info("training on %s tokens (V=%d), %d steps/epoch of %d x %d, %s lr=%g%s; "
              "%d threads, BLAS: %s", f"{ds.num_tokens:,}", V, ipe, cfg.batch, cfg.bptt,
              cfg.optimizer, run.lr, f", valid {vds.num_tokens:,} tokens" if vds is not None else "",
-             M.get_num_threads(), blas.name())
+             threads.get_num_threads(), blas.name())
     stopped_by = "epochs"
     # overflow shows up as a non-finite loss / norm below, raised as one clear
     # error: numpy's RuntimeWarnings would only add noise to stderr (the warnings
     # filter also covers the model's worker threads, which np.errstate does not)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
-            warnings.catch_warnings(), M.hold_blas():
+            warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=RuntimeWarning, message="overflow")
         warnings.filterwarnings("ignore", category=RuntimeWarning, message="invalid value")
         while batcher.batches_done < total_steps:
             xs, ts = batcher.next_batch()
             step = batcher.batches_done
-            loss = model.forward(xs, ts, train=True)
+            loss, run.h = model.forward(xs, ts, run.h, train=True)
             if not math.isfinite(loss):
                 raise TrainingDiverged(
                     f"loss is {loss} at step {step} (epoch {step / ipe:.2f}); training "
@@ -488,7 +325,7 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
             grads = run.grads
             grads.flat.fill(0)
             model.backward(grads)
-            sq = M.sum_squares(grads.flat)
+            sq = threads.sum_squares(grads.flat)
             norm = math.sqrt(sq) if math.isfinite(sq) else math.inf
             if not math.isfinite(norm):
                 raise TrainingDiverged(
@@ -500,12 +337,12 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
                 if rate < 1.0:
                     gscale = dt(rate)
             if cfg.optimizer == "sgd":
-                M.sgd_update(params.flat, grads.flat, dt(run.lr), gscale)
+                threads.sgd_update(params.flat, grads.flat, dt(run.lr), gscale)
             else:
                 run.adam_t += 1
                 t = run.adam_t
                 lr_t = run.lr * math.sqrt(1.0 - ADAM_BETA2 ** t) / (1.0 - ADAM_BETA1 ** t)
-                M.adam_update(params.flat, grads.flat, run.m, run.v, dt(lr_t), dt(ADAM_BETA1),
+                threads.adam_update(params.flat, grads.flat, run.m, run.v, dt(lr_t), dt(ADAM_BETA1),
                               dt(ADAM_BETA2), dt(ADAM_EPS), gscale)
             run.int_loss += loss
             run.int_steps += 1
@@ -537,7 +374,7 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
                 emit("epoch", record=rec)
                 save_checkpoint()
                 if plot_path is not None:
-                    plot_history(run.history, plot_path)
+                    plots.plot_history(run.history, plot_path)
             elif out_of_time or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                 save_checkpoint()
             if out_of_time and batcher.batches_done < total_steps:
@@ -552,7 +389,7 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
                     emit("epoch", record=rec)
                     save_checkpoint()
                     if plot_path is not None:
-                        plot_history(run.history, plot_path)
+                        plots.plot_history(run.history, plot_path)
                 break
 
     if (vds is None and not checkpoints) or not out_model.exists():
@@ -579,84 +416,3 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
     log.info("done: %d steps (%.2f epochs)%s", step, step / ipe,
              f", best valid ppl {run.best_ppl:.2f}" if run.best_ppl is not None else "")
     return summary
-
-
-# ------------------------------------------------------------- progress --
-class ProgressReporter:
-    """The CLI's ``progress`` callback: a rich bar on a TTY, plain lines otherwise.
-
-    Use as a context manager. The bar shows steps, tokens/s, running train
-    perplexity, lr and ETA; off a TTY one line per log record goes to the
-    ``streamlm.train`` logger (stderr in the CLI).
-    """
-
-    def __init__(self, tty: bool | None = None):
-        import sys
-
-        self.tty = sys.stderr.isatty() if tty is None else tty
-        self._progress = None
-        self._task = None
-
-    def __enter__(self) -> ProgressReporter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-
-    def _start_bar(self, ev: dict) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("epoch {task.fields[epoch]:.2f}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[tps]:,.0f} tok/s"),
-            TextColumn("ppl {task.fields[ppl]:.1f}"), TextColumn("lr {task.fields[lr]:.3g}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=False)
-        self._progress.start()
-        self._task = self._progress.add_task("train", total=ev["total_steps"],
-                                             completed=ev["step"], epoch=0.0, tps=0.0,
-                                             ppl=float("nan"), lr=float("nan"))
-
-    def __call__(self, ev: dict) -> None:
-        kind = ev["event"]
-        if kind == "start":
-            if self.tty:
-                self._start_bar(ev)
-            return
-        if self._progress is not None:
-            if kind == "step":
-                self._progress.update(self._task, completed=ev["step"], epoch=ev["epoch"],
-                                      tps=ev["tokens_per_s"], ppl=ev["train_ppl"], lr=ev["lr"])
-            elif kind == "epoch":
-                r = ev["record"]
-                self._progress.console.log(_format_record(r))
-            elif kind == "done":
-                self._progress.stop()
-                self._progress = None
-            return
-        if kind in ("log", "epoch"):
-            log.info("%s", _format_record(ev["record"]))
-
-
-def _format_record(r: dict) -> str:
-    head = {"epoch": "end of epoch", "stop": "stopped at epoch"}.get(r.get("kind"), "epoch")
-    parts = [f"{head} {r['epoch']:.2f}", f"step {r['step']}"]
-    if r.get("train_ppl") is not None:
-        parts.append(f"train ppl {r['train_ppl']:.2f}")
-    if r.get("valid_ppl") is not None:
-        parts.append(f"valid ppl {r['valid_ppl']:.2f}")
-    parts.append(f"lr {r['lr']:.4g}")
-    if r.get("tokens_per_s") is not None:
-        parts.append(f"{r['tokens_per_s']:,.0f} tok/s")
-    parts.append(f"{r['elapsed_s']:.0f} s")
-    return ", ".join(parts)

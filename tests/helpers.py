@@ -1,19 +1,67 @@
-"""Helpers shared by the test modules: running the real CLI, the one-error-line
-check, and a small learnable corpus."""
+"""Helpers shared by the test modules: the one way to run the real CLI in a
+subprocess (and to kill it mid-work), the one-error-line check, and a small
+learnable corpus."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 
 
-def cli(*args, stdin=None, timeout=300):
-    """Run ``python -m streamlm ARGS``; returns (exit code, stdout, stderr)."""
-    r = subprocess.run([sys.executable, "-m", "streamlm", *map(str, args)], input=stdin,
-                       check=False, capture_output=True, timeout=timeout)
-    return r.returncode, r.stdout.decode(), r.stderr.decode()
+def command(*args) -> list[str]:
+    """``python -m streamlm ARGS`` as an argv list."""
+    return [sys.executable, "-m", "streamlm", *map(str, args)]
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONWARNINGS="ignore", COLUMNS="200")
+
+
+def run(*args, stdin=None, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    """Run the real CLI; returns the CompletedProcess (stdout/stderr decoded)."""
+    if isinstance(stdin, str):
+        stdin = stdin.encode()
+    r = subprocess.run(command(*args), input=stdin, cwd=cwd, check=False,
+                       capture_output=True, timeout=timeout, env=_env())
+    return subprocess.CompletedProcess(r.args, r.returncode,
+                                       r.stdout.decode("utf-8", "replace"),
+                                       r.stderr.decode("utf-8", "replace"))
+
+
+def cli(*args, stdin=None, cwd=None, timeout=300):
+    """Run the real CLI; returns (exit code, stdout, stderr)."""
+    r = run(*args, stdin=stdin, cwd=cwd, timeout=timeout)
+    return r.returncode, r.stdout, r.stderr
+
+
+def kill_when(args, ready, *, delay: float = 0.0, timeout: float = 120) -> int:
+    """Start the CLI with ``args``; once ``ready()`` is true, wait ``delay`` seconds
+    and SIGKILL it. Returns the exit code: -SIGKILL when the kill landed while
+    it ran, 0 when it finished first."""
+    p = subprocess.Popen(command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env=_env())
+    try:
+        t0 = time.monotonic()
+        while p.poll() is None and not ready() and time.monotonic() - t0 < timeout:
+            time.sleep(0.005)
+        if p.poll() is None and delay:
+            try:
+                p.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                pass
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+    finally:
+        p.wait()
+    return p.returncode
+
+
+KILLED = -signal.SIGKILL
 
 
 def assert_one_error_line(rc, err, *needles):
@@ -48,7 +96,6 @@ def markov_text(n_lines: int, seed: int, words: list[str], chain: int = 0,
 def fifo(path, data: bytes):
     """A named pipe at ``path`` whose writer (a daemon thread) sends ``data`` once
     a reader opens it: what a shell's ``<(cmd)`` gives a command."""
-    import os
     import threading
 
     os.mkfifo(path)

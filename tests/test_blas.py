@@ -79,21 +79,52 @@ def test_load_choices(monkeypatch):
         assert (C == 3).all()
         lib = blas.load("numpy")
         assert lib is not None and lib.name == "openblas"  # numpy wheels bundle OpenBLAS
-        assert blas.openblas_threads() is not None
         lib = blas.load("/nonexistent/libcblas.so")  # warns, falls back
         assert lib is not None and lib.name == "openblas"
     finally:
         blas.load("auto")  # what every other test runs with
 
 
+def _assert_sgemm_multiplies(lib, m, k, n, seed):
+    """lib's raw cblas_sgemm (row-major, no transposes) gives numpy's product."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((m, k)).astype(np.float32)
+    B = rng.standard_normal((k, n)).astype(np.float32)
+    C = np.zeros((m, n), np.float32)
+    lib.sgemm(101, 111, 111, m, n, k, 1.0, A.ctypes.data, k, B.ctypes.data, n, 0.0,
+              C.ctypes.data, n)
+    np.testing.assert_allclose(C, A @ B, rtol=1e-5, atol=1e-5)
+
+
 def test_mkl_when_installed():
     lib = blas._mkl()
     if lib is None:
         pytest.skip("MKL not installed (pip install 'streamlm[mkl]')")
-    rng = np.random.default_rng(3)
-    A = rng.standard_normal((30, 20)).astype(np.float32)
-    B = rng.standard_normal((20, 50)).astype(np.float32)
-    C = np.zeros((30, 50), np.float32)
-    lib.sgemm(101, 111, 111, 30, 50, 20, 1.0, A.ctypes.data, 20, B.ctypes.data, 50, 0.0,
-              C.ctypes.data, 50)
-    np.testing.assert_allclose(C, A @ B, rtol=1e-5, atol=1e-5)
+    _assert_sgemm_multiplies(lib, 30, 20, 50, seed=3)
+
+
+def test_numpys_blas_is_found_wherever_it_lives(monkeypatch, tmp_path):
+    """numpy's library is taken from threadpoolctl, not from numpy's wheel layout: an
+    OpenBLAS elsewhere (as conda's is, under $PREFIX/lib) is found and multiplies."""
+    import shutil
+
+    import threadpoolctl
+
+    real = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    if not real or real[0]["internal_api"] != "openblas":
+        pytest.skip("numpy is not linked to OpenBLAS here")
+    elsewhere = tmp_path / "lib" / "libopenblas.so.0"
+    elsewhere.parent.mkdir()
+    shutil.copy(real[0]["filepath"], elsewhere)
+    fake = [dict(real[0], filepath=str(elsewhere), prefix="libopenblas")]
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: fake)
+    lib = blas._numpy_blas()
+    assert lib is not None and lib.path == str(elsewhere) and lib.name == "openblas"
+    _assert_sgemm_multiplies(lib, 7, 5, 3, seed=4)
+
+
+def test_no_blas_library_found_means_numpy_matmul(monkeypatch):
+    import threadpoolctl
+
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: [])
+    assert blas._numpy_blas() is None

@@ -10,8 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyarrow import feather
 
-from streamlm.data import Batcher, open_dataset, prepare
+from streamlm.batcher import Batcher
 from streamlm.errors import InputError, UsageError
+from streamlm.prepare import prepare
+from streamlm.shards import open_dataset
 from streamlm.vocab import Vocab
 
 

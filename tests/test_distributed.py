@@ -2,9 +2,6 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -12,9 +9,11 @@ import pytest
 
 pytest.importorskip("distributed")
 
-from streamlm.data import prepare  # noqa: E402
+from helpers import run  # noqa: E402
+
 from streamlm.distributed import output_name, score_dask  # noqa: E402
 from streamlm.params import ModelConfig, Params, save_model  # noqa: E402
+from streamlm.prepare import prepare  # noqa: E402
 from streamlm.score import score  # noqa: E402
 from streamlm.vocab import Vocab  # noqa: E402
 
@@ -123,9 +122,7 @@ def test_dask_failed_shard_is_reported_and_others_finish(setup, cluster, tmp_pat
 
 def test_cli_dask_local_cluster(setup, tmp_path):
     d, model, inputs = setup
-    r = subprocess.run([sys.executable, "-m", "streamlm", "score", model, *inputs[:2],
-                        "--dask", "local:2", "--json"], capture_output=True, text=True,
-                       timeout=300, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    r = run("score", model, *inputs[:2], "--dask", "local:2", "--json")
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     local = score(model, inputs[:2], engine="numba").summary

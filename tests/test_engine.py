@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import reference as ref
 
+from streamlm import heads, threads
 from streamlm import kernels as K
 from streamlm import model as M
 from streamlm.model import RNNLM
@@ -13,10 +14,10 @@ from streamlm.params import PARAM_NAMES, ModelConfig, Params
 
 
 @pytest.fixture
-def threads():
-    before = M.get_num_threads()
-    yield M.set_num_threads
-    M.set_num_threads(before)
+def nthreads_of():
+    before = threads.get_num_threads()
+    yield threads.set_num_threads
+    threads.set_num_threads(before)
 
 
 def _setup(N, T, V=23, D=5, H=6, seed=0):
@@ -35,12 +36,11 @@ def _setup(N, T, V=23, D=5, H=6, seed=0):
 @pytest.mark.parametrize("nthreads", [1, 2, 3])
 @pytest.mark.parametrize("recur", ["kernel", "blas"])
 @pytest.mark.parametrize("N,T", [(1, 7), (2, 5), (5, 3), (7, 4)])
-def test_forward_backward_any_thread_count(threads, nthreads, recur, N, T):
-    threads(nthreads)
+def test_forward_backward_any_thread_count(nthreads_of, nthreads, recur, N, T):
+    nthreads_of(nthreads)
     p, xs, ts, h0 = _setup(N, T)
     m = RNNLM(p, recur=recur)
-    m.set_state(h0)
-    loss = m.forward(xs, ts)
+    loss, hT = m.forward(xs, ts, h0)
     g = p.zeros_like()
     g.flat[...] = 1.0  # backward accumulates
     dh0 = m.backward(g)
@@ -50,39 +50,40 @@ def test_forward_backward_any_thread_count(threads, nthreads, recur, N, T):
         np.testing.assert_allclose(g[name] - 1.0, want[name], rtol=1e-9, atol=1e-12,
                                    err_msg=name)
     np.testing.assert_allclose(dh0, want["h0"], rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(m.h, want["h_last"], rtol=1e-10)
+    np.testing.assert_allclose(hT, want["h_last"], rtol=1e-10)
 
 
 @pytest.mark.parametrize("nthreads", [1, 2, 3])
 @pytest.mark.parametrize("N", [1, 2, 4])
-def test_nll_any_thread_count_and_pipelined_single_stream(threads, monkeypatch, nthreads, N):
-    threads(nthreads)
-    monkeypatch.setattr(M, "PROJ_ROWS", 4)  # many projection slices / pipeline segments
+def test_nll_any_thread_count_and_pipelined_single_stream(nthreads_of, monkeypatch, nthreads,
+                                                          N):
+    nthreads_of(nthreads)
+    monkeypatch.setattr(heads, "PROJ_ROWS", 4)  # many projection slices / pipeline segments
     monkeypatch.setattr(M, "PIPE_ROWS", 3)
     p, xs, ts, h0 = _setup(N, 37)
     rng = np.random.default_rng(5)
     reset = (rng.random(xs.shape) < 0.1).astype(np.uint8)
     m = RNNLM(p)
-    m.set_state(h0)
-    got = m.nll(xs, ts, reset=reset)
+    got, hT = m.nll(xs, ts, h0, reset=reset)
     # reference: the recurrence with resets, then the per-token NLL
     x = ref.embedding_forward(p["embed_W"], xs)
     hs = ref.rnn_forward(x, h0, p["rnn_Wx"], p["rnn_Wh"], p["rnn_b"], reset=reset)
     want, _, _ = ref.softmax_ce(hs @ p["affine_W"] + p["affine_b"], ts)
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(m.h, hs[:, -1], rtol=1e-10)
+    np.testing.assert_allclose(hT, hs[:, -1], rtol=1e-10)
 
 
 @pytest.mark.parametrize("nthreads", [1, 2, 3])
-def test_optimiser_wrappers_match_kernels(threads, nthreads):
-    threads(nthreads)
+def test_optimiser_wrappers_match_kernels(nthreads_of, nthreads):
+    nthreads_of(nthreads)
     rng = np.random.default_rng(7)
     P = 200_003  # several slices, a ragged last one
     p = rng.standard_normal(P).astype(np.float32)
     g = rng.standard_normal(P).astype(np.float32)
-    np.testing.assert_allclose(M.sum_squares(g), np.sum(g.astype(np.float64) ** 2), rtol=1e-12)
+    want = np.sum(g.astype(np.float64) ** 2)
+    np.testing.assert_allclose(threads.sum_squares(g), want, rtol=1e-12)
     a, b = p.copy(), p.copy()
-    M.sgd_update(a, g, np.float32(0.1), np.float32(0.5))
+    threads.sgd_update(a, g, np.float32(0.1), np.float32(0.5))
     K.sgd_update(b, g, np.float32(0.1), np.float32(0.5))
     np.testing.assert_array_equal(a, b)
     a, b = p.copy(), p.copy()
@@ -90,7 +91,7 @@ def test_optimiser_wrappers_match_kernels(threads, nthreads):
     mb, vb = np.zeros_like(p), np.zeros_like(p)
     f = np.float32
     for _ in range(3):
-        M.adam_update(a, g, ma, va, f(1e-3), f(0.9), f(0.999), f(1e-8), f(0.5))
+        threads.adam_update(a, g, ma, va, f(1e-3), f(0.9), f(0.999), f(1e-8), f(0.5))
         K.adam_update(b, g, mb, vb, f(1e-3), f(0.9), f(0.999), f(1e-8), f(0.5))
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(ma, mb)
@@ -98,9 +99,9 @@ def test_optimiser_wrappers_match_kernels(threads, nthreads):
     assert not np.array_equal(a, p)
 
 
-def test_errors_in_a_worker_thread_propagate(threads):
-    threads(2)
-    eng = M._engine()
+def test_errors_in_a_worker_thread_propagate(nthreads_of):
+    nthreads_of(2)
+    eng = threads.pool()
 
     def boom(i, j):
         if i > 0:
@@ -108,3 +109,35 @@ def test_errors_in_a_worker_thread_propagate(threads):
 
     with pytest.raises(ValueError, match="worker failed"):
         eng.map(boom, [(0, 1), (1, 2)])
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+def test_the_pool_holds_numpys_blas_at_one_thread_while_it_lives(nthreads_of):
+    """No job has to remember to hold BLAS: a pool of 2 threads does, until closed."""
+    from streamlm import blas
+
+    if blas.name() == "mkl":
+        pytest.skip("MKL as streamlm loads it is sequential: nothing to hold")
+    threads.shutdown()
+    before = _blas_threads()
+    nthreads_of(2)
+    assert threads.get_num_threads() == 2
+    assert _blas_threads() and all(n == 1 for n in _blas_threads())
+    threads.shutdown()
+    assert _blas_threads() == before
+
+
+def test_a_blas_nobody_can_hold_means_one_thread_and_says_so(nthreads_of, monkeypatch, caplog):
+    from streamlm import blas
+
+    monkeypatch.setattr(blas, "single_thread_limit", lambda: None)
+    monkeypatch.setattr(blas, "load", lambda choice=None: None)  # no CBLAS: numpy's @
+    with caplog.at_level("WARNING"):
+        nthreads_of(2)
+    assert threads.get_num_threads() == 1
+    assert "one thread" in caplog.text

@@ -2,7 +2,9 @@
 
 After every SIGKILL: no output is torn (absent, or complete and valid), the
 same command run again completes, and its result equals an uninterrupted
-run (bitwise for training weights, 1e-9 for scoring totals).
+run (bitwise for training weights, 1e-9 for scoring totals). Every kill must
+land while work was left: a run that finished first is started again with an
+earlier kill, and does not count.
 """
 
 from __future__ import annotations
@@ -12,45 +14,24 @@ import json
 import math
 import os
 import re
-import signal
+import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import markov_text
+from helpers import KILLED, command, kill_when, markov_text, run
 
-from streamlm.data import open_dataset, prepare
 from streamlm.errors import StreamlmError
 from streamlm.params import ModelConfig, Params, load_model, save_model
+from streamlm.prepare import prepare
+from streamlm.shards import open_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 KILLS = 5
 WORDS = [f"w{i}" for i in range(60)]
-
-
-def cmd(*args):
-    return [sys.executable, "-m", "streamlm", *map(str, args)]
-
-
-def run(*args, timeout=300):
-    r = subprocess.run(cmd(*args), capture_output=True, text=True, timeout=timeout,
-                       env=dict(os.environ, PYTHONWARNINGS="ignore"))
-    return r
-
-
-def kill_after(argv, delay: float) -> int:
-    """Start argv, SIGKILL it after ``delay`` seconds (if still running). Returns rc."""
-    p = subprocess.Popen(cmd(*argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        p.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-    return p.returncode
 
 
 def _text(n_lines, seed):
@@ -70,10 +51,6 @@ def corpus(tmp_path_factory):
     return d
 
 
-def _delays(seed, lo, hi):
-    return np.random.default_rng(seed).uniform(lo, hi, size=KILLS)
-
-
 def _no_torn_files(directory: Path):
     """Every file a reader would accept is complete: no temp file is taken for output."""
     for f in directory.rglob("*"):
@@ -85,7 +62,24 @@ def _no_torn_files(directory: Path):
                     z[k]
 
 
+def _kill_mid_work(argv, ready, mid_work, delays, reset):
+    """Kill ``argv`` once ``ready()`` holds plus the next delay, until the kill lands
+    with ``mid_work()`` true (work was left); ``reset()`` clears a run that
+    finished first. Returns the delay that landed."""
+    for delay in delays:
+        rc = kill_when(argv, ready, delay=delay)
+        if rc == KILLED and mid_work():
+            return delay
+        reset()
+    pytest.fail(f"no kill of {argv[0]} landed mid-work (delays {list(delays)})")
+
+
+def _shrinking(first: float, n: int = 6):
+    return [first / 2 ** k for k in range(n)]
+
+
 # ------------------------------------------------------------------ kill -9 --
+@pytest.mark.slow
 def test_kill_prepare_at_random_points(corpus, tmp_path):
     ref_dir = tmp_path / "ref"
     t0 = time.monotonic()
@@ -93,15 +87,13 @@ def test_kill_prepare_at_random_points(corpus, tmp_path):
                "--shard-tokens", "200000").returncode == 0
     took = time.monotonic() - t0
     want = json.loads((ref_dir / "manifest.json").read_text())
-    for k, delay in enumerate(_delays(1, 0.2, took)):
+    for k, frac in enumerate(np.random.default_rng(1).uniform(0.1, 0.8, size=KILLS)):
         out = tmp_path / f"run{k}"
         argv = ["prepare", corpus / "big.txt", "--out", out, "--shard-tokens", "200000"]
-        kill_after(argv, delay)
-        if (out / "manifest.json").exists():  # finished before the kill: must be whole
-            open_dataset(out, verify=True)
-        else:  # a reader refuses what is there
-            with pytest.raises(StreamlmError):
-                open_dataset(out)
+        _kill_mid_work(argv, lambda: True, lambda out=out: not (out / "manifest.json").exists(),
+                       _shrinking(frac * took), lambda out=out: shutil.rmtree(out))
+        with pytest.raises(StreamlmError):  # a reader refuses what is there
+            open_dataset(out)
         assert run(*argv).returncode == 0
         got = json.loads((out / "manifest.json").read_text())
         assert [s["sha256"] for s in got["shards"]] == [s["sha256"] for s in want["shards"]]
@@ -111,36 +103,59 @@ def test_kill_prepare_at_random_points(corpus, tmp_path):
 
 def _train_args(out):
     return ["train", "--out", out, "--embed", "16", "--hidden", "16", "--batch", "8",
-            "--bptt", "10", "--epochs", "2", "--optimizer", "adam", "--lr", "0.01",
-            "--dropout", "0.2", "--seed", "5", "--checkpoint-every", "7", "--log-interval",
-            "50"]
+            "--bptt", "10", "--epochs", "3", "--optimizer", "adam", "--lr", "0.01",
+            "--dropout", "0.2", "--tie-weights", "--seed", "5", "--checkpoint-every", "7",
+            "--log-interval", "50", "--log", out.with_name("log.jsonl")]
 
 
+def _arrays(path):
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _log_records(path):
+    return [{k: v for k, v in json.loads(line).items() if k not in ("tokens_per_s", "elapsed_s")}
+            for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
 def test_kill_train_at_random_points_resumes_bitwise(corpus, tmp_path):
     ref_out = tmp_path / "ref" / "m.npz"
     t0 = time.monotonic()
     r = run("train", corpus / "train", *_train_args(ref_out)[1:])
     assert r.returncode == 0, r.stderr
     took = time.monotonic() - t0
-    with np.load(ref_out, allow_pickle=False) as z:
-        want = {k: z[k].tobytes() for k in z.files if k != "meta"}
-    for k, delay in enumerate(_delays(2, 0.5, took)):
+    want = _arrays(ref_out)
+    want_ckpt = _arrays(ref_out.with_name("m.ckpt.npz"))
+    total = json.loads(str(want_ckpt["meta"]))["batcher"]["time_idx"] // 10
+    for k, frac in enumerate(np.random.default_rng(2).uniform(0.0, 0.6, size=KILLS)):
         out = tmp_path / f"run{k}" / "m.npz"
-        argv = ["train", corpus / "train", *_train_args(out)[1:]]
-        kill_after(argv, delay)
-        if out.parent.exists():
-            _no_torn_files(out.parent)
         ckpt = out.with_name("m.ckpt.npz")
-        again = argv + (["--resume"] if ckpt.exists() else [])
-        r = run(*again)
+        argv = ["train", corpus / "train", *_train_args(out)[1:]]
+
+        def step(ckpt=ckpt):
+            return json.loads(str(_arrays(ckpt)["meta"]))["batcher"]["time_idx"] // 10
+
+        _kill_mid_work(argv, ckpt.exists, lambda: 0 < step() < total,
+                       _shrinking(frac * took), lambda ckpt=ckpt: ckpt.unlink(missing_ok=True))
+        _no_torn_files(out.parent)
+        r = run(*argv, "--resume")
         assert r.returncode == 0, r.stderr
-        with np.load(out, allow_pickle=False) as z:
-            got = {k: z[k].tobytes() for k in z.files if k != "meta"}
-        assert got.keys() == want.keys()
-        for name in want:
-            assert got[name] == want[name], (k, delay, name)
+        assert "resumed from" in r.stderr
+        # the best model, the final checkpoint (weights, moments, state) and the log
+        for name, ref in (("m.npz", want), ("m.ckpt.npz", want_ckpt)):
+            got = _arrays(out.with_name(name))
+            assert got.keys() == ref.keys()
+            for a in ref:
+                if a != "meta":
+                    assert got[a].tobytes() == ref[a].tobytes(), (k, name, a)
+        assert str(_arrays(out)["meta"]) == str(want["meta"]).replace(
+            str(ref_out.parent), str(out.parent))
+        assert _log_records(out.with_name("log.jsonl")) == _log_records(
+            ref_out.with_name("log.jsonl"))
 
 
+@pytest.mark.slow
 def test_kill_score_at_random_points_resumes_exactly(corpus, tmp_path):
     model = corpus / "model.npz"
     big = corpus / "big.txt"
@@ -149,16 +164,24 @@ def test_kill_score_at_random_points_resumes_exactly(corpus, tmp_path):
     assert r.returncode == 0, r.stderr
     took = time.monotonic() - t0
     want = json.loads(r.stdout)
-    for k, delay in enumerate(_delays(3, 0.8, took)):
+    for k, frac in enumerate(np.random.default_rng(3).uniform(0.0, 0.6, size=KILLS)):
         ck = tmp_path / f"s{k}.ckpt"
         out = tmp_path / f"lines{k}.parquet"
         argv = ["score", model, big, "--engine", "numba", "--checkpoint", ck,
                 "--checkpoint-every", "50000", "--output", out, "--level", "line"]
-        kill_after(argv, delay)
-        if out.exists():
-            pq.read_table(out)  # never torn
+
+        def scored(ck=ck):
+            with np.load(ck, allow_pickle=False) as z:
+                return json.loads(str(z["meta"]))["inputs"][0]["scored"]
+
+        def mid_work(out=out):
+            return not out.exists() and scored() < want["tokens"]
+
+        _kill_mid_work(argv, ck.exists, mid_work, _shrinking(frac * took),
+                       lambda out=out: out.unlink(missing_ok=True))
         r = run(*argv, "--json")
         assert r.returncode == 0, r.stderr
+        assert "resuming" in r.stderr
         got = json.loads(r.stdout)
         assert got["tokens"] == want["tokens"] and got["oov"] == want["oov"]
         assert math.isclose(got["logprob"], want["logprob"], rel_tol=1e-9)
@@ -274,7 +297,7 @@ def test_two_scorers_same_output_never_mix(corpus, tmp_path):
         assert run("score", corpus / "model.npz", src, "--output", o, "--level", "line",
                    "--engine", "numba").returncode == 0
         want[name] = o.read_bytes()
-    procs = [subprocess.Popen(cmd("score", corpus / "model.npz", src, "--output", out,
+    procs = [subprocess.Popen(command("score", corpus / "model.npz", src, "--output", out,
                                   "--level", "line", "--engine", "numba"),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
              for src in (a, b)]

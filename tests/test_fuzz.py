@@ -15,9 +15,10 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamlm.data import open_dataset
 from streamlm.errors import StreamlmError
-from streamlm.text import encode_lines, iter_pieces
+from streamlm.shards import open_dataset
+from streamlm.text import iter_pieces
+from streamlm.tokenizer import encode
 from streamlm.vocab import Vocab
 
 FUZZ = settings(max_examples=150, deadline=None,
@@ -28,7 +29,8 @@ VOCAB = Vocab(["<unk>", "<eos>", "a", "b", "é", "日"])
 
 def _encode_all(path, errors):
     total = 0
-    for ids, _ in encode_lines(iter_pieces(path, errors=errors), VOCAB):
+    for blk in encode(iter_pieces(path, errors=errors), VOCAB, docs=False):
+        ids = blk.ids
         assert ids.dtype == np.int32
         assert ids.size == 0 or (ids.min() >= 0 and ids.max() < len(VOCAB))
         total += ids.size

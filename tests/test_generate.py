@@ -1,9 +1,9 @@
 """`streamlm generate`: seeded sampling, the sampling rule itself, formatting, bad options."""
 
 
-import helpers
 import numpy as np
 import pytest
+from helpers import cli
 
 from streamlm.generate import format_words, generate
 from streamlm.model import RNNLM
@@ -24,10 +24,6 @@ def model_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("gen") / "m.npz"
     save_model(path, p, WORDS)
     return path
-
-
-def cli(*args):
-    return helpers.cli(*args, timeout=120)
 
 
 def test_same_seed_same_text(model_file):
@@ -57,13 +53,15 @@ def test_sampling_rule_matches_numpy(model_file, temperature):
     model = RNNLM(m.params)
     rng = np.random.default_rng(11)
     ctx = [1, WORDS.index("w3"), 0, WORDS.index("w5")]  # <eos>, prompt; unknown -> <unk>
+    h = None
     for i in ctx:
-        lp = model.step_logprobs(np.array([i]))[0].astype(np.float64)
+        h = model.step(np.array([i]), h)
     want = []
     for _ in range(40):
+        lp = model.logprobs(h)[0].astype(np.float64)
         k = _softmax_sample(lp, temperature, rng.random())
         want.append(WORDS[k])
-        lp = model.step_logprobs(np.array([k]))[0].astype(np.float64)
+        h = model.step(np.array([k]), h)
     assert got == want
 
 
@@ -72,12 +70,12 @@ def test_low_temperature_is_greedy(model_file):
 
     got = list(generate(model_file, words=15, seed=0, temperature=1e-4))
     model = RNNLM(load_model(model_file).params)
-    lp = model.step_logprobs(np.array([1]))[0]
+    h = model.step(np.array([1]))
     want = []
     for _ in range(15):
-        k = int(np.argmax(lp))
+        k = int(np.argmax(model.logprobs(h)[0]))
         want.append(WORDS[k])
-        lp = model.step_logprobs(np.array([k]))[0]
+        h = model.step(np.array([k]), h)
     assert got == want
 
 

@@ -7,6 +7,8 @@ import zipfile
 import numpy as np
 import pytest
 import reference as ref
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamlm.errors import ModelFileError
 from streamlm.model import RNNLM
@@ -40,8 +42,7 @@ def test_forward_backward_match_reference(recur, N, T, D, H):
     if N * T > 1:
         ts[0, 0] = -1  # an ignored label
     m = RNNLM(p, recur=recur)
-    m.set_state(h0)
-    loss = m.forward(xs, ts)
+    loss, hT = m.forward(xs, ts, h0)
     g = p.zeros_like()
     dh0 = m.backward(g)
     want_loss, want = ref.model_grads(_arrays(p), xs, ts, h0)
@@ -49,15 +50,14 @@ def test_forward_backward_match_reference(recur, N, T, D, H):
     for name in PARAM_NAMES:
         np.testing.assert_allclose(g[name], want[name], rtol=1e-9, atol=1e-12, err_msg=name)
     np.testing.assert_allclose(dh0, want["h0"], rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(m.h, want["h_last"], rtol=1e-10)
+    np.testing.assert_allclose(hT, want["h_last"], rtol=1e-10)
 
 
 def test_float32_model_matches_float64_reference():
     p64, xs, ts, h0 = _setup(N=4, T=6, V=50, D=8, H=16)
     p32 = p64.astype(np.float32)
     m = RNNLM(p32)
-    m.set_state(h0)
-    loss = m.forward(xs, ts)
+    loss, _ = m.forward(xs, ts, h0.astype(np.float32))
     g = p32.zeros_like()
     m.backward(g)
     want_loss, want = ref.model_grads(_arrays(p64), xs, ts, h0)
@@ -97,8 +97,7 @@ def test_finite_difference_gradients(tied, dropout):
 
     def loss():
         m.rng.bit_generator.state = rng_state  # same dropout masks every call
-        m.set_state(state["h0"])
-        return m.forward(xs, ts, train=True)
+        return m.forward(xs, ts, state["h0"], train=True)[0]
 
     loss()
     g = p.zeros_like()
@@ -119,8 +118,7 @@ def test_gradient_check_detects_a_wrong_gradient():
     m = RNNLM(p)
 
     def loss():
-        m.set_state(h0)
-        return m.forward(xs, ts)
+        return m.forward(xs, ts, h0)[0]
 
     loss()
     g = p.zeros_like()
@@ -137,44 +135,77 @@ def test_truncated_bptt_block_loss_equals_long_sequence():
     rng = np.random.default_rng(3)
     xs = rng.integers(0, 9, size=(2, 8)).astype(np.int32)
     ts = rng.integers(0, 9, size=(2, 8)).astype(np.int32)
-    whole = RNNLM(p)
-    nll_whole = whole.nll(xs, ts)
+    nll_whole, h_whole = RNNLM(p).nll(xs, ts)
     blocks = RNNLM(p)
-    blocks.forward(xs[:, :3], ts[:, :3])
-    loss2 = blocks.forward(xs[:, 3:], ts[:, 3:])
+    _, carried = blocks.forward(xs[:, :3], ts[:, :3])
+    loss2, h2 = blocks.forward(xs[:, 3:], ts[:, 3:], carried)
     np.testing.assert_allclose(loss2, nll_whole[:, 3:].mean(), rtol=1e-12)
-    np.testing.assert_allclose(blocks.h, whole.h, rtol=1e-12)
+    np.testing.assert_allclose(h2, h_whole, rtol=1e-12)
     # the gradient of block 2 does not depend on the tokens of block 1
     # except through the carried (constant) h0
     g = p.zeros_like()
     blocks.backward(g)
-    h0 = RNNLM(p)
-    h0.forward(xs[:, :3], ts[:, :3])
-    carried = h0.h.copy()
     _, want = ref.model_grads(_arrays(p), xs[:, 3:], ts[:, 3:], carried)
     for name in PARAM_NAMES:
         np.testing.assert_allclose(g[name], want[name], rtol=1e-9, atol=1e-12)
 
 
+def test_the_model_keeps_no_state_between_calls():
+    """The carried state is the caller's: the same call gives the same answer
+    whatever came before, and the returned state is a new array."""
+    p, xs, ts, h0 = _setup(N=3, T=5, V=8, D=3, H=4)
+    m = RNNLM(p)
+    a, ha = m.nll(xs, ts, h0)
+    m.forward(xs[:, ::-1], ts, h0 * 2)
+    m.nll(xs, ts)
+    b, hb = m.nll(xs, ts, h0)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ha, hb)
+    hb[...] = 7.0  # the caller's copy: changing it changes nothing inside
+    np.testing.assert_array_equal(m.nll(xs, ts, h0)[1], ha)
+    with pytest.raises(ValueError, match="state has shape"):
+        m.nll(xs, ts, h0[:2])
+
+
+@st.composite
+def _cuts(draw, L=40):
+    inner = draw(st.lists(st.integers(1, L - 1), max_size=8, unique=True))
+    return [0, *sorted(inner), L]
+
+
 @pytest.mark.parametrize("recur", ["kernel", "blas"])
-def test_nll_in_chunks_equals_whole_and_reset(recur):
+@settings(max_examples=25, deadline=None)
+@given(cuts=_cuts())
+def test_nll_in_chunks_equals_whole(recur, cuts):
+    """Scoring in chunks split at any points gives the same NLL and final state."""
+    p, _, _, _ = _setup(N=1, T=1, V=11, D=4, H=6)
+    rng = np.random.default_rng(8)
+    L = cuts[-1]
+    x = rng.integers(0, 11, size=(2, L)).astype(np.int32)
+    t = rng.integers(0, 11, size=(2, L)).astype(np.int32)
+    m = RNNLM(p, recur=recur)
+    want, h_want = m.nll(x, t)
+    h, parts = None, []
+    for a, b in zip(cuts, cuts[1:]):
+        nll, h = m.nll(x[:, a:b], t[:, a:b], h)
+        parts.append(nll)
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), want, rtol=1e-12)
+    np.testing.assert_allclose(h, h_want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("recur", ["kernel", "blas"])
+def test_reset_is_a_zero_state(recur):
     p, _, _, _ = _setup(N=1, T=1, V=11, D=4, H=6)
     rng = np.random.default_rng(8)
     L = 40
     x = rng.integers(0, 11, size=(1, L)).astype(np.int32)
     t = rng.integers(0, 11, size=(1, L)).astype(np.int32)
-    whole = RNNLM(p, recur=recur)
-    want = whole.nll(x, t)
-    m = RNNLM(p, recur=recur)
-    cuts = [0, 1, 8, 9, 25, L]
-    got = np.concatenate([m.nll(x[:, a:b], t[:, a:b]) for a, b in zip(cuts, cuts[1:])], axis=1)
-    np.testing.assert_allclose(got, want, rtol=1e-12)
-    np.testing.assert_allclose(m.h, whole.h, rtol=1e-12)
+    want, _ = RNNLM(p, recur=recur).nll(x, t)
     # reset at position 20 == scoring the tail from a zero state
     reset = np.zeros((1, L), np.uint8)
     reset[0, 20] = 1
-    r = RNNLM(p, recur=recur).nll(x, t, reset=reset)
-    tail = RNNLM(p, recur=recur).nll(x[:, 20:], t[:, 20:])
+    r, _ = RNNLM(p, recur=recur).nll(x, t, reset=reset)
+    tail, _ = RNNLM(p, recur=recur).nll(x[:, 20:], t[:, 20:])
     np.testing.assert_allclose(r[:, 20:], tail, rtol=1e-12)
     np.testing.assert_allclose(r[:, :20], want[:, :20], rtol=1e-12)
     assert not np.allclose(r[:, 20:], want[:, 20:])
@@ -183,13 +214,11 @@ def test_nll_in_chunks_equals_whole_and_reset(recur):
 def test_nll_matches_reference_and_forward():
     p, xs, ts, h0 = _setup(N=3, T=5, V=8, D=3, H=4)
     m = RNNLM(p)
-    m.set_state(h0)
-    got = m.nll(xs, ts)
+    got, hT = m.nll(xs, ts, h0)
     _, h_last, want = ref.model_loss(_arrays(p), xs, ts, h0)
     np.testing.assert_allclose(got, want, rtol=1e-10)
-    np.testing.assert_allclose(m.h, h_last, rtol=1e-10)
-    m.set_state(h0)
-    np.testing.assert_allclose(m.forward(xs, ts), want.mean(), rtol=1e-12)
+    np.testing.assert_allclose(hT, h_last, rtol=1e-10)
+    np.testing.assert_allclose(m.forward(xs, ts, h0)[0], want.mean(), rtol=1e-12)
 
 
 def test_out_of_range_ids_are_refused_before_any_kernel():
@@ -323,10 +352,27 @@ def test_model_file_wrong_shape_extra_and_missing(tmp_path):
         load_model(path)
 
 
+def test_a_version_1_file_written_before_the_restructuring_loads():
+    """tests/data/model_v1.npz was written by streamlm at 79a6f8e; it loads, and it
+    scores what the numpy reference computes from its arrays."""
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / "model_v1.npz"
+    m = load_model(path, dtype=np.float64)
+    assert m.meta["format_version"] == 1 and m.vocab[:2] == ["<unk>", "<eos>"]
+    xs = np.array([[1, 2, 3, 4]], np.int32)
+    ts = np.array([[2, 3, 4, 1]], np.int32)
+    got, _ = RNNLM(m.params).nll(xs, ts)
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {n: z[n].astype(np.float64) for n in PARAM_NAMES}
+    _, _, want = ref.model_loss(arrays, xs, ts, np.zeros((1, 5)))
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
 def test_model_file_not_npz_and_missing(tmp_path):
     p = tmp_path / "x.npz"
     p.write_text("hello")
-    with pytest.raises(ModelFileError, match="x.npz"):
+    with pytest.raises(ModelFileError, match="x.npz: not a streamlm model file: not an .npz"):
         load_model(p)
     with pytest.raises(ModelFileError, match="not found"):
         load_model(tmp_path / "nope.npz")

@@ -2,24 +2,18 @@ import gzip
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import helpers
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import assert_one_error_line
+from helpers import assert_one_error_line, cli
 
-from streamlm import data
-from streamlm.data import open_dataset, prepare
+from streamlm import prepare as prepare_module
 from streamlm.errors import InputError, UsageError
-
-PTB = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ptb"
-
-
-def cli(*args, stdin=None):
-    return helpers.cli(*args, stdin=stdin, timeout=120)
+from streamlm.prepare import prepare
+from streamlm.shards import open_dataset
 
 
 def all_ids(out):
@@ -27,7 +21,8 @@ def all_ids(out):
 
 
 # -------------------------------------------------------------------- PTB --
-def test_ptb_counts(tmp_path):
+def test_ptb_counts(shared_data, tmp_path):
+    PTB = shared_data / "ptb"
     m = prepare([str(PTB / "ptb.train.txt.gz")], tmp_path / "train")
     assert m["num_tokens"] == 929_589 and m["vocab"]["size"] == 10_000
     assert m["unk_tokens"] == 45_020
@@ -41,7 +36,8 @@ def test_ptb_counts(tmp_path):
         assert text.split().count("<unk>") == unk
 
 
-def test_ptb_valid_decodes_exactly(tmp_path):
+def test_ptb_valid_decodes_exactly(shared_data, tmp_path):
+    PTB = shared_data / "ptb"
     m = prepare([str(PTB / "ptb.valid.txt")], tmp_path / "v", shard_tokens=20_000,
                 row_group_tokens=4096)
     assert len(m["shards"]) == 4
@@ -97,7 +93,7 @@ def test_interrupted_publish_leaves_no_dataset(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data, "atomic_open", boom)  # dies just before the manifest
+    monkeypatch.setattr(prepare_module, "atomic_open", boom)  # dies just before the manifest
     with pytest.raises(KeyboardInterrupt):
         prepare([str(t)], out)
     with pytest.raises(InputError, match="incomplete"):
@@ -187,15 +183,14 @@ def test_bad_dataset_errors_are_one_line(tmp_path):
     pq.write_table(pa.table({"token_id": pa.array([1, None, 3], pa.int32())}),
                    tmp_path / "n.parquet")
     code = ("import sys; from streamlm.cli import main, app\n"
-            "from streamlm.data import open_dataset\n"
+            "from streamlm.shards import open_dataset\n"
             "@app.command('peek')\n"
             "def peek(path: str, v: int = 10):\n"
             "    ds = open_dataset(path, vocab_size=v); list(ds.iter_chunks(100))\n"
             "main(sys.argv[1:])\n")
     r = subprocess.run([sys.executable, "-c", code, "peek", str(tmp_path / "n.parquet")],
-                       check=False, capture_output=True, timeout=120)
-    assert_one_error_line(r.returncode, r.stderr.decode(), "n.parquet", "row group 0, row 1",
-                          "null")
+                       check=False, capture_output=True, timeout=120, text=True)
+    assert_one_error_line(r.returncode, r.stderr, "n.parquet", "row group 0, row 1", "null")
 
 
 def test_prepare_from_a_named_pipe_equals_the_file(tmp_path):

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
+import re
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,17 +21,11 @@ import pyarrow as pa
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import pytest
+from helpers import run
 
 from streamlm.params import ModelConfig, Params, save_model
 
 WORDS = "the cat sat on a mat and dog ran to big red house".split()
-
-
-def run_cli(*args, cwd=None, timeout=180, stdin=None):
-    env = dict(os.environ, PYTHONWARNINGS="ignore", COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "streamlm", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env,
-                          input=stdin)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +35,7 @@ def base(tmp_path_factory):
     rng = np.random.default_rng(0)
     lines = [" ".join(WORDS[i] for i in rng.integers(0, len(WORDS), 6)) for _ in range(200)]
     (d / "train.txt").write_text("\n".join(lines) + "\n")
-    r = run_cli("prepare", d / "train.txt", "--out", d / "prep")
+    r = run("prepare", d / "train.txt", "--out", d / "prep")
     assert r.returncode == 0, r.stderr
     vocab = (d / "prep" / "vocab.txt").read_text().split("\n")
     vocab = [w for w in vocab if w]
@@ -247,14 +239,19 @@ def _feather_bytes(b):
     return buf.getvalue()
 
 
-def test_at_least_twenty_distinct_cases():
-    assert len({c.name for c in CASES}) == len(CASES) >= 20
+def test_the_readme_counts_the_cases_that_run():
+    """The README's figure is the number of distinct cases here (it fails when a case
+    is added, removed or renamed twice without the README following)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    m = re.search(r"`tests/test_reliability.py` tries (\d+) such", readme)
+    assert m, "the README no longer says how many cases test_reliability.py tries"
+    assert len({c.name for c in CASES}) == len(CASES) == int(m.group(1))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_hostile_input(case, base, tmp_path):
     argv = case.make(base, tmp_path)
-    r = run_cli(*argv, cwd=tmp_path)
+    r = run(*argv, cwd=tmp_path)
     err_lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode != 0, f"accepted: {r.stdout}\n{r.stderr}"
     assert 0 < r.returncode < 128, r.returncode  # an exit, not a signal
@@ -295,14 +292,14 @@ def _random_text(n_lines: int) -> bytes:
 # ---------------------------------------------------------- accepted inputs --
 def test_no_trailing_newline_and_blank_lines_are_counted(base, tmp_path):
     f = _w(tmp_path, "x.txt", b"the cat\n\nsat on")
-    r = run_cli("score", base["dir"] / "model.npz", f, "--json")
+    r = run("score", base["dir"] / "model.npz", f, "--json")
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     assert got["tokens"] == 4 + 3  # 4 words + one <eos> per line (3 lines)
     blank = _w(tmp_path, "b.txt", b"\n\n\n")
-    r = run_cli("score", base["dir"] / "model.npz", blank, "--json")
+    r = run("score", base["dir"] / "model.npz", blank, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["tokens"] == 3
-    r = run_cli("prepare", blank, "--out", tmp_path / "p", "--docs", "blank-line")
+    r = run("prepare", blank, "--out", tmp_path / "p", "--docs", "blank-line")
     assert r.returncode != 0 and "Traceback" not in r.stderr  # no token at all: empty dataset
 
 
@@ -313,7 +310,7 @@ def test_hundred_megabyte_line_without_newline(base, tmp_path):
         block = word * (1 << 18)  # 1 MiB
         for _ in range(100):
             f.write(block)
-    r = run_cli("prepare", big, "--out", tmp_path / "p", "--vocab",
+    r = run("prepare", big, "--out", tmp_path / "p", "--vocab",
                 base["dir"] / "prep" / "vocab.txt", "--json", timeout=600)
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout)

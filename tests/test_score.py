@@ -14,12 +14,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import reference as ref
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from streamlm.data import prepare
+from streamlm.engines import NumpyRNN
 from streamlm.errors import InputError, UsageError
 from streamlm.params import ModelConfig, Params, load_model, save_model
-from streamlm.score import NumpyRNN, score
-from streamlm.text import encode_lines, iter_pieces
+from streamlm.prepare import prepare
+from streamlm.score import score
+from streamlm.text import iter_pieces
+from streamlm.tokenizer import Block, encode
 from streamlm.vocab import Vocab
 
 TRAIN = """the cat sat on the mat
@@ -72,12 +76,11 @@ def ref_nll(model_path, ids, eos, segment_starts=(0,)):
 
 
 def text_ids(path, vocab, docs="none"):
-    chunks = list(encode_lines(iter_pieces(path), vocab, docs))
-    if not chunks:
+    blocks = list(encode(iter_pieces(path), vocab, docs=docs != "none"))
+    if not blocks:
         return np.zeros(0, np.int32), None
-    ids = np.concatenate([c[0] for c in chunks])
-    ds = np.concatenate([c[1] for c in chunks]) if docs != "none" else None
-    return ids, ds
+    b = Block.join(blocks)
+    return b.ids, (b.doc_starts(-1) if docs != "none" else None)
 
 
 # ------------------------------------------------------------- accounting --
@@ -125,21 +128,9 @@ def test_training_loss_agrees(lm):
     ids, _ = text_ids(lm["text"], v)
     m = load_model(lm["path"])
     xs = np.concatenate([[v.eos_id], ids[:-1]])[None, :]
-    mean = RNNLM(m.params).forward(xs, ids[None, :])
+    mean, _ = RNNLM(m.params).forward(xs, ids[None, :])
     r = score(lm["path"], [lm["text"]], engine="numba").summary
     assert -r["logprob"] == pytest.approx(mean * len(ids), rel=1e-5)
-
-
-def test_encoder_matches_prepare(lm, tmp_path):
-    # the scorer tokenises like prepare: compare with prepared shards (both doc modes)
-    for docs, reset in (("none", "none"), ("blank-line", "doc")):
-        out = tmp_path / docs
-        prepare([lm["text"]], out, vocab_path=None, docs=docs)
-        # the prepared vocab differs from the model's: compare token counts and doc splits
-        a = score(lm["path"], [lm["text"]], reset=reset, engine="numpy").summary
-        ids, _ = text_ids(lm["text"], lm["vocab"], docs)
-        assert a["tokens"] == len(ids) == json.loads((out / "manifest.json").read_text())[
-            "num_tokens"]
 
 
 # ------------------------------------------------------------- exactness --
@@ -163,15 +154,27 @@ def test_engines_agree(lm):
     np.testing.assert_allclose(a.final_states[0], b.final_states[0], atol=1e-5)
 
 
-def test_random_splits_equal_whole_ptb(shared_data, lm, tmp_path):
-    # streaming invariant on real text: 2,000 PTB lines, chunked at odd sizes
+@pytest.fixture(scope="module")
+def ptb_lines(shared_data, tmp_path_factory):
     src = shared_data / "ptb" / "ptb.valid.txt"
-    small = tmp_path / "v.txt"
+    small = tmp_path_factory.mktemp("ptb") / "v.txt"
     small.write_text("".join(src.read_text().splitlines(True)[:400]))
-    whole = score(lm["path"], [small], chunk_tokens=10**7, engine="numba")
-    for c in (333, 1024):
-        r = score(lm["path"], [small], chunk_tokens=c, engine="numba")
-        assert r.summary["logprob"] == pytest.approx(whole.summary["logprob"], rel=1e-6)
+    return small
+
+
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunk=st.integers(17, 3000), batch=st.integers(1, 20),
+       reset=st.sampled_from(["none", "line"]))
+def test_any_chunking_equals_whole_on_ptb(lm, ptb_lines, chunk, batch, reset):
+    """The streaming invariant on real text (400 PTB lines): any chunk length and
+    batch give the totals and the final state of one whole-input call."""
+    whole = score(lm["path"], [ptb_lines], chunk_tokens=10**7, reset=reset, engine="numba")
+    r = score(lm["path"], [ptb_lines], chunk_tokens=chunk, batch=batch, reset=reset,
+              engine="numba")
+    assert r.summary["tokens"] == whole.summary["tokens"]
+    assert r.summary["logprob"] == pytest.approx(whole.summary["logprob"], rel=1e-6)
+    if reset == "none":
         np.testing.assert_allclose(r.final_states[0], whole.final_states[0], atol=1e-5)
 
 
@@ -265,7 +268,6 @@ def test_empty_input(lm, tmp_path):
 def test_numpy_rnn_rejects_bad_ids(lm):
     m = load_model(lm["path"])
     r = NumpyRNN(m.params)
-    r.set_state(np.zeros((1, 6)))
     with pytest.raises(ValueError):
         r.nll(np.array([[len(lm["vocab"])]]), np.array([[0]]))
 

@@ -1,17 +1,12 @@
-"""`streamlm score` as a user runs it: subprocesses, one-line errors, real SIGKILL resume."""
+"""`streamlm score` as a user runs it: subprocesses, one-line errors. (The kill -9 and
+resume test is in test_faults.py.)"""
 
 from __future__ import annotations
 
 import gzip
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -129,7 +124,7 @@ def test_bad_input_one_line(env, tmp_path, case):
         model.write_bytes((env / "m.npz").read_bytes()[:-100])
         args, needles = [env / "a.txt"], ["m.npz", "corrupt"]
     elif case == "vocab":
-        from streamlm.data import prepare
+        from streamlm.prepare import prepare
 
         prepare([env / "a.txt"], tmp_path / "sh")  # its own vocabulary, not the model's
         args, needles = [tmp_path / "sh"], ["sh", "vocabulary"]
@@ -152,51 +147,3 @@ def test_errors_replace(env, tmp_path):
     rc, out, err = cli("score", env / "m.npz", p, "--errors", "replace", "--json")
     assert rc == 0, err
     assert json.loads(out)["tokens"] == 3
-
-
-def test_sigkill_resume_gives_uninterrupted_totals(env, tmp_path):
-    # a text big enough that scoring one token per call takes several seconds
-    rng = np.random.default_rng(0)
-    words = TRAIN.split() + ["zebra"]
-    lines = [" ".join(rng.choice(words, size=rng.integers(0, 12))) for _ in range(2500)]
-    big = tmp_path / "big.txt"
-    big.write_text("\n".join(lines) + "\n")
-    base = ["score", env / "m.npz", big, "--engine", "numpy", "--chunk-tokens", "4",
-            "--json", "--output", tmp_path / "w.jsonl", "--level", "word"]
-    rc, out, err = cli(*base)
-    assert rc == 0, err
-    full = json.loads(out)
-    reference_words = (tmp_path / "w.jsonl").read_text()
-    (tmp_path / "w.jsonl").unlink()
-
-    ck = tmp_path / "ck.npz"
-    args = [*base, "--checkpoint", ck, "--checkpoint-every", "40"]
-    kills = 0
-    for _ in range(2):
-        p = subprocess.Popen([sys.executable, "-m", "streamlm", *map(str, args)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        t0 = time.monotonic()
-        while not ck.exists() and time.monotonic() - t0 < 60 and p.poll() is None:
-            time.sleep(0.02)
-        time.sleep(0.1)
-        if p.poll() is None:
-            os.kill(p.pid, signal.SIGKILL)
-            kills += 1
-        p.communicate()
-        if p.returncode == 0:
-            break
-        assert p.returncode == -signal.SIGKILL
-        assert not (tmp_path / "w.jsonl").exists()
-    assert kills >= 1
-    with np.load(ck) as z:
-        done = json.loads(str(z["meta"]))["inputs"][0]["scored"]
-    # killed mid-way (or, on a fast machine, after the final checkpoint but before exit)
-    assert 0 < done <= full["tokens"]
-    rc, out, err = cli(*args)
-    assert rc == 0, err
-    assert "resuming" in err
-    got = json.loads(out)
-    assert got["tokens"] == full["tokens"] and got["oov"] == full["oov"]
-    assert got["logprob"] == pytest.approx(full["logprob"], rel=1e-12)
-    assert (tmp_path / "w.jsonl").read_text() == reference_words
-    assert not ck.exists()

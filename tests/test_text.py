@@ -2,14 +2,12 @@ import bz2
 import gzip
 import lzma
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamlm.errors import InputError
-from streamlm.text import encode_lines, iter_lines, iter_pieces, open_binary
-from streamlm.vocab import Vocab
+from streamlm.text import iter_lines, iter_pieces, open_binary
 
 
 def naive_lines(data: bytes):
@@ -155,41 +153,3 @@ def test_long_line_is_split_into_pieces(tmp_path):
     assert max(len(" ".join(x.words)) for x in pieces) < 3 * 1024
     assert [w for x in pieces for w in x.words] == words
     assert [x.last for x in pieces] == [False] * (len(pieces) - 1) + [True]
-
-
-def _vocab():
-    return Vocab.from_words(["<unk>", "<eos>", "a", "b", "c"])
-
-
-def naive_encode(lines, vocab, docs):
-    ids, starts, new_doc = [], [], True
-    for words in lines:
-        if docs == "blank-line" and not words:
-            new_doc = True
-            continue
-        if new_doc:
-            starts.append(len(ids))
-            new_doc = False
-        ids += [vocab.index.get(w, vocab.unk_id) for w in words] + [vocab.eos_id]
-    return ids, starts
-
-
-@pytest.mark.parametrize("docs", ["none", "blank-line"])
-@pytest.mark.parametrize("chunk", [1, 3, 1000])
-def test_encode_lines_accounting(tmp_path, docs, chunk):
-    text = "\n\na b zz\n\n\nc\n  \nb <unk>\n"
-    p = tmp_path / "t.txt"
-    p.write_text(text)
-    v = _vocab()
-    chunks = list(encode_lines(iter_pieces(p, block_size=2), v, docs, chunk_tokens=chunk))
-    ids = np.concatenate([c[0] for c in chunks])
-    want_ids, starts = naive_encode([ln.split() for ln in text.split("\n")[:-1]], v, docs)
-    if docs == "none":
-        assert ids.tolist() == want_ids
-        assert len(ids) == 9 + 5  # 9 lines, 5 words
-        assert all(c[1] is None for c in chunks)
-    else:
-        ds = np.concatenate([c[1] for c in chunks])
-        assert ids.tolist() == want_ids
-        assert np.flatnonzero(ds).tolist() == starts == [0, 4, 6]
-    assert all(c[0].dtype == np.int32 and len(c[0]) > 0 for c in chunks)

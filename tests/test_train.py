@@ -1,30 +1,28 @@
-"""The trainer: CLI end to end, bitwise resume after a real SIGKILL, NaN stop,
-lr decay, the JSONL log, exact validation perplexity and bad options."""
+"""The trainer: CLI end to end, resume, NaN stop, lr decay, the JSONL log, exact
+validation perplexity and bad options. (Bitwise resume after kill -9 is in
+test_faults.py.)"""
 
 import json
 import math
-import signal
-import subprocess
-import sys
-import time
 
-import helpers
 import numpy as np
 import pytest
 import reference as ref
+from helpers import cli, markov_text
 from typer.testing import CliRunner
 
 from streamlm.cli import app
-from streamlm.data import open_dataset, prepare
 from streamlm.errors import TrainingDiverged, UsageError
 from streamlm.params import PARAM_NAMES, ModelConfig, Params, load_model
+from streamlm.prepare import prepare
+from streamlm.shards import open_dataset
 from streamlm.train import TrainConfig, checkpoint_path, evaluate, train
 
 LOG_KEYS = {"step", "epoch", "tokens", "train_ppl", "valid_ppl", "lr", "tokens_per_s",
             "elapsed_s"}
 
 
-_toy_text = helpers.markov_text
+_toy_text = markov_text
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +38,6 @@ def corpus(tmp_path_factory):
     prepare([str(d / "valid.txt")], d / "valid", vocab_path=vocab)
     prepare([str(d / "other.txt")], d / "other", vocab_path=vocab)
     return d
-
-
-def cli(*args, timeout=240):
-    return helpers.cli(*args, timeout=timeout)
 
 
 def _arrays(path):
@@ -105,54 +99,7 @@ def test_evaluate_is_exact_one_stream(corpus):
     assert got["ppl"] == pytest.approx(math.exp(float(want)), rel=1e-10)
 
 
-# ----------------------------------------------------- resume after kill --
-def test_resume_after_sigkill_is_bitwise_identical(corpus, tmp_path):
-    args = [corpus / "train", "--valid", corpus / "other", "--embed", "24", "--hidden", "24",
-            "--batch", "8", "--bptt", "5", "--epochs", "4", "--optimizer", "adam",
-            "--lr", "0.02", "--clip", "0.5", "--dropout", "0.3", "--tie-weights",
-            "--seed", "7", "--checkpoint-every", "10", "--log-interval", "20"]
-    a, b = tmp_path / "a", tmp_path / "b"
-    rc, _, se = cli("train", *args, "--out", a / "m.npz", "--log", a / "log.jsonl")
-    assert rc == 0, se
-
-    ckpt = checkpoint_path(b / "m.npz")
-    cmd = [sys.executable, "-m", "streamlm", "train", *map(str, args), "--out",
-           str(b / "m.npz"), "--log", str(b / "log.jsonl")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    with np.load(ckpt, allow_pickle=False) as z:
-        killed_at = json.loads(str(z["state"]))["batcher"]["time_idx"] // 5
-    total = 4 * ((open_dataset(corpus / "train").num_tokens - 1) // 40)
-    assert 0 < killed_at < total
-
-    rc, so, se = cli("train", *args, "--out", b / "m.npz", "--log", b / "log.jsonl",
-                     "--resume", "--json")
-    assert rc == 0, se
-    assert "resumed from" in se
-    # the best model and the final checkpoint's weights, moments and state: bitwise equal
-    for f in ("m.npz", "m.ckpt.npz"):
-        x, y = _arrays(a / f), _arrays(b / f)
-        assert x.keys() == y.keys()
-        for k in x:
-            if k in ("meta", "state"):
-                continue
-            assert x[k].tobytes() == y[k].tobytes(), (f, k)
-    assert _arrays(a / "m.npz")["meta"] == _arrays(b / "m.npz")["meta"]
-    # and the log holds the same records (timings aside)
-    def strip(path):
-        return [{k: v for k, v in json.loads(line).items()
-                 if k not in ("tokens_per_s", "elapsed_s")}
-                for line in path.read_text().splitlines()]
-    assert strip(a / "log.jsonl") == strip(b / "log.jsonl")
-
-
+# ------------------------------------------------------------------ resume --
 def test_resume_refuses_other_options(corpus, tmp_path):
     out = tmp_path / "m.npz"
     cfg = TrainConfig(embed=8, hidden=8, batch=4, bptt=5, epochs=1, optimizer="sgd", lr=0.1,
@@ -186,7 +133,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(corpus, tmp_path):
     assert "checkpoint" in err[0]
     ck = _arrays(checkpoint_path(out))
     assert np.isfinite(ck["params"]).all()
-    state = json.loads(str(ck["state"]))
+    state = json.loads(str(ck["meta"]))
     assert state["batcher"]["time_idx"] >= 10  # at least one good step was kept
 
 

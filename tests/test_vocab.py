@@ -1,7 +1,6 @@
 import gzip
 import hashlib
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,8 +8,6 @@ import pytest
 from streamlm.errors import InputError, UsageError
 from streamlm.text import iter_lines
 from streamlm.vocab import Vocab
-
-PTB = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ptb"
 
 
 def test_build_order_and_ties():
@@ -83,7 +80,8 @@ def test_load_errors(tmp_path):
         Vocab.load(p)
 
 
-def test_ptb_train_gives_10000():
+def test_ptb_train_gives_10000(shared_data):
+    PTB = shared_data / "ptb"
     counts = Counter()
     for line in iter_lines(PTB / "ptb.train.txt.gz"):
         counts.update(line.words)

@@ -1,40 +1,21 @@
-"""Token shards: ``prepare`` text into Parquet shards, read shards back lazily, batch them.
+"""Token shards read back: Parquet / Arrow IPC files of token ids, one block at a time.
 
-Prepared directory layout (format version 1)
---------------------------------------------
-``vocab.txt``            one word per line, id order (see :mod:`streamlm.vocab`)
-``shard-00000.parquet``  column ``token_id`` (int32, no nulls), row groups of
-                         ``row_group_tokens`` (65,536) tokens; with ``docs="blank-line"``
-                         also a column ``doc_start`` (bool, True on a document's first
-                         token). Shards are plain consecutive slices of the one token
-                         stream; every input file starts a new document.
-``manifest.json``        written last; a directory without it is not a dataset.
+:func:`open_dataset` opens a prepared directory (``streamlm prepare``: its
+manifest, vocabulary and shards are checked against each other) or Parquet /
+Arrow IPC (Feather v2) files whose column is integers (one token stream) or
+``list<integer>`` (one document per row). Files are kept in the order given;
+a directory's files are taken in sorted name order.
 
-``prepare`` writes everything into a hidden staging directory inside ``out_dir``,
-then removes any old ``manifest.json``, moves the files in, deletes stale shards
-and finally writes the new manifest atomically. On any error the staging
-directory is removed, so an interrupted run leaves no manifest (and an old
-dataset in the same directory stops being accepted once its manifest is gone).
-
-Reading (:func:`open_dataset`) accepts a prepared directory, or Parquet / Arrow IPC
-(Feather v2) files whose column is integers or ``list<integer>`` (one document per
-row). Every block (row group / record batch) is validated (nulls, ids in
-``[0, V)``) before it is handed out: numba kernels do no bounds checking.
+Every block (row group / record batch) is validated before it is handed out:
+no nulls, ids in ``[0, V)``. Numba kernels do no bounds checking.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import logging
 import os
-import shutil
-import sys
-import tempfile
-import time
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -45,272 +26,24 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyarrow import ipc
 
-from streamlm import __version__
-from streamlm.atomic import atomic_open, atomic_path, sha256_file, umask
+from streamlm.atomic import sha256_file
 from streamlm.errors import InputError, UsageError
-from streamlm.text import (
-    DOCS_MODES,
-    ERRORS_MODES,
-    check_readable,
-    display_name,
-    encode_lines,
-    is_stream,
-    iter_pieces,
+from streamlm.formats import (
+    ARROW_STREAM_MAGIC,
+    FEATHER_V1_MAGIC,
+    MANIFEST,
+    SHARD_GLOB,
+    SHARDS_FORMAT,
+    SHARDS_VERSION,
+    TABLE_SUFFIXES,
+    VOCAB_FILE,
+    table_kind,
 )
 from streamlm.vocab import Vocab
 
-log = logging.getLogger("streamlm.data")
-
-FORMAT = "streamlm-shards"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-VOCAB_FILE = "vocab.txt"
-ROW_GROUP_TOKENS = 1 << 16
-DATA_SUFFIXES = (".parquet", ".arrow", ".feather", ".ipc")
 _INT32_MAX = np.iinfo(np.int32).max
-_LOG_EVERY_S = 5.0
 
 
-# ================================================================ prepare ==
-class _ShardWriter:
-    """Cuts one token stream into shards of ``shard_tokens`` and row groups."""
-
-    def __init__(self, out_dir: Path, shard_tokens: int, row_group_tokens: int, docs: bool):
-        self.out_dir = out_dir
-        self.shard_tokens = shard_tokens
-        self.rg = min(row_group_tokens, shard_tokens)
-        self.docs = docs
-        fields = [pa.field("token_id", pa.int32(), nullable=False)]
-        if docs:
-            fields.append(pa.field("doc_start", pa.bool_(), nullable=False))
-        self.schema = pa.schema(fields)
-        self.shards: list[dict] = []
-        self._stack: contextlib.ExitStack | None = None
-        self._writer: pq.ParquetWriter | None = None
-        self._tmp: Path | None = None
-        self._in_shard = 0  # tokens written or buffered in the open shard
-        self._buf: list[np.ndarray] = []
-        self._dbuf: list[np.ndarray] = []
-        self._nbuf = 0
-        self.tokens = 0
-        self.documents = 0
-
-    def _open(self) -> None:
-        name = f"shard-{len(self.shards):05d}.parquet"
-        self._stack = contextlib.ExitStack()
-        self._tmp = self._stack.enter_context(atomic_path(self.out_dir / name))
-        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="snappy")
-        self._name = name
-        self._in_shard = 0
-
-    def _flush(self) -> None:
-        if not self._nbuf:
-            return
-        ids = np.concatenate(self._buf)
-        cols = [pa.array(ids, type=pa.int32())]
-        if self.docs:
-            cols.append(pa.array(np.concatenate(self._dbuf), type=pa.bool_()))
-        table = pa.Table.from_arrays(cols, schema=self.schema)
-        self._writer.write_table(table, row_group_size=self.rg)
-        self._buf, self._dbuf, self._nbuf = [], [], 0
-
-    def _close_shard(self) -> None:
-        self._flush()
-        self._writer.close()
-        self._writer = None
-        size = os.path.getsize(self._tmp)
-        sha = sha256_file(self._tmp)
-        self._stack.close()  # fsync + rename into place
-        self._stack = None
-        self.shards.append({"file": self._name, "tokens": self._in_shard,
-                            "bytes": size, "sha256": sha})
-        log.info("wrote %s: %s tokens", self._name, f"{self._in_shard:,}")
-
-    def add(self, ids: np.ndarray, doc_start: np.ndarray | None) -> None:
-        pos = 0
-        n = len(ids)
-        while pos < n:
-            if self._writer is None:
-                self._open()
-            take = min(n - pos, self.shard_tokens - self._in_shard, self.rg - self._nbuf)
-            self._buf.append(ids[pos:pos + take])
-            if self.docs:
-                self._dbuf.append(doc_start[pos:pos + take])
-            self._nbuf += take
-            self._in_shard += take
-            pos += take
-            if self._nbuf == self.rg:
-                self._flush()
-            if self._in_shard == self.shard_tokens:
-                self._close_shard()
-        self.tokens += n
-        if doc_start is not None:
-            self.documents += int(np.count_nonzero(doc_start))
-
-    def finish(self) -> list[dict]:
-        if self._writer is not None:
-            self._close_shard()
-        return self.shards
-
-    def abort(self) -> None:
-        if self._writer is not None:
-            with contextlib.suppress(Exception):
-                self._writer.close()
-        if self._stack is not None:
-            with contextlib.suppress(BaseException):
-                self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
-
-
-def _counted(pieces, counter: list[int]):
-    for p in pieces:
-        counter[0] += p.last
-        yield p
-
-
-def prepare(inputs: Sequence[str], out_dir: str | os.PathLike, *, vocab_size: int | None = None,
-            min_count: int = 1, vocab_path: str | os.PathLike | None = None,
-            shard_tokens: int = 1_000_000, docs: str = "none", errors: str = "strict",
-            progress: Callable[[dict], None] | None = None,
-            row_group_tokens: int = ROW_GROUP_TOKENS) -> dict:
-    """Turn text ``inputs`` into ``out_dir`` (vocab.txt, shards, manifest); return the manifest.
-
-    Pass 1 counts words (only when building the vocabulary), pass 2 encodes. Stdin
-    (``"-"``, at most once) is spooled to a temp file inside ``out_dir`` when the
-    vocabulary must be built from it (two passes), else streamed once. Memory is
-    bounded by the vocabulary (the word counter), one row group and a few 1 MiB
-    text blocks; it does not grow with the corpus. ``progress``, if given, is
-    called with small dicts (``{"event": ...}``) as work proceeds; the same
-    information is logged on logger ``streamlm.data``.
-    """
-    inputs = [os.fspath(p) for p in inputs]
-    if not inputs:
-        raise UsageError("no input files")
-    if docs not in DOCS_MODES:
-        raise UsageError(f"--docs must be one of {', '.join(DOCS_MODES)}, got {docs!r}")
-    if errors not in ERRORS_MODES:
-        raise UsageError(f"--errors must be one of {', '.join(ERRORS_MODES)}, got {errors!r}")
-    if vocab_path is not None and (vocab_size is not None or min_count != 1):
-        raise UsageError("--vocab cannot be combined with --vocab-size or --min-count")
-    if shard_tokens < 1 or row_group_tokens < 1:
-        raise UsageError("--shard-tokens must be at least 1")
-    if inputs.count("-") > 1:
-        raise UsageError("stdin ('-') can be given only once")
-    for p in inputs:  # fail on missing/unreadable inputs before creating anything
-        check_readable(p)
-    vocab = Vocab.load(vocab_path) if vocab_path is not None else None
-
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: output exists and is not a directory")
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
-    writer: _ShardWriter | None = None
-
-    def report(event: str, **kw) -> None:
-        if progress is not None:
-            progress({"event": event, **kw})
-
-    try:
-        sources = list(inputs)
-        if vocab is None:  # stdin and pipes can be read once: spool them for two passes
-            for k, p in enumerate(inputs):
-                if not is_stream(p):
-                    continue
-                spool = staging / f"stream{k}.spool"
-                log.info("spooling %s to %s (the vocabulary needs two passes)",
-                         display_name(p), spool)
-                with open(spool, "wb") as f:
-                    if p == "-":
-                        shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
-                    else:
-                        with open(p, "rb") as src:
-                            shutil.copyfileobj(src, f, 1 << 20)
-                sources[k] = str(spool)
-
-        if vocab is None:
-            counts: Counter = Counter()
-            for name, src in zip(inputs, sources):
-                log.info("counting words in %s", display_name(name))
-                report("count", source=name)
-                t0 = time.monotonic()
-                lines = 0
-                for piece in iter_pieces(src, errors):
-                    counts.update(piece.words)
-                    lines += piece.last
-                    if piece.last and not lines % 4096 and time.monotonic() - t0 > _LOG_EVERY_S:
-                        t0 = time.monotonic()
-                        log.info("  %s: %s lines, %s distinct words", display_name(name),
-                                 f"{lines:,}", f"{len(counts):,}")
-            vocab = Vocab.build(counts, vocab_size=vocab_size, min_count=min_count)
-            del counts
-            log.info("vocabulary: %s words", f"{len(vocab):,}")
-        vocab.save(staging / VOCAB_FILE)
-
-        writer = _ShardWriter(staging, shard_tokens, row_group_tokens, docs == "blank-line")
-        src_info = []
-        unk_tokens = 0
-        for name, src in zip(inputs, sources):
-            log.info("encoding %s", display_name(name))
-            report("encode", source=name)
-            before = writer.tokens
-            nlines = [0]
-            pieces = _counted(iter_pieces(src, errors), nlines)
-            for ids, ds in encode_lines(pieces, vocab, docs, chunk_tokens=ROW_GROUP_TOKENS):
-                unk_tokens += int(np.count_nonzero(ids == vocab.unk_id))
-                writer.add(ids, ds)
-                report("tokens", source=name, tokens=writer.tokens)
-            src_info.append({"path": display_name(name), "lines": nlines[0],
-                             "tokens": writer.tokens - before})
-        shards = writer.finish()
-        if writer.tokens == 0:
-            raise InputError("no tokens: the input is empty", path=", ".join(
-                display_name(p) for p in inputs))
-
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "created_by": f"streamlm {__version__}",
-            "column": "token_id",
-            "docs": docs,
-            "errors": errors,
-            "num_tokens": writer.tokens,
-            "num_documents": writer.documents if docs == "blank-line" else None,
-            "unk_tokens": unk_tokens,
-            "row_group_tokens": min(row_group_tokens, shard_tokens),
-            "vocab": {"file": VOCAB_FILE, "size": len(vocab), "sha256": vocab.sha256()},
-            "sources": src_info,
-            "shards": shards,
-        }
-        # publish: old manifest first (invalidates an old dataset), files, manifest last
-        with contextlib.suppress(FileNotFoundError):
-            (out / MANIFEST).unlink()
-        new_names = {VOCAB_FILE} | {s["file"] for s in shards}
-        mode = 0o666 & ~umask()
-        for name in sorted(new_names):
-            os.chmod(staging / name, mode)
-            os.replace(staging / name, out / name)
-        for old in out.glob("shard-*.parquet"):
-            if old.name not in new_names:
-                old.unlink()
-        with atomic_open(out / MANIFEST, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=1)
-            f.write("\n")
-            os.chmod(f.name, mode)
-        report("done", tokens=writer.tokens)
-        return manifest
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            with contextlib.suppress(OSError):
-                out.rmdir()  # only succeeds if we made it and it stayed empty
-
-
-# ================================================================= reader ==
 class Chunk(NamedTuple):
     """A contiguous run of the token stream (never crosses a row group)."""
 
@@ -341,14 +74,13 @@ def _sniff(path: str) -> str:
         raise InputError("is a directory", path=path) from None
     except OSError as e:
         raise InputError(f"cannot read: {e.strerror or e}", path=path) from None
-    if head.startswith(b"PAR1"):
-        return "parquet"
-    if head.startswith(b"ARROW1"):
-        return "ipc"
-    if head.startswith(b"\xff\xff\xff\xff"):
+    kind = table_kind(head)
+    if kind is not None:
+        return kind
+    if head.startswith(ARROW_STREAM_MAGIC):
         raise InputError("Arrow IPC *stream* format is not supported; write the IPC file "
                          "(Feather v2) format", path=path)
-    if head.startswith(b"FEA1"):
+    if head.startswith(FEATHER_V1_MAGIC):
         raise InputError("Feather v1 is not supported; write Feather v2", path=path)
     raise InputError("not a Parquet or Arrow IPC (Feather v2) file (bad magic bytes)", path=path)
 
@@ -646,12 +378,12 @@ def _open_prepared(d: Path, vocab: Vocab | None, vocab_size: int | None,
             raise TypeError("not a JSON object")
     except (OSError, ValueError, TypeError) as e:
         raise InputError(f"unreadable manifest: {e}", path=mpath) from None
-    if m.get("format") != FORMAT:
+    if m.get("format") != SHARDS_FORMAT:
         raise InputError(f"not a streamlm shard manifest (format {m.get('format')!r})",
                          path=mpath)
-    if m.get("format_version") != FORMAT_VERSION:
+    if m.get("format_version") != SHARDS_VERSION:
         raise InputError(f"unsupported format version {m.get('format_version')!r} "
-                         f"(this streamlm reads {FORMAT_VERSION})", path=mpath)
+                         f"(this streamlm reads {SHARDS_VERSION})", path=mpath)
     try:
         vinfo = m["vocab"]
         shards = m["shards"]
@@ -714,14 +446,14 @@ def _expand(paths: list[str]) -> list[str]:
             d = Path(p)
             if (d / MANIFEST).exists():
                 raise UsageError(f"{p}: a prepared directory must be given on its own")
-            if any(d.glob("shard-*.parquet")) and (d / VOCAB_FILE).exists():
+            if any(d.glob(SHARD_GLOB)) and (d / VOCAB_FILE).exists():
                 raise InputError("looks like an incomplete `prepare` output (no "
                                  "manifest.json); re-run prepare", path=p)
             found = sorted(str(x) for x in d.iterdir()
-                           if x.is_file() and x.suffix.lower() in DATA_SUFFIXES
+                           if x.is_file() and x.suffix.lower() in TABLE_SUFFIXES
                            and not x.name.startswith("."))
             if not found:
-                raise InputError(f"no {'/'.join(DATA_SUFFIXES)} files in the directory", path=p)
+                raise InputError(f"no {'/'.join(TABLE_SUFFIXES)} files in the directory", path=p)
             files.extend(found)
         elif not os.path.exists(p):
             raise InputError("no such file or directory", path=p)
@@ -760,89 +492,3 @@ def open_dataset(paths: Sequence[str | os.PathLike] | str | os.PathLike, *,
     files = [_open_file(p, column) for p in _expand(paths)]
     return TokenDataset(files, vocab=vocab, vocab_size=vocab_size,
                         name=", ".join(paths), allow_empty=allow_empty)
-
-
-# ================================================================ batcher ==
-class Batcher:
-    """Truncated-BPTT mini-batches, exactly as deep-learning-from-scratch-2 ch05.
-
-    With ``L`` tokens, ``L' = L - 1`` and ``jump = L' // N``, row ``i`` reads
-    ``xs[i, t] = corpus[(i*jump + time_idx) % L']`` and
-    ``ts[i, t] = corpus[(i*jump + time_idx) % L' + 1]``, ``time_idx`` growing by one
-    per ``t`` and never reset between epochs. ``iters_per_epoch = L' // (N*T)``.
-    Each row has its own :class:`Cursor`, so memory is N blocks, whatever the
-    dataset size. ``doc_start`` (read-only, aligned with ``xs``) is set by each
-    :meth:`next_batch` when the dataset has documents.
-    """
-
-    def __init__(self, dataset: TokenDataset, batch_size: int, bptt: int):
-        if batch_size < 1 or bptt < 1:
-            raise UsageError(f"batch size and bptt must be >= 1, got {batch_size}, {bptt}")
-        self.dataset = dataset
-        self.N, self.T = int(batch_size), int(bptt)
-        self.L = dataset.num_tokens
-        self.data_size = self.L - 1
-        self.iters_per_epoch = self.data_size // (self.N * self.T)
-        if self.iters_per_epoch < 1:
-            raise InputError(f"dataset has {self.L:,} tokens; batch size {self.N} x bptt "
-                             f"{self.T} needs at least {self.N * self.T + 1:,}")
-        self.jump = self.data_size // self.N
-        self.offsets = [i * self.jump for i in range(self.N)]
-        self.time_idx = 0
-        self._cursors = [dataset.cursor() for _ in range(self.N)]
-        self.doc_start: np.ndarray | None = None
-
-    @property
-    def batches_done(self) -> int:
-        return self.time_idx // self.T
-
-    @property
-    def epoch(self) -> float:
-        return self.batches_done / self.iters_per_epoch
-
-    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(xs, ts)``: int32 ``(N, T)`` C-contiguous; advances ``time_idx`` by T."""
-        N, T, Lp = self.N, self.T, self.data_size
-        docs = self.dataset.has_docs
-        xs = np.empty((N, T), dtype=np.int32)
-        ts = np.empty((N, T), dtype=np.int32)
-        dsb = np.empty((N, T), dtype=np.bool_) if docs else None
-        buf = np.empty(T + 1, dtype=np.int32)
-        for i, cur in enumerate(self._cursors):
-            p = (self.offsets[i] + self.time_idx) % Lp
-            t = 0
-            while t < T:  # at most two runs: up to the wrap at L', then from 0
-                n = min(T - t, Lp - p)
-                cur.read(p, n + 1, out=buf[:n + 1])
-                xs[i, t:t + n] = buf[:n]
-                ts[i, t:t + n] = buf[1:n + 1]
-                if docs:
-                    cur.read(p, n, out=dsb[i, t:t + n], docs=True)
-                t += n
-                p = 0
-        self.time_idx += T
-        if docs:
-            dsb.flags.writeable = False
-        self.doc_start = dsb
-        return xs, ts
-
-    def __iter__(self):
-        """One epoch: ``iters_per_epoch`` batches from the current position."""
-        for _ in range(self.iters_per_epoch):
-            yield self.next_batch()
-
-    def state(self) -> dict:
-        return {"time_idx": self.time_idx, "batch_size": self.N, "bptt": self.T,
-                "num_tokens": self.L, "fingerprint": self.dataset.fingerprint}
-
-    def restore(self, state: dict) -> None:
-        want = {"batch_size": self.N, "bptt": self.T, "num_tokens": self.L,
-                "fingerprint": self.dataset.fingerprint}
-        for k, v in want.items():
-            if state.get(k) != v:
-                raise UsageError(f"cannot resume: saved batcher {k} {state.get(k)!r} differs "
-                                 f"from the current {v!r}")
-        t = state.get("time_idx")
-        if not isinstance(t, int) or t < 0:
-            raise UsageError(f"cannot resume: bad time_idx {t!r}")
-        self.time_idx = t

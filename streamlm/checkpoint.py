@@ -1,0 +1,206 @@
+"""What a killed job needs to resume: the training and the scoring checkpoints.
+
+Both are :mod:`streamlm.store` archives (arrays plus one JSON object, never
+pickled), written atomically, so a reader sees the previous checkpoint or the
+new one, never a torn file.
+
+* Training (``<model stem>.ckpt.npz``): the weights, the optimiser moments and
+  step, the carried hidden state, the batcher position, the dropout
+  generator's state, the learning rate, the best validation perplexity and
+  the log history. Restoring continues the exact same computation.
+* Scoring (``--checkpoint FILE``): per input the position, running sums and
+  spooled record count, and the state of every open stream or long segment,
+  with a fingerprint of the run (model, inputs, options) that a resume must
+  match.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from streamlm import __version__, store
+from streamlm.errors import InputError, UsageError
+from streamlm.records import Accumulator, Spool, Totals
+
+log = logging.getLogger(__name__)
+
+TRAIN_FORMAT = "streamlm-checkpoint"
+TRAIN_VERSION = 2  # 2: the JSON object under "meta" (was "state")
+SCORE_FORMAT = "streamlm-score-checkpoint"
+SCORE_VERSION = 2  # 2: "format_version" (was "version")
+
+# TrainConfig fields that shape the trajectory: a resume needs the same values
+TRAJECTORY = ("embed", "hidden", "batch", "bptt", "optimizer", "lr", "clip", "seed",
+              "dropout", "tie_weights")
+
+
+# ================================================================ training ==
+class TrainState:
+    """The mutable state of one training run: what a training checkpoint holds."""
+
+    def __init__(self, cfg, params, rng: np.random.Generator):
+        self.cfg = cfg
+        self.params = params
+        self.rng = rng  # the dropout generator (the model's)
+        self.grads = params.zeros_like()
+        adam = cfg.optimizer == "adam"
+        self.m = np.zeros_like(params.flat) if adam else None
+        self.v = np.zeros_like(params.flat) if adam else None
+        self.adam_t = 0
+        self.h: np.ndarray | None = None  # the carried hidden state (N, H)
+        self.lr = float(cfg.lr)
+        self.best_ppl: float | None = None
+        self.history: list[dict] = []
+        self.elapsed_before = 0.0  # wall seconds spent by earlier invocations
+        # loss sums since the last log record / epoch start (checkpointed so that
+        # the records after a resume are the same as without one)
+        self.int_loss = 0.0
+        self.int_steps = 0
+        self.ep_loss = 0.0
+        self.ep_steps = 0
+        self.have_ckpt = False  # a checkpoint of this run exists (written or resumed)
+
+
+def save_train(path: Path, run: TrainState, batcher, model_cfg, vocab, elapsed: float) -> None:
+    """Write the training checkpoint of ``run`` at the batcher's position."""
+    meta = {
+        "streamlm": __version__,
+        "train_config": run.cfg.to_dict(),
+        "model_config": dataclasses.asdict(model_cfg),
+        "dtype": run.params.dtype.name,
+        "vocab_sha256": vocab.sha256(),
+        "batcher": batcher.state(),
+        "rng": run.rng.bit_generator.state,
+        "adam_t": run.adam_t,
+        "lr": run.lr,
+        "best_ppl": run.best_ppl,
+        "history": run.history,
+        "elapsed_s": elapsed,
+        "int_loss": run.int_loss, "int_steps": run.int_steps,
+        "ep_loss": run.ep_loss, "ep_steps": run.ep_steps,
+        "has_h": run.h is not None,
+    }
+    empty = np.zeros(0, dtype=run.params.dtype)
+    arrays = {
+        "params": run.params.flat,
+        "adam_m": run.m if run.m is not None else empty,
+        "adam_v": run.v if run.v is not None else empty,
+        "h": run.h if run.h is not None else empty,
+    }
+    store.save(path, TRAIN_FORMAT, TRAIN_VERSION, meta, arrays)
+    run.have_ckpt = True
+
+
+def restore_train(path: Path, run: TrainState, batcher, model_cfg, vocab) -> None:
+    """Load the checkpoint at ``path`` into ``run`` and ``batcher``; refuse one made
+    with other trajectory options, another model shape or another vocabulary."""
+    if not path.exists():
+        raise UsageError(f"cannot resume: no checkpoint at {path}")
+    state, arrays = store.load(path, TRAIN_FORMAT, TRAIN_VERSION, what="checkpoint")
+    if state["format_version"] != TRAIN_VERSION:
+        raise InputError(f"checkpoint version {state['format_version']} is from an older "
+                         "streamlm; start again without --resume", path=path)
+    for k in ("params", "adam_m", "adam_v", "h"):
+        if k not in arrays:
+            raise InputError(f"checkpoint lacks the array {k!r}", path=path)
+    saved = state["train_config"]
+    for k in TRAJECTORY:
+        if saved.get(k) != getattr(run.cfg, k):
+            flag = "--" + k.replace("_", "-")
+            raise UsageError(f"cannot resume: the checkpoint was made with {flag} "
+                             f"{saved.get(k)!r}, this run has {getattr(run.cfg, k)!r} "
+                             f"({path})")
+    if state["model_config"] != dataclasses.asdict(model_cfg):
+        raise UsageError(f"cannot resume: checkpoint model {state['model_config']} differs "
+                         f"from {dataclasses.asdict(model_cfg)} ({path})")
+    if state["vocab_sha256"] != vocab.sha256():
+        raise UsageError(f"cannot resume: the checkpoint was made with another vocabulary "
+                         f"({path})")
+    p = arrays["params"]
+    if p.shape != run.params.flat.shape or p.dtype != run.params.dtype:
+        raise InputError("checkpoint parameter buffer has the wrong size or dtype", path=path)
+    batcher.restore(state["batcher"])
+    run.params.flat[...] = p
+    if run.m is not None:
+        if arrays["adam_m"].shape != p.shape or arrays["adam_v"].shape != p.shape:
+            raise InputError("checkpoint lacks the Adam moments", path=path)
+        run.m[...] = arrays["adam_m"]
+        run.v[...] = arrays["adam_v"]
+    run.adam_t = int(state["adam_t"])
+    run.h = arrays["h"].astype(run.params.dtype) if state["has_h"] else None
+    if run.h is not None and run.h.shape != (run.cfg.batch, model_cfg.H):
+        raise InputError("checkpoint state has the wrong shape", path=path)
+    run.rng.bit_generator.state = state["rng"]
+    run.lr = float(state["lr"])
+    run.best_ppl = state["best_ppl"]
+    run.history = list(state["history"])
+    run.elapsed_before = float(state["elapsed_s"])
+    run.int_loss, run.int_steps = float(state["int_loss"]), int(state["int_steps"])
+    run.ep_loss, run.ep_steps = float(state["ep_loss"]), int(state["ep_steps"])
+    run.have_ckpt = True
+
+
+# ================================================================= scoring ==
+class ScoreCheckpoint:
+    """The scoring checkpoint at ``path``, every ``every`` tokens, for one run's
+    ``fingerprint`` (the model's checksum, the inputs and the result options)."""
+
+    def __init__(self, path: str, every: int, fingerprint: dict):
+        self.path = path
+        self.every = max(1, int(every))
+        self.fingerprint = fingerprint
+        self.spool: Spool | None = None
+
+    def load(self) -> dict | None:
+        """The saved run (``inputs``: Totals as JSON, ``state``, ``_states``: arrays),
+        or None when there is no checkpoint yet."""
+        p = self.path
+        if not os.path.exists(p):
+            return None
+        try:
+            meta, arrays = store.load(p, SCORE_FORMAT, SCORE_VERSION, what="score checkpoint",
+                                      error=UsageError)
+        except UsageError as e:
+            raise UsageError(f"{e}; delete it to start again") from None
+        fp = meta.get("fingerprint", {})
+        for k, v in self.fingerprint.items():
+            if json.loads(json.dumps(v)) != fp.get(k):
+                raise UsageError(f"{p}: checkpoint was written for a different run ({k} "
+                                 "differs); delete it or use another --checkpoint file")
+        meta["_states"] = {k: v for k, v in arrays.items() if k.startswith("h_")}
+        return meta
+
+    def save(self, acc: Accumulator, state: dict) -> None:
+        """Sync the spool, then write the sums, positions and open states."""
+        if self.spool is not None:
+            self.spool.sync()
+        meta = {"fingerprint": self.fingerprint,
+                "inputs": [t.to_json() for t in acc.t],
+                "state": {str(i): {"prev": int(prev), "seg_offset": int(so), "key": int(k)}
+                          for i, (h, prev, so, k) in state.items()}}
+        arrays = {f"h_{i}": np.asarray(h) for i, (h, prev, so, k) in state.items()}
+        store.save(self.path, SCORE_FORMAT, SCORE_VERSION, meta, arrays)
+        log.debug("checkpoint: %s tokens", f"{sum(t.scored for t in acc.t):,}")
+
+    def restore(self, saved: dict, acc: Accumulator, state: dict, H: int, dtype) -> None:
+        """Put a loaded checkpoint back into the accumulator and the scheduler's state."""
+        if len(saved["inputs"]) != len(acc.t):
+            raise UsageError(f"{self.path}: checkpoint has a different number of inputs")
+        acc.t = [Totals.from_json(d) for d in saved["inputs"]]
+        for k, d in saved.get("state", {}).items():
+            h = saved["_states"][f"h_{k}"]
+            if h.shape != (H,):
+                raise UsageError(f"{self.path}: checkpoint state has the wrong shape")
+            state[int(k)] = (h.astype(dtype), int(d["prev"]), int(d["seg_offset"]),
+                             int(d["key"]))
+
+    def remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)

@@ -1,0 +1,76 @@
+"""The two scoring engines: the Numba kernels, or plain numpy for jobs too small to start numba.
+
+:func:`scoring_model` picks one; both have ``nll(xs, ts, h0, reset, lengths)
+-> (nll, final state)``. Importing numba and loading its cached kernels costs about a second, which
+dominates a small job. :class:`NumpyRNN` computes what
+:meth:`streamlm.model.RNNLM.nll` computes, with the same signature and dtypes
+(float32 activations, float64 log-sum-exp), without importing numba. Totals
+agree with the numba path to ~1e-6 relative (different exp/tanh
+approximations), not bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamlm.options import Engine
+from streamlm.params import Params
+
+_PROJ_ROWS = 512
+
+
+def _full_softmax_nll(p: Params, hs: np.ndarray, labels: np.ndarray, out: np.ndarray) -> None:
+    """out[m] = -log softmax(hs[m] @ affine_W + affine_b)[labels[m]] (0 where -1)."""
+    M = hs.shape[0]
+    for i in range(0, M, _PROJ_ROWS):
+        j = min(M, i + _PROJ_ROWS)
+        lg = hs[i:j] @ p.affine_W
+        lg += p.affine_b
+        mx = lg.max(axis=1)
+        s = np.exp(lg - mx[:, None]).sum(axis=1, dtype=np.float64)
+        lab = labels[i:j]
+        ok = lab >= 0
+        picked = lg[np.arange(j - i), np.where(ok, lab, 0)].astype(np.float64)
+        out[i:j] = np.where(ok, np.log(s) + (mx.astype(np.float64) - picked), 0.0)
+
+
+class NumpyRNN:
+    """Scoring only: ``nll(xs, ts, h0, reset, lengths) -> (nll, final state)``."""
+
+    def __init__(self, params: Params):
+        self.params = params
+
+    def nll(self, xs, ts, h0=None, reset=None, lengths=None) -> tuple[np.ndarray, np.ndarray]:
+        p = self.params
+        V, H = p.config.V, p.config.H
+        xs, ts = np.asarray(xs), np.asarray(ts)
+        N, T = xs.shape
+        if xs.size and (xs.min() < 0 or xs.max() >= V or ts.min() < -1 or ts.max() >= V):
+            raise ValueError(f"token ids out of range [0, {V})")
+        reset = np.zeros((N, T), np.uint8) if reset is None else np.asarray(reset)
+        xw = p.embed_W[xs] @ p.rnn_Wx  # (N, T, H)
+        xw += p.rnn_b
+        hs = np.empty((T + 1, N, H), dtype=p.dtype)
+        hs[0] = 0.0 if h0 is None else h0
+        Wh = p.rnn_Wh
+        for t in range(T):
+            hp = hs[t]
+            r = reset[:, t]
+            if r.any():
+                hp = hp * (r == 0)[:, None].astype(p.dtype)
+            np.tanh(hp @ Wh + xw[:, t], out=hs[t + 1])
+        flat = hs[1:].reshape(T * N, H)  # time-major rows
+        labels = np.ascontiguousarray(ts.T).reshape(-1)
+        out = np.zeros(T * N, dtype=np.float64)
+        _full_softmax_nll(p, flat, labels, out)
+        lengths = np.full(N, T) if lengths is None else np.asarray(lengths)
+        return out.reshape(T, N).T.copy(), hs[lengths, np.arange(N)].copy()
+
+
+def scoring_model(params: Params, engine: Engine | str):
+    """:class:`~streamlm.model.RNNLM` for ``numba``, :class:`NumpyRNN` for ``numpy``."""
+    if Engine.parse(engine, "--engine") == Engine.numpy:
+        return NumpyRNN(params)
+    from streamlm.model import RNNLM  # imports numba: only when it is used
+
+    return RNNLM(params)

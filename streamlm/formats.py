@@ -1,0 +1,62 @@
+"""File-format facts that several rooms need: names, suffixes and magic bytes.
+
+No pyarrow here: the scorer decides what an input is (``streamlm.inputs``)
+before it knows whether it needs pyarrow at all.
+"""
+
+from __future__ import annotations
+
+import os
+
+# a prepared directory (``streamlm prepare``): see streamlm.prepare
+MANIFEST = "manifest.json"
+VOCAB_FILE = "vocab.txt"
+SHARDS_FORMAT = "streamlm-shards"
+SHARDS_VERSION = 1
+SHARD_GLOB = "shard-*.parquet"
+ROW_GROUP_TOKENS = 1 << 16
+
+# tables of token ids
+TABLE_SUFFIXES = (".parquet", ".arrow", ".feather", ".ipc")
+PARQUET_MAGIC = b"PAR1"
+ARROW_FILE_MAGIC = b"ARROW1"
+ARROW_STREAM_MAGIC = b"\xff\xff\xff\xff"
+FEATHER_V1_MAGIC = b"FEA1"
+
+# compressed text
+COMPRESSION_MAGIC = {b"\x1f\x8b": "gz", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz"}
+COMPRESSION_SUFFIXES = {".gz": "gz", ".gzip": "gz", ".bz2": "bz2", ".xz": "xz"}
+
+# npz files (model, checkpoints): zip archives
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def compression(head: bytes) -> str | None:
+    """'gz', 'bz2' or 'xz' when ``head`` starts with that magic, else None."""
+    for magic, kind in COMPRESSION_MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    return None
+
+
+def compression_suffix(path: str | os.PathLike) -> str | None:
+    """The compression a file name claims (``.gz`` -> 'gz'), or None."""
+    return COMPRESSION_SUFFIXES.get(os.path.splitext(os.fspath(path))[1].lower())
+
+
+def table_kind(head: bytes) -> str | None:
+    """'parquet' or 'ipc' (Arrow IPC file, Feather v2) by magic bytes, else None."""
+    if head.startswith(PARQUET_MAGIC):
+        return "parquet"
+    if head.startswith(ARROW_FILE_MAGIC):
+        return "ipc"
+    return None
+
+
+def has_table_suffix(path: str | os.PathLike) -> bool:
+    return os.path.splitext(os.fspath(path))[1].lower() in TABLE_SUFFIXES
+
+
+def is_prepared_dir(path: str | os.PathLike) -> bool:
+    """A directory that ``streamlm prepare`` finished (its manifest is written last)."""
+    return os.path.isdir(path) and os.path.exists(os.path.join(path, MANIFEST))

@@ -1,0 +1,64 @@
+"""Perplexity figures from sums, and how the summary reads as text.
+
+KenLM's two definitions: including OOVs ``exp(-sum(logprob) / tokens)`` and
+excluding them ``exp(-sum(logprob of non-OOV tokens) / (tokens - oov))``.
+Totals across inputs sum log-probabilities, tokens and OOVs; perplexities are
+computed once from the sums, never averaged.
+"""
+
+from __future__ import annotations
+
+import math
+
+LN10 = math.log(10.0)
+LN2 = math.log(2.0)
+
+
+def summarize(tokens: int, oov: int, logprob: float, logprob_oov: float = 0.0) -> dict:
+    """The summary keys of one input or of all inputs (KenLM's definitions).
+
+    ``logprob`` is the natural-log sum over all tokens, ``logprob_oov`` the part
+    of it that falls on OOV tokens. Perplexities are None when undefined.
+    """
+    ppl = math.exp(-logprob / tokens) if tokens else None
+    kept = tokens - oov
+    ppl_x = math.exp(-(logprob - logprob_oov) / kept) if kept else None
+    return {
+        "tokens": int(tokens),
+        "oov": int(oov),
+        "logprob": float(logprob),
+        "log10prob": float(logprob / LN10),
+        "logprob_excl_oov": float(logprob - logprob_oov),  # exact merges (distributed)
+        "perplexity": ppl,
+        "perplexity_excl_oov": ppl_x,
+        "bits_per_token": (-logprob / tokens / LN2) if tokens else None,
+    }
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as readable text (KenLM ``query``'s figures, per input and total)."""
+
+    def block(d: dict, title: str) -> list[str]:
+        def f(x, fmt):
+            return "n/a" if x is None else format(x, fmt)
+
+        return [
+            title,
+            f"  tokens                    {d['tokens']:,}",
+            f"  OOVs                      {d['oov']:,}",
+            f"  log-probability (ln)      {f(d['logprob'], '.4f')}",
+            f"  log-probability (log10)   {f(d['log10prob'], '.4f')}",
+            f"  perplexity incl. OOVs     {f(d['perplexity'], '.4f')}",
+            f"  perplexity excl. OOVs     {f(d['perplexity_excl_oov'], '.4f')}",
+            f"  bits per token            {f(d['bits_per_token'], '.4f')}",
+        ]
+
+    lines: list[str] = []
+    per = summary.get("inputs", [])
+    if len(per) > 1:
+        for d in per:
+            lines += block(d, d["path"])
+        lines += block(summary, "total")
+    elif per:
+        lines += block(summary, per[0]["path"])
+    return "\n".join(lines) + "\n"

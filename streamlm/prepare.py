@@ -1,0 +1,292 @@
+"""``streamlm prepare``: text -> a vocabulary and Parquet shards of token ids.
+
+Prepared directory layout (format version 1)
+--------------------------------------------
+``vocab.txt``            one word per line, id order (see :mod:`streamlm.vocab`)
+``shard-00000.parquet``  column ``token_id`` (int32, no nulls), row groups of
+                         ``row_group_tokens`` (65,536) tokens; with ``docs="blank-line"``
+                         also a column ``doc_start`` (bool, True on a document's first
+                         token). Shards are plain consecutive slices of the one token
+                         stream; every input file starts a new document.
+``manifest.json``        written last; a directory without it is not a dataset.
+
+The ids are those of :mod:`streamlm.tokenizer`, the scorer's own rule.
+``prepare`` writes everything into a hidden staging directory inside ``out_dir``,
+then removes any old ``manifest.json``, moves the files in, deletes stale shards
+and finally writes the new manifest atomically. On any error the staging
+directory is removed, so an interrupted run leaves no manifest (and an old
+dataset in the same directory stops being accepted once its manifest is gone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from streamlm import __version__
+from streamlm.atomic import atomic_open, atomic_path, sha256_file, umask
+from streamlm.errors import InputError, UsageError
+from streamlm.formats import (
+    MANIFEST,
+    ROW_GROUP_TOKENS,
+    SHARD_GLOB,
+    SHARDS_FORMAT,
+    SHARDS_VERSION,
+    VOCAB_FILE,
+)
+from streamlm.inputs import TextSource, check_readable, is_stream
+from streamlm.options import Docs, Errors
+from streamlm.text import display_name
+from streamlm.tokenizer import encode
+from streamlm.vocab import Vocab
+
+log = logging.getLogger("streamlm.prepare")
+
+_LOG_EVERY_S = 5.0
+
+
+class _ShardWriter:
+    """Cuts one token stream into shards of ``shard_tokens`` and row groups."""
+
+    def __init__(self, out_dir: Path, shard_tokens: int, row_group_tokens: int, docs: bool):
+        self.out_dir = out_dir
+        self.shard_tokens = shard_tokens
+        self.rg = min(row_group_tokens, shard_tokens)
+        self.docs = docs
+        fields = [pa.field("token_id", pa.int32(), nullable=False)]
+        if docs:
+            fields.append(pa.field("doc_start", pa.bool_(), nullable=False))
+        self.schema = pa.schema(fields)
+        self.shards: list[dict] = []
+        self._stack: contextlib.ExitStack | None = None
+        self._writer: pq.ParquetWriter | None = None
+        self._tmp: Path | None = None
+        self._in_shard = 0  # tokens written or buffered in the open shard
+        self._buf: list[np.ndarray] = []
+        self._dbuf: list[np.ndarray] = []
+        self._nbuf = 0
+        self.tokens = 0
+        self.documents = 0
+
+    def _open(self) -> None:
+        name = f"shard-{len(self.shards):05d}.parquet"
+        self._stack = contextlib.ExitStack()
+        self._tmp = self._stack.enter_context(atomic_path(self.out_dir / name))
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="snappy")
+        self._name = name
+        self._in_shard = 0
+
+    def _flush(self) -> None:
+        if not self._nbuf:
+            return
+        ids = np.concatenate(self._buf)
+        cols = [pa.array(ids, type=pa.int32())]
+        if self.docs:
+            cols.append(pa.array(np.concatenate(self._dbuf), type=pa.bool_()))
+        table = pa.Table.from_arrays(cols, schema=self.schema)
+        self._writer.write_table(table, row_group_size=self.rg)
+        self._buf, self._dbuf, self._nbuf = [], [], 0
+
+    def _close_shard(self) -> None:
+        self._flush()
+        self._writer.close()
+        self._writer = None
+        size = os.path.getsize(self._tmp)
+        sha = sha256_file(self._tmp)
+        self._stack.close()  # fsync + rename into place
+        self._stack = None
+        self.shards.append({"file": self._name, "tokens": self._in_shard,
+                            "bytes": size, "sha256": sha})
+        log.info("wrote %s: %s tokens", self._name, f"{self._in_shard:,}")
+
+    def add(self, ids: np.ndarray, doc_start: np.ndarray | None) -> None:
+        pos = 0
+        n = len(ids)
+        while pos < n:
+            if self._writer is None:
+                self._open()
+            take = min(n - pos, self.shard_tokens - self._in_shard, self.rg - self._nbuf)
+            self._buf.append(ids[pos:pos + take])
+            if self.docs:
+                self._dbuf.append(doc_start[pos:pos + take])
+            self._nbuf += take
+            self._in_shard += take
+            pos += take
+            if self._nbuf == self.rg:
+                self._flush()
+            if self._in_shard == self.shard_tokens:
+                self._close_shard()
+        self.tokens += n
+        if doc_start is not None:
+            self.documents += int(np.count_nonzero(doc_start))
+
+    def finish(self) -> list[dict]:
+        if self._writer is not None:
+            self._close_shard()
+        return self.shards
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+        if self._stack is not None:
+            with contextlib.suppress(BaseException):
+                self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+def _counted(pieces, counter: list[int]):
+    for p in pieces:
+        counter[0] += p.last
+        yield p
+
+
+def prepare(inputs: Sequence[str], out_dir: str | os.PathLike, *, vocab_size: int | None = None,
+            min_count: int = 1, vocab_path: str | os.PathLike | None = None,
+            shard_tokens: int = 1_000_000, docs: Docs | str = Docs.none,
+            errors: Errors | str = Errors.strict,
+            row_group_tokens: int = ROW_GROUP_TOKENS) -> dict:
+    """Turn text ``inputs`` into ``out_dir`` (vocab.txt, shards, manifest); return the manifest.
+
+    Pass 1 counts words (only when building the vocabulary), pass 2 encodes. Stdin
+    (``"-"``, at most once) and pipes are spooled to a temp file inside ``out_dir``
+    when the vocabulary must be built from them (two passes), else streamed once.
+    Memory is bounded by the vocabulary (the word counter), one row group and a few
+    1 MiB text blocks; it does not grow with the corpus. Progress is logged on the
+    logger ``streamlm.prepare``.
+    """
+    inputs = [os.fspath(p) for p in inputs]
+    if not inputs:
+        raise UsageError("no input files")
+    docs = Docs.parse(docs, "--docs")
+    errors = Errors.parse(errors, "--errors")
+    if vocab_path is not None and (vocab_size is not None or min_count != 1):
+        raise UsageError("--vocab cannot be combined with --vocab-size or --min-count")
+    if shard_tokens < 1 or row_group_tokens < 1:
+        raise UsageError("--shard-tokens must be at least 1")
+    if inputs.count("-") > 1:
+        raise UsageError("stdin ('-') can be given only once")
+    for p in inputs:  # fail on missing/unreadable inputs before creating anything
+        check_readable(p)
+    vocab = Vocab.load(vocab_path) if vocab_path is not None else None
+    blank_docs = docs == Docs.blank_line
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: output exists and is not a directory")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out))
+    writer: _ShardWriter | None = None
+
+    try:
+        paths = list(inputs)
+        if vocab is None:  # stdin and pipes can be read once: spool them for two passes
+            for k, p in enumerate(inputs):
+                if not is_stream(p):
+                    continue
+                spool = staging / f"stream{k}.spool"
+                log.info("spooling %s to %s (the vocabulary needs two passes)",
+                         display_name(p), spool)
+                with open(spool, "wb") as f:
+                    if p == "-":
+                        shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
+                    else:
+                        with open(p, "rb") as src:
+                            shutil.copyfileobj(src, f, 1 << 20)
+                paths[k] = str(spool)
+        sources = [TextSource(k, p, None, docs=blank_docs, errors=errors)
+                   for k, p in enumerate(paths)]
+
+        if vocab is None:
+            counts: Counter = Counter()
+            for name, src in zip(inputs, sources):
+                log.info("counting words in %s", display_name(name))
+                t0 = time.monotonic()
+                lines = 0
+                for piece in src.pieces():
+                    counts.update(piece.words)
+                    lines += piece.last
+                    if piece.last and not lines % 4096 and time.monotonic() - t0 > _LOG_EVERY_S:
+                        t0 = time.monotonic()
+                        log.info("  %s: %s lines, %s distinct words", display_name(name),
+                                 f"{lines:,}", f"{len(counts):,}")
+            vocab = Vocab.build(counts, vocab_size=vocab_size, min_count=min_count)
+            del counts
+            log.info("vocabulary: %s words", f"{len(vocab):,}")
+        vocab.save(staging / VOCAB_FILE)
+
+        writer = _ShardWriter(staging, shard_tokens, row_group_tokens, blank_docs)
+        src_info = []
+        unk_tokens = 0
+        for name, src in zip(inputs, sources):
+            log.info("encoding %s", display_name(name))
+            before = writer.tokens
+            nlines = [0]
+            prev_doc = -1
+            for blk in encode(_counted(src.pieces(), nlines), vocab, docs=blank_docs):
+                ds = None
+                if blank_docs:
+                    ds = blk.doc_starts(prev_doc)
+                    prev_doc = int(blk.doc[-1])
+                unk_tokens += int(np.count_nonzero(blk.ids == vocab.unk_id))
+                writer.add(blk.ids, ds)
+            src_info.append({"path": display_name(name), "lines": nlines[0],
+                             "tokens": writer.tokens - before})
+        shards = writer.finish()
+        if writer.tokens == 0:
+            raise InputError("no tokens: the input is empty", path=", ".join(
+                display_name(p) for p in inputs))
+
+        manifest = {
+            "format": SHARDS_FORMAT,
+            "format_version": SHARDS_VERSION,
+            "created_by": f"streamlm {__version__}",
+            "column": "token_id",
+            "docs": docs.value,
+            "errors": errors.value,
+            "num_tokens": writer.tokens,
+            "num_documents": writer.documents if blank_docs else None,
+            "unk_tokens": unk_tokens,
+            "row_group_tokens": min(row_group_tokens, shard_tokens),
+            "vocab": {"file": VOCAB_FILE, "size": len(vocab), "sha256": vocab.sha256()},
+            "sources": src_info,
+            "shards": shards,
+        }
+        # publish: old manifest first (invalidates an old dataset), files, manifest last
+        with contextlib.suppress(FileNotFoundError):
+            (out / MANIFEST).unlink()
+        new_names = {VOCAB_FILE} | {s["file"] for s in shards}
+        mode = 0o666 & ~umask()
+        for name in sorted(new_names):
+            os.chmod(staging / name, mode)
+            os.replace(staging / name, out / name)
+        for old in out.glob(SHARD_GLOB):
+            if old.name not in new_names:
+                old.unlink()
+        with atomic_open(out / MANIFEST, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=1)
+            f.write("\n")
+            os.chmod(f.name, mode)
+        return manifest
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only succeeds if we made it and it stayed empty

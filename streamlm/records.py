@@ -1,0 +1,191 @@
+"""Scores as they accumulate: running sums per input, and per-unit records on disk.
+
+The accumulator adds each scored block to its input's float64 sums and, with a
+``level``, turns it into per-line, per-document or per-word records. Records
+go to a spool (one binary file of fixed-size numpy records per input) rather
+than memory, so a job's memory does not grow with its input; the outputs
+(``streamlm.outputs``) are written from the spool at the end, and a resumed job
+truncates the spool to what its checkpoint counted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from streamlm.errors import UsageError
+from streamlm.tokenizer import Block
+
+UNIT_DTYPE = np.dtype([("input", "<i4"), ("index", "<i8"), ("tokens", "<i8"),
+                       ("oov", "<i8"), ("logprob", "<f8")])
+WORD_DTYPE = np.dtype([("input", "<i4"), ("line", "<i8"), ("doc", "<i8"),
+                       ("position", "<i8"), ("id", "<i4"), ("logprob", "<f8")])
+
+
+@dataclass
+class Totals:
+    """Running sums of one input (float64), its position, and its open unit."""
+
+    scored: int = 0  # tokens of this input scored so far (= its position)
+    oov: int = 0
+    logprob: float = 0.0
+    logprob_oov: float = 0.0
+    done: bool = False
+    records: int = 0  # per-unit records spooled
+    unit: list = field(default_factory=lambda: [-1, 0, 0, 0.0])  # index, tokens, oov, lp
+
+    def to_json(self) -> dict:
+        return {"scored": self.scored, "oov": self.oov, "logprob": self.logprob,
+                "logprob_oov": self.logprob_oov, "done": self.done, "records": self.records,
+                "unit": self.unit}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Totals:
+        return cls(int(d["scored"]), int(d["oov"]), float(d["logprob"]),
+                   float(d["logprob_oov"]), bool(d["done"]), int(d["records"]),
+                   [int(d["unit"][0]), int(d["unit"][1]), int(d["unit"][2]),
+                    float(d["unit"][3])])
+
+
+class Spool:
+    """Per-input binary spools of per-unit records (fixed-size numpy records)."""
+
+    def __init__(self, directory: Path, dtype: np.dtype):
+        self.dir = directory
+        self.dtype = dtype
+        self._open: dict[int, object] = {}
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, i: int) -> Path:
+        return self.dir / f"{i:06d}.bin"
+
+    def truncate(self, i: int, records: int) -> None:
+        p = self.path(i)
+        if p.exists():
+            with open(p, "r+b") as f:
+                f.truncate(records * self.dtype.itemsize)
+        elif records:
+            raise UsageError(f"checkpoint spool {p} is missing; delete the checkpoint "
+                             "and start again")
+
+    def write(self, i: int, recs: np.ndarray) -> None:
+        f = self._open.get(i)
+        if f is None:
+            f = self._open[i] = open(self.path(i), "ab")  # noqa: SIM115
+        f.write(recs.tobytes())
+
+    def close(self, i: int) -> None:
+        f = self._open.pop(i, None)
+        if f is not None:
+            f.close()
+
+    def sync(self) -> None:
+        for f in self._open.values():
+            f.flush()
+            os.fsync(f.fileno())
+
+    def close_all(self) -> None:
+        for i in list(self._open):
+            self.close(i)
+
+    def read(self, i: int, block: int = 1 << 16) -> Iterator[np.ndarray]:
+        p = self.path(i)
+        if not p.exists():
+            return
+        with open(p, "rb") as f:
+            while True:
+                a = np.fromfile(f, dtype=self.dtype, count=block)
+                if not len(a):
+                    break
+                yield a
+
+
+class Accumulator:
+    """Running sums per input, and per-unit records into the spool."""
+
+    def __init__(self, n_inputs: int, unk_id: int, level: str | None, spool: Spool | None):
+        self.t = [Totals() for _ in range(n_inputs)]
+        self.unk = unk_id
+        self.level = level
+        self.spool = spool
+        self.total_scored = 0
+
+    def add(self, blk: Block, nll: np.ndarray) -> None:
+        t = self.t[blk.i]
+        if blk.pos != t.scored:  # pragma: no cover - an engine bug, never user input
+            raise RuntimeError(f"input {blk.i}: scored out of order ({blk.pos} != {t.scored})")
+        n = len(blk)
+        lp = -np.asarray(nll, dtype=np.float64)
+        oovm = blk.ids == self.unk
+        noov = int(np.count_nonzero(oovm))
+        t.scored += n
+        t.oov += noov
+        t.logprob += float(lp.sum())
+        if noov:
+            t.logprob_oov += float(lp[oovm].sum())
+        self.total_scored += n
+        if self.level is None:
+            return
+        if self.level == "word":
+            r = np.empty(n, dtype=WORD_DTYPE)
+            r["input"] = blk.i
+            r["line"] = blk.line
+            r["doc"] = -1 if blk.doc is None else blk.doc
+            r["position"] = np.arange(blk.pos, blk.pos + n)
+            r["id"] = blk.ids
+            r["logprob"] = lp
+            self._emit(blk.i, r)
+            return
+        key = blk.line if self.level == "line" else blk.doc
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(key)) + 1])
+        keys = key[starts]
+        cnt = np.diff(np.append(starts, n))
+        lps = np.add.reduceat(lp, starts)
+        oovs = np.add.reduceat(oovm.astype(np.int64), starts)
+        u = t.unit
+        j0 = 0
+        if u[0] == keys[0]:  # continues the open unit
+            u[1] += int(cnt[0])
+            u[2] += int(oovs[0])
+            u[3] += float(lps[0])
+            j0 = 1
+        if j0 < len(keys):
+            done = []
+            if u[0] >= 0:
+                done.append(tuple(u))
+            for j in range(j0, len(keys) - 1):
+                done.append((int(keys[j]), int(cnt[j]), int(oovs[j]), float(lps[j])))
+            j = len(keys) - 1
+            t.unit = [int(keys[j]), int(cnt[j]), int(oovs[j]), float(lps[j])]
+            if done:
+                r = np.empty(len(done), dtype=UNIT_DTYPE)
+                r["input"] = blk.i
+                arr = np.array([d[:3] for d in done], dtype=np.int64).reshape(-1, 3)
+                r["index"], r["tokens"], r["oov"] = arr[:, 0], arr[:, 1], arr[:, 2]
+                r["logprob"] = [d[3] for d in done]
+                self._emit(blk.i, r)
+
+    def _emit(self, i: int, recs: np.ndarray) -> None:
+        self.spool.write(i, recs)
+        self.t[i].records += len(recs)
+
+    def finish(self, i: int) -> None:
+        t = self.t[i]
+        if t.done:
+            return
+        t.done = True
+        if self.level in ("line", "doc") and t.unit[0] >= 0:
+            u = t.unit
+            r = np.empty(1, dtype=UNIT_DTYPE)
+            r["input"], r["index"], r["tokens"], r["oov"], r["logprob"] = i, u[0], u[1], u[2], u[3]
+            self._emit(i, r)
+            t.unit = [-1, 0, 0, 0.0]
+        if self.spool is not None:
+            self.spool.close(i)
+
+    def running(self) -> tuple[int, float]:
+        return sum(t.scored for t in self.t), sum(t.logprob for t in self.t)

@@ -1,0 +1,286 @@
+"""The scheduler: which tokens go into which row of which model call.
+
+* ``reset="none"``: each input is one stream. Up to ``batch`` inputs run as
+  parallel rows of one model call, each row with its own carried state; a
+  row that finishes takes the next input. Each row advances ``chunk_tokens``
+  tokens per call; only the recurrence is sequential.
+* ``reset="line"|"doc"``: lines / documents are independent. Consecutive
+  segments are packed into up to ``batch`` rows of at most ``chunk_tokens``
+  steps (each row a run of whole segments, the state zeroed at each segment
+  start). A segment longer than ``chunk_tokens`` is streamed alone in chunks
+  with its state carried.
+
+At the start of a stream or segment the state is zero and the previous token
+is ``<eos>``. Chunks are aligned to multiples of ``chunk_tokens`` from the
+start of each stream or segment, so a resumed run makes exactly the same model
+calls as an uninterrupted one (for one row). Memory is bounded by ``batch *
+chunk_tokens`` tokens of activations, whatever the input size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from streamlm.inputs import Source, rechunk, skip
+from streamlm.records import Accumulator
+from streamlm.tokenizer import Block
+
+
+class Runner:
+    """Calls the model on (N, T) blocks built from rows of different lengths."""
+
+    def __init__(self, rnn, eos: int):
+        self.rnn = rnn
+        self.eos = eos
+
+    def run(self, rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+            h0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """rows: per row (inputs xs, targets ts, reset flags) of its own length.
+
+        h0: (N, H) carried states. Returns (nll (N, T) float64, final states (N, H)).
+        """
+        N = len(rows)
+        T = max(len(r[1]) for r in rows)
+        xs = np.full((N, T), self.eos, dtype=np.int32)
+        ts = np.full((N, T), -1, dtype=np.int32)
+        rs = np.zeros((N, T), dtype=np.uint8)
+        lengths = np.empty(N, dtype=np.int64)
+        for n, (x, t, r) in enumerate(rows):
+            k = len(t)
+            xs[n, :k], ts[n, :k], rs[n, :k] = x, t, r
+            lengths[n] = k
+        return self.rnn.nll(xs, ts, h0, reset=rs, lengths=lengths)
+
+
+def _row(ids: np.ndarray, prev: int, starts: np.ndarray, eos: int):
+    """Inputs of a row: previous token (``eos`` at reset positions) and reset flags."""
+    x = np.empty_like(ids)
+    x[0] = prev
+    x[1:] = ids[:-1]
+    r = np.zeros(len(ids), dtype=np.uint8)
+    if len(starts):
+        x[starts] = eos
+        r[starts] = 1
+    return x, ids, r
+
+
+class Scheduler:
+    """Scores ``sources`` with ``rnn`` (an RNNLM or a NumpyRNN) into ``acc``.
+
+    ``state`` maps an input to what its next call needs: (state (H,), previous
+    token, tokens of its current long segment done, that segment's key); a
+    checkpoint saves it with the accumulator. After each model call,
+    ``after_call(tokens)`` is called (checkpoints and progress).
+    """
+
+    def __init__(self, sources: list[Source], rnn, *, eos: int, H: int, dtype, reset: str,
+                 batch: int, chunk_tokens: int, acc: Accumulator,
+                 after_call: Callable[[int], None] | None = None):
+        self.sources = sources
+        self.reset = reset
+        self.batch = batch
+        self.T = chunk_tokens
+        self.acc = acc
+        self.H = H
+        self.eos = eos
+        self.runner = Runner(rnn, eos)
+        self.dtype = dtype
+        self.after_call = after_call
+        # input -> (h, previous token, tokens of the current long segment done, its key)
+        self.state: dict[int, tuple[np.ndarray, int, int, int]] = {}
+        self.final_states: dict[int, np.ndarray] = {}
+
+    def _after_call(self, n_tokens: int) -> None:
+        if self.after_call is not None:
+            self.after_call(n_tokens)
+
+    def run(self) -> None:
+        if self.reset == "none":
+            self._run_streams()
+        else:
+            self._run_segments()
+
+    # ------------------------------------------------- reset none: streams --
+    def _run_streams(self) -> None:
+        eos, T = self.eos, self.T
+        todo = [s for s in self.sources if not self.acc.t[s.index].done]
+        # inputs resumed mid-way first (they hold state), then the rest in order
+        todo.sort(key=lambda s: (s.index not in self.state, s.index))
+        lanes: list[dict] = []
+        pending = iter(todo)
+
+        def open_lane() -> dict | None:
+            for s in pending:
+                i = s.index
+                start = self.acc.t[i].scored
+                h, prev, _, _ = self.state.get(i, (np.zeros(self.H, self.dtype), eos, 0, -1))
+                return {"i": i, "it": rechunk(skip(s.blocks(), start), T),
+                        "h": h, "prev": prev, "start": start}
+            return None
+
+        while True:
+            rows, blks, hs = [], [], []
+            keep = []
+            for lane in lanes + [None] * (self.batch - len(lanes)):
+                while True:
+                    if lane is None:
+                        lane = open_lane()
+                        if lane is None:
+                            break
+                    blk = next(lane["it"], None)
+                    if blk is not None:
+                        break
+                    self._close_stream(lane)
+                    lane = None
+                if lane is None:
+                    continue
+                keep.append(lane)
+                starts = np.array([0] if blk.pos == 0 else [], dtype=np.int64)
+                rows.append(_row(blk.ids, lane["prev"], starts, eos))
+                blks.append(blk)
+                hs.append(lane["h"])
+            lanes = keep
+            if not lanes:
+                break
+            nll, hN = self.runner.run(rows, np.stack(hs))
+            n_tok = 0
+            for n, (lane, blk) in enumerate(zip(lanes, blks)):
+                self.acc.add(blk, nll[n, :len(blk)])
+                lane["h"] = hN[n]
+                lane["prev"] = int(blk.ids[-1])
+                self.state[lane["i"]] = (hN[n], lane["prev"], 0, -1)
+                n_tok += len(blk)
+            self._after_call(n_tok)
+
+    def _close_stream(self, lane: dict) -> None:
+        i = lane["i"]
+        self.acc.finish(i)
+        self.final_states[i] = np.array(lane["h"], copy=True)
+        self.state.pop(i, None)
+
+    # ----------------------------------------- reset line/doc: segments --
+    def _items(self) -> Iterator[tuple]:
+        """('seg', blk) for whole segments of <= T tokens; ('chunk', blk, first) for
+        T-aligned chunks of longer segments; ('end', i) after each input."""
+        T = self.T
+        keyname = "line" if self.reset == "line" else "doc"
+        for s in self.sources:
+            i = s.index
+            if self.acc.t[i].done:
+                continue
+            start = self.acc.t[i].scored
+            _, _, seg_off, key0 = self.state.get(i, (None, None, 0, -1))
+            cur: list[Block] = []
+            have = 0
+            # resumed inside a long segment: it continues if the next token has its key
+            long_seg = seg_off > 0
+            cur_key = key0 if long_seg else None
+            for b in skip(s.blocks(), start):
+                key = getattr(b, keyname)
+                cuts = np.flatnonzero(np.diff(key)) + 1
+                if cur_key is not None and key[0] != cur_key:
+                    cuts = np.concatenate([[0], cuts])
+                bounds = list(cuts) + [len(b)]
+                a = 0
+                for c in bounds:
+                    if c > a:
+                        piece = b.cut(a, c)
+                        cur.append(piece)
+                        have += len(piece)
+                        cur_key = key[c - 1]
+                        # stream a long segment in T-aligned chunks
+                        while have > T or (long_seg and have >= T):
+                            whole = Block.join(cur)
+                            yield ("chunk", whole.cut(0, T), not long_seg)
+                            long_seg = True
+                            rest = whole.cut(T, len(whole))
+                            cur = [rest] if len(rest) else []
+                            have = len(rest)
+                    if c < len(b):  # a segment ends at c
+                        if cur:
+                            yield (("chunk", Block.join(cur), not long_seg) if long_seg
+                                   else ("seg", Block.join(cur)))
+                        cur, have, long_seg = [], 0, False
+                        cur_key = None
+                    a = c
+            if cur:
+                yield (("chunk", Block.join(cur), not long_seg) if long_seg
+                       else ("seg", Block.join(cur)))
+            yield ("end", i)
+
+    def _run_segments(self) -> None:
+        eos, T, N = self.eos, self.T, self.batch
+        keyname = "line" if self.reset == "line" else "doc"
+        window: list[list[Block]] = []  # rows, each a run of whole segments
+        row_len = 0
+        ends: list[int] = []  # inputs that ended; finished once their tokens are scored
+
+        def finish_ends() -> None:
+            for i in ends:
+                self.state.pop(i, None)
+                self.acc.finish(i)
+            ends.clear()
+
+        def flush_window() -> None:
+            nonlocal row_len
+            if window:
+                rows = []
+                for segs in window:
+                    starts = np.cumsum([0] + [len(s) for s in segs[:-1]])
+                    ids = segs[0].ids if len(segs) == 1 else np.concatenate(
+                        [s.ids for s in segs])
+                    rows.append(_row(ids, eos, starts, eos))
+                nll, _ = self.runner.run(rows, np.zeros((len(rows), self.H), self.dtype))
+                n_tok = 0
+                for n, segs in enumerate(window):
+                    off = 0
+                    for s in segs:
+                        self.acc.add(s, nll[n, off:off + len(s)])
+                        off += len(s)
+                    n_tok += off
+                window.clear()
+                row_len = 0
+                finish_ends()
+                self._after_call(n_tok)
+            finish_ends()
+
+        for item in self._items():
+            kind = item[0]
+            if kind == "end":
+                ends.append(item[1])
+                if not window:
+                    finish_ends()
+                continue
+            blk = item[1]
+            if kind == "seg":
+                self.state.pop(blk.i, None)  # a long segment before it has ended
+                if window and row_len + len(blk) <= T:
+                    window[-1].append(blk)
+                    row_len += len(blk)
+                else:
+                    if len(window) == N:
+                        flush_window()
+                    window.append([blk])
+                    row_len = len(blk)
+                continue
+            # a chunk of a long segment: alone in its call, its state carried
+            first = item[2]
+            flush_window()
+            i = blk.i
+            if first:
+                h, prev, seg_off = np.zeros(self.H, self.dtype), eos, 0
+                starts = np.array([0], dtype=np.int64)
+            else:
+                h, prev, seg_off, _ = self.state[i]
+                starts = np.zeros(0, dtype=np.int64)
+            nll, hN = self.runner.run([_row(blk.ids, prev, starts, eos)], h[None, :])
+            self.acc.add(blk, nll[0, :len(blk)])
+            key = int(getattr(blk, keyname)[-1])
+            if len(blk) == T:  # the segment may go on: keep its state
+                self.state[i] = (hN[0], int(blk.ids[-1]), seg_off + len(blk), key)
+            else:
+                self.state.pop(i, None)
+            self._after_call(len(blk))
+        flush_window()

@@ -1,0 +1,87 @@
+"""Arrays plus one JSON object in a plain ``.npz``: the model file and both checkpoints.
+
+An archive holds named arrays and ``meta``, a 0-d unicode array with one JSON
+object whose ``format`` and ``format_version`` say what the file is. numpy
+alone reads it (``np.load(path, allow_pickle=False)``); nothing is pickled,
+and loading refuses a pickled array. Writes are atomic (temp file in the
+same directory, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from streamlm.atomic import atomic_path
+from streamlm.errors import InputError, StreamlmError
+from streamlm.formats import ZIP_MAGICS
+
+
+def save(path: str | os.PathLike, fmt: str, version: int, meta: dict,
+         arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` and ``{"format", "format_version", **meta}`` to ``path`` atomically."""
+    if "meta" in arrays:
+        raise ValueError("'meta' is reserved for the JSON object")
+    head = {"format": fmt, "format_version": int(version)}
+    head.update(meta)
+    text = np.array(json.dumps(head, allow_nan=False))
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays, meta=text)
+
+
+def load(path: str | os.PathLike, fmt: str, version: int, *, what: str,
+         error: type[StreamlmError] = InputError) -> tuple[dict, dict[str, np.ndarray]]:
+    """Read an archive written by :func:`save`: ``(meta, arrays)`` (``meta`` not in arrays).
+
+    ``what`` names the file in messages ("model file", "checkpoint"); every
+    failure raises ``error`` as one line naming ``path``: missing, a directory,
+    not a zip archive, truncated or corrupt, a pickled array, ``meta`` that is
+    not a JSON object, another ``format``, or a ``format_version`` newer than
+    ``version``.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise error(f"{what} not found", path)
+    if p.is_dir():
+        raise error(f"is a directory, expected a {what} (.npz)", path)
+    try:
+        with open(p, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise error(f"cannot read {what}: {e.strerror or e}", path) from None
+    if not magic.startswith(ZIP_MAGICS):
+        raise error(f"not a streamlm {what}: not an .npz (zip) archive", path)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "pickle" in msg.lower():
+            raise error("holds a pickled object, refused (allow_pickle=False)", path) from None
+        raise error(f"corrupt or truncated {what} ({msg})", path) from None
+    except Exception as e:  # anything numpy/zipfile raise on garbage
+        raise error(f"corrupt {what} ({type(e).__name__}: {e})", path) from None
+    meta_arr = arrays.pop("meta", None)
+    if meta_arr is None:
+        raise error(f"not a streamlm {what} (no 'meta')", path)
+    if meta_arr.shape != () or meta_arr.dtype.kind != "U":
+        raise error("'meta' must be a 0-d string array holding JSON", path)
+    try:
+        meta = json.loads(str(meta_arr))
+    except json.JSONDecodeError as e:
+        raise error(f"'meta' is not valid JSON ({e.msg} at char {e.pos})", path) from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        got = meta.get("format") if isinstance(meta, dict) else None
+        raise error(f"not a streamlm {what} (format {got!r}, expected {fmt!r})", path)
+    v = meta.get("format_version")
+    if not isinstance(v, int) or v < 1:
+        raise error(f"bad format_version {v!r}", path)
+    if v > version:
+        raise error(f"{what} format version {v} is newer than this streamlm supports "
+                    f"({version})", path)
+    return meta, arrays

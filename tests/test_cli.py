@@ -1,0 +1,187 @@
+"""The thin CLI: every option reaches its library function as the value the user
+gave (typer's CliRunner, the library replaced by a recorder), and the choices are
+listed in --help. What the jobs then do is tested with the jobs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from streamlm.cli import app
+from streamlm.options import Docs, Engine, Errors, Level, Optimizer, Reset, ScoreOptions
+
+
+class Recorder:
+    def __init__(self, result):
+        self.result = result
+        self.calls = []
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        return self.result
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging():
+    """The CLI configures the root logger for its own stderr: undo it after each test
+    (CliRunner's stream is closed once the command returns)."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def invoke(*args):
+    r = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+    if r.exception and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return r
+
+
+def test_score_options_reach_the_scorer(monkeypatch):
+    from streamlm import score as score_module
+
+    class Result:
+        summary = {"tokens": 3, "oov": 0, "inputs": [{"path": "a.txt"}]}
+
+    rec = Recorder(Result())
+    monkeypatch.setattr(score_module, "score", rec)
+    r = invoke("score", "m.npz", "a.txt", "b.txt", "--reset", "doc", "--level", "doc",
+               "--output", "o.parquet", "--chunk-tokens", "7", "--batch", "3", "--errors",
+               "replace", "--column", "ids", "--engine", "numpy", "--checkpoint", "c.ckpt",
+               "--checkpoint-every", "99", "--no-progress", "--json")
+    assert r.exit_code == 0, r.output
+    (args, kwargs), = rec.calls
+    assert args[:2] == ("m.npz", ["a.txt", "b.txt"])
+    assert args[2] == ScoreOptions(reset=Reset.doc, level=Level.doc, chunk_tokens=7, batch=3,
+                                   errors=Errors.replace, column="ids", engine=Engine.numpy,
+                                   checkpoint_every=99)
+    assert kwargs["output"] == "o.parquet" and kwargs["checkpoint"] == "c.ckpt"
+    assert kwargs["progress"] is None  # --no-progress
+    assert json.loads(r.stdout) == Result.summary
+
+
+def test_score_defaults(monkeypatch):
+    from streamlm import score as score_module
+
+    class Result:
+        summary = {"tokens": 0, "oov": 0, "inputs": []}
+
+    rec = Recorder(Result())
+    monkeypatch.setattr(score_module, "score", rec)
+    assert invoke("score", "m.npz", "a.txt", "--json").exit_code == 0
+    assert rec.calls[0][0][2] == ScoreOptions()
+
+
+def test_score_dask_options_reach_score_dask(monkeypatch):
+    from streamlm import distributed
+
+    class Result:
+        summary = {"tokens": 0, "oov": 0, "inputs": []}
+        failed = []
+
+    rec = Recorder(Result())
+    monkeypatch.setattr(distributed, "score_dask", rec)
+    r = invoke("score", "m.npz", "a.txt", "--dask", "local:2", "--reset", "line", "--output",
+               "out/", "--json")
+    assert r.exit_code == 0, r.output
+    (args, kwargs), = rec.calls
+    assert args[:3] == ("m.npz", ["a.txt"], "local:2")
+    assert args[3] == ScoreOptions(reset=Reset.line, level=Level.line)  # --level defaults
+    assert kwargs["output_dir"] == "out/"
+
+
+def test_failed_dask_shards_exit_4(monkeypatch):
+    from streamlm import distributed
+
+    class Result:
+        summary = {"tokens": 0, "oov": 0, "inputs": []}
+        failed = [{"path": "b.txt", "error": "b.txt: no such file"}]
+
+    monkeypatch.setattr(distributed, "score_dask", Recorder(Result()))
+    r = invoke("score", "m.npz", "a.txt", "b.txt", "--dask", "local:1", "--json")
+    assert r.exit_code == 4
+
+
+def test_prepare_options_reach_prepare(monkeypatch):
+    from streamlm import prepare as prepare_module
+
+    manifest = {"num_tokens": 5, "shards": [], "vocab": {"size": 3}, "unk_tokens": 0}
+    rec = Recorder(manifest)
+    monkeypatch.setattr(prepare_module, "prepare", rec)
+    r = invoke("prepare", "a.txt", "-", "--out", "d", "--vocab-size", "50", "--min-count",
+               "2", "--shard-tokens", "1000", "--docs", "blank-line", "--errors", "replace",
+               "--json")
+    assert r.exit_code == 0, r.output
+    (args, kwargs), = rec.calls
+    assert args == (["a.txt", "-"], "d")
+    assert kwargs == {"vocab_size": 50, "min_count": 2, "vocab_path": None,
+                      "shard_tokens": 1000, "docs": Docs.blank_line, "errors": Errors.replace}
+    assert json.loads(r.stdout) == manifest
+
+
+def test_train_options_reach_train(monkeypatch):
+    from streamlm import train as train_module
+
+    rec = Recorder({"model": "m.npz", "history": []})
+    monkeypatch.setattr(train_module, "train", rec)
+    r = invoke("train", "shards", "--out", "m.npz", "--valid", "v", "--vocab", "vocab.txt",
+               "--embed", "8", "--hidden", "8", "--batch", "4", "--bptt", "5", "--epochs",
+               "2", "--max-minutes", "1.5", "--optimizer", "sgd", "--lr", "0.5", "--clip",
+               "0.25", "--seed", "3", "--dropout", "0.1", "--tie-weights", "--log-interval",
+               "7", "--log", "l.jsonl", "--plot", "p.png", "--checkpoint-every", "11",
+               "--resume", "--json")
+    assert r.exit_code == 0, r.output
+    (args, kwargs), = rec.calls
+    cfg = args[0]
+    assert (cfg.embed, cfg.hidden, cfg.batch, cfg.bptt, cfg.epochs, cfg.max_minutes) == (
+        8, 8, 4, 5, 2, 1.5)
+    assert (cfg.optimizer, cfg.lr, cfg.clip, cfg.seed, cfg.dropout, cfg.tie_weights) == (
+        Optimizer.sgd, 0.5, 0.25, 3, 0.1, True)
+    assert (cfg.log_interval, cfg.checkpoint_every) == (7, 11)
+    assert args[1:] == (["shards"], "m.npz")
+    assert {k: kwargs[k] for k in ("valid_paths", "vocab_path", "log_path", "plot_path",
+                                   "resume")} == {"valid_paths": ["v"],
+                                                  "vocab_path": "vocab.txt",
+                                                  "log_path": "l.jsonl", "plot_path": "p.png",
+                                                  "resume": True}
+    assert json.loads(r.stdout) == {"model": "m.npz"}  # the history stays out of --json
+
+
+def test_generate_options_reach_generate(monkeypatch):
+    from streamlm import generate as generate_module
+
+    rec = Recorder(iter(["a", "b", "<eos>"]))
+    monkeypatch.setattr(generate_module, "generate", rec)
+    r = invoke("generate", "m.npz", "--words", "3", "--temperature", "0.5", "--seed", "4",
+               "--prompt", "the cat")
+    assert r.exit_code == 0, r.output
+    assert rec.calls == [(("m.npz",), {"words": 3, "temperature": 0.5, "seed": 4,
+                                       "prompt": "the cat"})]
+    assert r.stdout == "a b\n"
+
+
+@pytest.mark.parametrize("command, option, choices", [
+    ("score", "--reset", Reset), ("score", "--level", Level), ("score", "--errors", Errors),
+    ("score", "--engine", Engine), ("prepare", "--docs", Docs),
+    ("train", "--optimizer", Optimizer)])
+def test_help_lists_the_choices(command, option, choices):
+    r = invoke(command, "--help")
+    assert r.exit_code == 0
+    line = next(ln for ln in r.output.splitlines() if option + " " in ln)
+    assert "|".join(c.value for c in choices) in line
+
+
+def test_a_wrong_choice_is_a_usage_error():
+    r = invoke("score", "m.npz", "a.txt", "--reset", "word")
+    assert r.exit_code == 2
+
+
+def test_help_texts_keep_their_brackets():
+    """Rich markup must not swallow '[dask]' and the like."""
+    assert "streamlm[dask]" in invoke("score", "--help").output
