@@ -7,8 +7,9 @@ Each (task, shape, peer) runs in its own persistent subprocess with the
 same thread count for every library (NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS,
 OMP_NUM_THREADS, MKL_NUM_THREADS, torch.set_num_threads), so that one
 library's thread pool cannot slow another. The orchestrator interleaves the
-peers repetition by repetition (order alternating), so a change in the load
-of the shared machine hits every peer alike; the reported figure is the
+peers repetition by repetition (the order rotating, so that each peer runs in
+every position equally often and, with three or more, never twice in a row),
+so a change in the load of the shared machine hits every peer alike; the reported figure is the
 median of the timed repetitions (warm-up excluded). Before timing, every worker scores the first two
 blocks from a fresh state (the second one checks the carried state and, for
 training, the optimiser step) and must agree with the float64 numpy oracle
@@ -38,7 +39,8 @@ TOL = 1e-4
 V = 10000
 TRAIN_NT = (20, 35)
 MANY_NT = (20, 100)
-SINGLE_T = {"streamlm": 4096, "alt": 4096, "torch": 256, "numpy": 256, "reference": 256}
+SINGLE_T = {"streamlm": 4096, "alt": 4096, "alt2": 4096, "torch": 256, "numpy": 256,
+            "reference": 256}
 
 
 def _peer_base(peer: str) -> str:
@@ -74,8 +76,8 @@ def thread_env(threads: int) -> dict:
 # ------------------------------------------------------------------ worker --
 def make_peer(peer: str, task: str, weights):
     base = _peer_base(peer)
-    if base == "alt":  # A/B runs: another streamlm tree, e.g. git archive of HEAD
-        sys.path.insert(0, os.environ["STREAMLM_BENCH_ALT"])
+    if base in ("alt", "alt2"):  # A/B runs: other streamlm trees, e.g. git archive of HEAD
+        sys.path.insert(0, os.environ["STREAMLM_BENCH_" + base.upper()])
         base = "streamlm"
     if base == "streamlm":
         # "streamlm" is the default install (numpy's OpenBLAS); "streamlm+mkl" the mkl extra
@@ -287,11 +289,14 @@ def main(argv=None):
                     help="Peers to run: streamlm (with numpy's OpenBLAS), streamlm+mkl (with "
                          "Intel MKL, skipped when not installed), torch, numpy (a fast float32 "
                          "numpy peer), "
-                         "reference (tests/reference.py, training only), and 'alt' (the "
-                         "streamlm package found in $STREAMLM_BENCH_ALT, for A/B runs).")
+                         "reference (tests/reference.py, training only), and 'alt', 'alt2' "
+                         "(the streamlm packages in $STREAMLM_BENCH_ALT, "
+                         "$STREAMLM_BENCH_ALT2, for A/B runs).")
     ap.add_argument("--reps", type=int, default=10,
                     help="Timed repetitions per peer (interleaved between peers).")
     ap.add_argument("--threads", type=int, default=2, help="Threads for every library.")
+    ap.add_argument("--pause", type=float, default=0.3,
+                    help="Seconds of idle before each peer's repetition.")
     ap.add_argument("--out", default=str(HERE / "results_speed.json"), help="JSON results file.")
     args = ap.parse_args(argv)
     if args.worker:
@@ -351,10 +356,18 @@ def main(argv=None):
                         raise SystemExit(f"{peer} {task} H={H}: loss {h['losses']} != oracle "
                                          f"{h['oracle']} (err {h['err']:.2e})")
                 times = {p: [] for p in ["sgemm"] + task_peers}
+                peers_all = ["sgemm"] + task_peers
                 for r in range(reps):
-                    order = ["sgemm"] + task_peers
-                    order = order if r % 2 == 0 else order[::-1]
+                    # rotate, never reverse: with the order reversed every other
+                    # repetition, the peers at both ends ran twice back to back at
+                    # each boundary (warm caches) and came out ~10% faster at D=H=650
+                    k = r % len(peers_all)
+                    order = peers_all[k:] + peers_all[:k]
                     for peer in order:
+                        # let the last peer's idle BLAS/OpenMP threads stop spinning
+                        # (OpenBLAS and torch's OpenMP busy-wait after a call): the
+                        # peer after the SGEMM one otherwise ran ~10% slower
+                        time.sleep(args.pause)
                         times[peer].append(workers[peer].rep())
             finally:
                 for w in workers.values():
