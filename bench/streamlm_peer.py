@@ -19,13 +19,13 @@ from streamlm import model as Mm
 from streamlm.model import RNNLM
 from streamlm.params import ModelConfig, Params
 
-try:
-    from streamlm import threads as ops  # the current tree
-
-    OLD_API = False
-except ImportError:  # a tree from before the restructuring
+# (by attribute, not by import: an editable install finds the current tree's new
+# modules even when an old tree comes first on sys.path)
+OLD_API = hasattr(Mm, "hold_blas")
+if OLD_API:
     ops = Mm
-    OLD_API = True
+else:
+    from streamlm import threads as ops
 
 
 def params_from(weights: dict[str, np.ndarray]) -> Params:

@@ -38,7 +38,7 @@ SCORE_VERSION = 2  # 2: "format_version" (was "version")
 
 # TrainConfig fields that shape the trajectory: a resume needs the same values
 TRAJECTORY = ("embed", "hidden", "batch", "bptt", "optimizer", "lr", "clip", "seed",
-              "dropout", "tie_weights")
+              "dropout", "tie_weights", "softmax", "classes", "old_classes")
 
 
 # ================================================================ training ==
@@ -94,6 +94,8 @@ def save_train(path: Path, run: TrainState, batcher, model_cfg, vocab, elapsed: 
         "adam_v": run.v if run.v is not None else empty,
         "h": run.h if run.h is not None else empty,
     }
+    if run.params.classes is not None:
+        arrays["word_class"] = run.params.classes.word_class
     store.save(path, TRAIN_FORMAT, TRAIN_VERSION, meta, arrays)
     run.have_ckpt = True
 
@@ -123,6 +125,10 @@ def restore_train(path: Path, run: TrainState, batcher, model_cfg, vocab) -> Non
     if state["vocab_sha256"] != vocab.sha256():
         raise UsageError(f"cannot resume: the checkpoint was made with another vocabulary "
                          f"({path})")
+    classes = run.params.classes
+    if classes is not None and not np.array_equal(arrays.get("word_class"), classes.word_class):
+        raise UsageError(f"cannot resume: the checkpoint's word classes differ from the ones "
+                         f"the training data gives now ({path})")
     p = arrays["params"]
     if p.shape != run.params.flat.shape or p.dtype != run.params.dtype:
         raise InputError("checkpoint parameter buffer has the wrong size or dtype", path=path)

@@ -16,7 +16,7 @@ import typer
 
 from streamlm import __version__
 from streamlm.errors import StreamlmError
-from streamlm.options import Docs, Engine, Errors, Level, Optimizer, Reset
+from streamlm.options import Docs, Engine, Errors, Level, Optimizer, Reset, Softmax
 
 app = typer.Typer(
     name="streamlm",
@@ -237,6 +237,16 @@ def train_cmd(
         "--tie-weights/--no-tie-weights",
         help="Share the embedding with the output projection (needs --embed == --hidden).")
     ] = False,
+    softmax: Annotated[Softmax, typer.Option(
+        "--softmax", help="The output layer: a softmax over all V words, or Mikolov's "
+                          "class-factored softmax (exact, O(H (C + V/C)) per token).")
+    ] = Softmax.full,
+    classes: Annotated[Optional[int], typer.Option(
+        "--classes", help="Classes C of --softmax class, by frequency binning "
+                          "(default: about sqrt(V)).")] = None,
+    old_classes: Annotated[bool, typer.Option(
+        "--old-classes", help="Bin --softmax class classes by count/total instead of "
+                              "sqrt(count/total) (rnnlm's -old-classes).")] = False,
     log_interval: Annotated[int, typer.Option(
         "--log-interval", help="Steps between progress lines / log records.")] = 100,
     log_file: Annotated[Optional[str], typer.Option(
@@ -259,7 +269,8 @@ def train_cmd(
 
     cfg = TrainConfig(embed=embed, hidden=hidden, batch=batch, bptt=bptt, epochs=epochs,
                       max_minutes=max_minutes, optimizer=optimizer, lr=lr, clip=clip, seed=seed,
-                      dropout=dropout, tie_weights=tie_weights, log_interval=log_interval,
+                      dropout=dropout, tie_weights=tie_weights, softmax=softmax,
+                      classes=classes, old_classes=old_classes, log_interval=log_interval,
                       checkpoint_every=checkpoint_every)
     with TrainProgress() as reporter:
         summary = train(cfg, shards, out, valid_paths=valid, vocab_path=vocab,

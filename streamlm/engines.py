@@ -34,6 +34,30 @@ def _full_softmax_nll(p: Params, hs: np.ndarray, labels: np.ndarray, out: np.nda
         out[i:j] = np.where(ok, np.log(s) + (mx.astype(np.float64) - picked), 0.0)
 
 
+def _class_softmax_nll(p: Params, hs: np.ndarray, labels: np.ndarray, out: np.ndarray) -> None:
+    """out[m] = -log P(labels[m] | hs[m]) for a class model (labels in class order):
+    the class factor over C, then the word factor within the target's class."""
+    cl = p.classes
+    ok = labels >= 0
+    lab = np.where(ok, labels, 0)
+    tc = cl.cls[lab]
+    for i in range(0, hs.shape[0], _PROJ_ROWS):
+        j = min(hs.shape[0], i + _PROJ_ROWS)
+        z = hs[i:j] @ p.class_W
+        z += p.class_b
+        mx = z.max(axis=1)
+        lse = np.log(np.exp(z - mx[:, None]).sum(axis=1, dtype=np.float64)) + mx
+        out[i:j] = np.where(ok[i:j], lse - z[np.arange(j - i), tc[i:j]], 0.0)
+    for c in np.unique(tc[ok]):
+        rows = np.flatnonzero(ok & (tc == c))
+        s, e = cl.start[c], cl.start[c + 1]
+        z = hs[rows] @ p.affine_W[:, s:e]
+        z += p.affine_b[s:e]
+        mx = z.max(axis=1)
+        lse = np.log(np.exp(z - mx[:, None]).sum(axis=1, dtype=np.float64)) + mx
+        out[rows] += lse - z[np.arange(len(rows)), lab[rows] - s]
+
+
 class NumpyRNN:
     """Scoring only: ``nll(xs, ts, h0, reset, lengths) -> (nll, final state)``."""
 
@@ -47,6 +71,8 @@ class NumpyRNN:
         N, T = xs.shape
         if xs.size and (xs.min() < 0 or xs.max() >= V or ts.min() < -1 or ts.max() >= V):
             raise ValueError(f"token ids out of range [0, {V})")
+        if p.classes is not None:  # the model's own (class) order
+            xs, ts = p.classes.rank[xs], p.classes.to_internal(ts)
         reset = np.zeros((N, T), np.uint8) if reset is None else np.asarray(reset)
         xw = p.embed_W[xs] @ p.rnn_Wx  # (N, T, H)
         xw += p.rnn_b
@@ -62,7 +88,7 @@ class NumpyRNN:
         flat = hs[1:].reshape(T * N, H)  # time-major rows
         labels = np.ascontiguousarray(ts.T).reshape(-1)
         out = np.zeros(T * N, dtype=np.float64)
-        _full_softmax_nll(p, flat, labels, out)
+        (_full_softmax_nll if p.classes is None else _class_softmax_nll)(p, flat, labels, out)
         lengths = np.full(N, T) if lengths is None else np.asarray(lengths)
         return out.reshape(T, N).T.copy(), hs[lengths, np.arange(N)].copy()
 

@@ -151,6 +151,244 @@ class FullSoftmax:
         return int(K.sample_from_logits(lp, zeros, temperature, float(rng.random())))
 
 
+# A class with at least this many tokens in a call has its word logits done as
+# one GEMM; classes with fewer go to one kernel call that does them all
+# (bench/RESULTS.md, "class softmax: BLAS or kernel per class").
+CLASS_BLAS_MIN_TOKENS = 32
+# Rows per call when scoring: bounds the class logits and gathered states.
+CLASS_SCORE_ROWS = 8192
+
+_SERIAL = Pool(1)
+
+
+class ClassSoftmax:
+    """``P(w | h) = P(c(w) | h) P(w | c(w), h)`` (Mikolov's class-factored softmax).
+
+    The class factor is ``softmax(h @ class_W + class_b)`` over the C classes; the
+    word factor ``softmax(h @ affine_W[:, c] + affine_b[c])`` over the words of
+    the target's class only, so a token costs O(H (C + |c|)), not O(H V). The
+    model keeps the words in class order (class c is the column range
+    ``start[c]:start[c+1]``); targets here are in that order. A call groups its
+    tokens by target class: the class logits are one GEMM, a class with many
+    tokens is one GEMM, the rest one kernel call (see CLASS_BLAS_MIN_TOKENS).
+    """
+
+    def __init__(self, params: Params):
+        self.params = params
+        cl = params.classes
+        self.C = cl.C
+        self.start = cl.start
+        self.cls = cl.cls
+        self.sizes = cl.sizes.astype(np.int64)
+        self.buf = Scratch(params.dtype)
+        self._ctx: dict | None = None
+
+    # -------------------------------------------------------------- helpers --
+    def _target_classes(self, labels: np.ndarray) -> np.ndarray:
+        return np.where(labels >= 0, self.cls[np.maximum(labels, 0)], -1).astype(np.int32)
+
+    def _group(self, labels: np.ndarray, buf: Scratch):
+        """(perm, off): the tokens with a target grouped by class (K.group_by_class)."""
+        perm = buf("perm", (labels.shape[0],), np.int64)
+        off = buf("off", (self.C + 1,), np.int64)
+        n = K.group_by_class(perm, off, labels, self.cls)
+        return perm[:n], off
+
+    def _plan(self, off: np.ndarray, threads: int) -> list[tuple[np.ndarray, list[int]]]:
+        """Per thread: (classes for the kernel, classes for BLAS), by equal work."""
+        ntok = np.diff(off)
+        present = np.flatnonzero(ntok)
+        work = ntok[present] * self.sizes[present]
+        cuts = np.searchsorted(np.cumsum(work), work.sum() * np.arange(1, threads) / threads,
+                               side="right")
+        plan = []
+        for grp in np.split(present, cuts):
+            big = ntok[grp] >= CLASS_BLAS_MIN_TOKENS
+            plan.append((np.ascontiguousarray(grp[~big], dtype=np.int64), grp[big].tolist()))
+        return [p for p in plan if len(p[0]) or p[1]] or [(present[:0].astype(np.int64), [])]
+
+    # ------------------------------------------------------------- scoring --
+    def row_limit(self, M: int) -> int:
+        return min(M, CLASS_SCORE_ROWS)
+
+    def scratch(self, threads: int, rows: int) -> list[Scratch]:
+        return [Scratch(self.params.dtype) for _ in range(threads)]
+
+    def score_rows(self, work: Scratch, hs, labels, out) -> None:
+        """One thread: out[m] = NLL of rows hs with work's buffers."""
+        self._score(hs, labels, out, _SERIAL, work)
+
+    def score(self, hs: np.ndarray, labels: np.ndarray, out: np.ndarray, pool: Pool) -> None:
+        """out: (M,) float64 = NLL of each row's target (0 where -1)."""
+        for a, b in slices(0, hs.shape[0], CLASS_SCORE_ROWS):
+            self._score(hs[a:b], labels[a:b], out[a:b], pool, self.buf)
+
+    def _score(self, hs, labels, out, pool: Pool, buf: Scratch) -> None:
+        p = self.params
+        M = hs.shape[0]
+        W, b, start = p.affine_W, p.affine_b, self.start
+        Z = buf("Z", (M, self.C))
+        tcls = self._target_classes(labels)
+
+        def class_rows(i, j):
+            blas.gemm(hs[i:j], p.class_W, Z[i:j])
+            K.softmax_ce_forward(out[i:j], Z[i:j], p.class_b, tcls[i:j])
+
+        pool.map(class_rows, split(M, pool.threads))
+        perm, off = self._group(labels, buf)
+        n = perm.shape[0]
+        hg = np.take(hs, perm, axis=0, out=buf("hg", (n, hs.shape[1])))
+        lab = labels[perm]
+        nll = np.zeros(n)
+        plan = self._plan(off, pool.threads)
+        ntok = np.diff(off)
+        z = [buf(f"z{k}", (int(self.sizes.max()),)) for k in range(len(plan))]
+        L = [buf(f"L{k}", (max([int(ntok[c] * self.sizes[c]) for c in big] or [0]),))
+             for k, (_, big) in enumerate(plan)]
+
+        def word_part(k):
+            small, big = plan[k]
+            K.class_words_nll(nll, hg, lab, W, b, start, off, small, z[k])
+            for c in big:
+                o, o2, s, e = off[c], off[c + 1], start[c], start[c + 1]
+                lg = L[k][: (o2 - o) * (e - s)].reshape(o2 - o, e - s)
+                blas.gemm(hg[o:o2], W[:, s:e], lg)
+                part = np.empty(o2 - o)
+                K.softmax_ce_forward(part, lg, b[s:e], (lab[o:o2] - s).astype(np.int32))
+                nll[o:o2] += part
+
+        pool.map(word_part, [(k,) for k in range(len(plan))])
+        out[perm] += nll
+
+    # ------------------------------------------------------------ training --
+    def forward(self, hs: np.ndarray, labels: np.ndarray, scale, pool: Pool) -> np.ndarray:
+        """nll: (M,) float64 of rows hs: (M, H); keeps the logit gradients of
+        scale * sum(nll) for backward."""
+        p = self.params
+        M, H = hs.shape
+        W, b, start, buf = p.affine_W, p.affine_b, self.start, self.buf
+        P = pool.threads
+        Z = buf("Z", (M, self.C))
+        nll = buf("nll", (M,), np.float64)
+        tcls = self._target_classes(labels)
+        rows = split(M, P)
+        dbc = buf("dbc", (len(rows), self.C))
+
+        def class_rows(k, i, j):
+            blas.gemm(hs[i:j], p.class_W, Z[i:j])
+            dbc[k] = 0
+            K.softmax_ce_fused_db(nll[i:j], Z[i:j], p.class_b, tcls[i:j], scale, dbc[k],
+                                  hs[i:j], p.class_W)  # Z -> dZ
+
+        pool.map(class_rows, [(k, i, j) for k, (i, j) in enumerate(rows)])
+        perm, off = self._group(labels, buf)
+        perm, off = perm.copy(), off.copy()
+        n = perm.shape[0]
+        hg = np.take(hs, perm, axis=0, out=buf("hg", (n, H)))
+        lab = labels[perm]
+        ntok = np.diff(off)
+        boff = np.zeros(self.C + 1, dtype=np.int64)
+        np.cumsum(ntok * self.sizes, out=boff[1:])
+        store = buf("store", (int(boff[-1]),))
+        present = np.flatnonzero(ntok)
+        ranges = np.stack([start[present], start[present + 1]], axis=1)
+        dbw = buf("dbw", (p.config.V,))
+        for s_, e_ in ranges:
+            dbw[s_:e_] = 0
+        nll_g = np.zeros(n)
+        plan = self._plan(off, P)
+
+        def word_part(k):
+            small, big = plan[k]
+            K.class_words_fused(nll_g, store, hg, lab, W, b, dbw, scale, start, off, boff,
+                                small)
+            for c in big:
+                o, o2, s, e = off[c], off[c + 1], start[c], start[c + 1]
+                lg = store[boff[c]:boff[c + 1]].reshape(o2 - o, e - s)
+                blas.gemm(hg[o:o2], W[:, s:e], lg)
+                part = np.empty(o2 - o)
+                K.softmax_ce_fused_db(part, lg, b[s:e], (lab[o:o2] - s).astype(np.int32),
+                                      scale, dbw[s:e], hg[o:o2], W[:, s:e])
+                nll_g[o:o2] += part
+
+        pool.map(word_part, [(k,) for k in range(len(plan))])
+        nll[perm] += nll_g
+        self._ctx = {"hs": hs, "perm": perm, "off": off, "boff": boff, "hg": hg,
+                     "plan": plan, "dbc": dbc, "ranges": ranges, "nrows": len(rows)}
+        return nll
+
+    def backward(self, grads: Params, pool: Pool) -> np.ndarray:
+        """Accumulate the gradients of class_W, class_b and of the target classes'
+        columns of affine_W and entries of affine_b; return dhs: (M, H)."""
+        c, self._ctx = self._ctx, None
+        if c is None:
+            raise RuntimeError("backward() without forward()")
+        p = self.params
+        hs, perm, off, boff, hg = c["hs"], c["perm"], c["off"], c["boff"], c["hg"]
+        M, H = hs.shape
+        W, start, buf = p.affine_W, self.start, self.buf
+        dZ = buf("Z", (M, self.C))
+        store = buf("store", (int(boff[-1]),))
+        gcW, gW = grads["class_W"], grads["affine_W"]
+        grads["class_b"] += c["dbc"][: c["nrows"]].sum(axis=0)
+        dbw = buf("dbw", (p.config.V,))
+        gb = grads["affine_b"]
+        for s_, e_ in c["ranges"]:
+            gb[s_:e_] += dbw[s_:e_]
+        dhs = buf("dhs", (M, H))
+        dhg = buf("dhg", (perm.shape[0], H))
+        plan = c["plan"]
+
+        def class_cols(a, b_):  # disjoint columns of class_W's gradient
+            blas.gemm(hs.T, dZ[:, a:b_], gcW[:, a:b_], beta=1.0)
+
+        def class_back(i, j):
+            blas.gemm(dZ[i:j], p.class_W.T, dhs[i:j])
+
+        def word_back(k):
+            small, big = plan[k]
+            K.class_words_backward(gW, dhg, store, hg, W, start, off, boff, small)
+            for cl in big:
+                o, o2, s, e = off[cl], off[cl + 1], start[cl], start[cl + 1]
+                g = store[boff[cl]:boff[cl + 1]].reshape(o2 - o, e - s)
+                blas.gemm(hg[o:o2].T, g, gW[:, s:e], beta=1.0)
+                blas.gemm(g, W[:, s:e].T, dhg[o:o2])
+
+        pool.map(class_cols, split(self.C, pool.threads))
+        pool.map(class_back, split(M, pool.threads))
+        pool.map(word_back, [(k,) for k in range(len(plan))])
+        dhs[perm] += dhg
+        self.touched_ranges = c["ranges"]
+        return dhs
+
+    # ------------------------------------------------------------ sampling --
+    def logprobs(self, h: np.ndarray) -> np.ndarray:
+        """log p(w | h) for every word (class order): (N, V) from h: (N, H)."""
+        p = self.params
+        lc = h @ p.class_W
+        K.log_softmax_rows(lc, lc, p.class_b)
+        lw = h @ p.affine_W
+        for c in range(self.C):
+            s, e = self.start[c], self.start[c + 1]
+            blk = np.ascontiguousarray(lw[:, s:e])
+            K.log_softmax_rows(blk, blk, p.affine_b[s:e])
+            lw[:, s:e] = blk + lc[:, c:c + 1]
+        return lw
+
+    def sample(self, h: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
+        """A class drawn from P(c | h) ** (1/T), then a word of it from
+        P(w | c, h) ** (1/T); two uniforms of rng. Returns a class-order id."""
+        p = self.params
+        zc = h @ p.class_W
+        c = int(K.sample_from_logits(zc, p.class_b, temperature, float(rng.random())))
+        s, e = self.start[c], self.start[c + 1]
+        zw = h @ p.affine_W[:, s:e]
+        return int(s + K.sample_from_logits(zw, p.affine_b[s:e], temperature,
+                                            float(rng.random())))
+
+
 def output_layer(params: Params):
     """The output layer of a model's parameters."""
+    if params.config.softmax == "class":
+        return ClassSoftmax(params)
     return FullSoftmax(params)

@@ -520,6 +520,158 @@ def log_softmax_rows(out, logits, b):
             out[m, v] = logits[m, v] + b[v] - lse
 
 
+# ------------------------------------------------- class-factored softmax --
+# P(w | h) = P(c(w) | h) P(w | c(w), h). The class factor is a softmax over the C
+# classes: the kernels above do it (logits h @ class_W from BLAS). The word
+# factor is a softmax over the words of the target's class only: the model keeps
+# the words in class order, so class c is the column range [start[c], start[c+1])
+# of W = affine_W. The kernels below do the word factor for the tokens of one
+# chunk grouped by target class (group_by_class): ``hg`` holds their hidden
+# states in that order, so each class's block of W stays in cache while its
+# tokens are done (streamlm.heads sends classes with many tokens to BLAS instead).
+
+
+@njit(**JIT)
+def group_by_class(perm, off, labels, cls):
+    """Counting sort of the tokens that have a target, by the target's class.
+
+    perm: (M,) int64, output: perm[:n] are token indices grouped by class (in
+    token order within a class); off: (C+1,) int64, output: class c's tokens are
+    perm[off[c]:off[c+1]]; labels: (M,) int32 targets in [-1, V) (-1 skipped);
+    cls: (V,) int32, the class of each word. Returns n.
+    """
+    C = off.shape[0] - 1
+    for c in range(C + 1):
+        off[c] = 0
+    for m in range(labels.shape[0]):
+        lab = labels[m]
+        if lab >= 0:
+            off[cls[lab] + 1] += 1
+    for c in range(C):
+        off[c + 1] += off[c]
+    cur = off[:C].copy()
+    for m in range(labels.shape[0]):
+        lab = labels[m]
+        if lab >= 0:
+            c = cls[lab]
+            perm[cur[c]] = m
+            cur[c] += 1
+    return off[C]
+
+
+@njit(**JIT)
+def _word_logits(z, hg, i, W, b, s, nw):
+    """Writes z[:nw] = hg[i] @ W[:, s:s+nw] + b[s:s+nw] (rows of W are contiguous)."""
+    for k in range(nw):
+        z[k] = b[s + k]
+    for d in range(hg.shape[1]):
+        hd = hg[i, d]
+        for k in range(nw):
+            z[k] += hd * W[d, s + k]
+
+
+@njit(**JIT)
+def _shifted_sum(z, nw, c):
+    """sum_k exp(z[k] - c) over k < nw, in float64."""
+    s = 0.0
+    for k in range(nw):
+        s += np.float64(vexp(z[k] - c))
+    return s
+
+
+@njit(**JIT)
+def _shift(z, nw, t):
+    """(shift, sum_k exp(z[k] - shift)): the shift is the target's logit z[t] (the sum
+    is then >= 1), or the max of z when that sum overflows (see SHIFT_LIMIT)."""
+    c = z[t]
+    s = _shifted_sum(z, nw, c)
+    if not s < SHIFT_LIMIT:  # overflow, inf or NaN: the exact max (a NaN stays NaN)
+        c = z[0]
+        for k in range(1, nw):
+            if z[k] > c:
+                c = z[k]
+        s = _shifted_sum(z, nw, c)
+    return c, s
+
+
+@njit(**JIT)
+def class_words_nll(nll, hg, lab, W, b, start, off, classes, z):
+    """Adds each token's within-class NLL, -log softmax_{w in c}(h @ W[:, w] + b[w]).
+
+    nll: (n,) float64, accumulated, grouped order; hg: (n, H) float, the hidden
+    states grouped by class; lab: (n,) int32, their targets (class order ids);
+    W: (H, V) float; b: (V,) float; start: (C+1,) int64 class ranges of the
+    words; off: (C+1,) int64 class ranges of the tokens; classes: (k,) int64,
+    the classes to do; z: (max class size,) float scratch.
+    """
+    for ci in range(classes.shape[0]):
+        c = classes[ci]
+        s = start[c]
+        nw = start[c + 1] - s
+        for i in range(off[c], off[c + 1]):
+            _word_logits(z, hg, i, W, b, s, nw)
+            t = lab[i] - s
+            shift, tot = _shift(z, nw, t)
+            nll[i] += math.log(tot) + (np.float64(shift) - np.float64(z[t]))
+
+
+@njit(**JIT)
+def class_words_fused(nll, store, hg, lab, W, b, db, scale, start, off, boff, classes):
+    """class_words_nll, and also writes the gradient of scale * sum(nll) w.r.t. the
+    word logits, (softmax - onehot) * scale, and accumulates it into db.
+
+    store: (total,) float, output: class c's gradient block, (tokens of c, words
+    of c) row-major, starts at boff[c]; db: (V,) float, accumulated (the caller
+    zeroes the ranges of the classes done); scale: float scalar of W's dtype.
+    Other arguments as class_words_nll.
+    """
+    for ci in range(classes.shape[0]):
+        c = classes[ci]
+        s = start[c]
+        nw = start[c + 1] - s
+        for i in range(off[c], off[c + 1]):
+            a = boff[c] + (i - off[c]) * nw
+            z = store[a:a + nw]
+            _word_logits(z, hg, i, W, b, s, nw)
+            t = lab[i] - s
+            zt = z[t]
+            shift, tot = _shift(z, nw, t)
+            nll[i] += math.log(tot) + (np.float64(shift) - np.float64(zt))
+            inv = z.dtype.type(scale / tot)
+            for k in range(nw):
+                e = vexp(z[k] - shift) * inv
+                z[k] = e
+                db[s + k] += e
+            z[t] -= scale
+            db[s + t] -= scale
+
+
+@njit(**JIT)
+def class_words_backward(gW, dhg, store, hg, W, start, off, boff, classes):
+    """The backward of the word factor for the given classes.
+
+    gW: (H, V) float, accumulated: gW[:, w] += sum_i g[i, w] hg[i];
+    dhg: (n, H) float, written: dhg[i] = sum_w g[i, w] W[:, w] over i's class;
+    store: the gradient blocks of class_words_fused; other arguments as there.
+    """
+    H = hg.shape[1]
+    zero = hg.dtype.type(0)
+    for ci in range(classes.shape[0]):
+        c = classes[ci]
+        s = start[c]
+        nw = start[c + 1] - s
+        for i in range(off[c], off[c + 1]):
+            a = boff[c] + (i - off[c]) * nw
+            g = store[a:a + nw]
+            for d in range(H):
+                hd = hg[i, d]
+                acc = zero
+                for k in range(nw):
+                    acc += g[k] * W[d, s + k]
+                    gW[d, s + k] += hd * g[k]
+                dhg[i, d] = acc
+
+
 # ------------------------------------------------------------ optimisers --
 # Serial over the flat buffer; streamlm.threads.sum_squares /
 # sgd_update / adam_update run them on slices in streamlm's threads.
@@ -561,6 +713,41 @@ def adam_update(p, g, m, v, lr_t, beta1, beta2, eps, gscale):
         m[i] = mi
         v[i] = vi
         p[i] -= lr_t * mi / (np.sqrt(vi) + eps)
+
+
+@njit(**JIT)
+def sum_squares_segments(g, seg):
+    """sum(g[a:b]**2) over the segments (a, b) = seg[k] (K, 2) int64, in float64."""
+    s = 0.0
+    for k in range(seg.shape[0]):
+        s += sum_squares(g[seg[k, 0]:seg[k, 1]])
+    return s
+
+
+@njit(**JIT)
+def sgd_segments(p, g, seg, lr, gscale):
+    """sgd_update on each segment p[a:b], g[a:b] of seg (K, 2) int64."""
+    for k in range(seg.shape[0]):
+        a, b = seg[k, 0], seg[k, 1]
+        sgd_update(p[a:b], g[a:b], lr, gscale)
+
+
+@njit(**JIT)
+def adam_segments(p, g, m, v, seg, lr_t, beta1, beta2, eps, gscale):
+    """adam_update on each segment of seg (K, 2) int64 only: the other elements keep
+    their weights and moments (lazy Adam, for row-sparse gradients)."""
+    for k in range(seg.shape[0]):
+        a, b = seg[k, 0], seg[k, 1]
+        adam_update(p[a:b], g[a:b], m[a:b], v[a:b], lr_t, beta1, beta2, eps, gscale)
+
+
+@njit(**JIT)
+def zero_segments(g, seg):
+    """Writes g[a:b] = 0 for each segment of seg (K, 2) int64."""
+    zero = g.dtype.type(0)
+    for k in range(seg.shape[0]):
+        for i in range(seg[k, 0], seg[k, 1]):
+            g[i] = zero
 
 
 @njit(**JIT)

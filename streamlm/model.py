@@ -128,11 +128,13 @@ class RNNLM:
         if recur not in ("auto", "kernel", "blas"):
             raise ValueError("recur must be auto, kernel or blas")
         self.params = params
+        self.classes = params.classes  # a class model keeps its words in class order
         self.head = output_layer(params)
         self.dropout = float(dropout)
         self.rng = np.random.default_rng(seed)
         self.recur = recur
         self._cache: _Cache | None = None
+        self._touched = None
         self.buf = Scratch(params.dtype)
 
     @property
@@ -159,14 +161,19 @@ class RNNLM:
         return n >= BLAS_RECUR_MIN_STREAMS and n * self.config.H ** 2 >= BLAS_RECUR_MIN_WORK
 
     def _block(self, xs, ts) -> tuple[np.ndarray, np.ndarray]:
-        """Check an (N, T) block; return xs and the time-major (N*T,) int32 targets,
-        validated against V (-1 = ignore) before any kernel sees them."""
+        """Check an (N, T) block, validated against V (-1 = ignore) before any kernel
+        sees it; return xs and the time-major (N*T,) int32 targets, both in the
+        model's own word order (a class model's class order)."""
         xs = np.asarray(xs)
         ts = np.asarray(ts)
         if xs.ndim != 2 or xs.shape != ts.shape:
             raise ValueError("xs and ts must both be (N, T)")
         labels = np.ascontiguousarray(ts.T, dtype=np.int32).reshape(xs.size)
         check_ids(labels, self.config.V, "target ids", allow_ignore=True)
+        if self.classes is not None:
+            check_ids(xs, self.config.V, "input ids")
+            xs = self.classes.rank[xs]
+            labels = self.classes.to_internal(labels)
         return xs, labels
 
     def _reset_tm(self, reset, T: int, N: int) -> np.ndarray:
@@ -237,6 +244,7 @@ class RNNLM:
         scale = dt(1.0 / count) if count else dt(0.0)
         nll = self.head.forward(hs_in, labels, scale, pl)
         self._cache = _Cache(N, T, ids, X, hs_full, mask_x, mask_h)
+        self._touched = None
         loss = float(nll.sum() / count) if count else 0.0
         return loss, hs_full[T].copy()
 
@@ -288,7 +296,19 @@ class RNNLM:
         grads["rnn_b"] += gb[:nr].sum(axis=0)
         K.embedding_backward(grads["embed_W"], c.ids, dX)
         self._cache = None
+        if self.classes is not None:
+            self._touched = (c.ids, self.head.touched_ranges)
         return dh0
+
+    def touched(self) -> np.ndarray | None:
+        """After ``backward``: the ranges (K, 2) of the flat gradient buffer that can be
+        nonzero, for a row-sparse optimiser step (a class model: the embedding
+        rows of the inputs, the target classes' words, and every other
+        parameter); None when the gradient is dense (a full softmax)."""
+        if self.classes is None or self._touched is None:
+            return None
+        ids, ranges = self._touched
+        return self.params.segments(ids, ranges)
 
     # scoring ---------------------------------------------------------------
     def nll(self, xs: np.ndarray, ts: np.ndarray, h0: np.ndarray | None = None,
@@ -380,39 +400,53 @@ class RNNLM:
     def step(self, ids: np.ndarray, h0: np.ndarray | None = None) -> np.ndarray:
         """Feed one token per row (ids: (N,)); return the new state (N, H)."""
         ids = np.asarray(ids, dtype=np.int32).reshape(-1, 1)
+        check_ids(ids, self.config.V, "input ids")
+        if self.classes is not None:
+            ids = self.classes.rank[ids]
         _, _, hs_full, _ = self._run_rnn(ids, h0, None, False, _SERIAL)
         return hs_full[1].copy()
 
     def logprobs(self, h: np.ndarray) -> np.ndarray:
-        """log p(next word) for every word: (N, V) from states h: (N, H)."""
-        return self.head.logprobs(np.asarray(h, dtype=self.params.dtype))
+        """log p(next word) for every word id: (N, V) from states h: (N, H)."""
+        lp = self.head.logprobs(np.asarray(h, dtype=self.params.dtype))
+        return lp if self.classes is None else lp[:, self.classes.rank]
 
     def sample(self, h: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
-        """The next word drawn from p(w | h) ** (1/temperature); h: (H,)."""
-        return self.head.sample(np.asarray(h, dtype=self.params.dtype), temperature, rng)
+        """The next word id drawn from p(w | h) ** (1/temperature); h: (H,)."""
+        k = self.head.sample(np.asarray(h, dtype=self.params.dtype), temperature, rng)
+        return k if self.classes is None else int(self.classes.order[k])
 
 
 def warmup(dtype=np.float32) -> None:
     """Compile (or load from cache) every kernel for ``dtype`` on tiny arrays."""
     from streamlm import threads
+    from streamlm.classes import WordClasses
     from streamlm.params import ModelConfig
 
-    cfg = ModelConfig(V=7, D=3, H=4)
-    p = Params.init(cfg, seed=0, dtype=dtype)
-    g = p.zeros_like()
     xs = np.array([[0, 1, 2], [3, 4, 5]], dtype=np.int32)
     ts = np.array([[1, 2, 3], [4, 5, -1]], dtype=np.int32)
-    for recur in ("kernel", "blas"):
-        m = RNNLM(p, recur=recur)
-        m.forward(xs, ts)
-        m.backward(g)
-        m.nll(xs, ts, reset=np.zeros_like(xs))
-    h = m.step(np.array([0, 1]))
-    m.sample(h[0], 1.0, np.random.default_rng(0))
+    classes = WordClasses(np.array([0, 0, 1, 1, 1, 2, 2], dtype=np.int32))
+    for cfg, cl in ((ModelConfig(V=7, D=3, H=4), None),
+                    (ModelConfig(V=7, D=3, H=4, softmax="class", C=3), classes)):
+        p = Params.init(cfg, seed=0, dtype=dtype, classes=cl)
+        g = p.zeros_like()
+        for recur in ("kernel", "blas"):
+            m = RNNLM(p, recur=recur)
+            m.forward(xs, ts)
+            m.backward(g)
+            m.nll(xs, ts, reset=np.zeros_like(xs))
+        h = m.step(np.array([0, 1]))
+        m.sample(h[0], 1.0, np.random.default_rng(0))
+    seg = np.array([[0, 3], [5, 9]], dtype=np.int64)
+    threads.sum_squares(g.flat, seg)
+    threads.sgd_update(p.flat, g.flat, p.dtype.type(0.0), seg=seg)
+    threads.zero(g.flat, seg)
     threads.sum_squares(g.flat)
     threads.sgd_update(p.flat, g.flat, p.dtype.type(0.0))
     mm, vv = np.zeros_like(p.flat), np.zeros_like(p.flat)
     one = p.dtype.type
     threads.adam_update(p.flat, g.flat, mm, vv, one(0.0), one(0.9), one(0.999), one(1e-8),
                         one(1.0))
+    threads.adam_update(p.flat, g.flat, mm, vv, one(0.0), one(0.9), one(0.999), one(1e-8),
+                        one(1.0), seg)
     K.all_finite(p.flat)

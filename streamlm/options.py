@@ -75,6 +75,13 @@ class Optimizer(Choice):
     adam = "adam"
 
 
+class Softmax(Choice):
+    """The output layer: a softmax over all words, or Mikolov's class-factored one."""
+
+    full = "full"
+    class_ = "class"
+
+
 # options of ScoreOptions that change the numbers or records a run produces
 # (checked when resuming from a checkpoint and when a Dask rerun skips a shard)
 RESULT_OPTIONS = ("reset", "level", "errors", "column")

@@ -1,20 +1,27 @@
 """Weights, their initialisation, and the model file.
 
-The six parameters of SimpleRnnlm live in one flat buffer (so that gradient
-clipping and the optimisers are one kernel call each) and are exposed as
-named views:
+The parameters live in one flat buffer (so that gradient clipping and the
+optimisers are one kernel call each) and are exposed as named views:
 
     embed_W (V, D)   rnn_Wx (D, H)   rnn_Wh (H, H)   rnn_b (H,)
     affine_W (H, V)  affine_b (V,)
+    class_W (H, C)   class_b (C,)    (class-factored softmax only)
 
 With weight tying (``tied=True``, needs D == H) ``affine_W`` is the view
 ``embed_W.T`` and takes no storage of its own.
 
+A class model (``softmax="class"``, see :mod:`streamlm.classes`) keeps its
+word-indexed arrays (the rows of ``embed_W``, the columns of ``affine_W``,
+``affine_b``) in class order inside: every class is a contiguous range of
+columns. :meth:`Params.file_arrays` gives them in word-id order, as the model
+file stores them; :attr:`Params.classes` maps between the two.
+
 The model file is a plain ``.npz`` that numpy alone reads with
-``np.load(path, allow_pickle=False)``: the six arrays under those names, plus
-``vocab`` (a unicode string array, words in id order) and ``meta`` (a 0-d
-unicode array holding one JSON object; see :func:`save_model` and
-:mod:`streamlm.store`).
+``np.load(path, allow_pickle=False)``: the arrays under those names (and, for
+a class model, ``word_class``, int32 (V,)), ``vocab`` (a unicode string
+array, words in id order) and ``meta`` (a 0-d unicode array holding one JSON
+object; see :func:`save_model` and :mod:`streamlm.store`). Format version 1
+is the full softmax; version 2 adds the class softmax.
 """
 
 from __future__ import annotations
@@ -29,21 +36,27 @@ from typing import Any
 import numpy as np
 
 from streamlm import store
+from streamlm.classes import WordClasses
 from streamlm.errors import ModelFileError
 
 FORMAT = "streamlm-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this streamlm reads; a full-softmax file is written as 1
 PARAM_NAMES = ("embed_W", "rnn_Wx", "rnn_Wh", "rnn_b", "affine_W", "affine_b")
+CLASS_NAMES = ("class_W", "class_b")
+WORD_INDEXED = {"embed_W": 0, "affine_W": 1, "affine_b": 0}  # name -> axis of the words
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The shape of a model: vocabulary V, embedding D, hidden H."""
+    """The shape of a model: vocabulary V, embedding D, hidden H, and its output layer
+    (``softmax``: "full", or "class" with C classes)."""
 
     V: int
     D: int
     H: int
     tied: bool = False
+    softmax: str = "full"
+    C: int = 0
 
     def __post_init__(self):
         for name in ("V", "D", "H"):
@@ -51,28 +64,48 @@ class ModelConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.tied and self.D != self.H:
             raise ValueError("weight tying needs embed size == hidden size")
+        if self.softmax not in ("full", "class"):
+            raise ValueError(f"softmax must be full or class, got {self.softmax!r}")
+        if self.softmax == "class" and not 1 <= self.C <= self.V:
+            raise ValueError(f"a class softmax needs 1 <= C <= V, got C={self.C}")
+        if self.softmax == "full" and self.C:
+            raise ValueError("C is for the class softmax")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every parameter array, in file (and checksum) order."""
+        return PARAM_NAMES + (CLASS_NAMES if self.softmax == "class" else ())
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         V, D, H = self.V, self.D, self.H
-        return {
-            "embed_W": (V, D),
-            "rnn_Wx": (D, H),
-            "rnn_Wh": (H, H),
-            "rnn_b": (H,),
-            "affine_W": (H, V),
-            "affine_b": (V,),
-        }
+        out = {"embed_W": (V, D), "rnn_Wx": (D, H), "rnn_Wh": (H, H), "rnn_b": (H,),
+               "affine_W": (H, V), "affine_b": (V,)}
+        if self.softmax == "class":
+            out.update(class_W=(H, self.C), class_b=(self.C,))
+        return out
 
     def storage_names(self) -> tuple[str, ...]:
-        """The arrays that own storage in the flat buffer (affine_W is a view when tied)."""
-        return tuple(n for n in PARAM_NAMES if not (self.tied and n == "affine_W"))
+        """The arrays that own storage in the flat buffer, in buffer order: a class
+        model's class arrays sit right after the RNN's, so that all its dense
+        (not word-indexed) parameters are one contiguous range."""
+        order = ("embed_W", "rnn_Wx", "rnn_Wh", "rnn_b", *CLASS_NAMES, "affine_W", "affine_b")
+        return tuple(n for n in order if n in self.names
+                     and not (self.tied and n == "affine_W"))
 
 
 class Params:
-    """Six named parameter arrays as views into one flat buffer."""
+    """Named parameter arrays as views into one flat buffer (class order inside for a
+    class model: see the module doc)."""
 
-    def __init__(self, config: ModelConfig, dtype=np.float32, flat: np.ndarray | None = None):
+    def __init__(self, config: ModelConfig, dtype=np.float32, flat: np.ndarray | None = None,
+                 classes: WordClasses | None = None):
+        if (config.softmax == "class") != (classes is not None):
+            raise ValueError("a class softmax needs its word classes (and only it)")
+        if classes is not None and (classes.V != config.V or classes.C != config.C):
+            raise ValueError(f"word classes for V={classes.V}, C={classes.C} do not fit "
+                             f"V={config.V}, C={config.C}")
         self.config = config
+        self.classes = classes
         self.dtype = np.dtype(dtype)
         shapes = config.shapes()
         sizes = [int(np.prod(shapes[n])) for n in config.storage_names()]
@@ -83,9 +116,11 @@ class Params:
             raise ValueError(f"flat buffer must be ({total},) {self.dtype}")
         self.flat = flat
         self._views: dict[str, np.ndarray] = {}
+        self.offsets: dict[str, int] = {}
         off = 0
         for name, size in zip(config.storage_names(), sizes):
             self._views[name] = flat[off:off + size].reshape(shapes[name])
+            self.offsets[name] = off
             off += size
         if config.tied:
             self._views["affine_W"] = self._views["embed_W"].T
@@ -106,53 +141,123 @@ class Params:
         raise AttributeError(name)
 
     def items(self):
-        return ((n, self._views[n]) for n in PARAM_NAMES)
+        """(name, array) in file order; a class model's word-indexed arrays in class order."""
+        return ((n, self._views[n]) for n in self.config.names)
 
     def zeros_like(self) -> Params:
-        return Params(self.config, self.dtype)
+        return Params(self.config, self.dtype, classes=self.classes)
 
     def copy(self) -> Params:
-        return Params(self.config, self.dtype, self.flat.copy())
+        return Params(self.config, self.dtype, self.flat.copy(), self.classes)
 
     def astype(self, dtype) -> Params:
-        return Params(self.config, dtype, self.flat.astype(dtype))
+        return Params(self.config, dtype, self.flat.astype(dtype), self.classes)
+
+    # word-id order <-> class order ----------------------------------------
+    def file_arrays(self) -> dict[str, np.ndarray]:
+        """Every parameter array in word-id order (the model file's): a new array each."""
+        out = {}
+        for name, a in self.items():
+            axis = WORD_INDEXED.get(name)
+            if self.classes is not None and axis is not None:
+                a = np.take(a, self.classes.rank, axis=axis)
+            out[name] = np.ascontiguousarray(a, dtype=self.dtype)
+        return out
+
+    def set_file_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Fill the parameters from arrays in word-id order."""
+        for name in self.config.storage_names():
+            a = arrays[name]
+            axis = WORD_INDEXED.get(name)
+            if self.classes is not None and axis is not None:
+                a = np.take(a, self.classes.order, axis=axis)
+            self[name][...] = a
+
+    def segments(self, rows: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+        """The ranges (K, 2) int64 of the flat buffer that a row-sparse training step
+        touches (a class model): every parameter that is not word-indexed, the
+        embedding rows ``rows`` (class-order ids), and for the class-order word
+        ranges ``ranges`` (k, 2) of the classes that had targets, their columns of
+        affine_W (rows of embed_W when tied) and entries of affine_b."""
+        cfg = self.config
+        off = self.offsets
+        word_ranges = _merge(np.asarray(ranges, dtype=np.int64).reshape(-1, 2))
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if cfg.tied:  # the output columns are embedding rows
+            in_ranges = np.concatenate([np.arange(a, b) for a, b in word_ranges] or [rows[:0]])
+            rows = np.union1d(rows, in_ranges)
+        end = off["affine_b"] if cfg.tied else off["affine_W"]
+        segs = [np.array([[off["rnn_Wx"], end]], dtype=np.int64)]
+        runs = _merge(np.stack([rows, rows + 1], axis=1)) if rows.size else rows.reshape(0, 2)
+        segs.append(off["embed_W"] + runs * cfg.D)
+        if not cfg.tied:
+            d = np.arange(cfg.H, dtype=np.int64)[:, None, None] * cfg.V
+            segs.append((off["affine_W"] + d + word_ranges[None]).reshape(-1, 2))
+        segs.append(off["affine_b"] + word_ranges)
+        return np.ascontiguousarray(np.concatenate(segs))
 
     @classmethod
-    def init(cls, config: ModelConfig, seed: int = 0, dtype=np.float32) -> Params:
+    def init(cls, config: ModelConfig, seed: int = 0, dtype=np.float32,
+             classes: WordClasses | None = None) -> Params:
         """Seeded initialisation.
 
-        embed_W ~ N(0, 0.01^2); rnn_Wx, rnn_Wh, affine_W ~ N(0, 1/fan_in) (the
-        book's Xavier: std 1/sqrt(n) for n input nodes); biases 0. Drawn in
-        float64 from one PCG64 stream in a fixed order, then cast, so float32
-        and float64 models with the same seed hold the same numbers.
+        embed_W ~ N(0, 0.01^2); rnn_Wx, rnn_Wh, affine_W, class_W ~ N(0, 1/fan_in)
+        (the book's Xavier: std 1/sqrt(n) for n input nodes); biases 0. Drawn in
+        float64 from one PCG64 stream in a fixed order, in word-id order, then
+        cast: float32 and float64 models with the same seed hold the same
+        numbers, and so do a full and a class model (class_W is drawn last).
         """
-        p = cls(config, dtype)
+        p = cls(config, dtype, classes=classes)
         rng = np.random.default_rng(seed)
         V, D, H = config.V, config.D, config.H
-        p["embed_W"][...] = rng.standard_normal((V, D)) * 0.01
-        p["rnn_Wx"][...] = rng.standard_normal((D, H)) / np.sqrt(D)
-        p["rnn_Wh"][...] = rng.standard_normal((H, H)) / np.sqrt(H)
+        arrays = {"embed_W": rng.standard_normal((V, D)) * 0.01,
+                  "rnn_Wx": rng.standard_normal((D, H)) / np.sqrt(D),
+                  "rnn_Wh": rng.standard_normal((H, H)) / np.sqrt(H),
+                  "rnn_b": np.zeros(H), "affine_b": np.zeros(V)}
         if not config.tied:
-            p["affine_W"][...] = rng.standard_normal((H, V)) / np.sqrt(H)
+            arrays["affine_W"] = rng.standard_normal((H, V)) / np.sqrt(H)
+        if config.softmax == "class":
+            arrays["class_W"] = rng.standard_normal((H, config.C)) / np.sqrt(H)
+            arrays["class_b"] = np.zeros(config.C)
+        p.set_file_arrays(arrays)
         return p
 
     @classmethod
-    def from_arrays(cls, config: ModelConfig, arrays: dict[str, np.ndarray], dtype=np.float32):
-        p = cls(config, dtype)
-        for name in config.storage_names():
-            p[name][...] = arrays[name]
+    def from_arrays(cls, config: ModelConfig, arrays: dict[str, np.ndarray], dtype=np.float32,
+                    classes: WordClasses | None = None):
+        """Parameters from arrays in word-id order (a model file's)."""
+        p = cls(config, dtype, classes=classes)
+        p.set_file_arrays(arrays)
         return p
 
 
-def checksum(arrays: dict[str, np.ndarray], vocab: Sequence[str]) -> str:
-    """sha256 over the six arrays (name, dtype, shape, bytes; fixed order) and the vocabulary."""
+def _merge(ranges: np.ndarray) -> np.ndarray:
+    """[a, b) ranges merged where they overlap or touch, sorted: (k, 2) int64."""
+    if not len(ranges):
+        return np.zeros((0, 2), dtype=np.int64)
+    r = ranges[np.argsort(ranges[:, 0], kind="stable")]
+    new_run = np.r_[True, r[1:, 0] > np.maximum.accumulate(r[:, 1])[:-1]]
+    starts = np.flatnonzero(new_run)
+    return np.stack([r[starts, 0], np.maximum.reduceat(r[:, 1], starts)], axis=1).astype(
+        np.int64)
+
+
+def checksum(arrays: dict[str, np.ndarray], vocab: Sequence[str],
+             names: Sequence[str] = PARAM_NAMES) -> str:
+    """sha256 over the arrays ``names`` (name, dtype, shape, bytes; in that order) and
+    the vocabulary. Format 1 covers the six arrays; format 2 also ``class_W``,
+    ``class_b`` and ``word_class``, in that order after them."""
     h = hashlib.sha256()
-    for name in PARAM_NAMES:
+    for name in names:
         a = np.ascontiguousarray(arrays[name])
         h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
         h.update(a.tobytes())
     h.update("\n".join(vocab).encode("utf-8"))
     return h.hexdigest()
+
+
+def _checksummed(cfg: ModelConfig) -> tuple[str, ...]:
+    return cfg.names + (("word_class",) if cfg.softmax == "class" else ())
 
 
 @dataclass
@@ -173,26 +278,26 @@ def save_model(path: str | os.PathLike, params: Params, vocab: Sequence[str],
                train_config: dict | None = None, extra_meta: dict | None = None) -> str:
     """Write the model file atomically. Returns the sha256 stored in ``meta``.
 
-    ``meta`` holds: format, format_version, V, D, H, tied, dtype,
-    train_config, sha256 (over the arrays and vocab, see :func:`checksum`).
+    ``meta`` holds: format, format_version, V, D, H, tied, dtype, (a class
+    model: softmax "class" and C), train_config, sha256 (see :func:`checksum`).
     """
     cfg = params.config
     vocab = list(vocab)
     if len(vocab) != cfg.V:
         raise ValueError(f"vocabulary has {len(vocab)} words, model V={cfg.V}")
-    arrays = {n: np.ascontiguousarray(a, dtype=params.dtype) for n, a in params.items()}
-    digest = checksum(arrays, vocab)
-    meta = {
-        "V": cfg.V, "D": cfg.D, "H": cfg.H,
-        "tied": cfg.tied,
-        "dtype": params.dtype.name,
-        "train_config": train_config or {},
-        "sha256": digest,
-    }
+    arrays = params.file_arrays()
+    meta = {"V": cfg.V, "D": cfg.D, "H": cfg.H, "tied": cfg.tied, "dtype": params.dtype.name}
+    version = 1
+    if cfg.softmax == "class":
+        arrays["word_class"] = params.classes.word_class.copy()
+        meta.update(softmax="class", C=cfg.C)
+        version = 2
+    digest = checksum(arrays, vocab, _checksummed(cfg))
+    meta.update(train_config=train_config or {}, sha256=digest)
     if extra_meta:
         meta.update(extra_meta)
     vocab_arr = np.array(vocab, dtype=np.str_) if vocab else np.zeros(0, dtype="<U1")
-    store.save(path, FORMAT, FORMAT_VERSION, meta, {**arrays, "vocab": vocab_arr})
+    store.save(path, FORMAT, version, meta, {**arrays, "vocab": vocab_arr})
     return digest
 
 
@@ -201,45 +306,59 @@ def load_model(path: str | os.PathLike, dtype=np.float32) -> Model:
 
     Raises ModelFileError (one line naming the file) when the file is missing,
     truncated, not an npz, lacks or has extra arrays, has wrong shapes or
-    dtypes, or fails its sha256.
+    dtypes, has word classes that do not fit, or fails its sha256.
     """
     path = os.fspath(path)
     meta, z = store.load(path, FORMAT, FORMAT_VERSION, what="model file", error=ModelFileError)
+    softmax = meta.get("softmax", "full")
+    try:
+        cfg = ModelConfig(V=int(meta["V"]), D=int(meta["D"]), H=int(meta["H"]),
+                          tied=bool(meta.get("tied", False)), softmax=softmax,
+                          C=int(meta.get("C", 0)) if softmax == "class" else 0)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFileError(f"bad model dimensions in meta ({e})", path) from None
     names = set(z)
-    expected = set(PARAM_NAMES) | {"vocab"}
+    expected = set(_checksummed(cfg)) | {"vocab"}
     missing = sorted(expected - names)
     extra = sorted(names - expected)
     if missing:
         raise ModelFileError(f"missing arrays: {', '.join(missing)}", path)
     if extra:
         raise ModelFileError(f"unexpected arrays: {', '.join(extra)}", path)
-    arrays = {n: z[n] for n in PARAM_NAMES}
     vocab_arr = z["vocab"]
     if vocab_arr.ndim != 1 or vocab_arr.dtype.kind != "U":
         raise ModelFileError("'vocab' must be a 1-d string array", path)
     vocab = [str(w) for w in vocab_arr]
-    try:
-        cfg = ModelConfig(V=int(meta["V"]), D=int(meta["D"]), H=int(meta["H"]),
-                          tied=bool(meta.get("tied", False)))
-    except (KeyError, TypeError, ValueError) as e:
-        raise ModelFileError(f"bad model dimensions in meta ({e})", path) from None
     if len(vocab) != cfg.V:
         raise ModelFileError(f"vocab has {len(vocab)} words but meta says V={cfg.V}", path)
     shapes = cfg.shapes()
-    for name in PARAM_NAMES:
-        a = arrays[name]
+    for name in cfg.names:
+        a = z[name]
         if a.shape != shapes[name]:
             raise ModelFileError(
                 f"array {name} has shape {a.shape}, expected {shapes[name]}", path)
         if a.dtype.kind != "f":
             raise ModelFileError(f"array {name} has dtype {a.dtype}, expected float", path)
-    digest = checksum(arrays, vocab)
+    classes = None
+    if cfg.softmax == "class":
+        wc = z["word_class"]
+        if wc.shape != (cfg.V,) or wc.dtype != np.int32:
+            raise ModelFileError(f"array word_class has shape {wc.shape} and dtype {wc.dtype}, "
+                                 f"expected ({cfg.V},) int32", path)
+        try:
+            classes = WordClasses(wc)
+        except ValueError as e:
+            raise ModelFileError(f"bad word classes: {e}", path) from None
+        if classes.C != cfg.C:
+            raise ModelFileError(f"word_class holds {classes.C} classes but meta says "
+                                 f"C={cfg.C}", path)
+    digest = checksum(z, vocab, _checksummed(cfg))
     if digest != meta.get("sha256"):
         raise ModelFileError("checksum mismatch: the file was edited or damaged", path)
-    for name in PARAM_NAMES:
-        if not np.all(np.isfinite(arrays[name])):
+    for name in cfg.names:
+        if not np.all(np.isfinite(z[name])):
             raise ModelFileError(f"array {name} holds NaN or Inf", path)
     # A tied model stores affine_W explicitly; load it untied (scoring does not care).
     load_cfg = dataclasses.replace(cfg, tied=False)
-    params = Params.from_arrays(load_cfg, arrays, dtype=dtype)
+    params = Params.from_arrays(load_cfg, z, dtype=dtype, classes=classes)
     return Model(params=params, vocab=vocab, meta=meta, path=path)

@@ -150,9 +150,30 @@ class Scratch:
 
 
 # ------------------------------------------------------------ optimisers --
-def sum_squares(g: np.ndarray) -> float:
-    """sum(g**2) in float64 of a flat buffer g: (P,)."""
+# Each takes ``seg``: None for the whole flat buffer, or (K, 2) int64 ranges
+# [a, b) of it, the only elements a row-sparse step touches (a class model's
+# touched rows and columns; streamlm.params.Params.segments).
+def _segment_parts(seg: np.ndarray, threads: int) -> list[np.ndarray]:
+    """The segments split into at most ``threads`` groups of near-equal length."""
+    if threads == 1 or seg.shape[0] < 2:
+        return [seg]
+    ends = np.cumsum(seg[:, 1] - seg[:, 0])
+    cuts = np.searchsorted(ends, ends[-1] * np.arange(1, threads) / threads)
+    return [g for g in np.split(seg, np.unique(cuts)) if len(g)]
+
+
+def sum_squares(g: np.ndarray, seg: np.ndarray | None = None) -> float:
+    """sum(g**2) in float64 of a flat buffer g: (P,) (or of its segments)."""
     p = pool()
+    if seg is not None:
+        parts = _segment_parts(seg, p.threads)
+        sums = [0.0] * len(parts)
+
+        def run_seg(k):
+            sums[k] = K.sum_squares_segments(g, parts[k])
+
+        p.map(run_seg, [(k,) for k in range(len(parts))])
+        return float(sum(sums))
     parts = flat_chunks(g.shape[0], p.threads)
     out = [0.0] * len(parts)
 
@@ -163,18 +184,38 @@ def sum_squares(g: np.ndarray) -> float:
     return float(sum(out))
 
 
-def sgd_update(p: np.ndarray, g: np.ndarray, lr, gscale=None) -> None:
+def sgd_update(p: np.ndarray, g: np.ndarray, lr, gscale=None,
+               seg: np.ndarray | None = None) -> None:
     """p -= lr * (g * gscale) (lr, gscale: scalars of p's dtype; gscale default 1)."""
     gs = p.dtype.type(1) if gscale is None else gscale
     pl = pool()
+    if seg is not None:
+        pl.map(lambda s: K.sgd_segments(p, g, s, lr, gs),
+               [(s,) for s in _segment_parts(seg, pl.threads)])
+        return
     pl.map(lambda i, j: K.sgd_update(p[i:j], g[i:j], lr, gs), flat_chunks(p.shape[0],
                                                                           pl.threads))
 
 
-def adam_update(p, g, m, v, lr_t, beta1, beta2, eps, gscale=None) -> None:
-    """The book's Adam step on g * gscale (see kernels.adam_update), on all threads."""
+def adam_update(p, g, m, v, lr_t, beta1, beta2, eps, gscale=None,
+                seg: np.ndarray | None = None) -> None:
+    """The book's Adam step on g * gscale (see kernels.adam_update), on all threads;
+    with ``seg``, lazily: only the segments' weights and moments move."""
     gs = p.dtype.type(1) if gscale is None else gscale
     pl = pool()
+    if seg is not None:
+        pl.map(lambda s: K.adam_segments(p, g, m, v, s, lr_t, beta1, beta2, eps, gs),
+               [(s,) for s in _segment_parts(seg, pl.threads)])
+        return
     pl.map(lambda i, j: K.adam_update(p[i:j], g[i:j], m[i:j], v[i:j], lr_t, beta1, beta2,
                                       eps, gs),
            flat_chunks(p.shape[0], pl.threads))
+
+
+def zero(g: np.ndarray, seg: np.ndarray | None = None) -> None:
+    """g = 0 (or only its segments)."""
+    if seg is None:
+        g.fill(0)
+        return
+    pl = pool()
+    pl.map(lambda s: K.zero_segments(g, s), [(s,) for s in _segment_parts(seg, pl.threads)])

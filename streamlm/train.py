@@ -46,9 +46,10 @@ from streamlm import kernels as K
 from streamlm.atomic import atomic_open
 from streamlm.batcher import Batcher
 from streamlm.checkpoint import TrainState, restore_train, save_train
+from streamlm.classes import WordClasses, frequency_classes
 from streamlm.errors import InputError, TrainingDiverged, UsageError
 from streamlm.model import RNNLM, warmup
-from streamlm.options import Optimizer
+from streamlm.options import Optimizer, Softmax
 from streamlm.params import ModelConfig, Params, save_model
 from streamlm.shards import TokenDataset, open_dataset
 from streamlm.vocab import Vocab
@@ -85,6 +86,9 @@ class TrainConfig:
     seed: int = 0
     dropout: float = 0.25  # on the embedding output and the RNN output (not recurrent)
     tie_weights: bool = False  # affine_W = embed_W.T (needs embed == hidden)
+    softmax: str = "full"  # "full" | "class" (Mikolov's class-factored softmax)
+    classes: int | None = None  # C for softmax="class"; default round(sqrt(V))
+    old_classes: bool = False  # frequency binning by count/total (rnnlm -old-classes)
     log_interval: int = 100  # steps between log records
     checkpoint_every: int = 1000  # steps between checkpoints (0: only at epoch ends)
 
@@ -101,6 +105,11 @@ class TrainConfig:
         need(self.checkpoint_every >= 0,
              f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
         self.optimizer = Optimizer.parse(self.optimizer, "--optimizer").value
+        self.softmax = Softmax.parse(self.softmax, "--softmax").value
+        need(self.classes is None or (isinstance(self.classes, int) and self.classes >= 1),
+             f"--classes must be a positive integer, got {self.classes!r}")
+        need(self.classes is None or self.softmax == "class",
+             "--classes goes with --softmax class")
         need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be positive, got {self.lr}")
         need(math.isfinite(self.clip) and self.clip >= 0,
              f"--clip must be >= 0 (0 disables), got {self.clip}")
@@ -185,6 +194,23 @@ def _write_log(path: str | os.PathLike, history: list[dict]) -> None:
             f.write(json.dumps(rec, allow_nan=False) + "\n")
 
 
+def word_counts(dataset: TokenDataset, V: int) -> np.ndarray:
+    """How often each word id occurs in the dataset: (V,) int64, one pass over it."""
+    counts = np.zeros(V, dtype=np.int64)
+    for c in dataset.iter_chunks(1 << 20):
+        counts += np.bincount(c.ids, minlength=V)
+    return counts
+
+
+def _word_classes(cfg: TrainConfig, ds: TokenDataset, V: int) -> WordClasses:
+    C = cfg.classes if cfg.classes is not None else max(1, round(math.sqrt(V)))
+    wc = frequency_classes(word_counts(ds, V), C, old=cfg.old_classes)
+    classes = WordClasses(wc)
+    log.info("class softmax: %d classes by %s frequency binning (largest %d words)",
+             classes.C, "count" if cfg.old_classes else "sqrt", int(classes.sizes.max()))
+    return classes
+
+
 def _open_data(train_paths, valid_paths, vocab_path):
     vocab = Vocab.load(vocab_path) if vocab_path is not None else None
     ds = open_dataset(train_paths, vocab=vocab)
@@ -230,10 +256,12 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
     ds, vds, vocab = _open_data(train_paths, valid_paths, vocab_path)
     batcher = Batcher(ds, cfg.batch, cfg.bptt)
     V = len(vocab)
-    model_cfg = ModelConfig(V=V, D=cfg.embed, H=cfg.hidden, tied=cfg.tie_weights)
+    classes = _word_classes(cfg, ds, V) if cfg.softmax == "class" else None
+    model_cfg = ModelConfig(V=V, D=cfg.embed, H=cfg.hidden, tied=cfg.tie_weights,
+                            softmax=cfg.softmax, C=classes.C if classes else 0)
 
     warmup(np.float32)
-    params = Params.init(model_cfg, seed=cfg.seed, dtype=np.float32)
+    params = Params.init(model_cfg, seed=cfg.seed, dtype=np.float32, classes=classes)
     model = RNNLM(params, dropout=cfg.dropout, seed=_dropout_seed(cfg.seed))
     run = TrainState(cfg, params, model.rng)
     if resume:
@@ -302,9 +330,10 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
 
     emit("start", total_steps=total_steps, step=batcher.batches_done,
          iters_per_epoch=ipe, tokens_per_step=tokens_per_step, train_tokens=ds.num_tokens)
-    log.info("training on %s tokens (V=%d), %d steps/epoch of %d x %d, %s lr=%g%s; "
-             "%d threads, BLAS: %s", f"{ds.num_tokens:,}", V, ipe, cfg.batch, cfg.bptt,
-             cfg.optimizer, run.lr, f", valid {vds.num_tokens:,} tokens" if vds is not None else "",
+    log.info("training on %s tokens (V=%d, %s softmax), %d steps/epoch of %d x %d, %s lr=%g%s; "
+             "%d threads, BLAS: %s", f"{ds.num_tokens:,}", V, cfg.softmax, ipe, cfg.batch,
+             cfg.bptt, cfg.optimizer, run.lr,
+             f", valid {vds.num_tokens:,} tokens" if vds is not None else "",
              threads.get_num_threads(), blas.name())
     stopped_by = "epochs"
     # overflow shows up as a non-finite loss / norm below, raised as one clear
@@ -322,10 +351,10 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
                 raise TrainingDiverged(
                     f"loss is {loss} at step {step} (epoch {step / ipe:.2f}); training "
                     f"stopped, {_kept(ckpt, run.have_ckpt)}; lower --lr or set --clip")
-            grads = run.grads
-            grads.flat.fill(0)
+            grads = run.grads  # all zero here
             model.backward(grads)
-            sq = threads.sum_squares(grads.flat)
+            seg = model.touched()  # a class model's row-sparse gradient: its ranges
+            sq = threads.sum_squares(grads.flat, seg)
             norm = math.sqrt(sq) if math.isfinite(sq) else math.inf
             if not math.isfinite(norm):
                 raise TrainingDiverged(
@@ -337,13 +366,14 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
                 if rate < 1.0:
                     gscale = dt(rate)
             if cfg.optimizer == "sgd":
-                threads.sgd_update(params.flat, grads.flat, dt(run.lr), gscale)
-            else:
+                threads.sgd_update(params.flat, grads.flat, dt(run.lr), gscale, seg)
+            else:  # lazy for a class model: untouched rows keep their moments
                 run.adam_t += 1
                 t = run.adam_t
                 lr_t = run.lr * math.sqrt(1.0 - ADAM_BETA2 ** t) / (1.0 - ADAM_BETA1 ** t)
-                threads.adam_update(params.flat, grads.flat, run.m, run.v, dt(lr_t), dt(ADAM_BETA1),
-                              dt(ADAM_BETA2), dt(ADAM_EPS), gscale)
+                threads.adam_update(params.flat, grads.flat, run.m, run.v, dt(lr_t),
+                                    dt(ADAM_BETA1), dt(ADAM_BETA2), dt(ADAM_EPS), gscale, seg)
+            threads.zero(grads.flat, seg)
             run.int_loss += loss
             run.int_steps += 1
             run.ep_loss += loss

@@ -71,25 +71,69 @@ def softmax_ce(scores, ts):
     return nll.reshape(N, T), loss, dp.reshape(N, T, V).astype(scores.dtype)
 
 
-def model_loss(params, xs, ts, h0):
-    """Mean loss and final state of the full model. params: dict of arrays."""
+def _softmax(z):
+    z = z - z.max(axis=-1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def class_softmax_ce(hs, ts, class_W, class_b, W, b, word_class):
+    """The class-factored softmax, dense over V (a mask keeps each token's class):
+    P(w|h) = softmax(h class_W + class_b)[c(w)] * softmax over {v: c(v) = c(w)} of
+    (h W + b)[w]. Word ids as the model file has them. hs: (N, T, H); ts: (N, T)
+    with -1 ignored. Returns (nll (N, T), mean loss, grads of the mean loss: dict
+    of dhs, class_W, class_b, affine_W, affine_b)."""
+    N, T, H = hs.shape
+    h = hs.reshape(N * T, H).astype(np.float64)
+    t = ts.reshape(N * T)
+    mask = t >= 0
+    tt = np.where(mask, t, 0)
+    c = word_class[tt]
+    rows = np.arange(N * T)
+    pc = _softmax(h @ class_W + class_b)
+    same = word_class[None, :] == c[:, None]
+    pw = _softmax(np.where(same, h @ W + b, -np.inf))
+    nll = -(np.log(pc[rows, c]) + np.log(pw[rows, tt])) * mask
+    count = mask.sum()
+    dzc = pc.copy()
+    dzc[rows, c] -= 1
+    dzc *= mask[:, None] / count
+    dzw = pw.copy()
+    dzw[rows, tt] -= 1
+    dzw *= mask[:, None] / count
+    g = {"class_W": h.T @ dzc, "class_b": dzc.sum(axis=0), "affine_W": h.T @ dzw,
+         "affine_b": dzw.sum(axis=0),
+         "dhs": (dzc @ class_W.T + dzw @ W.T).reshape(N, T, H)}
+    return nll.reshape(N, T), nll.sum() / count, g
+
+
+def _output(params, hs, ts, word_class):
+    """(nll, loss, dhs, output-layer grads) of the full or the class softmax."""
+    if word_class is None:
+        scores = hs @ params["affine_W"] + params["affine_b"]
+        nll, loss, dscores = softmax_ce(scores, ts)
+        g = {"affine_W": np.einsum("nth,ntv->hv", hs, dscores),
+             "affine_b": dscores.sum(axis=(0, 1))}
+        return nll, loss, dscores @ params["affine_W"].T, g
+    nll, loss, g = class_softmax_ce(hs, ts, params["class_W"], params["class_b"],
+                                    params["affine_W"], params["affine_b"], word_class)
+    return nll, loss, g.pop("dhs"), g
+
+
+def model_loss(params, xs, ts, h0, word_class=None):
+    """Mean loss and final state of the whole model. params: dict of arrays (word-id
+    order); word_class: the class of each word for a class softmax, else None."""
     x = embedding_forward(params["embed_W"], xs)
     hs = rnn_forward(x, h0, params["rnn_Wx"], params["rnn_Wh"], params["rnn_b"])
-    scores = hs @ params["affine_W"] + params["affine_b"]
-    nll, loss, _ = softmax_ce(scores, ts)
+    nll, loss, _, _ = _output(params, hs, ts, word_class)
     return loss, hs[:, -1], nll
 
 
-def model_grads(params, xs, ts, h0):
+def model_grads(params, xs, ts, h0, word_class=None):
     """Loss and analytic gradients (dict, plus 'h0', and the final state 'h_last')."""
     x = embedding_forward(params["embed_W"], xs)
     hs = rnn_forward(x, h0, params["rnn_Wx"], params["rnn_Wh"], params["rnn_b"])
-    scores = hs @ params["affine_W"] + params["affine_b"]
-    _, loss, dscores = softmax_ce(scores, ts)
-    g = {}
-    g["affine_W"] = np.einsum("nth,ntv->hv", hs, dscores)
-    g["affine_b"] = dscores.sum(axis=(0, 1))
-    dhs = dscores @ params["affine_W"].T
+    _, loss, dhs, g = _output(params, hs, ts, word_class)
     dx, dh0, g["rnn_Wx"], g["rnn_Wh"], g["rnn_b"] = rnn_backward(
         dhs, x, h0, hs, params["rnn_Wx"], params["rnn_Wh"])
     g["embed_W"] = np.zeros_like(params["embed_W"])

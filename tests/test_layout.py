@@ -9,7 +9,7 @@ PKG = Path(__file__).resolve().parents[1] / "streamlm"
 
 FLOORS = [
     {"errors", "atomic", "formats", "options", "metrics"},  # foundations
-    {"kernels", "blas", "threads", "store", "text", "vocab"},  # compute, reading
+    {"kernels", "blas", "threads", "store", "text", "vocab", "classes"},  # compute, reading
     {"params", "heads", "model", "engines", "tokenizer", "shards", "batcher", "inputs"},
     {"schedule", "records", "checkpoint", "outputs", "plots"},  # parts of the jobs
     {"prepare", "train", "score", "generate", "distributed", "demo"},  # the jobs
