@@ -226,15 +226,9 @@ class ClassSoftmax:
     def _score(self, hs, labels, out, pool: Pool, buf: Scratch) -> None:
         p = self.params
         M = hs.shape[0]
-        W, b, start = p.affine_W, p.affine_b, self.start
+        WT, b, start = p.affine_W.T, p.affine_b, self.start  # WT (V, H): the storage
         Z = buf("Z", (M, self.C))
         tcls = self._target_classes(labels)
-
-        def class_rows(i, j):
-            blas.gemm(hs[i:j], p.class_W, Z[i:j])
-            K.softmax_ce_forward(out[i:j], Z[i:j], p.class_b, tcls[i:j])
-
-        pool.map(class_rows, split(M, pool.threads))
         perm, off = self._group(labels, buf)
         n = perm.shape[0]
         hg = np.take(hs, perm, axis=0, out=buf("hg", (n, hs.shape[1])))
@@ -242,22 +236,26 @@ class ClassSoftmax:
         nll = np.zeros(n)
         plan = self._plan(off, pool.threads)
         ntok = np.diff(off)
-        z = [buf(f"z{k}", (int(self.sizes.max()),)) for k in range(len(plan))]
         L = [buf(f"L{k}", (max([int(ntok[c] * self.sizes[c]) for c in big] or [0]),))
              for k, (_, big) in enumerate(plan)]
+        rows = split(M, len(plan))
 
-        def word_part(k):
+        def part(k):  # thread k: its rows' class factor, its classes' word factor
+            i, j = rows[k] if k < len(rows) else (0, 0)
+            if j > i:
+                blas.gemm(hs[i:j], p.class_W, Z[i:j])
+                K.softmax_ce_forward(out[i:j], Z[i:j], p.class_b, tcls[i:j])
             small, big = plan[k]
-            K.class_words_nll(nll, hg, lab, W, b, start, off, small, z[k])
+            K.class_words_nll(nll, hg, lab, WT, b, start, off, small)
             for c in big:
                 o, o2, s, e = off[c], off[c + 1], start[c], start[c + 1]
                 lg = L[k][: (o2 - o) * (e - s)].reshape(o2 - o, e - s)
-                blas.gemm(hg[o:o2], W[:, s:e], lg)
-                part = np.empty(o2 - o)
-                K.softmax_ce_forward(part, lg, b[s:e], (lab[o:o2] - s).astype(np.int32))
-                nll[o:o2] += part
+                blas.gemm(hg[o:o2], WT[s:e].T, lg)
+                tmp = np.empty(o2 - o)
+                K.softmax_ce_forward(tmp, lg, b[s:e], (lab[o:o2] - s).astype(np.int32))
+                nll[o:o2] += tmp
 
-        pool.map(word_part, [(k,) for k in range(len(plan))])
+        pool.map(part, [(k,) for k in range(max(len(plan), len(rows)))])
         out[perm] += nll
 
     # ------------------------------------------------------------ training --
@@ -266,21 +264,10 @@ class ClassSoftmax:
         scale * sum(nll) for backward."""
         p = self.params
         M, H = hs.shape
-        W, b, start, buf = p.affine_W, p.affine_b, self.start, self.buf
-        P = pool.threads
+        WT, b, start, buf = p.affine_W.T, p.affine_b, self.start, self.buf
         Z = buf("Z", (M, self.C))
         nll = buf("nll", (M,), np.float64)
         tcls = self._target_classes(labels)
-        rows = split(M, P)
-        dbc = buf("dbc", (len(rows), self.C))
-
-        def class_rows(k, i, j):
-            blas.gemm(hs[i:j], p.class_W, Z[i:j])
-            dbc[k] = 0
-            K.softmax_ce_fused_db(nll[i:j], Z[i:j], p.class_b, tcls[i:j], scale, dbc[k],
-                                  hs[i:j], p.class_W)  # Z -> dZ
-
-        pool.map(class_rows, [(k, i, j) for k, (i, j) in enumerate(rows)])
         perm, off = self._group(labels, buf)
         perm, off = perm.copy(), off.copy()
         n = perm.shape[0]
@@ -290,31 +277,39 @@ class ClassSoftmax:
         boff = np.zeros(self.C + 1, dtype=np.int64)
         np.cumsum(ntok * self.sizes, out=boff[1:])
         store = buf("store", (int(boff[-1]),))
-        present = np.flatnonzero(ntok)
-        ranges = np.stack([start[present], start[present + 1]], axis=1)
-        dbw = buf("dbw", (p.config.V,))
-        for s_, e_ in ranges:
-            dbw[s_:e_] = 0
+        plan = self._plan(off, pool.threads)
+        rows = split(M, len(plan))
+        nt = max(len(plan), len(rows))
+        dbc = buf("dbc", (nt, self.C))
+        dbw = buf("dbw", (nt, p.config.V))
         nll_g = np.zeros(n)
-        plan = self._plan(off, P)
 
-        def word_part(k):
-            small, big = plan[k]
-            K.class_words_fused(nll_g, store, hg, lab, W, b, dbw, scale, start, off, boff,
+        def part(k):  # thread k: its rows' class factor, its classes' word factor
+            dbc[k] = 0
+            dbw[k] = 0
+            i, j = rows[k] if k < len(rows) else (0, 0)
+            if j > i:
+                blas.gemm(hs[i:j], p.class_W, Z[i:j])
+                K.softmax_ce_fused_db(nll[i:j], Z[i:j], p.class_b, tcls[i:j], scale, dbc[k],
+                                      hs[i:j], p.class_W)  # Z -> dZ
+            small, big = plan[k] if k < len(plan) else (plan[0][0][:0], [])
+            K.class_words_fused(nll_g, store, hg, lab, WT, b, dbw[k], scale, start, off, boff,
                                 small)
             for c in big:
                 o, o2, s, e = off[c], off[c + 1], start[c], start[c + 1]
                 lg = store[boff[c]:boff[c + 1]].reshape(o2 - o, e - s)
-                blas.gemm(hg[o:o2], W[:, s:e], lg)
-                part = np.empty(o2 - o)
-                K.softmax_ce_fused_db(part, lg, b[s:e], (lab[o:o2] - s).astype(np.int32),
-                                      scale, dbw[s:e], hg[o:o2], W[:, s:e])
-                nll_g[o:o2] += part
+                blas.gemm(hg[o:o2], WT[s:e].T, lg)
+                tmp = np.empty(o2 - o)
+                K.softmax_ce_fused_db(tmp, lg, b[s:e], (lab[o:o2] - s).astype(np.int32), scale,
+                                      dbw[k, s:e], hg[o:o2], WT[s:e].T)
+                nll_g[o:o2] += tmp
 
-        pool.map(word_part, [(k,) for k in range(len(plan))])
+        pool.map(part, [(k,) for k in range(nt)])
         nll[perm] += nll_g
+        present = np.flatnonzero(ntok)
         self._ctx = {"hs": hs, "perm": perm, "off": off, "boff": boff, "hg": hg,
-                     "plan": plan, "dbc": dbc, "ranges": ranges, "nrows": len(rows)}
+                     "plan": plan, "nt": nt,
+                     "ranges": np.stack([start[present], start[present + 1]], axis=1)}
         return nll
 
     def backward(self, grads: Params, pool: Pool) -> np.ndarray:
@@ -324,39 +319,38 @@ class ClassSoftmax:
         if c is None:
             raise RuntimeError("backward() without forward()")
         p = self.params
-        hs, perm, off, boff, hg = c["hs"], c["perm"], c["off"], c["boff"], c["hg"]
+        hs, perm, off, boff, hg, plan = c["hs"], c["perm"], c["off"], c["boff"], c["hg"], c["plan"]
         M, H = hs.shape
-        W, start, buf = p.affine_W, self.start, self.buf
+        WT, start, buf = p.affine_W.T, self.start, self.buf
         dZ = buf("Z", (M, self.C))
         store = buf("store", (int(boff[-1]),))
-        gcW, gW = grads["class_W"], grads["affine_W"]
-        grads["class_b"] += c["dbc"][: c["nrows"]].sum(axis=0)
-        dbw = buf("dbw", (p.config.V,))
-        gb = grads["affine_b"]
-        for s_, e_ in c["ranges"]:
-            gb[s_:e_] += dbw[s_:e_]
+        nt = c["nt"]
+        grads["class_b"] += buf("dbc", (nt, self.C)).sum(axis=0)
+        grads["affine_b"] += buf("dbw", (nt, p.config.V)).sum(axis=0)
+        gcW, gWT = grads["class_W"], grads["affine_W"].T
         dhs = buf("dhs", (M, H))
         dhg = buf("dhg", (perm.shape[0], H))
-        plan = c["plan"]
+        cols = split(self.C, nt)
+        rows = split(M, nt)
 
-        def class_cols(a, b_):  # disjoint columns of class_W's gradient
-            blas.gemm(hs.T, dZ[:, a:b_], gcW[:, a:b_], beta=1.0)
-
-        def class_back(i, j):
-            blas.gemm(dZ[i:j], p.class_W.T, dhs[i:j])
-
-        def word_back(k):
+        def part(k):  # thread k: class_W columns, dhs rows, its classes' words
+            if k < len(cols):
+                a, b_ = cols[k]
+                blas.gemm(hs.T, dZ[:, a:b_], gcW[:, a:b_], beta=1.0)
+            if k < len(rows):
+                i, j = rows[k]
+                blas.gemm(dZ[i:j], p.class_W.T, dhs[i:j])
+            if k >= len(plan):
+                return
             small, big = plan[k]
-            K.class_words_backward(gW, dhg, store, hg, W, start, off, boff, small)
+            K.class_words_backward(gWT, dhg, store, hg, WT, start, off, boff, small)
             for cl in big:
                 o, o2, s, e = off[cl], off[cl + 1], start[cl], start[cl + 1]
                 g = store[boff[cl]:boff[cl + 1]].reshape(o2 - o, e - s)
-                blas.gemm(hg[o:o2].T, g, gW[:, s:e], beta=1.0)
-                blas.gemm(g, W[:, s:e].T, dhg[o:o2])
+                blas.gemm(g.T, hg[o:o2], gWT[s:e], beta=1.0)
+                blas.gemm(g, WT[s:e], dhg[o:o2])
 
-        pool.map(class_cols, split(self.C, pool.threads))
-        pool.map(class_back, split(M, pool.threads))
-        pool.map(word_back, [(k,) for k in range(len(plan))])
+        pool.map(part, [(k,) for k in range(nt)])
         dhs[perm] += dhg
         self.touched_ranges = c["ranges"]
         return dhs

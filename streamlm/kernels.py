@@ -524,11 +524,12 @@ def log_softmax_rows(out, logits, b):
 # P(w | h) = P(c(w) | h) P(w | c(w), h). The class factor is a softmax over the C
 # classes: the kernels above do it (logits h @ class_W from BLAS). The word
 # factor is a softmax over the words of the target's class only: the model keeps
-# the words in class order, so class c is the column range [start[c], start[c+1])
-# of W = affine_W. The kernels below do the word factor for the tokens of one
-# chunk grouped by target class (group_by_class): ``hg`` holds their hidden
-# states in that order, so each class's block of W stays in cache while its
-# tokens are done (streamlm.heads sends classes with many tokens to BLAS instead).
+# the words in class order and affine_W transposed, so class c is the block of
+# rows [start[c], start[c+1]) of WT = affine_W.T (V, H). The kernels below do the
+# word factor for the tokens of one chunk grouped by target class
+# (group_by_class): ``hg`` holds their hidden states in that order, so each
+# class's block of WT stays in cache while its tokens are done (streamlm.heads
+# sends classes with many tokens to BLAS instead).
 
 
 @njit(**JIT)
@@ -560,14 +561,38 @@ def group_by_class(perm, off, labels, cls):
 
 
 @njit(**JIT)
-def _word_logits(z, hg, i, W, b, s, nw):
-    """Writes z[:nw] = hg[i] @ W[:, s:s+nw] + b[s:s+nw] (rows of W are contiguous)."""
-    for k in range(nw):
-        z[k] = b[s + k]
-    for d in range(hg.shape[1]):
-        hd = hg[i, d]
+def _word_logits4(acc, hg, i0, r, WT, b, s, nw):
+    """Writes acc[q, k] = hg[i0 + q] . WT[s + k] + b[s + k] for q < r <= 4, k < nw.
+
+    WT: (V, H), the transposed affine_W, so each logit is a dot product over
+    contiguous rows; four tokens share each load of a row of WT.
+    """
+    H = hg.shape[1]
+    zero = hg.dtype.type(0)
+    if r == 4:
         for k in range(nw):
-            z[k] += hd * W[d, s + k]
+            a0 = zero
+            a1 = zero
+            a2 = zero
+            a3 = zero
+            for d in range(H):
+                w = WT[s + k, d]
+                a0 += hg[i0, d] * w
+                a1 += hg[i0 + 1, d] * w
+                a2 += hg[i0 + 2, d] * w
+                a3 += hg[i0 + 3, d] * w
+            bk = b[s + k]
+            acc[0, k] = a0 + bk
+            acc[1, k] = a1 + bk
+            acc[2, k] = a2 + bk
+            acc[3, k] = a3 + bk
+    else:
+        for q in range(r):
+            for k in range(nw):
+                a = zero
+                for d in range(H):
+                    a += hg[i0 + q, d] * WT[s + k, d]
+                acc[q, k] = a + b[s + k]
 
 
 @njit(**JIT)
@@ -595,64 +620,80 @@ def _shift(z, nw, t):
 
 
 @njit(**JIT)
-def class_words_nll(nll, hg, lab, W, b, start, off, classes, z):
-    """Adds each token's within-class NLL, -log softmax_{w in c}(h @ W[:, w] + b[w]).
+def _max_class(start, classes):
+    m = 1
+    for ci in range(classes.shape[0]):
+        c = classes[ci]
+        m = max(m, start[c + 1] - start[c])
+    return m
+
+
+@njit(**JIT)
+def class_words_nll(nll, hg, lab, WT, b, start, off, classes):
+    """Adds each token's within-class NLL, -log softmax_{w in c}(h . WT[w] + b[w]).
 
     nll: (n,) float64, accumulated, grouped order; hg: (n, H) float, the hidden
     states grouped by class; lab: (n,) int32, their targets (class order ids);
-    W: (H, V) float; b: (V,) float; start: (C+1,) int64 class ranges of the
-    words; off: (C+1,) int64 class ranges of the tokens; classes: (k,) int64,
-    the classes to do; z: (max class size,) float scratch.
+    WT: (V, H) float, affine_W transposed; b: (V,) float; start: (C+1,) int64
+    class ranges of the words; off: (C+1,) int64 class ranges of the tokens;
+    classes: (k,) int64, the classes to do.
     """
+    acc = np.empty((4, _max_class(start, classes)), dtype=hg.dtype)
     for ci in range(classes.shape[0]):
         c = classes[ci]
         s = start[c]
         nw = start[c + 1] - s
-        for i in range(off[c], off[c + 1]):
-            _word_logits(z, hg, i, W, b, s, nw)
-            t = lab[i] - s
-            shift, tot = _shift(z, nw, t)
-            nll[i] += math.log(tot) + (np.float64(shift) - np.float64(z[t]))
+        for i0 in range(off[c], off[c + 1], 4):
+            r = min(4, off[c + 1] - i0)
+            _word_logits4(acc, hg, i0, r, WT, b, s, nw)
+            for q in range(r):
+                t = lab[i0 + q] - s
+                shift, tot = _shift(acc[q], nw, t)
+                nll[i0 + q] += math.log(tot) + (np.float64(shift) - np.float64(acc[q, t]))
 
 
 @njit(**JIT)
-def class_words_fused(nll, store, hg, lab, W, b, db, scale, start, off, boff, classes):
+def class_words_fused(nll, store, hg, lab, WT, b, db, scale, start, off, boff, classes):
     """class_words_nll, and also writes the gradient of scale * sum(nll) w.r.t. the
     word logits, (softmax - onehot) * scale, and accumulates it into db.
 
     store: (total,) float, output: class c's gradient block, (tokens of c, words
     of c) row-major, starts at boff[c]; db: (V,) float, accumulated (the caller
-    zeroes the ranges of the classes done); scale: float scalar of W's dtype.
+    zeroes the ranges of the classes done); scale: float scalar of WT's dtype.
     Other arguments as class_words_nll.
     """
+    acc = np.empty((4, _max_class(start, classes)), dtype=hg.dtype)
     for ci in range(classes.shape[0]):
         c = classes[ci]
         s = start[c]
         nw = start[c + 1] - s
-        for i in range(off[c], off[c + 1]):
-            a = boff[c] + (i - off[c]) * nw
-            z = store[a:a + nw]
-            _word_logits(z, hg, i, W, b, s, nw)
-            t = lab[i] - s
-            zt = z[t]
-            shift, tot = _shift(z, nw, t)
-            nll[i] += math.log(tot) + (np.float64(shift) - np.float64(zt))
-            inv = z.dtype.type(scale / tot)
-            for k in range(nw):
-                e = vexp(z[k] - shift) * inv
-                z[k] = e
-                db[s + k] += e
-            z[t] -= scale
-            db[s + t] -= scale
+        for i0 in range(off[c], off[c + 1], 4):
+            r = min(4, off[c + 1] - i0)
+            _word_logits4(acc, hg, i0, r, WT, b, s, nw)
+            for q in range(r):
+                i = i0 + q
+                z = acc[q]
+                t = lab[i] - s
+                shift, tot = _shift(z, nw, t)
+                nll[i] += math.log(tot) + (np.float64(shift) - np.float64(z[t]))
+                inv = z.dtype.type(scale / tot)
+                a = boff[c] + (i - off[c]) * nw
+                for k in range(nw):
+                    e = vexp(z[k] - shift) * inv
+                    store[a + k] = e
+                    db[s + k] += e
+                store[a + t] -= scale
+                db[s + t] -= scale
 
 
 @njit(**JIT)
-def class_words_backward(gW, dhg, store, hg, W, start, off, boff, classes):
+def class_words_backward(gWT, dhg, store, hg, WT, start, off, boff, classes):
     """The backward of the word factor for the given classes.
 
-    gW: (H, V) float, accumulated: gW[:, w] += sum_i g[i, w] hg[i];
-    dhg: (n, H) float, written: dhg[i] = sum_w g[i, w] W[:, w] over i's class;
-    store: the gradient blocks of class_words_fused; other arguments as there.
+    gWT: (V, H) float, accumulated: gWT[w] += sum_i g[i, w] hg[i] (the gradient of
+    affine_W, transposed); dhg: (n, H) float, written: dhg[i] = sum_w g[i, w] WT[w]
+    over i's class; store: the gradient blocks of class_words_fused; other
+    arguments as there. Four tokens share each update of a row of gWT.
     """
     H = hg.shape[1]
     zero = hg.dtype.type(0)
@@ -660,16 +701,32 @@ def class_words_backward(gW, dhg, store, hg, W, start, off, boff, classes):
         c = classes[ci]
         s = start[c]
         nw = start[c + 1] - s
-        for i in range(off[c], off[c + 1]):
-            a = boff[c] + (i - off[c]) * nw
-            g = store[a:a + nw]
-            for d in range(H):
-                hd = hg[i, d]
-                acc = zero
+        for i0 in range(off[c], off[c + 1], 4):
+            r = min(4, off[c + 1] - i0)
+            a = boff[c] + (i0 - off[c]) * nw
+            for q in range(r):
+                i = i0 + q
+                for d in range(H):
+                    dhg[i, d] = zero
                 for k in range(nw):
-                    acc += g[k] * W[d, s + k]
-                    gW[d, s + k] += hd * g[k]
-                dhg[i, d] = acc
+                    gk = store[a + q * nw + k]
+                    for d in range(H):
+                        dhg[i, d] += gk * WT[s + k, d]
+            if r == 4:
+                for k in range(nw):
+                    g0 = store[a + k]
+                    g1 = store[a + nw + k]
+                    g2 = store[a + 2 * nw + k]
+                    g3 = store[a + 3 * nw + k]
+                    for d in range(H):
+                        gWT[s + k, d] += (g0 * hg[i0, d] + g1 * hg[i0 + 1, d]
+                                          + g2 * hg[i0 + 2, d] + g3 * hg[i0 + 3, d])
+            else:
+                for q in range(r):
+                    for k in range(nw):
+                        gk = store[a + q * nw + k]
+                        for d in range(H):
+                            gWT[s + k, d] += gk * hg[i0 + q, d]
 
 
 # ------------------------------------------------------------ optimisers --
@@ -725,29 +782,38 @@ def sum_squares_segments(g, seg):
 
 
 @njit(**JIT)
+def _zero(g):
+    zero = g.dtype.type(0)
+    for i in range(g.shape[0]):
+        g[i] = zero
+
+
+@njit(**JIT)
 def sgd_segments(p, g, seg, lr, gscale):
-    """sgd_update on each segment p[a:b], g[a:b] of seg (K, 2) int64."""
+    """sgd_update on each segment p[a:b], g[a:b] of seg (K, 2) int64, then g = 0
+    there while the segment is still in cache."""
     for k in range(seg.shape[0]):
         a, b = seg[k, 0], seg[k, 1]
         sgd_update(p[a:b], g[a:b], lr, gscale)
+        _zero(g[a:b])
 
 
 @njit(**JIT)
 def adam_segments(p, g, m, v, seg, lr_t, beta1, beta2, eps, gscale):
-    """adam_update on each segment of seg (K, 2) int64 only: the other elements keep
-    their weights and moments (lazy Adam, for row-sparse gradients)."""
+    """adam_update on each segment of seg (K, 2) int64 only, then g = 0 there while
+    the segment is still in cache: the other elements keep their weights and
+    moments (lazy Adam, for row-sparse gradients)."""
     for k in range(seg.shape[0]):
         a, b = seg[k, 0], seg[k, 1]
         adam_update(p[a:b], g[a:b], m[a:b], v[a:b], lr_t, beta1, beta2, eps, gscale)
+        _zero(g[a:b])
 
 
 @njit(**JIT)
 def zero_segments(g, seg):
     """Writes g[a:b] = 0 for each segment of seg (K, 2) int64."""
-    zero = g.dtype.type(0)
     for k in range(seg.shape[0]):
-        for i in range(seg[k, 0], seg[k, 1]):
-            g[i] = zero
+        _zero(g[seg[k, 0]:seg[k, 1]])
 
 
 @njit(**JIT)

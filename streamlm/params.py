@@ -12,8 +12,10 @@ With weight tying (``tied=True``, needs D == H) ``affine_W`` is the view
 
 A class model (``softmax="class"``, see :mod:`streamlm.classes`) keeps its
 word-indexed arrays (the rows of ``embed_W``, the columns of ``affine_W``,
-``affine_b``) in class order inside: every class is a contiguous range of
-columns. :meth:`Params.file_arrays` gives them in word-id order, as the model
+``affine_b``) in class order inside, and stores ``affine_W`` transposed, as
+(V, H) rows (the view is still (H, V)): every class is one contiguous block
+of rows, which its kernels read by dot products and its optimiser step
+updates as one range. :meth:`Params.file_arrays` gives them in word-id order, as the model
 file stores them; :attr:`Params.classes` maps between the two.
 
 The model file is a plain ``.npz`` that numpy alone reads with
@@ -119,7 +121,11 @@ class Params:
         self.offsets: dict[str, int] = {}
         off = 0
         for name, size in zip(config.storage_names(), sizes):
-            self._views[name] = flat[off:off + size].reshape(shapes[name])
+            if name == "affine_W" and config.softmax == "class":
+                # stored (V, H): a class's words are contiguous rows (see the module doc)
+                self._views[name] = flat[off:off + size].reshape(config.V, config.H).T
+            else:
+                self._views[name] = flat[off:off + size].reshape(shapes[name])
             self.offsets[name] = off
             off += size
         if config.tied:
@@ -190,9 +196,8 @@ class Params:
         segs = [np.array([[off["rnn_Wx"], end]], dtype=np.int64)]
         runs = _merge(np.stack([rows, rows + 1], axis=1)) if rows.size else rows.reshape(0, 2)
         segs.append(off["embed_W"] + runs * cfg.D)
-        if not cfg.tied:
-            d = np.arange(cfg.H, dtype=np.int64)[:, None, None] * cfg.V
-            segs.append((off["affine_W"] + d + word_ranges[None]).reshape(-1, 2))
+        if not cfg.tied:  # stored (V, H): a word range is one range of rows
+            segs.append(off["affine_W"] + word_ranges * cfg.H)
         segs.append(off["affine_b"] + word_ranges)
         return np.ascontiguousarray(np.concatenate(segs))
 

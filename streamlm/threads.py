@@ -152,7 +152,8 @@ class Scratch:
 # ------------------------------------------------------------ optimisers --
 # Each takes ``seg``: None for the whole flat buffer, or (K, 2) int64 ranges
 # [a, b) of it, the only elements a row-sparse step touches (a class model's
-# touched rows and columns; streamlm.params.Params.segments).
+# touched rows and columns; streamlm.params.Params.segments). With ``seg`` the
+# updates also zero the gradient there, in the same pass.
 def _segment_parts(seg: np.ndarray, threads: int) -> list[np.ndarray]:
     """The segments split into at most ``threads`` groups of near-equal length."""
     if threads == 1 or seg.shape[0] < 2:
@@ -186,7 +187,8 @@ def sum_squares(g: np.ndarray, seg: np.ndarray | None = None) -> float:
 
 def sgd_update(p: np.ndarray, g: np.ndarray, lr, gscale=None,
                seg: np.ndarray | None = None) -> None:
-    """p -= lr * (g * gscale) (lr, gscale: scalars of p's dtype; gscale default 1)."""
+    """p -= lr * (g * gscale) (lr, gscale: scalars of p's dtype; gscale default 1);
+    with ``seg``, only on the segments, and g = 0 there afterwards."""
     gs = p.dtype.type(1) if gscale is None else gscale
     pl = pool()
     if seg is not None:
@@ -200,7 +202,8 @@ def sgd_update(p: np.ndarray, g: np.ndarray, lr, gscale=None,
 def adam_update(p, g, m, v, lr_t, beta1, beta2, eps, gscale=None,
                 seg: np.ndarray | None = None) -> None:
     """The book's Adam step on g * gscale (see kernels.adam_update), on all threads;
-    with ``seg``, lazily: only the segments' weights and moments move."""
+    with ``seg``, lazily: only the segments' weights and moments move, and g = 0
+    there afterwards."""
     gs = p.dtype.type(1) if gscale is None else gscale
     pl = pool()
     if seg is not None:

@@ -373,7 +373,8 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
                 lr_t = run.lr * math.sqrt(1.0 - ADAM_BETA2 ** t) / (1.0 - ADAM_BETA1 ** t)
                 threads.adam_update(params.flat, grads.flat, run.m, run.v, dt(lr_t),
                                     dt(ADAM_BETA1), dt(ADAM_BETA2), dt(ADAM_EPS), gscale, seg)
-            threads.zero(grads.flat, seg)
+            if seg is None:  # (the sparse updates zero their segments themselves)
+                threads.zero(grads.flat)
             run.int_loss += loss
             run.int_steps += 1
             run.ep_loss += loss
