@@ -7,6 +7,9 @@ makes the README's first command work on a fresh machine with no data.
 
 Output (under ``out_dir``): ``train.txt``, ``valid.txt``, ``test.txt``, one
 sentence per line, documents separated by blank lines.
+
+:func:`zipf_corpus` writes a large-vocabulary synthetic corpus instead (words
+drawn from a Zipf law), for measuring what a large V costs.
 """
 
 from __future__ import annotations
@@ -92,4 +95,42 @@ def generate_demo_corpus(out_dir: str | Path, sentences: int = 20000, seed: int 
                     f.write("\n")  # document boundary
         info[name] = {"path": str(path), "sentences": split[name], "words": n_words}
         log.info("wrote %s: %d sentences, %d words", path, split[name], n_words)
+    return info
+
+
+def zipf_corpus(out_dir: str | Path, V: int = 100_000, tokens: int = 1_000_000,
+                seed: int = 0, exponent: float = 1.1) -> dict:
+    """A corpus of V word types drawn i.i.d. from a Zipf law (P(rank r) ~ r^-exponent),
+    lines of 5-29 words: ``train.txt`` and ``test.txt`` of about ``tokens`` tokens
+    each, and ``vocab.txt`` (``<unk>``, ``<eos>``, then w1..w{V-2} by rank). Returns
+    the paths, the token counts and the training count of each vocabulary id
+    (``<eos>`` counted once per line)."""
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    ranks = np.arange(1, V - 1, dtype=np.float64)
+    p = ranks ** -exponent
+    cdf = np.cumsum(p / p.sum())
+    words = np.array([f"w{i}" for i in range(1, V - 1)], dtype=object)
+    counts = np.zeros(V, dtype=np.int64)
+    info: dict = {}
+    for name in ("train", "test"):
+        path = out_dir / f"{name}.txt"
+        n_tok = 0
+        with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
+            while n_tok < tokens:
+                lengths = rng.integers(5, 30, size=1000)
+                ids = np.searchsorted(cdf, rng.random(int(lengths.sum())), side="right")
+                ids = np.minimum(ids, V - 3)
+                if name == "train":
+                    counts[2:] += np.bincount(ids, minlength=V - 2)
+                    counts[1] += len(lengths)
+                for line in np.split(words[ids], np.cumsum(lengths)[:-1]):
+                    f.write(" ".join(line) + "\n")
+                n_tok += int(lengths.sum()) + len(lengths)
+        info[f"{name}_tokens"] = n_tok
+        info[name] = str(path)
+    with atomic_open(out_dir / "vocab.txt", "w", encoding="utf-8", newline="\n") as f:
+        f.write("<unk>\n<eos>\n" + "".join(w + "\n" for w in words))
+    info["counts"] = counts.tolist()
+    log.info("wrote a Zipf corpus (V=%d) under %s", V, out_dir)
     return info

@@ -10,6 +10,7 @@ import pytest
 import reference as ref
 
 import streamlm
+from streamlm.classes import WordClasses
 from streamlm.params import ModelConfig, Params, load_model, save_model
 from streamlm.score import score
 from streamlm.vocab import Vocab
@@ -17,21 +18,28 @@ from streamlm.vocab import Vocab
 TRAIN = "the cat sat on the mat\nthe dog sat on the log\n"
 
 
-@pytest.fixture(scope="module")
-def path(tmp_path_factory):
+@pytest.fixture(scope="module", params=["full", "class"])
+def path(request, tmp_path_factory):
     d = tmp_path_factory.mktemp("api")
     vocab = Vocab.build(Counter(TRAIN.split()))
-    p = Params.init(ModelConfig(len(vocab), 3, 4), seed=7)
-    p["affine_b"][...] = np.linspace(-1, 1, len(vocab))
+    classes, cfg = None, ModelConfig(len(vocab), 3, 4)
+    if request.param == "class":
+        classes = WordClasses(np.arange(len(vocab), dtype=np.int32) % 3)
+        cfg = ModelConfig(len(vocab), 3, 4, softmax="class", C=3)
+    p = Params.init(cfg, seed=7, classes=classes)
+    a = p.file_arrays()
+    a["affine_b"] = np.linspace(-1, 1, len(vocab))
+    p.set_file_arrays(a)
     save_model(d / "m.npz", p, vocab.words)
     return d / "m.npz"
 
 
 def ref_log10(path, ids, eos):
     m = load_model(path, dtype=np.float64)
-    P = {n: np.asarray(a, np.float64) for n, a in m.params.items()}
+    wc = None if m.params.classes is None else m.params.classes.word_class
     xs = np.concatenate([[eos], ids[:-1]])[None, :]
-    _, _, nll = ref.model_loss(P, xs, np.asarray(ids)[None, :], np.zeros((1, m.config.H)))
+    _, _, nll = ref.model_loss(m.params.file_arrays(), xs, np.asarray(ids)[None, :],
+                               np.zeros((1, m.config.H)), wc)
     return -nll[0] / math.log(10)
 
 

@@ -185,3 +185,17 @@ def test_a_wrong_choice_is_a_usage_error():
 def test_help_texts_keep_their_brackets():
     """Rich markup must not swallow '[dask]' and the like."""
     assert "streamlm[dask]" in invoke("score", "--help").output
+
+
+@pytest.mark.parametrize("argv, want", [
+    (["score", "m.npz", "a.txt", "-q"], ["-q", "score", "m.npz", "a.txt"]),
+    (["score", "-v", "m.npz", "--json"], ["-v", "score", "m.npz", "--json"]),
+    (["-q", "score", "m.npz"], ["-q", "score", "m.npz"]),
+    (["generate", "m.npz", "--prompt", "-q", "-q"], ["-q", "generate", "m.npz", "--prompt", "-q"]),
+    (["score", "m.npz", "--", "-q"], ["score", "m.npz", "--", "-q"]),
+    (["nosuchcommand", "-q"], ["nosuchcommand", "-q"]),
+])
+def test_quiet_and_verbose_work_after_the_command(argv, want):
+    from streamlm.cli import hoist_global_flags
+
+    assert hoist_global_flags(argv) == want

@@ -91,6 +91,23 @@ def test_dask_totals_and_outputs_equal_local(setup, cluster, tmp_path):
         assert done["sums"]["tokens"] == got.num_rows or done["sums"]["tokens"] > 0
 
 
+def test_a_class_softmax_model_on_dask_equals_local(setup, cluster, tmp_path):
+    from streamlm.classes import WordClasses
+
+    d, _, inputs = setup
+    vocab = Vocab(["<unk>", "<eos>"] + WORDS)
+    cl = WordClasses((np.arange(len(vocab)) % 4).astype(np.int32))
+    p = Params.init(ModelConfig(V=len(vocab), D=6, H=8, softmax="class", C=4), seed=2,
+                    classes=cl)
+    model = str(tmp_path / "c.npz")
+    save_model(model, p, vocab.words)
+    res = score_dask(model, inputs, cluster, output_dir=str(tmp_path / "out"), reset="line")
+    assert not res.failed
+    local = score(model, inputs, engine="numba", reset="line").summary
+    assert res.summary["tokens"] == local["tokens"] > 0
+    assert math.isclose(res.summary["logprob"], local["logprob"], rel_tol=1e-9)
+
+
 def test_dask_rerun_skips_verified_outputs_and_redoes_damaged(setup, cluster, tmp_path):
     d, model, inputs = setup
     out = tmp_path / "out"

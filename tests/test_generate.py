@@ -113,3 +113,41 @@ def test_cli_missing_or_broken_model(tmp_path):
     bad.write_bytes(b"PK\x03\x04garbage")
     rc, out, err = cli("generate", bad)
     assert rc != 0 and out == "" and "bad.npz" in err and "Traceback" not in err
+
+
+def test_a_class_model_samples_a_class_then_a_word(tmp_path):
+    """generate on a class model: each word is a class drawn from softmax(class
+    logits / T) at one uniform, then a word of that class from softmax(word logits /
+    T) at the next, as rnnlm -gen does (with T)."""
+    from streamlm.classes import WordClasses
+    from streamlm.params import load_model
+
+    V = len(WORDS)
+    cl = WordClasses((np.arange(V) * 7 % 5).astype(np.int32))
+    p = Params.init(ModelConfig(V=V, D=6, H=8, softmax="class", C=5), seed=1, classes=cl)
+    a = p.file_arrays()
+    rng = np.random.default_rng(3)
+    a["embed_W"] = rng.standard_normal(a["embed_W"].shape)
+    a["affine_W"] = rng.standard_normal(a["affine_W"].shape) * 2
+    a["class_W"] = rng.standard_normal(a["class_W"].shape)
+    p.set_file_arrays(a)
+    path = tmp_path / "c.npz"
+    save_model(path, p, WORDS)
+    got = list(generate(path, words=30, seed=5, temperature=0.7, prompt="w2"))
+    m = load_model(path)
+    f = {k: v.astype(np.float64) for k, v in m.params.file_arrays().items()}
+    model = RNNLM(m.params)
+    u = np.random.default_rng(5)
+    h = None
+    for i in (1, WORDS.index("w2")):
+        h = model.step(np.array([i]), h)
+    want = []
+    for _ in range(30):
+        hh = h[0].astype(np.float64)
+        c = _softmax_sample(hh @ f["class_W"] + f["class_b"], 0.7, u.random())
+        words = np.flatnonzero(cl.word_class == c)
+        k = words[_softmax_sample(hh @ f["affine_W"][:, words] + f["affine_b"][words], 0.7,
+                                  u.random())]
+        want.append(WORDS[k])
+        h = model.step(np.array([k]), h)
+    assert got == want

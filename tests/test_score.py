@@ -17,6 +17,7 @@ import reference as ref
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streamlm.classes import WordClasses, frequency_classes
 from streamlm.engines import NumpyRNN
 from streamlm.errors import InputError, UsageError
 from streamlm.params import ModelConfig, Params, load_model, save_model
@@ -45,23 +46,40 @@ the mat"""
 ENGINES = ["numpy", "numba"]
 
 
-@pytest.fixture(scope="module")
-def lm(tmp_path_factory):
+@pytest.fixture(scope="module", params=["full", "class"])
+def lm(request, tmp_path_factory):
+    """A small model with nonzero biases, with a full softmax and with a class-factored
+    one (3 classes by Mikolov's binning of the training counts): every test below
+    runs on both."""
     d = tmp_path_factory.mktemp("model")
-    vocab = Vocab.build(Counter(TRAIN.split()))
-    p = Params.init(ModelConfig(len(vocab), 5, 6), seed=3)
-    p["rnn_b"][...] = np.linspace(-0.3, 0.3, 6)  # nonzero biases: exercise them
-    p["affine_b"][...] = np.linspace(-0.5, 0.5, len(vocab))
+    counts = Counter(TRAIN.split())
+    vocab = Vocab.build(counts)
+    V = len(vocab)
+    classes = None
+    cfg = ModelConfig(V, 5, 6)
+    if request.param == "class":
+        wc = frequency_classes(np.array([counts.get(w, 1) for w in vocab.words]), 3)
+        classes = WordClasses(wc)
+        cfg = ModelConfig(V, 5, 6, softmax="class", C=classes.C)
+    p = Params.init(cfg, seed=3, classes=classes)
+    a = p.file_arrays()
+    a["rnn_b"] = np.linspace(-0.3, 0.3, 6)  # nonzero biases: exercise them
+    a["affine_b"] = np.linspace(-0.5, 0.5, V)
+    if classes is not None:
+        a["class_b"] = np.linspace(0.4, -0.4, classes.C)
+    p.set_file_arrays(a)
     save_model(d / "m.npz", p, vocab.words)
     (d / "text.txt").write_text(TEXT)
-    return {"path": str(d / "m.npz"), "vocab": vocab, "dir": d, "text": str(d / "text.txt")}
+    return {"path": str(d / "m.npz"), "vocab": vocab, "dir": d, "text": str(d / "text.txt"),
+            "softmax": request.param}
 
 
 def ref_nll(model_path, ids, eos, segment_starts=(0,)):
     """Per-token NLL with tests/reference.py, float64: state zero and input <eos> at
-    every segment start."""
+    every segment start (the full or the class softmax, as the model has)."""
     m = load_model(model_path, dtype=np.float64)
-    P = {n: np.asarray(a, dtype=np.float64) for n, a in m.params.items()}
+    P = m.params.file_arrays()
+    wc = None if m.params.classes is None else m.params.classes.word_class
     starts = sorted(set(segment_starts) | {0})
     bounds = starts + [len(ids)]
     out = []
@@ -70,7 +88,7 @@ def ref_nll(model_path, ids, eos, segment_starts=(0,)):
         if not len(seg):
             continue
         xs = np.concatenate([[eos], seg[:-1]])[None, :]
-        _, _, nll = ref.model_loss(P, xs, seg[None, :], np.zeros((1, m.config.H)))
+        _, _, nll = ref.model_loss(P, xs, seg[None, :], np.zeros((1, m.config.H)), wc)
         out.append(nll[0])
     return np.concatenate(out) if out else np.zeros(0)
 

@@ -232,3 +232,26 @@ def test_train_help_lists_options():
                 "--optimizer", "--lr", "--clip", "--seed", "--dropout", "--tie-weights",
                 "--log", "--plot", "--checkpoint-every", "--resume", "--json", "--valid"):
         assert opt in r.output
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_class_softmax_trains_and_resumes_bitwise(corpus, tmp_path, tied):
+    """A class model (lazy Adam on the touched rows, dropout): 2 epochs in one run, or 1
+    epoch and then a resume to 2, give the same bytes; and it learns."""
+    def cfg(epochs):
+        return TrainConfig(embed=16, hidden=16, batch=4, bptt=6, epochs=epochs, lr=0.01,
+                           dropout=0.2, softmax="class", classes=6, tie_weights=tied, seed=4,
+                           checkpoint_every=0)
+
+    a = train(cfg(2), corpus / "train", tmp_path / "a.npz", valid_paths=corpus / "valid")
+    train(cfg(1), corpus / "train", tmp_path / "b.npz", valid_paths=corpus / "valid")
+    b = train(cfg(2), corpus / "train", tmp_path / "b.npz", valid_paths=corpus / "valid",
+              resume=True)
+    x, y = _arrays(tmp_path / "a.npz"), _arrays(tmp_path / "b.npz")
+    assert x.keys() == y.keys() and {"class_W", "class_b", "word_class"} <= set(x)
+    for k in x:
+        if k != "meta":
+            assert x[k].tobytes() == y[k].tobytes(), k
+    assert a["best_valid_ppl"] == b["best_valid_ppl"] < 25  # 40 words, 3 successors each
+    m = load_model(tmp_path / "a.npz")
+    assert m.config.softmax == "class" and m.config.C == 6
