@@ -162,8 +162,9 @@ class Scheduler:
 
     # ----------------------------------------- reset line/doc: segments --
     def _items(self) -> Iterator[tuple]:
-        """('seg', blk) for whole segments of <= T tokens; ('chunk', blk, first) for
-        T-aligned chunks of longer segments; ('end', i) after each input."""
+        """('segs', blk) for runs of consecutive whole segments of <= T tokens each;
+        ('chunk', blk, first) for T-aligned chunks of longer segments; ('end', i)
+        after each input. A segment is a line or a document: a run of one key."""
         T = self.T
         keyname = "line" if self.reset == "line" else "doc"
         for s in self.sources:
@@ -172,48 +173,63 @@ class Scheduler:
                 continue
             start = self.acc.t[i].scored
             _, _, seg_off, key0 = self.state.get(i, (None, None, 0, -1))
-            cur: list[Block] = []
+            cur: list[Block] = []  # the segment still open at the end of the last block
             have = 0
             # resumed inside a long segment: it continues if the next token has its key
             long_seg = seg_off > 0
             cur_key = key0 if long_seg else None
+
+            def grow(piece):  # the open segment grows; stream it in T-aligned chunks
+                nonlocal cur, have, long_seg
+                cur.append(piece)
+                have += len(piece)
+                while have > T or (long_seg and have >= T):
+                    whole = Block.join(cur)
+                    yield ("chunk", whole.cut(0, T), not long_seg)
+                    long_seg = True
+                    rest = whole.cut(T, len(whole))
+                    cur = [rest] if len(rest) else []
+                    have = len(rest)
+
+            def close():  # the open segment ends
+                nonlocal cur, have, long_seg
+                if cur:
+                    blk = Block.join(cur)
+                    yield ("chunk", blk, not long_seg) if long_seg else ("segs", blk)
+                cur, have, long_seg = [], 0, False
+
             for b in skip(s.blocks(), start):
                 key = getattr(b, keyname)
-                cuts = np.flatnonzero(np.diff(key)) + 1
+                cuts = np.flatnonzero(key[1:] != key[:-1]) + 1  # segment starts in b
                 if cur_key is not None and key[0] != cur_key:
                     cuts = np.concatenate([[0], cuts])
-                bounds = list(cuts) + [len(b)]
-                a = 0
-                for c in bounds:
+                cur_key = key[-1]
+                if not len(cuts):  # all of b continues the open segment
+                    yield from grow(b)
+                    continue
+                if cuts[0] > 0:
+                    yield from grow(b.cut(0, int(cuts[0])))
+                yield from close()
+                # the whole segments inside b: runs of short ones at once, long ones alone
+                lens = np.diff(cuts)
+                a = int(cuts[0])
+                for j in np.flatnonzero(lens > T).tolist():
+                    c = int(cuts[j])
                     if c > a:
-                        piece = b.cut(a, c)
-                        cur.append(piece)
-                        have += len(piece)
-                        cur_key = key[c - 1]
-                        # stream a long segment in T-aligned chunks
-                        while have > T or (long_seg and have >= T):
-                            whole = Block.join(cur)
-                            yield ("chunk", whole.cut(0, T), not long_seg)
-                            long_seg = True
-                            rest = whole.cut(T, len(whole))
-                            cur = [rest] if len(rest) else []
-                            have = len(rest)
-                    if c < len(b):  # a segment ends at c
-                        if cur:
-                            yield (("chunk", Block.join(cur), not long_seg) if long_seg
-                                   else ("seg", Block.join(cur)))
-                        cur, have, long_seg = [], 0, False
-                        cur_key = None
-                    a = c
-            if cur:
-                yield (("chunk", Block.join(cur), not long_seg) if long_seg
-                       else ("seg", Block.join(cur)))
+                        yield ("segs", b.cut(a, c))
+                    yield from grow(b.cut(c, int(cuts[j + 1])))
+                    yield from close()
+                    a = int(cuts[j + 1])
+                if int(cuts[-1]) > a:
+                    yield ("segs", b.cut(a, int(cuts[-1])))
+                yield from grow(b.cut(int(cuts[-1]), len(b)))  # the last one stays open
+            yield from close()
             yield ("end", i)
 
     def _run_segments(self) -> None:
         eos, T, N = self.eos, self.T, self.batch
         keyname = "line" if self.reset == "line" else "doc"
-        window: list[list[Block]] = []  # rows, each a run of whole segments
+        window: list[list[Block]] = []  # rows, each pieces of runs of whole segments
         row_len = 0
         ends: list[int] = []  # inputs that ended; finished once their tokens are scored
 
@@ -227,18 +243,23 @@ class Scheduler:
             nonlocal row_len
             if window:
                 rows = []
-                for segs in window:
-                    starts = np.cumsum([0] + [len(s) for s in segs[:-1]])
-                    ids = segs[0].ids if len(segs) == 1 else np.concatenate(
-                        [s.ids for s in segs])
-                    rows.append(_row(ids, eos, starts, eos))
+                for pieces in window:
+                    starts, off = [], 0
+                    for pc in pieces:  # a segment starts at each piece and each key change
+                        key = getattr(pc, keyname)
+                        starts.append(off)
+                        starts.extend((np.flatnonzero(key[1:] != key[:-1]) + 1 + off).tolist())
+                        off += len(pc)
+                    ids = pieces[0].ids if len(pieces) == 1 else np.concatenate(
+                        [pc.ids for pc in pieces])
+                    rows.append(_row(ids, eos, np.array(starts, dtype=np.int64), eos))
                 nll, _ = self.runner.run(rows, np.zeros((len(rows), self.H), self.dtype))
                 n_tok = 0
-                for n, segs in enumerate(window):
+                for n, pieces in enumerate(window):
                     off = 0
-                    for s in segs:
-                        self.acc.add(s, nll[n, off:off + len(s)])
-                        off += len(s)
+                    for pc in pieces:
+                        self.acc.add(pc, nll[n, off:off + len(pc)])
+                        off += len(pc)
                     n_tok += off
                 window.clear()
                 row_len = 0
@@ -254,16 +275,25 @@ class Scheduler:
                     finish_ends()
                 continue
             blk = item[1]
-            if kind == "seg":
+            if kind == "segs":  # pack its segments into rows, in order, next-fit
                 self.state.pop(blk.i, None)  # a long segment before it has ended
-                if window and row_len + len(blk) <= T:
-                    window[-1].append(blk)
-                    row_len += len(blk)
-                else:
+                key = getattr(blk, keyname)
+                starts = np.flatnonzero(key[1:] != key[:-1]) + 1
+                bounds = [0, *starts.tolist(), len(blk)]
+                a = 0  # start of the piece of blk that goes into window[-1]
+                for j in range(len(bounds) - 1):
+                    L = bounds[j + 1] - bounds[j]
+                    if window and row_len + L <= T:
+                        row_len += L
+                        continue
+                    if bounds[j] > a:
+                        window[-1].append(blk.cut(a, bounds[j]))
                     if len(window) == N:
                         flush_window()
-                    window.append([blk])
-                    row_len = len(blk)
+                    window.append([])
+                    row_len = L
+                    a = bounds[j]
+                window[-1].append(blk.cut(a, len(blk)))
                 continue
             # a chunk of a long segment: alone in its call, its state carried
             first = item[2]
