@@ -12,6 +12,12 @@ block is handed out in several :class:`LinePiece` s, cut at ASCII whitespace, so
 :func:`iter_pieces` uses memory bounded by a few blocks whatever the line length
 (only a single *word* longer than a block is held whole). :func:`iter_lines` joins
 the pieces back into one :class:`Line`, so its memory is that of the line's word list.
+
+Speed: the whole lines of a block are decoded and checked in one call and handed
+out together as a :class:`LineBatch` (:meth:`Pieces.batches`, which the tokeniser
+takes); a line still open at a block's end, and the lines of a block with invalid
+UTF-8 or a NUL byte, go line by line as before, so an error names the same line
+and byte.
 """
 
 from __future__ import annotations
