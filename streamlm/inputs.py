@@ -31,7 +31,7 @@ from streamlm.formats import (
     is_prepared_dir,
     table_kind,
 )
-from streamlm.text import LinePiece, display_name, iter_pieces, open_binary
+from streamlm.text import Pieces, display_name, iter_pieces, open_binary
 from streamlm.tokenizer import BLOCK_TOKENS, Block, encode
 from streamlm.vocab import Vocab
 
@@ -132,7 +132,7 @@ class TextSource(Source):
         self.errors = str(errors)
         check_readable(self.path)  # missing / unreadable: fail before any work
 
-    def pieces(self) -> Iterator[LinePiece]:
+    def pieces(self) -> Pieces:
         return iter_pieces(self.path, self.errors)
 
     def blocks(self) -> Iterator[Block]:

@@ -849,3 +849,121 @@ def sample_from_logits(logits, b, temperature, u):
         if c > target:
             return v
     return V - 1
+
+
+# ------------------------------------------------------------ words -> ids --
+# The tokeniser's compiled path (streamlm.tokenizer): lines of UTF-8 bytes split into
+# words by str.split()'s rule and looked up in the vocabulary, without a Python str
+# per word. The vocabulary is an open-addressing hash table of its words' bytes.
+
+
+@njit(**JIT, inline="always")
+def _fnv_start():
+    """FNV-1a's offset basis (as int64); with _fnv_step, the hash of a word's bytes."""
+    return np.int64(-3750763034362895579)
+
+
+@njit(**JIT, inline="always")
+def _fnv_step(h, byte):
+    return (h ^ np.int64(byte)) * np.int64(1099511628211)  # wraps (no overflow check)
+
+
+@njit(**JIT)
+def word_table_fill(slots, keys, key_off):
+    """Writes slots: (S,) int32, S a power of two > V, the hash table of V words:
+    word k is keys[key_off[k]:key_off[k + 1]] (keys: (nbytes,) uint8, key_off:
+    (V + 1,) int64), stored at the first free slot from its hash on; -1 is free."""
+    mask = slots.shape[0] - 1
+    slots[:] = -1
+    for k in range(key_off.shape[0] - 1):
+        h = _fnv_start()
+        for i in range(key_off[k], key_off[k + 1]):
+            h = _fnv_step(h, keys[i])
+        j = h & mask
+        while slots[j] >= 0:
+            j = (j + 1) & mask
+        slots[j] = k
+
+
+@njit(**JIT, inline="always")
+def _word_id(b, s, e, h, slots, keys, key_off, unk):
+    """Id of the word b[s:e] (h: its hash) in the table of word_table_fill; unk if absent."""
+    mask = slots.shape[0] - 1
+    j = h & mask
+    n = e - s
+    while True:
+        k = slots[j]
+        if k < 0:
+            return unk
+        a = key_off[k]
+        if key_off[k + 1] - a == n:
+            t = 0
+            while t < n and keys[a + t] == b[s + t]:
+                t += 1
+            if t == n:
+                return k
+        j = (j + 1) & mask
+
+
+@njit(**JIT)
+def encode_lines(ids, counts, b, space, slots, keys, key_off, unk, eos, docs):
+    """Writes ids: (>= n // 2 + L + 1,) int32, the tokens of the lines in b: (n,)
+    uint8 (valid UTF-8, each line ending in b"\\n"): each line's word ids, then eos
+    (with docs, a line without words gives no token); and counts: (L,) int64, the
+    tokens of each line. Returns (tokens, lines) written.
+
+    Words are str.split()'s: maximal runs of code points c with not space[c]
+    (space: (65536,) bool, for the code points below U+10000; none above is a space).
+    Invalid UTF-8 cannot crash it (reads stay inside b) but gives words of no rule.
+    """
+    n = b.shape[0]
+    L = counts.shape[0]
+    i = 0
+    nt = 0  # tokens written
+    line = 0
+    k = 0  # tokens of the current line
+    w = -1  # start of the current word, -1 between words
+    h = _fnv_start()  # hash of the current word's bytes so far
+    while i < n:
+        c = np.int64(b[i])
+        m = 1  # bytes of the code point
+        if c >= 0x80:  # decode a multi-byte code point (ASCII first: the common case)
+            if c >= 0xF0:
+                m = 4
+                c = 0xFFFF  # above U+FFFF: not a space
+            elif c >= 0xE0:
+                m = 3
+                if i + 2 < n:
+                    c = ((c & 0x0F) << 12) | ((np.int64(b[i + 1]) & 0x3F) << 6) | (
+                        np.int64(b[i + 2]) & 0x3F)
+            elif c >= 0xC0:
+                m = 2
+                if i + 1 < n:
+                    c = ((c & 0x1F) << 6) | (np.int64(b[i + 1]) & 0x3F)
+        if space[c]:
+            if w >= 0:
+                ids[nt] = _word_id(b, w, i, h, slots, keys, key_off, unk)
+                nt += 1
+                k += 1
+                w = -1
+            if c == 10 and line < L:
+                if k > 0 or not docs:
+                    ids[nt] = eos
+                    nt += 1
+                    k += 1
+                counts[line] = k
+                line += 1
+                k = 0
+            i += m
+        else:
+            if w < 0:
+                w = i
+                h = _fnv_start()
+            for _ in range(m):  # the hash goes along with the scan: no second pass
+                if i < n:
+                    h = _fnv_step(h, b[i])
+                i += 1
+    if w >= 0 and nt < ids.shape[0]:  # a last word without a newline (not from the caller)
+        ids[nt] = _word_id(b, w, n, h, slots, keys, key_off, unk)
+        nt += 1
+    return nt, line

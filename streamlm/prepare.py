@@ -49,7 +49,7 @@ from streamlm.formats import (
 )
 from streamlm.inputs import TextSource, check_readable, is_stream
 from streamlm.options import Docs, Errors
-from streamlm.text import display_name
+from streamlm.text import LineBatch, display_name
 from streamlm.tokenizer import encode
 from streamlm.vocab import Vocab
 
@@ -147,12 +147,6 @@ class _ShardWriter:
                 self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
 
-def _counted(pieces, counter: list[int]):
-    for p in pieces:
-        counter[0] += p.last
-        yield p
-
-
 def prepare(inputs: Sequence[str], out_dir: str | os.PathLike, *, vocab_size: int | None = None,
             min_count: int = 1, vocab_path: str | os.PathLike | None = None,
             shard_tokens: int = 1_000_000, docs: Docs | str = Docs.none,
@@ -215,14 +209,13 @@ def prepare(inputs: Sequence[str], out_dir: str | os.PathLike, *, vocab_size: in
             for name, src in zip(inputs, sources):
                 log.info("counting words in %s", display_name(name))
                 t0 = time.monotonic()
-                lines = 0
-                for piece in src.pieces():
-                    counts.update(piece.words)
-                    lines += piece.last
-                    if piece.last and not lines % 4096 and time.monotonic() - t0 > _LOG_EVERY_S:
+                pieces = src.pieces()
+                for item in pieces.batches():  # a block of lines at a time, where it can
+                    counts.update(item.words() if isinstance(item, LineBatch) else item.words)
+                    if time.monotonic() - t0 > _LOG_EVERY_S:
                         t0 = time.monotonic()
                         log.info("  %s: %s lines, %s distinct words", display_name(name),
-                                 f"{lines:,}", f"{len(counts):,}")
+                                 f"{pieces.lines:,}", f"{len(counts):,}")
             vocab = Vocab.build(counts, vocab_size=vocab_size, min_count=min_count)
             del counts
             log.info("vocabulary: %s words", f"{len(vocab):,}")
@@ -234,16 +227,16 @@ def prepare(inputs: Sequence[str], out_dir: str | os.PathLike, *, vocab_size: in
         for name, src in zip(inputs, sources):
             log.info("encoding %s", display_name(name))
             before = writer.tokens
-            nlines = [0]
+            pieces = src.pieces()
             prev_doc = -1
-            for blk in encode(_counted(src.pieces(), nlines), vocab, docs=blank_docs):
+            for blk in encode(pieces, vocab, docs=blank_docs):
                 ds = None
                 if blank_docs:
                     ds = blk.doc_starts(prev_doc)
                     prev_doc = int(blk.doc[-1])
                 unk_tokens += int(np.count_nonzero(blk.ids == vocab.unk_id))
                 writer.add(blk.ids, ds)
-            src_info.append({"path": display_name(name), "lines": nlines[0],
+            src_info.append({"path": display_name(name), "lines": pieces.lines,
                              "tokens": writer.tokens - before})
         shards = writer.finish()
         if writer.tokens == 0:

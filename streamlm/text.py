@@ -12,6 +12,12 @@ block is handed out in several :class:`LinePiece` s, cut at ASCII whitespace, so
 :func:`iter_pieces` uses memory bounded by a few blocks whatever the line length
 (only a single *word* longer than a block is held whole). :func:`iter_lines` joins
 the pieces back into one :class:`Line`, so its memory is that of the line's word list.
+
+Speed: the whole lines of a block are decoded and checked in one call and handed
+out together as a :class:`LineBatch` (:meth:`Pieces.batches`, which the tokeniser
+takes); a line still open at a block's end, and the lines of a block with invalid
+UTF-8 or a NUL byte, go line by line as before, so an error names the same line
+and byte.
 """
 
 from __future__ import annotations
@@ -53,6 +59,41 @@ class LinePiece(NamedTuple):
     byte_offset: int
     words: list[str]
     last: bool
+
+
+class LineBatch:
+    """Whole lines ``index`` .. ``index + count - 1`` of a block, starting at stream
+    offset ``byte_offset``, decoded and checked at once: ``data``, their bytes (each
+    line ends in ``b"\\n"``); ``text``, the same decoded; ``utf8``, the UTF-8 of
+    ``text`` (``data`` itself unless ``errors="replace"`` replaced something)."""
+
+    __slots__ = ("index", "byte_offset", "count", "data", "text", "utf8")
+
+    def __init__(self, index: int, byte_offset: int, count: int, data: bytes, text: str,
+                 utf8: bytes):
+        self.index = index
+        self.byte_offset = byte_offset
+        self.count = count
+        self.data = data
+        self.text = text
+        self.utf8 = utf8
+
+    def lines(self) -> list[str]:
+        """The text of each line, without its newline."""
+        lines = self.text.split("\n")
+        lines.pop()  # after the last newline
+        return lines
+
+    def words(self) -> list[str]:
+        """The words of all the lines, in order (``str.split`` treats ``"\\n"`` as a space)."""
+        return self.text.split()
+
+    def pieces(self) -> Iterator[LinePiece]:
+        """The lines as :class:`LinePiece` s (each one whole, so ``last``)."""
+        off = self.byte_offset
+        for i, (raw, line) in enumerate(zip(self.data.split(b"\n"), self.lines())):
+            yield LinePiece(self.index + i, off, line.split(), True)
+            off += len(raw) + 1
 
 
 def display_name(path: str | os.PathLike) -> str:
@@ -159,9 +200,55 @@ def _last_ascii_ws(buf: bytes | bytearray, start: int) -> int:
     return max(buf.rfind(c, start) for c in _ASCII_WS)
 
 
-def iter_pieces(path: str | os.PathLike, errors: str = "strict", *,
-                block_size: int = BLOCK_SIZE) -> Iterator[LinePiece]:
-    """Stream ``path`` as :class:`LinePiece` s (memory bounded by a few blocks)."""
+def _words(data: bytes, off: int, index: int, name: str, errors: str) -> list[str]:
+    """The words of ``data`` (part of line ``index``, at stream offset ``off``)."""
+    if errors == "strict":
+        z = data.find(b"\x00")
+        if z >= 0:
+            raise InputError("NUL byte in text", path=name,
+                             position=f"line {index + 1}, byte {off + z}")
+        try:
+            return data.decode("utf-8").split()
+        except UnicodeDecodeError as e:
+            raise InputError(f"invalid UTF-8 ({e.reason})", path=name,
+                             position=f"line {index + 1}, byte {off + e.start}") from None
+    return data.decode("utf-8", "replace").replace("\x00", "\ufffd").split()
+
+
+def _decode(chunk: bytes, errors: str) -> tuple[str, bytes] | None:
+    """``chunk`` decoded as :func:`_words` would decode each of its lines, and the
+    UTF-8 of that text; None where :func:`_words` would raise. One call for many
+    lines: ``b"\\n"`` is ASCII, so it never belongs to a multi-byte or malformed
+    sequence, and a whole-chunk decode agrees with the line-by-line one."""
+    if b"\x00" not in chunk:
+        try:
+            return chunk.decode("utf-8"), chunk
+        except UnicodeDecodeError:
+            pass
+    if errors == "strict":
+        return None
+    text = chunk.decode("utf-8", "replace").replace("\x00", "\ufffd")
+    return text, text.encode("utf-8")
+
+
+def _whole_lines(chunk: bytes, count: int, index: int, off: int, name: str,
+                 errors: str) -> Iterator[LinePiece | LineBatch]:
+    """``chunk`` (``count`` whole lines, each ending in ``b"\\n"``) as one :class:`LineBatch`; where
+    it is invalid, line by line, so that the error names the line and byte."""
+    decoded = _decode(chunk, errors)
+    if decoded is not None:
+        yield LineBatch(index, off, count, chunk, *decoded)
+        return
+    for raw in chunk.split(b"\n")[:-1]:
+        yield LinePiece(index, off, _words(raw, off, index, name, errors), True)
+        index += 1
+        off += len(raw) + 1
+
+
+def _read(path: str | os.PathLike, errors: str,
+          block_size: int) -> Iterator[LinePiece | LineBatch]:
+    """The items of :meth:`Pieces.batches`: a block's whole lines as a :class:`LineBatch`,
+    a line that is still open at a block's end in :class:`LinePiece` s."""
     if errors not in ("strict", "replace"):
         raise ValueError(f"errors must be strict or replace, got {errors!r}")
     name = display_name(path)
@@ -172,19 +259,6 @@ def iter_pieces(path: str | os.PathLike, errors: str = "strict", *,
     pending = bytearray()
     first = True
     line_open = False  # a piece of the current line was handed out already
-
-    def words_of(data: bytes, off: int) -> list[str]:
-        if errors == "strict":
-            z = data.find(b"\x00")
-            if z >= 0:
-                raise InputError("NUL byte in text", path=name,
-                                 position=f"line {index + 1}, byte {off + z}")
-            try:
-                return data.decode("utf-8").split()
-            except UnicodeDecodeError as e:
-                raise InputError(f"invalid UTF-8 ({e.reason})", path=name,
-                                 position=f"line {index + 1}, byte {off + e.start}") from None
-        return data.decode("utf-8", "replace").replace("\x00", "\ufffd").split()
 
     try:
         while True:
@@ -202,21 +276,29 @@ def iter_pieces(path: str | os.PathLike, errors: str = "strict", *,
                 if block.startswith(_BOM):
                     start = len(_BOM)
                     line_off = piece_off = start
-            while True:
-                nl = block.find(b"\n", start)
-                if nl < 0:
-                    break
-                if pending:
+            end = block.rfind(b"\n", start) + 1  # just after the block's last newline
+            if end:
+                if line_open:  # the end of a line handed out in pieces
+                    nl = block.find(b"\n", start)
                     pending += block[start:nl]
                     data = bytes(pending)
                     pending.clear()
-                else:
-                    data = block[start:nl]
-                yield LinePiece(index, line_off, words_of(data, piece_off), True)
-                line_open = False
-                index += 1
-                line_off = piece_off = piece_off + len(data) + 1
-                start = nl + 1
+                    yield LinePiece(index, line_off, _words(data, piece_off, index, name, errors),
+                                    True)
+                    line_open = False
+                    index += 1
+                    line_off = piece_off = piece_off + len(data) + 1
+                    start = nl + 1
+                if start < end:
+                    chunk = block[start:end]
+                    if pending:  # the start of the chunk's first line, from the last block
+                        chunk = bytes(pending) + chunk
+                        pending.clear()
+                    count = chunk.count(b"\n")
+                    yield from _whole_lines(chunk, count, index, line_off, name, errors)
+                    index += count
+                    line_off = piece_off = line_off + len(chunk)
+                start = end
             if start < len(block):
                 old = len(pending)
                 pending += block[start:]
@@ -225,16 +307,63 @@ def iter_pieces(path: str | os.PathLike, errors: str = "strict", *,
                     if cut >= 0:
                         data = bytes(pending[: cut + 1])
                         del pending[: cut + 1]
-                        yield LinePiece(index, line_off, words_of(data, piece_off), False)
+                        yield LinePiece(index, line_off,
+                                        _words(data, piece_off, index, name, errors), False)
                         piece_off += len(data)
                         line_open = True
         if pending or line_open:
             data = bytes(pending)
             pending.clear()
-            yield LinePiece(index, line_off, words_of(data, piece_off), True)
+            yield LinePiece(index, line_off, _words(data, piece_off, index, name, errors), True)
     finally:
         if os.fspath(path) != "-":
             f.close()
+
+
+class Pieces:
+    """What :func:`iter_pieces` returns: an iterator of :class:`LinePiece` s that can
+    also hand out the rest of its input a block of whole lines at a time
+    (:meth:`batches`), for readers that take lines by the block."""
+
+    def __init__(self, items: Iterator[LinePiece | LineBatch]):
+        self._items = items
+        self._rest: Iterator[LinePiece] = iter(())  # pieces of a batch being handed out
+        self.lines = 0  # lines handed out completely so far
+
+    def __iter__(self) -> Pieces:
+        return self
+
+    def __next__(self) -> LinePiece:
+        piece = next(self._rest, None)
+        if piece is None:
+            item = next(self._items)
+            if isinstance(item, LineBatch):
+                self._rest = item.pieces()
+                piece = next(self._rest)
+            else:
+                piece = item
+        self.lines += piece.last
+        return piece
+
+    def batches(self) -> Iterator[LinePiece | LineBatch]:
+        """The rest of the input as :class:`LineBatch` es of whole lines, and
+        :class:`LinePiece` s where lines are cut (long lines; invalid input, up to
+        its error)."""
+        for piece in self._rest:
+            self.lines += piece.last
+            yield piece
+        for item in self._items:
+            self.lines += item.count if isinstance(item, LineBatch) else item.last
+            yield item
+
+    def close(self) -> None:
+        self._items.close()
+
+
+def iter_pieces(path: str | os.PathLike, errors: str = "strict", *,
+                block_size: int = BLOCK_SIZE) -> Pieces:
+    """Stream ``path`` as :class:`LinePiece` s (memory bounded by a few blocks)."""
+    return Pieces(_read(path, errors, block_size))
 
 
 def iter_lines(path: str | os.PathLike, errors: str = "strict") -> Iterator[Line]:
@@ -244,11 +373,15 @@ def iter_lines(path: str | os.PathLike, errors: str = "strict") -> Iterator[Line
     1-based line number and the byte offset; ``errors="replace"`` substitutes U+FFFD.
     """
     words: list[str] = []
-    for piece in iter_pieces(path, errors):
-        if piece.last and not words:
-            yield Line(piece.index, piece.byte_offset, piece.words)
+    for item in iter_pieces(path, errors).batches():
+        if isinstance(item, LineBatch):
+            for piece in item.pieces():
+                yield Line(piece.index, piece.byte_offset, piece.words)
             continue
-        words.extend(piece.words)
-        if piece.last:
-            yield Line(piece.index, piece.byte_offset, words)
+        if item.last and not words:
+            yield Line(item.index, item.byte_offset, item.words)
+            continue
+        words.extend(item.words)
+        if item.last:
+            yield Line(item.index, item.byte_offset, words)
             words = []

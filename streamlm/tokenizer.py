@@ -13,19 +13,32 @@ and the scorer scores them, so both count the same tokens.
 
 Every token carries the 0-based index of its line in the input and, with
 documents, of its document.
+
+From :func:`streamlm.text.iter_pieces`, whole lines come a block of text at a
+time; a compiled kernel (``kernels.encode_lines``) splits them by the same rule
+(its whitespace is ``str.isspace``'s) and looks each word up by its UTF-8 bytes,
+without a Python string per word. ``tests/line_reference.py`` keeps the
+line-by-line tokeniser that it must equal, block for block.
 """
 
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Iterable, Iterator
 from itertools import repeat
 
 import numpy as np
 
-from streamlm.text import LinePiece
+from streamlm.text import LineBatch, LinePiece, Pieces
 from streamlm.vocab import Vocab
 
 BLOCK_TOKENS = 1 << 16  # tokens per block handed out (about; a block is never empty)
+# Whole lines go through the compiled kernel (kernels.encode_lines) once Numba is loaded
+# anyway (the scorer's model loads it), or after this much text of an input: loading
+# it costs about 0.6 s, the kernel saves about 0.04 s a MB (bench/bench_tokenize.py),
+# so a small input stays in Python.
+COMPILED_AFTER_BYTES = 16 << 20
 
 
 class Block:
@@ -76,49 +89,181 @@ def encode(pieces: Iterable[LinePiece], vocab: Vocab, *, docs: bool, index: int 
 
     ``pieces``: the input's lines as :class:`~streamlm.text.LinePiece` s (a long
     line may come in several pieces; ``last`` ends it). ``index`` is stored in
-    each block's ``i``.
+    each block's ``i``. A block ends after the first line (or piece) that brings it
+    to ``block_tokens``. From :func:`~streamlm.text.iter_pieces`, whole lines are
+    taken a block of text at a time (:meth:`~streamlm.text.Pieces.batches`).
     """
-    table, unk, eos = vocab.index, vocab.unk_id, vocab.eos_id
-    ids: list[int] = []
-    runs_line: list[int] = []  # one entry per run of tokens of one line
-    runs_doc: list[int] = []
-    runs_n: list[int] = []
-    pos = 0
-    doc = -1
-    new_doc = True
-    line_has_words = False
+    enc = _Encoder(vocab, docs, index, block_tokens)
+    items = pieces.batches() if isinstance(pieces, Pieces) else pieces
+    for item in items:
+        if isinstance(item, LineBatch):
+            yield from enc.add_lines(item)
+        else:
+            enc.add_piece(item)
+            if enc.size() >= block_tokens:
+                yield enc.block()
+    if enc.size():
+        yield enc.block()
 
-    def block() -> Block:
-        n = np.array(runs_n, dtype=np.int64)
-        return Block(index, pos, np.array(ids, dtype=np.int32),
-                     np.repeat(np.array(runs_line, dtype=np.int64), n),
-                     np.repeat(np.array(runs_doc, dtype=np.int64), n) if docs else None)
 
-    for piece in pieces:
+class _Encoder:
+    """The state of :func:`encode`: document count, and tokens not yet in a block
+    (array parts from whole lines, then lists from pieces)."""
+
+    def __init__(self, vocab: Vocab, docs: bool, index: int, block_tokens: int):
+        self.vocab = vocab
+        self.table, self.unk, self.eos = vocab.index, vocab.unk_id, vocab.eos_id
+        self.docs, self.index, self.block_tokens = docs, index, block_tokens
+        self.pos = 0  # position of the next block
+        self.doc = -1
+        self.new_doc = True
+        self.line_has_words = False  # the open line (pieces) has words already
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+        self.parted = 0  # tokens in parts
+        self.text_bytes = 0  # of the batches so far
+        self._lists()
+
+    def _lists(self) -> None:
+        self.ids: list[int] = []
+        self.runs_line: list[int] = []  # one entry per run of tokens of one line
+        self.runs_doc: list[int] = []
+        self.runs_n: list[int] = []
+
+    def size(self) -> int:
+        return self.parted + len(self.ids)
+
+    def add_piece(self, piece: LinePiece) -> None:
         words = piece.words
         k = 0
         if words:
-            if docs and new_doc:
-                doc += 1
-                new_doc = False
-            ids.extend(map(table.get, words, repeat(unk)))
+            if self.docs and self.new_doc:
+                self.doc += 1
+                self.new_doc = False
+            self.ids.extend(map(self.table.get, words, repeat(self.unk)))
             k = len(words)
-            line_has_words = True
+            self.line_has_words = True
         if piece.last:
-            if line_has_words or not docs:
-                ids.append(eos)
+            if self.line_has_words or not self.docs:
+                self.ids.append(self.eos)
                 k += 1
             else:
-                new_doc = True
-            line_has_words = False
+                self.new_doc = True
+            self.line_has_words = False
         if k:
-            runs_line.append(piece.index)
-            runs_doc.append(doc)
-            runs_n.append(k)
-        if len(ids) >= block_tokens:
-            b = block()
-            yield b
-            pos += len(b)
-            ids, runs_line, runs_doc, runs_n = [], [], [], []
-    if ids:
-        yield block()
+            self.runs_line.append(piece.index)
+            self.runs_doc.append(self.doc)
+            self.runs_n.append(k)
+
+    def _flush_lists(self) -> None:
+        if not self.ids:
+            return
+        n = np.array(self.runs_n, dtype=np.int64)
+        self.parts.append((np.array(self.ids, dtype=np.int32),
+                           np.repeat(np.array(self.runs_line, dtype=np.int64), n),
+                           np.repeat(np.array(self.runs_doc, dtype=np.int64), n)
+                           if self.docs else None))
+        self.parted += len(self.ids)
+        self._lists()
+
+    def block(self) -> Block:
+        """All tokens not yet handed out, as one block."""
+        self._flush_lists()
+        ps = self.parts
+        b = Block(self.index, self.pos, np.concatenate([p[0] for p in ps]),
+                  np.concatenate([p[1] for p in ps]),
+                  np.concatenate([p[2] for p in ps]) if self.docs else None)
+        self.pos += len(b)
+        self.parts, self.parted = [], 0
+        return b
+
+    def add_lines(self, batch: LineBatch) -> Iterator[Block]:
+        """A batch of whole lines; the blocks they complete."""
+        self.text_bytes += len(batch.data)
+        if self.text_bytes < COMPILED_AFTER_BYTES and not _kernels_loaded():
+            for piece in batch.pieces():
+                self.add_piece(piece)
+                if self.size() >= self.block_tokens:
+                    yield self.block()
+            return
+        ids, k = _word_table(self.vocab).encode_lines(batch.utf8, batch.count, self.docs)
+        line = np.repeat(np.arange(batch.index, batch.index + batch.count, dtype=np.int64), k)
+        doc = None
+        if self.docs:
+            has = k > 0  # blank lines have no token
+            starts = has.copy()  # lines that start a document
+            starts[1:] &= ~has[:-1]
+            starts[0] &= self.new_doc
+            line_doc = self.doc + np.cumsum(starts)
+            self.doc = int(line_doc[-1])
+            self.new_doc = not has[-1]
+            doc = np.repeat(line_doc, k)
+        yield from self._add_part(ids, line, doc, np.cumsum(k))
+
+    def _add_part(self, ids: np.ndarray, line: np.ndarray, doc: np.ndarray | None,
+                  ends: np.ndarray) -> Iterator[Block]:
+        """Append tokens (``ends``: token count after each of their lines), cutting a
+        block after each line that fills one, as :meth:`add_piece` + :meth:`size` would."""
+        self._flush_lists()
+        a = 0  # tokens of ids already appended
+        while True:
+            j = int(np.searchsorted(ends, a + self.block_tokens - self.parted))
+            if j == len(ends):
+                break
+            b = int(ends[j])
+            self.parts.append((ids[a:b], line[a:b], None if doc is None else doc[a:b]))
+            self.parted += b - a
+            yield self.block()
+            a = b
+        if a < len(ids):
+            self.parts.append((ids[a:], line[a:], None if doc is None else doc[a:]))
+            self.parted += len(ids) - a
+
+
+class _WordTable:
+    """A vocabulary as the compiled kernels see it: its words' UTF-8 bytes in id order
+    and an open-addressing hash table of them (see ``kernels.word_table_fill``)."""
+
+    def __init__(self, vocab: Vocab):
+        from streamlm import kernels  # Numba: only when a big batch comes
+
+        # surrogatepass: a word that is not valid Unicode gets bytes no valid text has
+        raw = [w.encode("utf-8", "surrogatepass") for w in vocab.words]
+        self.keys = np.frombuffer(b"".join(raw), dtype=np.uint8)
+        self.key_off = np.zeros(len(raw) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, raw), dtype=np.int64, count=len(raw)),
+                  out=self.key_off[1:])
+        self.slots = np.empty(1 << (2 * len(raw)).bit_length(), dtype=np.int32)  # <= 1/2 full
+        kernels.word_table_fill(self.slots, self.keys, self.key_off)
+        self.unk, self.eos = vocab.unk_id, vocab.eos_id
+
+    def encode_lines(self, utf8: bytes, lines: int, docs: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of ``lines`` whole lines (``utf8``: valid UTF-8, each line ending in
+        ``b"\\n"``) and the number of tokens of each line, by the module doc's rule."""
+        from streamlm import kernels
+
+        b = np.frombuffer(utf8, dtype=np.uint8)
+        ids = np.empty(len(b) // 2 + lines + 1, dtype=np.int32)
+        counts = np.empty(lines, dtype=np.int64)
+        nt, nl = kernels.encode_lines(ids, counts, b, _space_table(), self.slots, self.keys,
+                                      self.key_off, self.unk, self.eos, docs)
+        if nl != lines:  # cannot happen on valid UTF-8
+            raise RuntimeError(f"encode_lines found {nl} lines, not {lines}")
+        return ids[:nt], counts
+
+
+def _kernels_loaded() -> bool:
+    return "streamlm.kernels" in sys.modules
+
+
+def _word_table(vocab: Vocab) -> _WordTable:
+    """The vocabulary's :class:`_WordTable`, built on first use and kept with it."""
+    if vocab._word_table is None:
+        vocab._word_table = _WordTable(vocab)
+    return vocab._word_table
+
+
+@functools.cache
+def _space_table() -> np.ndarray:
+    """``chr(c).isspace()`` for each code point ``c`` below U+10000: where ``str.split()``
+    splits (no code point above is a space: tests check)."""
+    return np.array([chr(c).isspace() for c in range(0x10000)], dtype=np.bool_)

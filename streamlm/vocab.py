@@ -64,6 +64,7 @@ class Vocab:
         self.unk_id: int = index[UNK]
         self.eos_id: int = index[EOS]
         self._sha: str | None = None
+        self._word_table = None  # the tokenizer's compiled lookup of these words, when needed
 
     # ----------------------------------------------------------- builders --
     @classmethod

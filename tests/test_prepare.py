@@ -2,6 +2,7 @@ import gzip
 import json
 import subprocess
 import sys
+from collections import Counter
 
 import helpers
 import numpy as np
@@ -9,11 +10,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from helpers import assert_one_error_line, cli
+from line_reference import per_line_pieces
 
 from streamlm import prepare as prepare_module
 from streamlm.errors import InputError, UsageError
 from streamlm.prepare import prepare
 from streamlm.shards import open_dataset
+from streamlm.vocab import Vocab
 
 
 def all_ids(out):
@@ -68,6 +71,19 @@ def test_multiple_inputs_docs_and_compression(tmp_path):
     assert [s["tokens"] for s in m["sources"]] == [5, 3]
     assert [s["lines"] for s in m["sources"]] == [3, 1]
     assert ds.vocab.words == ["<unk>", "<eos>", "y", "x", "z"]
+
+
+def test_lines_and_vocabulary_with_a_line_longer_than_a_block(tmp_path):
+    """A line longer than a block comes in pieces; prepare still counts it as one
+    line and its words once (as the line-by-line reader does)."""
+    long_line = " ".join(f"w{i % 5000}" for i in range(300_000))  # ~2 MiB
+    t = tmp_path / "t.txt"
+    t.write_text("a b\n\n" + long_line + "\n\u00e9 a\nlast")
+    m = prepare([str(t)], tmp_path / "o")
+    assert [s["lines"] for s in m["sources"]] == [5]
+    counts = Counter(w for piece in per_line_pieces(t) for w in piece.words)
+    assert open_dataset(tmp_path / "o").vocab.words == Vocab.build(counts).words
+    assert m["num_tokens"] == sum(counts.values()) + 5
 
 
 def test_rerun_replaces_old_shards(tmp_path):

@@ -5,9 +5,10 @@ import lzma
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from line_reference import per_line_pieces
 
 from streamlm.errors import InputError
-from streamlm.text import iter_lines, iter_pieces, open_binary
+from streamlm.text import _BOM, LineBatch, iter_lines, iter_pieces, open_binary
 
 
 def naive_lines(data: bytes):
@@ -153,3 +154,75 @@ def test_long_line_is_split_into_pieces(tmp_path):
     assert max(len(" ".join(x.words)) for x in pieces) < 3 * 1024
     assert [w for x in pieces for w in x.words] == words
     assert [x.last for x in pieces] == [False] * (len(pieces) - 1) + [True]
+
+
+# ------------------------------------------- lines a block at a time (batches) --
+# iter_pieces decodes a block's whole lines at once (LineBatch); it must hand out
+# exactly the pieces, and raise exactly the errors, of the line-by-line reader.
+_fragments = st.sampled_from([b"a", b"bc", "\u00e9".encode(), "\u65e5".encode(), b" ", b"\t",
+                              b"\r", b"\n", b"\n", b"\n\n", "\u3000".encode(), "\u00a0".encode(),
+                              "\u2028".encode(), b"\x1c", "\U0001d11e".encode(), b"\xff",
+                              b"\xc3", b"\x85", b"\x00", _BOM, b"xyz" * 5])
+
+
+def _run(items):
+    """The items as tuples, and the error message that ended them (or None)."""
+    out = []
+    try:
+        for x in items:
+            out.append(tuple(x))
+    except InputError as e:
+        return out, str(e)
+    return out, None
+
+
+def _expanded(pieces):
+    """Pieces.batches() with each LineBatch turned back into its pieces."""
+    for item in pieces.batches():
+        if isinstance(item, LineBatch):
+            assert item.count == item.data.count(b"\n") >= 1 and item.data.endswith(b"\n")
+            assert item.utf8 == item.text.encode("utf-8")
+            yield from item.pieces()
+        else:
+            yield item
+
+
+@settings(max_examples=200, deadline=None)
+@given(parts=st.lists(_fragments, max_size=80), bom=st.booleans(), block=st.integers(1, 40),
+       errors=st.sampled_from(["strict", "replace"]), gz=st.booleans(), cut=st.integers(0, 30))
+def test_batches_equal_the_line_by_line_reader(tmp_path_factory, parts, bom, block, errors, gz,
+                                               cut):
+    data = (_BOM if bom else b"") + b"".join(parts)
+    p = tmp_path_factory.mktemp("batches") / ("t.txt.gz" if gz else "t.txt")
+    raw = gzip.compress(data) if gz else data
+    p.write_bytes(raw[: len(raw) - cut] if gz and cut < len(raw) else raw)
+    want = _run(per_line_pieces(p, errors, block_size=block))
+    assert _run(iter_pieces(p, errors, block_size=block)) == want
+    pieces = iter_pieces(p, errors, block_size=block)
+    assert _run(_expanded(pieces)) == want
+    if want[1] is None:
+        assert pieces.lines == sum(x[3] for x in want[0])
+
+
+def test_pieces_then_batches(tmp_path):
+    data = b"".join(b"line %d here\n" % i for i in range(100)) + b"no newline"
+    p = tmp_path / "t.txt"
+    p.write_bytes(data)
+    pieces = iter_pieces(p, block_size=64)
+    head = [next(pieces) for _ in range(7)]  # part way into a batch
+    assert [tuple(x) for x in head + list(_expanded(pieces))] == [
+        tuple(x) for x in per_line_pieces(p, block_size=64)]
+    assert pieces.lines == 101
+
+
+def test_invalid_utf8_deep_in_a_block(tmp_path):
+    """The block decodes at once; the error still names the line and byte."""
+    data = b"fine words\n" * 5000 + b"bad \xe2\x28\xa1 here\n" + b"more\n" * 10
+    p = tmp_path / "u.txt"
+    p.write_bytes(data)
+    bad = data.index(b"\xe2\x28")
+    got = []
+    with pytest.raises(InputError, match=rf"u\.txt: line 5001, byte {bad}: invalid UTF-8"):
+        for piece in iter_pieces(p):
+            got.append(piece)  # noqa: PERF402 (keep pieces read before the error)
+    assert len(got) == 5000  # every line before the bad one was handed out
