@@ -18,6 +18,21 @@ from streamlm import __version__
 from streamlm.errors import StreamlmError
 from streamlm.options import Docs, Engine, Errors, Level, Optimizer, Reset, Softmax
 
+def _flags_look_like_flags() -> None:
+    """typer's rich help prints a "<bool>" type after every flag (--json <bool>): show
+    no type for a flag, as click and every other tool do."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag and self.metavar is None else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_look_like_flags()
+
 app = typer.Typer(
     name="streamlm",
     help="Numba-compiled streaming RNN language model: prepare shards, train, score, generate.",

@@ -199,3 +199,11 @@ def test_quiet_and_verbose_work_after_the_command(argv, want):
     from streamlm.cli import hoist_global_flags
 
     assert hoist_global_flags(argv) == want
+
+
+def test_flags_show_no_type_in_help():
+    out = invoke("score", "--help").output
+    line = next(ln for ln in out.splitlines() if "--json" in ln)
+    assert "<bool>" not in line and "<int>" in next(
+        ln for ln in out.splitlines() if "--batch" in ln)
+    assert "<bool>" not in out
