@@ -61,16 +61,29 @@ def check_ids(ids: np.ndarray, V: int, what: str = "token ids", allow_ignore: bo
 
 
 # ------------------------------------------------------------- recurrence --
-def rnn_recur_rows(hs_full, xw, Wh, reset, n0, n1, use_blas: bool, t0=0, t1=None):
+def recur_panels(W: np.ndarray) -> np.ndarray:
+    """W (K, J) in the kernels' column panels (ceil(J/64), K, 64) (see K.PANEL).
+
+    Made once per call and shared by the threads: a copy of W (40 KB at H=100)."""
+    rows, cols = W.shape
+    P = np.empty((-(-cols // K.PANEL), rows, K.PANEL), dtype=W.dtype)
+    K.rnn_panels(P, W)
+    return P
+
+
+def rnn_recur_rows(hs_full, xw, Wh, reset, n0, n1, use_blas: bool, t0=0, t1=None, P=None):
     """The recurrence for streams [n0, n1) and steps [t0, t1) of a block.
 
     hs_full: (T+1, N, H), hs_full[t0] holds the state before step t0 on entry,
     hs_full[t0+1:t1+1] is written; xw: (T, N, H) = X @ Wx + b;
-    reset: (T, N) uint8 (nonzero: the state before step t is zero).
+    reset: (T, N) uint8 (nonzero: the state before step t is zero);
+    P: recur_panels(Wh) for the kernel path (made here if None).
     """
     T = xw.shape[0] if t1 is None else t1
     if not use_blas:
-        K.rnn_forward_rows(hs_full[t0 + 1:T + 1], xw[t0:T], hs_full[t0], Wh, reset[t0:T], n0, n1)
+        if P is None:
+            P = recur_panels(Wh)
+        K.rnn_forward_rows(hs_full[t0 + 1:T + 1], xw[t0:T], hs_full[t0], P, reset[t0:T], n0, n1)
         return
     rs = reset[t0:T, n0:n1]
     any_reset = bool(rs.any())
@@ -216,7 +229,8 @@ class RNNLM:
         reset_tm = self._reset_tm(reset, T, N)
         use_blas = self._use_blas(N, pl.threads)
         Wh = p.rnn_Wh
-        pl.map(lambda n0, n1: rnn_recur_rows(hs_full, xw, Wh, reset_tm, n0, n1, use_blas),
+        P = None if use_blas else recur_panels(Wh)
+        pl.map(lambda n0, n1: rnn_recur_rows(hs_full, xw, Wh, reset_tm, n0, n1, use_blas, P=P),
                split(N, pl.threads))
         return ids, X, hs_full, mask_x
 
@@ -357,6 +371,7 @@ class RNNLM:
         hs_full[0] = self._h0(h0, N)
         reset_tm = self._reset_tm(reset, T, N)
         use_blas = self._use_blas(N, pl.threads)
+        P = None if use_blas else recur_panels(p.rnn_Wh)
         rows = self.head.row_limit(M)
         work = self.head.scratch(pl.threads, rows)
         # steps per segment: small segments balance the two threads at the end
@@ -384,7 +399,8 @@ class RNNLM:
             if k == 0:
                 try:
                     for s, (t0, t1) in enumerate(segs):
-                        rnn_recur_rows(hs_full, xw, p.rnn_Wh, reset_tm, 0, N, use_blas, t0, t1)
+                        rnn_recur_rows(hs_full, xw, p.rnn_Wh, reset_tm, 0, N, use_blas, t0, t1,
+                                       P)
                         ready[s].set()
                 except BaseException:
                     failed.append(True)
