@@ -11,8 +11,9 @@ the forward (rnn_forward_rows) and the backward (rnn_backward_rows) for N = 1,
 group of N streams and GFLOP/s (2 N H^2 per step). The machine is shared:
 only the ratio of interleaved timings means something.
 
-The new forward is timed with its Wh panels made inside the timed call, as
-streamlm.model does once per call (recur_panels).
+The new kernels are timed with their panels of Wh (Wh^T for the backward)
+made inside the timed call, as streamlm.model does once per call
+(recur_panels).
 """
 
 from __future__ import annotations
@@ -81,10 +82,15 @@ def calls(B, H, N, T, dtype):
         K.rnn_forward_rows(hs, xw, h0, M.recur_panels(Wh), reset, 0, N)
 
     def bwd_base():
-        B.rnn_backward_rows(dxw, dh0, dhs, hs_in, Wh, 0, N)
+        if hasattr(B, "rnn_panels"):
+            PT = np.empty((-(-H // 64), H, 64), dtype)
+            B.rnn_panels(PT, Wh.T)
+            B.rnn_backward_rows(dxw, dh0, dhs, hs_in, PT, 0, N)
+        else:
+            B.rnn_backward_rows(dxw, dh0, dhs, hs_in, Wh, 0, N)
 
     def bwd_new():
-        K.rnn_backward_rows(dxw, dh0, dhs, hs_in, Wh, 0, N)
+        K.rnn_backward_rows(dxw, dh0, dhs, hs_in, M.recur_panels(Wh.T), 0, N)
 
     K.rnn_forward_rows(hs_in, xw, h0, M.recur_panels(Wh), reset, 0, N)
     return {"fwd": (fwd_base, fwd_new), "bwd": (bwd_base, bwd_new)}, (hs, dxw, dh0)

@@ -409,26 +409,33 @@ def rnn_forward(hs, xw, h0, Wh, reset):
 
 
 @njit(**JIT)
-def rnn_backward_rows(dxw, dh0, dhs, hs, Wh, n0, n1):
-    """rnn_backward for the streams n0 <= n < n1 only (same arrays)."""
+def rnn_backward_rows(dxw, dh0, dhs, hs, PT, n0, n1):
+    """rnn_backward for the streams n0 <= n < n1 only, with Wh^T as panels
+    PT: (ceil(H/64), H, 64) (see PANEL; streamlm.model.recur_panels(Wh.T)).
+
+    Same other arrays as rnn_backward. The step back, dh = dxw[t] @ Wh^T, is
+    the forward's matrix step on Wh^T: groups of up to 4 streams share its loads.
+    """
     T, N, H = hs.shape
-    zero = hs.dtype.type(0)
+    if PT.shape[1] != H or PT.shape[2] != 64 or PT.shape[0] * 64 < H:
+        raise ValueError("PT must be Wh^T in panels of 64 columns")
     one = hs.dtype.type(1)
-    dh = np.zeros(H, dtype=hs.dtype)
-    for n in range(n0, n1):
-        dh[:] = zero
+    d = np.empty((4, H), dtype=hs.dtype)  # dxw of the group at step t
+    dh = np.empty((4, PT.shape[0] * 64), dtype=hs.dtype)  # dL/dh(t) from step t + 1
+    for g in range(n0, n1, 4):
+        ng = min(4, n1 - g)
+        dh[:] = 0
         for t in range(T - 1, -1, -1):
-            for j in range(H):
-                h = hs[t, n, j]
-                dxw[t, n, j] = (dhs[t, n, j] + dh[j]) * (one - h * h)
-            # dh = dxw[t, n] @ Wh^T
-            for k in range(H):
-                s = zero
+            for r in range(ng):
                 for j in range(H):
-                    s += dxw[t, n, j] * Wh[k, j]
-                dh[k] = s
-        for k in range(H):
-            dh0[n, k] = dh[k]
+                    h = hs[t, g + r, j]
+                    v = (dhs[t, g + r, j] + dh[r, j]) * (one - h * h)
+                    dxw[t, g + r, j] = v
+                    d[r, j] = v
+            _panel_mv(dh, d, PT, ng)
+        for r in range(ng):
+            for k in range(H):
+                dh0[g + r, k] = dh[r, k]
 
 
 @njit(**JIT)
@@ -446,7 +453,10 @@ def rnn_backward(dxw, dh0, dhs, hs, Wh):
     trainer drops (truncated BPTT). Streams are independent
     (see rnn_backward_rows).
     """
-    rnn_backward_rows(dxw, dh0, dhs, hs, Wh, 0, hs.shape[1])
+    H = Wh.shape[0]
+    PT = np.empty(((H + 63) // 64, H, 64), dtype=Wh.dtype)
+    rnn_panels(PT, Wh.T)
+    rnn_backward_rows(dxw, dh0, dhs, hs, PT, 0, hs.shape[1])
 
 
 @njit(**JIT)

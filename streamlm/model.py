@@ -96,11 +96,14 @@ def rnn_recur_rows(hs_full, xw, Wh, reset, n0, n1, use_blas: bool, t0=0, t1=None
         K.tanh_add_(out, xw[t, n0:n1])
 
 
-def rnn_backward_rows(dxw, dh0, dhs, hs, Wh, n0, n1, use_blas: bool, WhT=None):
+def rnn_backward_rows(dxw, dh0, dhs, hs, Wh, n0, n1, use_blas: bool, WhT=None, PT=None):
     """dxw, dh0 for streams [n0, n1) (see K.rnn_backward). WhT: a contiguous copy
-    of Wh.T for the BLAS path (the callers' threads share one), made if None."""
+    of Wh.T for the BLAS path, PT: recur_panels(Wh.T) for the kernel path (the
+    callers' threads share one), made if None."""
     if not use_blas:
-        K.rnn_backward_rows(dxw, dh0, dhs, hs, Wh, n0, n1)
+        if PT is None:
+            PT = recur_panels(Wh.T)
+        K.rnn_backward_rows(dxw, dh0, dhs, hs, PT, n0, n1)
         return
     T = hs.shape[0]
     dh = np.zeros((n1 - n0, hs.shape[2]), dtype=dxw.dtype)
@@ -301,8 +304,9 @@ class RNNLM:
         if c.mask_h is not None:
             dhs *= c.mask_h
         WhT = np.ascontiguousarray(Wh.T) if use_blas else None
+        PT = None if use_blas else recur_panels(Wh.T)
         pl.map(lambda n0, n1: rnn_backward_rows(dxw, dh0, dhs.reshape(T, N, H), hs, Wh,
-                                                n0, n1, use_blas, WhT), split(N, P))
+                                                n0, n1, use_blas, WhT, PT), split(N, P))
         pl.map(input_back, [(k, i, j) for k, (i, j) in enumerate(rows)])
         nr = len(rows)
         grads["rnn_Wx"] += gWx[:nr].sum(axis=0)

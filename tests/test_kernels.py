@@ -143,12 +143,50 @@ def test_rnn_forward_rows_panels_streams_and_resets(dtype, N, H):
                                else 1e-6, atol=0)
 
 
-def test_rnn_forward_rows_rejects_wrong_panels():
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N", [1, 2, 3, 5])
+@pytest.mark.parametrize("H", [3, 64, 100])
+def test_rnn_backward_rows_panels_streams(dtype, N, H):
+    """The backward over Wh^T panels for groups of 1, 2, 3 and 4 + 1 streams, a
+    sub-range of the streams, against the reference; the others stay untouched."""
+    rng = _rng(7)
+    T, D = 8, 3
+    x = rng.standard_normal((N + 2, T, D)).astype(dtype)
+    h0 = rng.standard_normal((N + 2, H)).astype(dtype) * 0.5
+    Wx = (rng.standard_normal((D, H)) / np.sqrt(D)).astype(dtype)
+    Wh = (rng.standard_normal((H, H)) / np.sqrt(H)).astype(dtype)
+    b = rng.standard_normal(H).astype(dtype) * 0.1
+    hs_ref = ref.rnn_forward(x, h0, Wx, Wh, b)
+    dhs = rng.standard_normal((N + 2, T, H)).astype(dtype)
+    s = slice(1, N + 1)
+    _, dh0_want, _, dWh, db = ref.rnn_backward(dhs[s], x[s], h0[s], hs_ref[s], Wx, Wh)
+    hs = np.ascontiguousarray(hs_ref.transpose(1, 0, 2))
+    dxw = np.full((T, N + 2, H), 7.0, dtype)
+    dh0 = np.full((N + 2, H), 7.0, dtype)
+    K.rnn_backward_rows(dxw, dh0, np.ascontiguousarray(dhs.transpose(1, 0, 2)), hs,
+                        _panels(np.ascontiguousarray(Wh.T)), 1, N + 1)
+    tol = TOL[dtype]
+    np.testing.assert_allclose(dh0[s], dh0_want, **tol)
+    hprev = np.concatenate([h0[None, s], hs[:-1, s]]).reshape(T * N, H)
+    D2 = dxw[:, s].reshape(T * N, H)
+    # sums of T*N terms that cancel: float32 keeps 1e-6 of their size, not of the result
+    sums = tol if dtype == np.float64 else dict(rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(hprev.T @ D2, dWh, **sums)
+    np.testing.assert_allclose(D2.sum(0), db, **sums)
+    assert (dxw[:, 0] == 7).all() and (dxw[:, N + 1] == 7).all()
+    assert (dh0[0] == 7).all() and (dh0[N + 1] == 7).all()
+
+
+def test_rnn_rows_reject_wrong_panels():
     H = 5
-    hs = np.empty((2, 1, H))
+    hs = np.zeros((2, 1, H))
+    bad = np.zeros((1, H, 32))
     with pytest.raises(ValueError):
-        K.rnn_forward_rows(hs, np.zeros_like(hs), np.zeros((1, H)), np.zeros((1, H, 32)),
+        K.rnn_forward_rows(hs, np.zeros_like(hs), np.zeros((1, H)), bad,
                            np.zeros((2, 1), np.uint8), 0, 1)
+    with pytest.raises(ValueError):
+        K.rnn_backward_rows(np.zeros_like(hs), np.zeros((1, H)), np.zeros_like(hs), hs, bad,
+                            0, 1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
