@@ -7,7 +7,7 @@ panel kernels) as a second module, checks that both trees' kernels agree
 (float64 to 1e-10, float32 to 1e-5, with resets), then times them call by call
 in turn (order swapped every repetition; the median of --reps) on one thread:
 the forward (rnn_forward_rows) and the backward (rnn_backward_rows) for N = 1,
-2, 4 streams and H = 100, 256, 650, float32. Prints ns per step of the whole
+2, 3, 4 streams and H = 100, 256, 650, float32. Prints ns per step of the whole
 group of N streams and GFLOP/s (2 N H^2 per step). The machine is shared:
 only the ratio of interleaved timings means something.
 
@@ -139,7 +139,7 @@ def main():
           f"{'base GF/s':>10} {'new GF/s':>9} {'speed-up':>8}")
     for which in ("fwd", "bwd"):
         for H in Hs:
-            for N in (1, 2, 4):
+            for N in (1, 2, 3, 4):
                 T_ = T if H < 650 else max(50, T // 8)  # ~0.03 s per call at H=650
                 fns, _ = calls(B, H, N, T_, np.float32)
                 tb, tn = interleaved(*fns[which], a.reps)

@@ -244,7 +244,8 @@ def _ov_scratch(n, like):
 # registers (4 zmm in float32), so one step x @ W is one pass over W with no
 # accumulator traffic: each k broadcasts x[k] and does 4 FMAs per stream on the
 # panel row. A step of one stream reads all of W (40 KB at H=100, an L2 stream),
-# so streams are done in groups of up to 4 that share each panel row.
+# so streams are done in groups of up to 4 that share each panel row (one
+# function per group size: the accumulators must be separate fixed arrays).
 # Sums run over k in order in every group size: a stream's result does not
 # depend on its group.
 PANEL = 64  # the literal 64 in the kernels below; streamlm.model packs by it
@@ -294,6 +295,35 @@ def _panel_mv2(out, x, P):
 
 
 @njit(**JIT)
+def _panel_mv3(out, x, P):
+    """_panel_mv1 for three streams: out: (3, nb*64); x: (3, K)."""
+    a0 = _scratch(64, out)
+    a1 = _scratch(64, out)
+    a2 = _scratch(64, out)
+    z = out.dtype.type(0)
+    for b in range(P.shape[0]):
+        for i in range(64):
+            a0[i] = z
+            a1[i] = z
+            a2[i] = z
+        Pb = P[b]
+        for k in range(x.shape[1]):
+            x0 = x[0, k]
+            x1 = x[1, k]
+            x2 = x[2, k]
+            w = Pb[k]
+            for i in range(64):
+                a0[i] += x0 * w[i]
+                a1[i] += x1 * w[i]
+                a2[i] += x2 * w[i]
+        o = out[:, b * 64:b * 64 + 64]
+        for i in range(64):
+            o[0, i] = a0[i]
+            o[1, i] = a1[i]
+            o[2, i] = a2[i]
+
+
+@njit(**JIT)
 def _panel_mv4(out, x, P):
     """_panel_mv1 for four streams: out: (4, nb*64); x: (4, K). One (4, 64) array
     would stay in memory (LLVM promotes each small array, not one of 1 KB)."""
@@ -330,15 +360,15 @@ def _panel_mv4(out, x, P):
 
 @njit(**JIT)
 def _panel_mv(out, x, P, ng):
-    """out[:ng] = x[:ng] @ W for ng <= 4 streams (3 = 2 + 1). out: (4, nb*64); x: (4, K)."""
+    """out[:ng] = x[:ng] @ W for ng <= 4 streams. out: (4, nb*64); x: (4, K)."""
     if ng == 4:
         _panel_mv4(out, x, P)
-    elif ng == 1:
-        _panel_mv1(out[0], x[0], P)
-    else:
+    elif ng == 3:
+        _panel_mv3(out[:3], x[:3], P)
+    elif ng == 2:
         _panel_mv2(out[:2], x[:2], P)
-        if ng == 3:
-            _panel_mv1(out[2], x[2], P)
+    else:
+        _panel_mv1(out[0], x[0], P)
 
 
 @njit(**JIT)

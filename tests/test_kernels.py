@@ -116,7 +116,7 @@ def test_rnn_panels_layout(dtype, K_, J):
 @pytest.mark.parametrize("N", [1, 2, 3, 5])
 @pytest.mark.parametrize("H", [3, 64, 100])
 def test_rnn_forward_rows_panels_streams_and_resets(dtype, N, H):
-    """Groups of 1, 2, 3 (= 2 + 1) and 4 + 1 streams, each a sub-range of the
+    """Groups of 1, 2, 3 and 4 + 1 streams, each a sub-range of the
     streams, with resets, against the reference; the others stay untouched."""
     rng = _rng(6)
     T, D = 9, 4
