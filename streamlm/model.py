@@ -38,6 +38,11 @@ from streamlm.threads import Pool, Scratch, pool, split
 # Numba kernel (bench/RESULTS.md, "recurrence threshold").
 BLAS_RECUR_MIN_WORK = 250_000
 BLAS_RECUR_MIN_STREAMS = 4
+# A block of one step (generation) goes to BLAS from this H on: the kernel's
+# panels, a copy of Wh made per call (recur_panels), then cost more than BLAS's
+# overhead (one step, H=650: 175 us with the kernel, 130 with BLAS; H=256:
+# 69 and 73; H=100: 32 and 39, model.step in turn).
+BLAS_ONE_STEP_MIN_H = 256
 
 # Rows per segment of the single-stream pipeline (``_nll_pipelined``): 1024
 # left the projecting thread idle for a quarter of a 4096-token chunk.
@@ -169,10 +174,13 @@ class RNNLM:
                              f"{self.config.H})")
         return h0
 
-    def _use_blas(self, N: int, threads: int) -> bool:
-        """BLAS per step or the Numba kernel, by the work of one thread's streams."""
+    def _use_blas(self, N: int, threads: int, T: int) -> bool:
+        """BLAS per step or the Numba kernel, by the work of one thread's streams
+        (and for a block of one step by H, BLAS_ONE_STEP_MIN_H)."""
         if self.recur != "auto":
             return self.recur == "blas"
+        if T == 1 and self.config.H >= BLAS_ONE_STEP_MIN_H:
+            return True
         n = -(-N // threads)
         return n >= BLAS_RECUR_MIN_STREAMS and n * self.config.H ** 2 >= BLAS_RECUR_MIN_WORK
 
@@ -230,7 +238,7 @@ class RNNLM:
         hs_full = self.buf("hs_full", (T + 1, N, H))
         hs_full[0] = self._h0(h0, N)
         reset_tm = self._reset_tm(reset, T, N)
-        use_blas = self._use_blas(N, pl.threads)
+        use_blas = self._use_blas(N, pl.threads, T)
         Wh = p.rnn_Wh
         P = None if use_blas else recur_panels(Wh)
         pl.map(lambda n0, n1: rnn_recur_rows(hs_full, xw, Wh, reset_tm, n0, n1, use_blas, P=P),
@@ -280,7 +288,7 @@ class RNNLM:
         pl = pool()
         P = pl.threads
         rows = split(M, P)
-        use_blas = self._use_blas(N, P)
+        use_blas = self._use_blas(N, P, T)
         dxw = self.buf("dxw", (T, N, H))
         dxw2 = dxw.reshape(M, H)
         dh0 = np.empty((N, H), dtype=p.dtype)
@@ -374,7 +382,7 @@ class RNNLM:
         hs_full = self.buf("hs_full", (T + 1, N, H))
         hs_full[0] = self._h0(h0, N)
         reset_tm = self._reset_tm(reset, T, N)
-        use_blas = self._use_blas(N, pl.threads)
+        use_blas = self._use_blas(N, pl.threads, T)
         P = None if use_blas else recur_panels(p.rnn_Wh)
         rows = self.head.row_limit(M)
         work = self.head.scratch(pl.threads, rows)
