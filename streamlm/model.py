@@ -35,8 +35,10 @@ from streamlm.threads import Pool, Scratch, pool, split
 # The H x H product of each recurrence step goes to BLAS (from Python) from this
 # many multiply-adds per step for one thread's streams (N/threads * H * H), and
 # at least this many streams per thread; otherwise the whole block runs in one
-# Numba kernel (bench/RESULTS.md, "recurrence threshold").
-BLAS_RECUR_MIN_WORK = 250_000
+# Numba kernel (bench/RESULTS.md, "recurrence threshold"). Since the panel
+# kernels the kernel is the faster at every size measured there (up to 32
+# streams per thread at H=650, 1.35e7), so BLAS is left for larger work only.
+BLAS_RECUR_MIN_WORK = 16_000_000
 BLAS_RECUR_MIN_STREAMS = 4
 # A block of one step (generation) goes to BLAS from this H on: the kernel's
 # panels, a copy of Wh made per call (recur_panels), then cost more than BLAS's
