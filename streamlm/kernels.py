@@ -240,7 +240,7 @@ def _ov_scratch(n, like):
 # ------------------------------------------------------------------- rnn --
 # The recurrence's matrix, W (K, J), in column panels: P[b, k, i] = W[k, 64*b + i]
 # (zero where 64*b + i >= J), shape (ceil(J / 64), K, 64), made once per call by
-# streamlm.model.rnn_panels. Each panel is contiguous and its 64 outputs fit in
+# streamlm.model.recur_panels. Each panel is contiguous and its 64 outputs fit in
 # registers (4 zmm in float32), so one step x @ W is one pass over W with no
 # accumulator traffic: each k broadcasts x[k] and does 4 FMAs per stream on the
 # panel row. A step of one stream reads all of W (40 KB at H=100, an L2 stream),
@@ -374,7 +374,7 @@ def _panel_mv(out, x, P, ng):
 @njit(**JIT)
 def rnn_forward_rows(hs, xw, h0, P, reset, n0, n1):
     """rnn_forward for the streams n0 <= n < n1 only (the others untouched), with
-    Wh as panels P: (ceil(H/64), H, 64) (see PANEL above; streamlm.model.rnn_panels).
+    Wh as panels P: (ceil(H/64), H, 64) (see PANEL above; streamlm.model.recur_panels).
 
     Same other arrays as rnn_forward. streamlm.model gives each of its threads
     a group of streams: streams are independent, so no thread waits for another
