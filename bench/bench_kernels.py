@@ -7,8 +7,9 @@
    does) versus ``np.dot`` inside an @njit function (numba's BLAS path,
    through SciPy's own OpenBLAS), on the training shape 700 x H @ H x 10000,
    alone and followed by the fused softmax.
-2. The recurrence: the Numba kernel (rnn_forward_rows, 4 streams per Wh
-   load) versus one BLAS call per step from Python, by streams per thread
+2. The recurrence: the Numba kernel (rnn_forward_rows over Wh in column
+   panels, up to 4 streams per Wh load) versus one BLAS call per step from
+   Python, by streams per thread
    and H, on one thread (streamlm runs one stream group per thread). This
    sets streamlm.model.BLAS_RECUR_MIN_WORK.
 3. Rows per projection slice when scoring (PROJ_ROWS), one thread.

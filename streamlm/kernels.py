@@ -33,7 +33,8 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import carray, njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 # The one place where compile settings live. ``fastmath`` is restricted to
@@ -197,57 +198,226 @@ def embedding_backward(dW, ids, dout):
             dW[row, d] += dout[m, d]
 
 
-# ------------------------------------------------------------------- rnn --
-@njit(**JIT)
-def rnn_forward_rows(hs, xw, h0, Wh, reset, n0, n1):
-    """rnn_forward for the streams n0 <= n < n1 only (the others untouched).
+# ------------------------------------------------------ stack scratch --
+# A loop that accumulates into a heap array (np.empty) loads and stores it
+# at every step: LLVM cannot prove that the array is not one of the
+# arguments. A fixed-size array on the stack cannot alias anything, so LLVM
+# keeps it in registers across the loop (the recurrence's accumulators).
 
-    Same arrays as rnn_forward. streamlm.model gives each of its threads a
-    group of streams: streams are independent, so no thread waits for another
-    inside a block. Four streams at a time share each load of Wh.
+
+@intrinsic
+def _stack_ptr(typingctx, n, like):
+    """Pointer to n (a literal int) elements of like's dtype in the calling
+    function's stack frame (one alloca in its entry block, so a call inside a loop
+    reuses it)."""
+    if not isinstance(n, types.IntegerLiteral) or not isinstance(like, types.Array):
+        return None
+    dt = like.dtype
+    sig = types.CPointer(dt)(n, like)
+
+    def codegen(context, builder, signature, args):
+        return cgutils.alloca_once(builder, context.get_value_type(dt), size=n.literal_value)
+
+    return sig, codegen
+
+
+def _scratch(n, like):
+    """An uninitialised (n,) array of like's dtype: np.empty here (NUMBA_DISABLE_JIT),
+    the stack of the calling kernel when compiled. n must be a literal; the array
+    must not outlive the kernel."""
+    return np.empty(n, like.dtype)
+
+
+@overload(_scratch, prefer_literal=True, inline="always")  # inlined: the kernel's frame
+def _ov_scratch(n, like):
+    if isinstance(n, types.IntegerLiteral):
+        def impl(n, like):
+            return carray(_stack_ptr(n, like), (n,))
+        return impl
+    return None
+
+
+# ------------------------------------------------------------------- rnn --
+# The recurrence's matrix, W (K, J), in column panels: P[b, k, i] = W[k, 64*b + i]
+# (zero where 64*b + i >= J), shape (ceil(J / 64), K, 64), made once per call by
+# streamlm.model.recur_panels. Each panel is contiguous and its 64 outputs fit in
+# registers (4 zmm in float32), so one step x @ W is one pass over W with no
+# accumulator traffic: each k broadcasts x[k] and does 4 FMAs per stream on the
+# panel row. A step of one stream reads all of W (40 KB at H=100, an L2 stream),
+# so streams are done in groups of up to 4 that share each panel row (one
+# function per group size: the accumulators must be separate fixed arrays).
+# Sums run over k in order in every group size: a stream's result does not
+# depend on its group.
+PANEL = 64  # the literal 64 in the kernels below; streamlm.model packs by it
+
+
+@njit(**JIT)
+def _panel_mv1(out, x, P):
+    """Writes out[:] = x @ W (padded). out: (nb*64,); x: (K,); P: (nb, K, 64) panels of W."""
+    acc = _scratch(64, out)
+    z = out.dtype.type(0)
+    for b in range(P.shape[0]):
+        for i in range(64):
+            acc[i] = z
+        Pb = P[b]
+        for k in range(x.shape[0]):
+            xk = x[k]
+            w = Pb[k]
+            for i in range(64):
+                acc[i] += xk * w[i]
+        o = out[b * 64:b * 64 + 64]
+        for i in range(64):
+            o[i] = acc[i]
+
+
+@njit(**JIT)
+def _panel_mv2(out, x, P):
+    """_panel_mv1 for two streams sharing the loads of W: out: (2, nb*64); x: (2, K)."""
+    a0 = _scratch(64, out)
+    a1 = _scratch(64, out)
+    z = out.dtype.type(0)
+    for b in range(P.shape[0]):
+        for i in range(64):
+            a0[i] = z
+            a1[i] = z
+        Pb = P[b]
+        for k in range(x.shape[1]):
+            x0 = x[0, k]
+            x1 = x[1, k]
+            w = Pb[k]
+            for i in range(64):
+                a0[i] += x0 * w[i]
+                a1[i] += x1 * w[i]
+        o = out[:, b * 64:b * 64 + 64]
+        for i in range(64):
+            o[0, i] = a0[i]
+            o[1, i] = a1[i]
+
+
+@njit(**JIT)
+def _panel_mv3(out, x, P):
+    """_panel_mv1 for three streams: out: (3, nb*64); x: (3, K)."""
+    a0 = _scratch(64, out)
+    a1 = _scratch(64, out)
+    a2 = _scratch(64, out)
+    z = out.dtype.type(0)
+    for b in range(P.shape[0]):
+        for i in range(64):
+            a0[i] = z
+            a1[i] = z
+            a2[i] = z
+        Pb = P[b]
+        for k in range(x.shape[1]):
+            x0 = x[0, k]
+            x1 = x[1, k]
+            x2 = x[2, k]
+            w = Pb[k]
+            for i in range(64):
+                a0[i] += x0 * w[i]
+                a1[i] += x1 * w[i]
+                a2[i] += x2 * w[i]
+        o = out[:, b * 64:b * 64 + 64]
+        for i in range(64):
+            o[0, i] = a0[i]
+            o[1, i] = a1[i]
+            o[2, i] = a2[i]
+
+
+@njit(**JIT)
+def _panel_mv4(out, x, P):
+    """_panel_mv1 for four streams: out: (4, nb*64); x: (4, K). One (4, 64) array
+    would stay in memory (LLVM promotes each small array, not one of 1 KB)."""
+    a0 = _scratch(64, out)
+    a1 = _scratch(64, out)
+    a2 = _scratch(64, out)
+    a3 = _scratch(64, out)
+    z = out.dtype.type(0)
+    for b in range(P.shape[0]):
+        for i in range(64):
+            a0[i] = z
+            a1[i] = z
+            a2[i] = z
+            a3[i] = z
+        Pb = P[b]
+        for k in range(x.shape[1]):
+            x0 = x[0, k]
+            x1 = x[1, k]
+            x2 = x[2, k]
+            x3 = x[3, k]
+            w = Pb[k]
+            for i in range(64):
+                a0[i] += x0 * w[i]
+                a1[i] += x1 * w[i]
+                a2[i] += x2 * w[i]
+                a3[i] += x3 * w[i]
+        o = out[:, b * 64:b * 64 + 64]
+        for i in range(64):
+            o[0, i] = a0[i]
+            o[1, i] = a1[i]
+            o[2, i] = a2[i]
+            o[3, i] = a3[i]
+
+
+@njit(**JIT)
+def _panel_mv(out, x, P, ng):
+    """out[:ng] = x[:ng] @ W for ng <= 4 streams. out: (4, nb*64); x: (4, K)."""
+    if ng == 4:
+        _panel_mv4(out, x, P)
+    elif ng == 3:
+        _panel_mv3(out[:3], x[:3], P)
+    elif ng == 2:
+        _panel_mv2(out[:2], x[:2], P)
+    else:
+        _panel_mv1(out[0], x[0], P)
+
+
+@njit(**JIT)
+def rnn_forward_rows(hs, xw, h0, P, reset, n0, n1):
+    """rnn_forward for the streams n0 <= n < n1 only (the others untouched), with
+    Wh as panels P: (ceil(H/64), H, 64) (see PANEL above; streamlm.model.recur_panels).
+
+    Same other arrays as rnn_forward. streamlm.model gives each of its threads
+    a group of streams: streams are independent, so no thread waits for another
+    inside a block.
     """
     T, N, H = hs.shape
-    acc = np.empty((4, H), dtype=hs.dtype)
+    if P.shape[1] != H or P.shape[2] != 64 or P.shape[0] * 64 < H:
+        raise ValueError("P must be Wh in panels of 64 columns")
+    z = hs.dtype.type(0)
+    hp = np.empty((4, H), dtype=hs.dtype)  # the state before the step, by stream
+    out = np.empty((4, P.shape[0] * 64), dtype=hs.dtype)
     for g in range(n0, n1, 4):
         ng = min(4, n1 - g)
+        for r in range(ng):
+            for j in range(H):
+                hp[r, j] = h0[g + r, j]
         for t in range(T):
             for r in range(ng):
-                for j in range(H):
-                    acc[r, j] = xw[t, g + r, j]
-            if ng == 4 and reset[t, g] == 0 and reset[t, g + 1] == 0 \
-                    and reset[t, g + 2] == 0 and reset[t, g + 3] == 0:
-                for k in range(H):
-                    if t == 0:
-                        a0 = h0[g, k]
-                        a1 = h0[g + 1, k]
-                        a2 = h0[g + 2, k]
-                        a3 = h0[g + 3, k]
-                    else:
-                        a0 = hs[t - 1, g, k]
-                        a1 = hs[t - 1, g + 1, k]
-                        a2 = hs[t - 1, g + 2, k]
-                        a3 = hs[t - 1, g + 3, k]
+                if reset[t, g + r] != 0:
                     for j in range(H):
-                        w = Wh[k, j]
-                        acc[0, j] += a0 * w
-                        acc[1, j] += a1 * w
-                        acc[2, j] += a2 * w
-                        acc[3, j] += a3 * w
-            else:
-                for r in range(ng):
-                    n = g + r
-                    if reset[t, n] != 0:
-                        continue
-                    for k in range(H):
-                        if t == 0:
-                            hk = h0[n, k]
-                        else:
-                            hk = hs[t - 1, n, k]
-                        for j in range(H):
-                            acc[r, j] += hk * Wh[k, j]
+                        hp[r, j] = z
+            _panel_mv(out, hp, P, ng)
             for r in range(ng):
                 for j in range(H):
-                    hs[t, g + r, j] = vtanh(acc[r, j])
+                    v = vtanh(out[r, j] + xw[t, g + r, j])
+                    hs[t, g + r, j] = v
+                    hp[r, j] = v
+
+
+@njit(**JIT)
+def rnn_panels(P, W):
+    """Writes W (K, J) in column panels: P[b, k, i] = W[k, 64*b + i], 0 past J.
+
+    P: (ceil(J/64), K, 64) float. Used for Wh (forward) and Wh^T (backward).
+    """
+    nb, K, _ = P.shape
+    J = W.shape[1]
+    z = P.dtype.type(0)
+    for b in range(nb):
+        for k in range(K):
+            for i in range(64):
+                j = b * 64 + i
+                P[b, k, i] = W[k, j] if j < J else z
 
 
 @njit(**JIT)
@@ -262,30 +432,40 @@ def rnn_forward(hs, xw, h0, Wh, reset):
     taken as zero (a new line or document when scoring). Training passes zeros.
     Rows n are independent streams (see rnn_forward_rows).
     """
-    rnn_forward_rows(hs, xw, h0, Wh, reset, 0, hs.shape[1])
+    H = Wh.shape[0]
+    P = np.empty(((H + 63) // 64, H, 64), dtype=Wh.dtype)
+    rnn_panels(P, Wh)
+    rnn_forward_rows(hs, xw, h0, P, reset, 0, hs.shape[1])
 
 
 @njit(**JIT)
-def rnn_backward_rows(dxw, dh0, dhs, hs, Wh, n0, n1):
-    """rnn_backward for the streams n0 <= n < n1 only (same arrays)."""
+def rnn_backward_rows(dxw, dh0, dhs, hs, PT, n0, n1):
+    """rnn_backward for the streams n0 <= n < n1 only, with Wh^T as panels
+    PT: (ceil(H/64), H, 64) (see PANEL; streamlm.model.recur_panels(Wh.T)).
+
+    Same other arrays as rnn_backward. The step back, dh = dxw[t] @ Wh^T, is
+    the forward's matrix step on Wh^T: groups of up to 4 streams share its loads.
+    """
     T, N, H = hs.shape
-    zero = hs.dtype.type(0)
+    if PT.shape[1] != H or PT.shape[2] != 64 or PT.shape[0] * 64 < H:
+        raise ValueError("PT must be Wh^T in panels of 64 columns")
     one = hs.dtype.type(1)
-    dh = np.zeros(H, dtype=hs.dtype)
-    for n in range(n0, n1):
-        dh[:] = zero
+    d = np.empty((4, H), dtype=hs.dtype)  # dxw of the group at step t
+    dh = np.empty((4, PT.shape[0] * 64), dtype=hs.dtype)  # dL/dh(t) from step t + 1
+    for g in range(n0, n1, 4):
+        ng = min(4, n1 - g)
+        dh[:] = 0
         for t in range(T - 1, -1, -1):
-            for j in range(H):
-                h = hs[t, n, j]
-                dxw[t, n, j] = (dhs[t, n, j] + dh[j]) * (one - h * h)
-            # dh = dxw[t, n] @ Wh^T
-            for k in range(H):
-                s = zero
+            for r in range(ng):
                 for j in range(H):
-                    s += dxw[t, n, j] * Wh[k, j]
-                dh[k] = s
-        for k in range(H):
-            dh0[n, k] = dh[k]
+                    h = hs[t, g + r, j]
+                    v = (dhs[t, g + r, j] + dh[r, j]) * (one - h * h)
+                    dxw[t, g + r, j] = v
+                    d[r, j] = v
+            _panel_mv(dh, d, PT, ng)
+        for r in range(ng):
+            for k in range(H):
+                dh0[g + r, k] = dh[r, k]
 
 
 @njit(**JIT)
@@ -303,7 +483,10 @@ def rnn_backward(dxw, dh0, dhs, hs, Wh):
     trainer drops (truncated BPTT). Streams are independent
     (see rnn_backward_rows).
     """
-    rnn_backward_rows(dxw, dh0, dhs, hs, Wh, 0, hs.shape[1])
+    H = Wh.shape[0]
+    PT = np.empty(((H + 63) // 64, H, 64), dtype=Wh.dtype)
+    rnn_panels(PT, Wh.T)
+    rnn_backward_rows(dxw, dh0, dhs, hs, PT, 0, hs.shape[1])
 
 
 @njit(**JIT)

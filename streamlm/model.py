@@ -35,9 +35,16 @@ from streamlm.threads import Pool, Scratch, pool, split
 # The H x H product of each recurrence step goes to BLAS (from Python) from this
 # many multiply-adds per step for one thread's streams (N/threads * H * H), and
 # at least this many streams per thread; otherwise the whole block runs in one
-# Numba kernel (bench/RESULTS.md, "recurrence threshold").
-BLAS_RECUR_MIN_WORK = 250_000
+# Numba kernel (bench/RESULTS.md, "recurrence threshold"). Since the panel
+# kernels the kernel is the faster at every size measured there (up to 32
+# streams per thread at H=650, 1.35e7), so BLAS is left for larger work only.
+BLAS_RECUR_MIN_WORK = 16_000_000
 BLAS_RECUR_MIN_STREAMS = 4
+# A block of one step (generation) goes to BLAS from this H on: the kernel's
+# panels, a copy of Wh made per call (recur_panels), then cost more than BLAS's
+# overhead (one step, H=650: 175 us with the kernel, 130 with BLAS; H=256:
+# 69 and 73; H=100: 32 and 39, model.step in turn).
+BLAS_ONE_STEP_MIN_H = 256
 
 # Rows per segment of the single-stream pipeline (``_nll_pipelined``): 1024
 # left the projecting thread idle for a quarter of a 4096-token chunk.
@@ -61,16 +68,29 @@ def check_ids(ids: np.ndarray, V: int, what: str = "token ids", allow_ignore: bo
 
 
 # ------------------------------------------------------------- recurrence --
-def rnn_recur_rows(hs_full, xw, Wh, reset, n0, n1, use_blas: bool, t0=0, t1=None):
+def recur_panels(W: np.ndarray) -> np.ndarray:
+    """W (K, J) in the kernels' column panels (ceil(J/64), K, 64) (see K.PANEL).
+
+    Made once per call and shared by the threads: a copy of W (40 KB at H=100)."""
+    rows, cols = W.shape
+    P = np.empty((-(-cols // K.PANEL), rows, K.PANEL), dtype=W.dtype)
+    K.rnn_panels(P, W)
+    return P
+
+
+def rnn_recur_rows(hs_full, xw, Wh, reset, n0, n1, use_blas: bool, t0=0, t1=None, P=None):
     """The recurrence for streams [n0, n1) and steps [t0, t1) of a block.
 
     hs_full: (T+1, N, H), hs_full[t0] holds the state before step t0 on entry,
     hs_full[t0+1:t1+1] is written; xw: (T, N, H) = X @ Wx + b;
-    reset: (T, N) uint8 (nonzero: the state before step t is zero).
+    reset: (T, N) uint8 (nonzero: the state before step t is zero);
+    P: recur_panels(Wh) for the kernel path (made here if None).
     """
     T = xw.shape[0] if t1 is None else t1
     if not use_blas:
-        K.rnn_forward_rows(hs_full[t0 + 1:T + 1], xw[t0:T], hs_full[t0], Wh, reset[t0:T], n0, n1)
+        if P is None:
+            P = recur_panels(Wh)
+        K.rnn_forward_rows(hs_full[t0 + 1:T + 1], xw[t0:T], hs_full[t0], P, reset[t0:T], n0, n1)
         return
     rs = reset[t0:T, n0:n1]
     any_reset = bool(rs.any())
@@ -83,11 +103,14 @@ def rnn_recur_rows(hs_full, xw, Wh, reset, n0, n1, use_blas: bool, t0=0, t1=None
         K.tanh_add_(out, xw[t, n0:n1])
 
 
-def rnn_backward_rows(dxw, dh0, dhs, hs, Wh, n0, n1, use_blas: bool, WhT=None):
+def rnn_backward_rows(dxw, dh0, dhs, hs, Wh, n0, n1, use_blas: bool, WhT=None, PT=None):
     """dxw, dh0 for streams [n0, n1) (see K.rnn_backward). WhT: a contiguous copy
-    of Wh.T for the BLAS path (the callers' threads share one), made if None."""
+    of Wh.T for the BLAS path, PT: recur_panels(Wh.T) for the kernel path (the
+    callers' threads share one), made if None."""
     if not use_blas:
-        K.rnn_backward_rows(dxw, dh0, dhs, hs, Wh, n0, n1)
+        if PT is None:
+            PT = recur_panels(Wh.T)
+        K.rnn_backward_rows(dxw, dh0, dhs, hs, PT, n0, n1)
         return
     T = hs.shape[0]
     dh = np.zeros((n1 - n0, hs.shape[2]), dtype=dxw.dtype)
@@ -153,10 +176,13 @@ class RNNLM:
                              f"{self.config.H})")
         return h0
 
-    def _use_blas(self, N: int, threads: int) -> bool:
-        """BLAS per step or the Numba kernel, by the work of one thread's streams."""
+    def _use_blas(self, N: int, threads: int, T: int) -> bool:
+        """BLAS per step or the Numba kernel, by the work of one thread's streams
+        (and for a block of one step by H, BLAS_ONE_STEP_MIN_H)."""
         if self.recur != "auto":
             return self.recur == "blas"
+        if T == 1 and self.config.H >= BLAS_ONE_STEP_MIN_H:
+            return True
         n = -(-N // threads)
         return n >= BLAS_RECUR_MIN_STREAMS and n * self.config.H ** 2 >= BLAS_RECUR_MIN_WORK
 
@@ -214,9 +240,10 @@ class RNNLM:
         hs_full = self.buf("hs_full", (T + 1, N, H))
         hs_full[0] = self._h0(h0, N)
         reset_tm = self._reset_tm(reset, T, N)
-        use_blas = self._use_blas(N, pl.threads)
+        use_blas = self._use_blas(N, pl.threads, T)
         Wh = p.rnn_Wh
-        pl.map(lambda n0, n1: rnn_recur_rows(hs_full, xw, Wh, reset_tm, n0, n1, use_blas),
+        P = None if use_blas else recur_panels(Wh)
+        pl.map(lambda n0, n1: rnn_recur_rows(hs_full, xw, Wh, reset_tm, n0, n1, use_blas, P=P),
                split(N, pl.threads))
         return ids, X, hs_full, mask_x
 
@@ -263,7 +290,7 @@ class RNNLM:
         pl = pool()
         P = pl.threads
         rows = split(M, P)
-        use_blas = self._use_blas(N, P)
+        use_blas = self._use_blas(N, P, T)
         dxw = self.buf("dxw", (T, N, H))
         dxw2 = dxw.reshape(M, H)
         dh0 = np.empty((N, H), dtype=p.dtype)
@@ -287,8 +314,9 @@ class RNNLM:
         if c.mask_h is not None:
             dhs *= c.mask_h
         WhT = np.ascontiguousarray(Wh.T) if use_blas else None
+        PT = None if use_blas else recur_panels(Wh.T)
         pl.map(lambda n0, n1: rnn_backward_rows(dxw, dh0, dhs.reshape(T, N, H), hs, Wh,
-                                                n0, n1, use_blas, WhT), split(N, P))
+                                                n0, n1, use_blas, WhT, PT), split(N, P))
         pl.map(input_back, [(k, i, j) for k, (i, j) in enumerate(rows)])
         nr = len(rows)
         grads["rnn_Wx"] += gWx[:nr].sum(axis=0)
@@ -356,7 +384,8 @@ class RNNLM:
         hs_full = self.buf("hs_full", (T + 1, N, H))
         hs_full[0] = self._h0(h0, N)
         reset_tm = self._reset_tm(reset, T, N)
-        use_blas = self._use_blas(N, pl.threads)
+        use_blas = self._use_blas(N, pl.threads, T)
+        P = None if use_blas else recur_panels(p.rnn_Wh)
         rows = self.head.row_limit(M)
         work = self.head.scratch(pl.threads, rows)
         # steps per segment: small segments balance the two threads at the end
@@ -384,7 +413,8 @@ class RNNLM:
             if k == 0:
                 try:
                     for s, (t0, t1) in enumerate(segs):
-                        rnn_recur_rows(hs_full, xw, p.rnn_Wh, reset_tm, 0, N, use_blas, t0, t1)
+                        rnn_recur_rows(hs_full, xw, p.rnn_Wh, reset_tm, 0, N, use_blas, t0, t1,
+                                       P)
                         ready[s].set()
                 except BaseException:
                     failed.append(True)

@@ -95,6 +95,100 @@ def test_rnn_forward_reset_mask(dtype):
     assert not np.allclose(hs2[0, 0], hs[0, 0])
 
 
+def _panels(W):
+    P = np.empty((-(-W.shape[1] // K.PANEL), W.shape[0], K.PANEL), W.dtype)
+    K.rnn_panels(P, W)
+    return P
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("K_,J", [(1, 1), (5, 64), (70, 65), (3, 130)])
+def test_rnn_panels_layout(dtype, K_, J):
+    W = _rng(5).standard_normal((K_, J)).astype(dtype)
+    P = _panels(W)
+    assert P.shape == (-(-J // 64), K_, 64)
+    flat = P.transpose(1, 0, 2).reshape(K_, -1)  # (K, nb*64): W then zero columns
+    np.testing.assert_array_equal(flat[:, :J], W)
+    assert not flat[:, J:].any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N", [1, 2, 3, 5])
+@pytest.mark.parametrize("H", [3, 64, 100])
+def test_rnn_forward_rows_panels_streams_and_resets(dtype, N, H):
+    """Groups of 1, 2, 3 and 4 + 1 streams, each a sub-range of the
+    streams, with resets, against the reference; the others stay untouched."""
+    rng = _rng(6)
+    T, D = 9, 4
+    x = rng.standard_normal((N + 2, T, D)).astype(dtype)
+    h0 = rng.standard_normal((N + 2, H)).astype(dtype) * 0.5
+    Wx = (rng.standard_normal((D, H)) / np.sqrt(D)).astype(dtype)
+    Wh = (rng.standard_normal((H, H)) / np.sqrt(H)).astype(dtype)
+    b = rng.standard_normal(H).astype(dtype) * 0.1
+    reset = (rng.random((N + 2, T)) < 0.2).astype(np.uint8)
+    reset[1, 0] = 1
+    reset[-2, T - 1] = 1
+    want = ref.rnn_forward(x, h0, Wx, Wh, b, reset=reset)
+    xw = np.ascontiguousarray((x @ Wx + b).transpose(1, 0, 2))
+    reset_tm = np.ascontiguousarray(reset.T)
+    hs = np.full((T, N + 2, H), 7.0, dtype)
+    K.rnn_forward_rows(hs, xw, h0, _panels(Wh), reset_tm, 1, N + 1)
+    np.testing.assert_allclose(hs[:, 1:N + 1].transpose(1, 0, 2), want[1:N + 1], **TOL[dtype])
+    assert (hs[:, 0] == 7).all() and (hs[:, N + 1] == 7).all()
+    # one stream at a time: the same up to rounding (the grouping is not maths)
+    hs1 = np.empty_like(hs)
+    for n in range(1, N + 1):
+        K.rnn_forward_rows(hs1, xw, h0, _panels(Wh), reset_tm, n, n + 1)
+    np.testing.assert_allclose(hs1[:, 1:N + 1], hs[:, 1:N + 1], rtol=1e-12 if dtype == np.float64
+                               else 1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N", [1, 2, 3, 5])
+@pytest.mark.parametrize("H", [3, 64, 100])
+def test_rnn_backward_rows_panels_streams(dtype, N, H):
+    """The backward over Wh^T panels for groups of 1, 2, 3 and 4 + 1 streams, a
+    sub-range of the streams, against the reference; the others stay untouched."""
+    rng = _rng(7)
+    T, D = 8, 3
+    x = rng.standard_normal((N + 2, T, D)).astype(dtype)
+    h0 = rng.standard_normal((N + 2, H)).astype(dtype) * 0.5
+    Wx = (rng.standard_normal((D, H)) / np.sqrt(D)).astype(dtype)
+    Wh = (rng.standard_normal((H, H)) / np.sqrt(H)).astype(dtype)
+    b = rng.standard_normal(H).astype(dtype) * 0.1
+    hs_ref = ref.rnn_forward(x, h0, Wx, Wh, b)
+    dhs = rng.standard_normal((N + 2, T, H)).astype(dtype)
+    s = slice(1, N + 1)
+    _, dh0_want, _, dWh, db = ref.rnn_backward(dhs[s], x[s], h0[s], hs_ref[s], Wx, Wh)
+    hs = np.ascontiguousarray(hs_ref.transpose(1, 0, 2))
+    dxw = np.full((T, N + 2, H), 7.0, dtype)
+    dh0 = np.full((N + 2, H), 7.0, dtype)
+    K.rnn_backward_rows(dxw, dh0, np.ascontiguousarray(dhs.transpose(1, 0, 2)), hs,
+                        _panels(np.ascontiguousarray(Wh.T)), 1, N + 1)
+    tol = TOL[dtype]
+    np.testing.assert_allclose(dh0[s], dh0_want, **tol)
+    hprev = np.concatenate([h0[None, s], hs[:-1, s]]).reshape(T * N, H)
+    D2 = dxw[:, s].reshape(T * N, H)
+    # sums of T*N terms that cancel: float32 keeps 1e-6 of their size, not of the result
+    sums = tol if dtype == np.float64 else dict(rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(hprev.T @ D2, dWh, **sums)
+    np.testing.assert_allclose(D2.sum(0), db, **sums)
+    assert (dxw[:, 0] == 7).all() and (dxw[:, N + 1] == 7).all()
+    assert (dh0[0] == 7).all() and (dh0[N + 1] == 7).all()
+
+
+def test_rnn_rows_reject_wrong_panels():
+    H = 5
+    hs = np.zeros((2, 1, H))
+    bad = np.zeros((1, H, 32))
+    with pytest.raises(ValueError):
+        K.rnn_forward_rows(hs, np.zeros_like(hs), np.zeros((1, H)), bad,
+                           np.zeros((2, 1), np.uint8), 0, 1)
+    with pytest.raises(ValueError):
+        K.rnn_backward_rows(np.zeros_like(hs), np.zeros((1, H)), np.zeros_like(hs), hs, bad,
+                            0, 1)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("M,V", [(1, 2), (6, 5), (40, 300)])
 def test_softmax_ce_forward_and_fused_vs_reference(dtype, M, V):
