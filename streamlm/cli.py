@@ -18,6 +18,7 @@ from streamlm import __version__
 from streamlm.errors import StreamlmError
 from streamlm.options import Docs, Engine, Errors, Level, Optimizer, Reset, Softmax
 
+
 def _flags_look_like_flags() -> None:
     """typer's rich help prints a "<bool>" type after every flag (--json <bool>): show
     no type for a flag, as click and every other tool do."""
