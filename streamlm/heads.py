@@ -154,7 +154,7 @@ class FullSoftmax:
 # A class with at least this many tokens in a call has its word logits done as
 # one GEMM; classes with fewer go to one kernel call that does them all
 # (bench/RESULTS.md, "class softmax: BLAS or kernel per class").
-CLASS_BLAS_MIN_TOKENS = 32
+CLASS_BLAS_MIN_TOKENS = 256
 # Rows per call when scoring: bounds the class logits and gathered states.
 CLASS_SCORE_ROWS = 8192
 
@@ -230,33 +230,34 @@ class ClassSoftmax:
         Z = buf("Z", (M, self.C))
         tcls = self._target_classes(labels)
         perm, off = self._group(labels, buf)
-        n = perm.shape[0]
-        hg = np.take(hs, perm, axis=0, out=buf("hg", (n, hs.shape[1])))
         lab = labels[perm]
-        nll = np.zeros(n)
+        nll = np.zeros(perm.shape[0])  # of the BLAS classes, in group order
         plan = self._plan(off, pool.threads)
         ntok = np.diff(off)
         L = [buf(f"L{k}", (max([int(ntok[c] * self.sizes[c]) for c in big] or [0]),))
              for k, (_, big) in enumerate(plan)]
-        rows = split(M, len(plan))
+        rows = split(M, pool.threads)
+        cn = buf("cn", (M,), np.float64)  # the class factor's NLL
+        out[:] = 0  # the word factor's, added token by token
 
         def part(k):  # thread k: its rows' class factor, its classes' word factor
-            i, j = rows[k] if k < len(rows) else (0, 0)
-            if j > i:
+            if k < len(rows):
+                i, j = rows[k]
                 blas.gemm(hs[i:j], p.class_W, Z[i:j])
-                K.softmax_ce_forward(out[i:j], Z[i:j], p.class_b, tcls[i:j])
+                K.softmax_ce_forward(cn[i:j], Z[i:j], p.class_b, tcls[i:j])
+            if k >= len(plan):
+                return
             small, big = plan[k]
-            K.class_words_nll(nll, hg, lab, WT, b, start, off, small)
+            K.class_words_nll(out, hs, perm, labels, WT, b, start, off, small)
             for c in big:
                 o, o2, s, e = off[c], off[c + 1], start[c], start[c + 1]
                 lg = L[k][: (o2 - o) * (e - s)].reshape(o2 - o, e - s)
-                blas.gemm(hg[o:o2], WT[s:e].T, lg)
-                tmp = np.empty(o2 - o)
-                K.softmax_ce_forward(tmp, lg, b[s:e], (lab[o:o2] - s).astype(np.int32))
-                nll[o:o2] += tmp
+                blas.gemm(hs[perm[o:o2]], WT[s:e].T, lg)
+                K.softmax_ce_forward(nll[o:o2], lg, b[s:e], (lab[o:o2] - s).astype(np.int32))
+                out[perm[o:o2]] = nll[o:o2]  # a token is in one class: no other writer
 
         pool.map(part, [(k,) for k in range(max(len(plan), len(rows)))])
-        out[perm] += nll
+        out += cn
 
     # ------------------------------------------------------------ training --
     def forward(self, hs: np.ndarray, labels: np.ndarray, scale, pool: Pool) -> np.ndarray:
@@ -283,6 +284,7 @@ class ClassSoftmax:
         dbc = buf("dbc", (nt, self.C))
         dbw = buf("dbw", (nt, p.config.V))
         nll_g = np.zeros(n)
+        ident = np.arange(n, dtype=np.int64)  # hg holds the tokens in group order
 
         def part(k):  # thread k: its rows' class factor, its classes' word factor
             dbc[k] = 0
@@ -293,8 +295,8 @@ class ClassSoftmax:
                 K.softmax_ce_fused_db(nll[i:j], Z[i:j], p.class_b, tcls[i:j], scale, dbc[k],
                                       hs[i:j], p.class_W)  # Z -> dZ
             small, big = plan[k] if k < len(plan) else (plan[0][0][:0], [])
-            K.class_words_fused(nll_g, store, hg, lab, WT, b, dbw[k], scale, start, off, boff,
-                                small)
+            K.class_words_fused(nll_g, store, hg, ident, lab, WT, b, dbw[k], scale, start, off,
+                                boff, small)
             for c in big:
                 o, o2, s, e = off[c], off[c + 1], start[c], start[c + 1]
                 lg = store[boff[c]:boff[c + 1]].reshape(o2 - o, e - s)

@@ -744,15 +744,16 @@ def group_by_class(perm, off, labels, cls):
 
 
 @njit(**JIT)
-def _word_logits4(acc, hg, i0, r, WT, b, s, nw):
-    """Writes acc[q, k] = hg[i0 + q] . WT[s + k] + b[s + k] for q < r <= 4, k < nw.
+def _word_logits4(acc, hs, rows, i0, r, WT, b, s, nw):
+    """Writes acc[q, k] = hs[rows[i0 + q]] . WT[s + k] + b[s + k] for q < r <= 4, k < nw.
 
     WT: (V, H), the transposed affine_W, so each logit is a dot product over
     contiguous rows; four tokens share each load of a row of WT.
     """
-    H = hg.shape[1]
-    zero = hg.dtype.type(0)
+    H = hs.shape[1]
+    zero = hs.dtype.type(0)
     if r == 4:
+        r0, r1, r2, r3 = rows[i0], rows[i0 + 1], rows[i0 + 2], rows[i0 + 3]
         for k in range(nw):
             a0 = zero
             a1 = zero
@@ -760,10 +761,10 @@ def _word_logits4(acc, hg, i0, r, WT, b, s, nw):
             a3 = zero
             for d in range(H):
                 w = WT[s + k, d]
-                a0 += hg[i0, d] * w
-                a1 += hg[i0 + 1, d] * w
-                a2 += hg[i0 + 2, d] * w
-                a3 += hg[i0 + 3, d] * w
+                a0 += hs[r0, d] * w
+                a1 += hs[r1, d] * w
+                a2 += hs[r2, d] * w
+                a3 += hs[r3, d] * w
             bk = b[s + k]
             acc[0, k] = a0 + bk
             acc[1, k] = a1 + bk
@@ -771,10 +772,11 @@ def _word_logits4(acc, hg, i0, r, WT, b, s, nw):
             acc[3, k] = a3 + bk
     else:
         for q in range(r):
+            rq = rows[i0 + q]
             for k in range(nw):
                 a = zero
                 for d in range(H):
-                    a += hg[i0 + q, d] * WT[s + k, d]
+                    a += hs[rq, d] * WT[s + k, d]
                 acc[q, k] = a + b[s + k]
 
 
@@ -812,38 +814,41 @@ def _max_class(start, classes):
 
 
 @njit(**JIT)
-def class_words_nll(nll, hg, lab, WT, b, start, off, classes):
+def class_words_nll(out, hs, perm, labels, WT, b, start, off, classes):
     """Adds each token's within-class NLL, -log softmax_{w in c}(h . WT[w] + b[w]).
 
-    nll: (n,) float64, accumulated, grouped order; hg: (n, H) float, the hidden
-    states grouped by class; lab: (n,) int32, their targets (class order ids);
-    WT: (V, H) float, affine_W transposed; b: (V,) float; start: (C+1,) int64
-    class ranges of the words; off: (C+1,) int64 class ranges of the tokens;
-    classes: (k,) int64, the classes to do.
+    out: (M,) float64, accumulated; hs: (M, H) float, the hidden states; perm:
+    (n,) int64, the tokens grouped by class (group_by_class); labels: (M,) int32,
+    the targets (class order ids); WT: (V, H) float, affine_W transposed; b: (V,)
+    float; start: (C+1,) int64 class ranges of the words; off: (C+1,) int64 class
+    ranges of perm; classes: (k,) int64, the classes to do.
     """
-    acc = np.empty((4, _max_class(start, classes)), dtype=hg.dtype)
+    acc = np.empty((4, _max_class(start, classes)), dtype=hs.dtype)
     for ci in range(classes.shape[0]):
         c = classes[ci]
         s = start[c]
         nw = start[c + 1] - s
         for i0 in range(off[c], off[c + 1], 4):
             r = min(4, off[c + 1] - i0)
-            _word_logits4(acc, hg, i0, r, WT, b, s, nw)
+            _word_logits4(acc, hs, perm, i0, r, WT, b, s, nw)
             for q in range(r):
-                t = lab[i0 + q] - s
+                m = perm[i0 + q]
+                t = labels[m] - s
                 shift, tot = _shift(acc[q], nw, t)
-                nll[i0 + q] += math.log(tot) + (np.float64(shift) - np.float64(acc[q, t]))
+                out[m] += math.log(tot) + (np.float64(shift) - np.float64(acc[q, t]))
 
 
 @njit(**JIT)
-def class_words_fused(nll, store, hg, lab, WT, b, db, scale, start, off, boff, classes):
+def class_words_fused(nll, store, hg, rows, lab, WT, b, db, scale, start, off, boff, classes):
     """class_words_nll, and also writes the gradient of scale * sum(nll) w.r.t. the
     word logits, (softmax - onehot) * scale, and accumulates it into db.
 
-    store: (total,) float, output: class c's gradient block, (tokens of c, words
-    of c) row-major, starts at boff[c]; db: (V,) float, accumulated (the caller
-    zeroes the ranges of the classes done); scale: float scalar of WT's dtype.
-    Other arguments as class_words_nll.
+    Here the tokens are in group order: hg: (n, H) the hidden states grouped by
+    class, rows: (n,) int64 their rows in hg (0..n-1), lab: (n,) int32 their
+    targets, nll: (n,) float64; store: (total,) float, output: class c's gradient
+    block, (tokens of c, words of c) row-major, starts at boff[c]; db: (V,) float,
+    accumulated (the caller zeroes it); scale: float scalar of WT's dtype. Other
+    arguments as class_words_nll.
     """
     acc = np.empty((4, _max_class(start, classes)), dtype=hg.dtype)
     for ci in range(classes.shape[0]):
@@ -852,7 +857,7 @@ def class_words_fused(nll, store, hg, lab, WT, b, db, scale, start, off, boff, c
         nw = start[c + 1] - s
         for i0 in range(off[c], off[c + 1], 4):
             r = min(4, off[c + 1] - i0)
-            _word_logits4(acc, hg, i0, r, WT, b, s, nw)
+            _word_logits4(acc, hg, rows, i0, r, WT, b, s, nw)
             for q in range(r):
                 i = i0 + q
                 z = acc[q]

@@ -3,7 +3,8 @@
 * ``reset="none"``: each input is one stream. Up to ``batch`` inputs run as
   parallel rows of one model call, each row with its own carried state; a
   row that finishes takes the next input. Each row advances ``chunk_tokens``
-  tokens per call; only the recurrence is sequential.
+  tokens per call (with fewer inputs than ``batch``, ``batch // inputs`` times
+  that: the same memory); only the recurrence is sequential.
 * ``reset="line"|"doc"``: lines / documents are independent. Consecutive
   segments are packed into up to ``batch`` rows of at most ``chunk_tokens``
   steps (each row a run of whole segments, the state zeroed at each segment
@@ -104,7 +105,11 @@ class Scheduler:
 
     # ------------------------------------------------- reset none: streams --
     def _run_streams(self) -> None:
-        eos, T = self.eos, self.T
+        eos = self.eos
+        # fewer inputs than rows: each stream gets the unused rows' share of the
+        # memory (batch x chunk_tokens tokens), as longer chunks. By the number of
+        # inputs, not of those left, so that a resumed run cuts the same chunks.
+        T = self.T * max(1, self.batch // max(1, len(self.sources)))
         todo = [s for s in self.sources if not self.acc.t[s.index].done]
         # inputs resumed mid-way first (they hold state), then the rest in order
         todo.sort(key=lambda s: (s.index not in self.state, s.index))

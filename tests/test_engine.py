@@ -60,6 +60,7 @@ def test_nll_any_thread_count_and_pipelined_single_stream(nthreads_of, monkeypat
     nthreads_of(nthreads)
     monkeypatch.setattr(heads, "PROJ_ROWS", 4)  # many projection slices / pipeline segments
     monkeypatch.setattr(M, "PIPE_ROWS", 3)
+    monkeypatch.setattr(M, "CLASS_PIPE_ROWS", 3)
     p, xs, ts, h0 = _setup(N, 37)
     rng = np.random.default_rng(5)
     reset = (rng.random(xs.shape) < 0.1).astype(np.uint8)
