@@ -66,12 +66,15 @@ def _kill_mid_work(argv, ready, mid_work, delays, reset):
     """Kill ``argv`` once ``ready()`` holds plus the next delay, until the kill lands
     with ``mid_work()`` true (work was left); ``reset()`` clears a run that
     finished first. Returns the delay that landed."""
+    seen = []
     for delay in delays:
         rc = kill_when(argv, ready, delay=delay)
-        if rc == KILLED and mid_work():
+        landed = rc == KILLED and mid_work()
+        seen.append((round(float(delay), 3), rc, landed))
+        if landed:
             return delay
         reset()
-    pytest.fail(f"no kill of {argv[0]} landed mid-work (delays {list(delays)})")
+    pytest.fail(f"no kill of {argv[0]} landed mid-work: (delay, exit code, mid-work) {seen}")
 
 
 def _shrinking(first: float, n: int = 6):
@@ -160,15 +163,18 @@ def test_kill_score_at_random_points_resumes_exactly(corpus, tmp_path):
     model = corpus / "model.npz"
     big = corpus / "big.txt"
     t0 = time.monotonic()
-    r = run("score", model, big, "--json", "--engine", "numba")
+    r = run("score", model, big, "--json", "--engine", "numba", "--batch", "1",
+            "--chunk-tokens", "256")
     assert r.returncode == 0, r.stderr
     took = time.monotonic() - t0
     want = json.loads(r.stdout)
     for k, frac in enumerate(np.random.default_rng(3).uniform(0.0, 0.6, size=KILLS)):
         ck = tmp_path / f"s{k}.ckpt"
         out = tmp_path / f"lines{k}.parquet"
+        # small calls: the scoring itself (not start-up, not the output) takes the time
         argv = ["score", model, big, "--engine", "numba", "--checkpoint", ck,
-                "--checkpoint-every", "50000", "--output", out, "--level", "line"]
+                "--checkpoint-every", "20000", "--output", out, "--level", "line",
+                "--batch", "1", "--chunk-tokens", "256"]
 
         def scored(ck=ck):
             with np.load(ck, allow_pickle=False) as z:
