@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 TRAIN_FORMAT = "streamlm-checkpoint"
 TRAIN_VERSION = 2  # 2: the JSON object under "meta" (was "state")
 SCORE_FORMAT = "streamlm-score-checkpoint"
-SCORE_VERSION = 2  # 2: "format_version" (was "version")
+SCORE_VERSION = 3  # 2: "format_version" (was "version"); 3: OOVs' logprob, rows, skipped
 
 # TrainConfig fields that shape the trajectory: a resume needs the same values
 TRAJECTORY = ("embed", "hidden", "batch", "bptt", "optimizer", "lr", "clip", "seed",
@@ -155,14 +155,29 @@ def restore_train(path: Path, run: TrainState, batcher, model_cfg, vocab) -> Non
 
 # ================================================================= scoring ==
 class ScoreCheckpoint:
-    """The scoring checkpoint at ``path``, every ``every`` tokens, for one run's
-    ``fingerprint`` (the model's checksum, the inputs and the result options)."""
+    """The scoring checkpoint at ``path`` for one run's ``fingerprint`` (the model's
+    checksum, the inputs and the result options), written every ``every``: a token
+    count (500000) or a duration ("60s", "5m"; see options.parse_every)."""
 
-    def __init__(self, path: str, every: int, fingerprint: dict):
+    def __init__(self, path: str, every, fingerprint: dict):
+        import time
+
+        from streamlm.options import parse_every
+
         self.path = path
-        self.every = max(1, int(every))
+        self.every_tokens, self.every_s = parse_every(every)
         self.fingerprint = fingerprint
         self.spool: Spool | None = None
+        self._clock = time.monotonic
+        self._since = 0  # tokens since the last save
+        self._last = self._clock()
+
+    def due(self, n_tokens: int) -> bool:
+        """Count ``n_tokens`` more scored; True when the next checkpoint is due."""
+        self._since += n_tokens
+        if self.every_tokens is not None:
+            return self._since >= self.every_tokens
+        return self._clock() - self._last >= self.every_s
 
     def load(self) -> dict | None:
         """The saved run (``inputs``: Totals as JSON, ``state``, ``_states``: arrays),
@@ -173,6 +188,8 @@ class ScoreCheckpoint:
         try:
             meta, arrays = store.load(p, SCORE_FORMAT, SCORE_VERSION, what="score checkpoint",
                                       error=UsageError)
+            if meta["format_version"] != SCORE_VERSION:
+                raise UsageError(f"{p}: score checkpoint of an older streamlm")
         except UsageError as e:
             raise UsageError(f"{e}; delete it to start again") from None
         fp = meta.get("fingerprint", {})
@@ -193,6 +210,7 @@ class ScoreCheckpoint:
                           for i, (h, prev, so, k) in state.items()}}
         arrays = {f"h_{i}": np.asarray(h) for i, (h, prev, so, k) in state.items()}
         store.save(self.path, SCORE_FORMAT, SCORE_VERSION, meta, arrays)
+        self._since, self._last = 0, self._clock()
         log.debug("checkpoint: %s tokens", f"{sum(t.scored for t in acc.t):,}")
 
     def restore(self, saved: dict, acc: Accumulator, state: dict, H: int, dtype) -> None:

@@ -191,25 +191,28 @@ def score_dask(model_path: str, inputs: Sequence[str], address: str,
     """Score ``inputs`` as one Dask task each; merge the totals exactly.
 
     ``options`` (or its fields as keywords) as for :func:`streamlm.score.score`;
-    the per-input records of ``--output DIR`` are at ``options.level`` (default
-    line). The engine is always numba (a worker scores whole inputs). Returns
+    the per-input records of ``--output DIR`` are at ``options.level`` (default: doc
+    for documents with ``reset`` auto or doc, else line). The engine is always numba
+    (a worker scores whole inputs). Returns
     the merged summary (the same keys as :func:`streamlm.score.score`, with
     ``inputs`` per input) and the list of failed inputs.
     """
     _require_dask()
     from streamlm.params import load_model
 
-    options = options or ScoreOptions(level="line")
+    options = options or ScoreOptions()
     if option_values:
         options = options.replace(**option_values)
-    if options.level is None:
-        options = options.replace(level="line")
     options = options.replace(engine="numba")
 
     if not inputs:
         raise UsageError("no inputs given")
     if "-" in inputs:
         raise UsageError("--dask cannot read stdin ('-'): give files")
+    from streamlm.inputs import expand_inputs
+
+    inputs = expand_inputs([os.fspath(p) for p in inputs], column=options.column,
+                           text_column=options.text_column)
     model = load_model(model_path)  # fail fast, here, on a bad model
     model_sha = model.meta.get("sha256")
     model_path = os.path.abspath(model_path)

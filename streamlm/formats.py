@@ -27,6 +27,10 @@ FEATHER_V1_MAGIC = b"FEA1"
 COMPRESSION_MAGIC = {b"\x1f\x8b": "gz", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz"}
 COMPRESSION_SUFFIXES = {".gz": "gz", ".gzip": "gz", ".bz2": "bz2", ".xz": "xz"}
 
+# JSON lines: one document per line (also compressed: .jsonl.gz, .jsonl.zst ...)
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
 # npz files (model, checkpoints): zip archives
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 
@@ -55,6 +59,14 @@ def table_kind(head: bytes) -> str | None:
 
 def has_table_suffix(path: str | os.PathLike) -> bool:
     return os.path.splitext(os.fspath(path))[1].lower() in TABLE_SUFFIXES
+
+
+def is_jsonl_name(path: str | os.PathLike) -> bool:
+    """Whether the file name says JSON lines (``x.jsonl``, ``x.ndjson.gz``, ``x.json.zst``)."""
+    stem, ext = os.path.splitext(os.fspath(path).lower())
+    if ext in COMPRESSION_SUFFIXES or ext == ".zst":
+        ext = os.path.splitext(stem)[1]
+    return ext in JSONL_SUFFIXES
 
 
 def is_prepared_dir(path: str | os.PathLike) -> bool:

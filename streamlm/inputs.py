@@ -28,12 +28,23 @@ from streamlm.formats import (
     MANIFEST,
     compression,
     has_table_suffix,
+    is_jsonl_name,
     is_prepared_dir,
     table_kind,
 )
-from streamlm.text import Pieces, display_name, iter_pieces, open_binary
+from streamlm.text import (
+    Meter,
+    Pieces,
+    display_name,
+    file_size,
+    iter_pieces,
+    open_binary,
+    preread,
+)
 from streamlm.tokenizer import BLOCK_TOKENS, Block, encode
 from streamlm.vocab import Vocab
+
+STREAM_PREREAD = 1 << 16  # bytes of a stream read ahead to judge its size (engine auto)
 
 
 def is_stream(path: str | os.PathLike) -> bool:
@@ -106,6 +117,16 @@ class Source:
         self.index = index
         self.path = os.fspath(path)
         self.name = name or display_name(self.path)
+        self.meter = Meter()  # how far blocks() has read (see progress())
+        self.size = file_size(self.path)  # bytes on disk (None: a stream)
+
+    def progress(self) -> tuple[float, float] | None:
+        """(the share of the input read and handed out, weight: its bytes on disk), or
+        None when its size is unknown."""
+        f = self.meter.fraction()
+        if f is None or self.size is None:
+            return None
+        return f, float(self.size)
 
     def blocks(self) -> Iterator[Block]:
         """Blocks of about BLOCK_TOKENS tokens, in order, from the input's start."""
@@ -132,15 +153,33 @@ class TextSource(Source):
         self.errors = str(errors)
         check_readable(self.path)  # missing / unreadable: fail before any work
 
-    def pieces(self) -> Pieces:
-        return iter_pieces(self.path, self.errors)
+        self.meter.total = self.size
+
+    def pieces(self, meter: Meter | None = None) -> Pieces:
+        return iter_pieces(self.path, self.errors, meter=meter)
 
     def blocks(self) -> Iterator[Block]:
-        return encode(self.pieces(), self.vocab, docs=self.docs, index=self.index)
+        return encode(self.pieces(self.meter), self.vocab, docs=self.docs, index=self.index)
+
+    def surface_words(self) -> Iterator[str]:
+        """The text's own words, one per token (``<eos>`` ends a line), by a second read."""
+        from streamlm.vocab import EOS
+
+        line_has = False
+        for piece in self.pieces():
+            yield from piece.words
+            line_has = line_has or bool(piece.words)
+            if piece.last:
+                if line_has or not self.docs:
+                    yield EOS
+                line_has = False
 
     def estimate_tokens(self) -> float:
-        if is_stream(self.path):
-            return math.inf
+        if is_stream(self.path):  # read ahead a little: a small stream starts fast too
+            head, ended = preread(self.path, STREAM_PREREAD)
+            if not ended:
+                return math.inf
+            return len(head) * (3.0 if compression(head[:8]) is not None else 0.5)
         with open(self.path, "rb") as f:
             packed = compression(f.read(8)) is not None
         return os.path.getsize(self.path) * (3.0 if packed else 0.5)  # >= 2 bytes a token
@@ -171,6 +210,8 @@ class ShardSource(Source):
                                  "vocabulary (vocab.txt / manifest sha256); score them "
                                  "with the model trained on them", path=p) from None
             raise
+        self.size = 2 * ds.num_tokens  # weight for progress: about 2 bytes a token
+        self.meter.total = ds.num_tokens
         if docs and not ds.has_docs:
             raise UsageError(f"{p}: no document boundaries in these shards (no doc_start "
                              "column or list<int> rows); use --reset none|line and a level "
@@ -197,20 +238,208 @@ class ShardSource(Source):
                 doc = docs + dcs
                 docs += int(dcs[-1])
             first = False
+            self.meter.done = ch.start + len(ids)
             yield Block(self.index, ch.start, ids, line, doc)
 
     def estimate_tokens(self) -> float:
         return float(self.dataset.num_tokens)
 
 
+class DocSource(Source):
+    """Documents as rows (streamlm.rows): JSONL records, or a string column of a
+    Parquet / Arrow file. Every row is a document; ``doc`` of a token is its row's
+    number, and a document's lines each contribute their words plus ``<eos>``.
+
+    After :meth:`blocks` has run to the end, ``rows`` is the number of rows and
+    ``skipped`` the numbers of the rows skipped as bad (``errors="skip"``).
+    """
+
+    kind = "docs"
+
+    def __init__(self, index: int, path: str, vocab: Vocab, *, fmt: str, text: str,
+                 errors: str = "strict"):
+        super().__init__(index, path)
+        self.vocab = vocab
+        self.fmt = fmt  # "jsonl" | "table"
+        self.text = text
+        self.errors = str(errors)
+        self.docs = True
+        self.rows = 0
+        self.skipped: list[int] = []
+        self.complete = False  # blocks() read every row (rows, skipped are known)
+        if fmt == "jsonl":
+            check_readable(self.path)
+            self.meter.total = self.size
+        else:
+            from streamlm import rows
+
+            if fmt == "table":
+                self._check_column()  # a missing or non-string column fails here, first
+            self.meter.total = rows.table_rows(self.path)
+
+    def _check_column(self) -> None:
+        import pyarrow as pa
+
+        from streamlm import rows
+
+        _, schema = rows.table_schema(self.path)
+        if self.text not in schema.names:
+            raise InputError(f"no column {self.text!r}; columns: {', '.join(schema.names)}; "
+                             "use --text-column (text) or --column (token ids)", path=self.path)
+        t = schema.field(self.text).type
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+            raise InputError(f"column {self.text!r} has type {t}, not a string",
+                             path=self.path)
+
+    def batches(self, meter: Meter | None = None):
+        """The row batches of streamlm.rows, from the first row."""
+        from streamlm import rows
+
+        if self.fmt == "jsonl":
+            return rows.jsonl_batches(self.path, self.text, self.errors, meter=meter)
+        if self.fmt == "ids":
+            return rows.table_id_batches(self.path, self.text, len(self.vocab), self.errors,
+                                         meter=meter)
+        return rows.table_batches(self.path, self.text, self.errors, meter=meter)
+
+    def blocks(self) -> Iterator[Block]:
+        from streamlm.tokenizer import encode_rows
+
+        pos = line = 0
+        skipped: list[int] = []
+        last = -1
+        for batch in self.batches(self.meter):
+            skipped.extend(batch.skipped)
+            if len(batch.rows):
+                last = int(batch.rows[-1])
+            if batch.ids is not None:  # ids as they are: a row is a document and a line
+                doc = np.repeat(batch.rows, batch.lengths)
+                blk = Block(self.index, pos, batch.ids, doc, doc)
+            else:
+                blk, _, n_lines = encode_rows(batch.texts, batch.rows, self.vocab,
+                                              index=self.index, pos=pos, line0=line)
+                line += n_lines
+            if len(blk):
+                pos += len(blk)
+                yield blk
+        self.skipped = skipped
+        self.rows = max([last, *skipped], default=-1) + 1
+        self.complete = True
+
+    def surface_words(self) -> Iterator[str]:
+        """The documents' own words, one per token (ids: their vocabulary words)."""
+        from streamlm.vocab import EOS
+
+        for batch in self.batches():
+            if batch.ids is not None:
+                yield from self.vocab.decode(batch.ids)
+                continue
+            for text in batch.texts.to_pylist():
+                for line in text.split("\n"):
+                    words = line.split()
+                    if words:
+                        yield from words
+                        yield EOS
+
+    def estimate_tokens(self) -> float:
+        if is_stream(self.path):
+            return math.inf
+        return os.path.getsize(self.path) * (3.0 if self.fmt == "table" else 0.5)
+
+
+def text_column_of(path: str, text_column: str | None, column: str | None) -> str | None:
+    """The text column of a Parquet / Arrow file, or None when it holds token ids: an
+    explicit ``--text-column`` or ``--column`` decides; else a ``token_id`` column
+    means ids, a string ``text`` column text, and an ``input_ids`` column ids."""
+    import pyarrow as pa
+
+    from streamlm import rows
+
+    if text_column is not None:
+        return text_column
+    if column is not None:
+        return None
+    _, schema = rows.table_schema(path)
+    if "token_id" in schema.names or "text" not in schema.names:
+        return None
+    t = schema.field("text").type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "text"
+    # a "text" column that is not a string: documents of ids if there is an id list,
+    # else the text column it looks meant to be (DocSource then names its type)
+    return None if "input_ids" in schema.names else "text"
+
+
 def open_source(index: int, path: str | os.PathLike, vocab: Vocab, *, docs: bool,
-                errors: str = "strict", column: str = "token_id") -> Source:
+                errors: str = "strict", column: str | None = None,
+                text_column: str | None = None, text_field: str = "text") -> Source:
     """The :class:`Source` for ``path``, checked now (missing, unreadable, bad shards,
-    a vocabulary that does not match) so that a job fails before it starts."""
+    a bad column, a vocabulary that does not match) so that a job fails first.
+
+    JSONL by name (``.jsonl``, ``.ndjson``, ``.json``, compressed too) is always
+    parsed as JSON; a Parquet / Arrow file is documents when it has a text column
+    (see :func:`text_column_of`) or a ``list<int>`` id column, token shards
+    otherwise (``--column``: ``token_id``, else ``input_ids``); anything else is text.
+    """
     p = os.fspath(path)
+    src = open_documents(index, p, vocab, errors=errors, column=column,
+                         text_column=text_column, text_field=text_field)
+    if src is not None:
+        return src
     if is_table_input(p):
-        return ShardSource(index, p, vocab, docs=docs, column=column)
-    return TextSource(index, p, vocab, docs=docs, errors=errors)
+        return ShardSource(index, p, vocab, docs=docs, column=column or _id_column(p))
+    return TextSource(index, p, vocab, docs=docs, errors=text_errors(errors))
+
+
+def text_errors(errors: str) -> str:
+    """The ``errors`` of a text input: ``skip`` (bad rows of documents) is strict there."""
+    return "strict" if str(errors) == "skip" else str(errors)
+
+
+def open_documents(index: int, path: str, vocab: Vocab | None, *, errors: str = "strict",
+                   column: str | None = None, text_column: str | None = None,
+                   text_field: str = "text") -> DocSource | None:
+    """A :class:`DocSource` when ``path`` is a file of documents (JSONL; Parquet / Arrow
+    with a text or ``list<int>`` column), else None."""
+    p = os.fspath(path)
+    if is_stream(p):
+        return None
+    if is_jsonl_name(p):
+        return DocSource(index, p, vocab, fmt="jsonl", text=text_field, errors=errors)
+    if os.path.isfile(p) and is_table_input(p):
+        text = text_column_of(p, text_column, column)
+        if text is not None:
+            return DocSource(index, p, vocab, fmt="table", text=text, errors=errors)
+        col = column or _id_column(p)
+        if _is_list_column(p, col):  # a tokenised dataset: a row is a document
+            if vocab is None:
+                raise UsageError(f"{p}: column {col!r} holds token ids; give the vocabulary "
+                                 "they index (--vocab)")
+            return DocSource(index, p, vocab, fmt="ids", text=col, errors=errors)
+    return None
+
+
+def _is_list_column(path: str, column: str) -> bool:
+    import pyarrow as pa
+
+    from streamlm import rows
+
+    schema = rows.table_schema(path)[1]
+    if column not in schema.names:
+        return False
+    t = schema.field(column).type
+    return pa.types.is_list(t) or pa.types.is_large_list(t)
+
+
+def _id_column(path: str) -> str:
+    """``token_id``, or ``input_ids`` for a file that has that and no ``token_id``."""
+    if os.path.isfile(path):
+        from streamlm import rows
+
+        names = rows.table_schema(path)[1].names
+        if "token_id" not in names and "input_ids" in names:
+            return "input_ids"
+    return "token_id"
 
 
 def skip(blocks: Iterator[Block], start: int) -> Iterator[Block]:
@@ -239,3 +468,43 @@ def rechunk(blocks: Iterator[Block], size: int) -> Iterator[Block]:
             have = len(rest)
     if have:
         yield Block.join(buf)
+
+
+def expand_inputs(paths: list[str], *, column: str | None = None,
+                  text_column: str | None = None) -> list[str]:
+    """The inputs of a job, each path as given, but: a quoted glob (``'docs/*.jsonl'``,
+    which the shell did not expand) becomes its matches, and a directory of document
+    files (JSONL, or Parquet / Arrow with a text or ``list<int>`` column) becomes its
+    files; both in sorted order, so that the order is explicit and the same every
+    time. A directory of token shards stays one input, as a dataset."""
+    import glob
+
+    out: list[str] = []
+    for p in paths:
+        if p != "-" and not os.path.exists(p) and glob.has_magic(p):
+            found = sorted(glob.glob(p))
+            if not found:
+                raise UsageError(f"{p}: no file matches this pattern")
+            for q in found:
+                out.extend(_document_files(q, column, text_column) if os.path.isdir(q)
+                           else [q])
+        elif os.path.isdir(p) and not is_prepared_dir(p):
+            out.extend(_document_files(p, column, text_column))
+        else:
+            out.append(p)
+    return out
+
+
+def _document_files(d: str, column: str | None, text_column: str | None) -> list[str]:
+    """The files of directory ``d`` when they are documents, else ``[d]`` (shards)."""
+    files = sorted(os.path.join(d, n) for n in os.listdir(d)
+                   if not n.startswith(".") and os.path.isfile(os.path.join(d, n)))
+    jsonl = [f for f in files if is_jsonl_name(f)]
+    if jsonl:
+        return jsonl
+    tables = [f for f in files if has_table_suffix(f)]
+    if tables and text_column_of(tables[0], text_column, column) is not None:
+        return tables
+    if tables and _is_list_column(tables[0], column or _id_column(tables[0])):
+        return tables
+    return [d]

@@ -35,6 +35,7 @@ class Choice(str, Enum):
 class Reset(Choice):
     """Where the hidden state goes back to zero when scoring."""
 
+    auto = "auto"  # doc for document inputs (JSONL, Parquet rows), else none
     none = "none"  # each input is one stream
     line = "line"  # every line alone (KenLM query)
     doc = "doc"  # every document alone
@@ -56,10 +57,11 @@ class Docs(Choice):
 
 
 class Errors(Choice):
-    """What to do with invalid UTF-8 in text."""
+    """What to do with bad input: invalid UTF-8 in text, a bad JSONL or Parquet row."""
 
-    strict = "strict"
-    replace = "replace"
+    strict = "strict"  # one error line, exit 2
+    replace = "replace"  # invalid UTF-8 becomes U+FFFD
+    skip = "skip"  # a bad row (invalid JSON, no text, a null) is skipped and counted
 
 
 class Engine(Choice):
@@ -84,7 +86,41 @@ class Softmax(Choice):
 
 # options of ScoreOptions that change the numbers or records a run produces
 # (checked when resuming from a checkpoint and when a Dask rerun skips a shard)
-RESULT_OPTIONS = ("reset", "level", "errors", "column")
+RESULT_OPTIONS = ("reset", "level", "errors", "column", "text_field", "text_column", "keep",
+                  "cutoffs", "bucket_field")
+
+
+def parse_every(value) -> tuple[int | None, float | None]:
+    """A checkpoint interval: (tokens, None) for a count ("500000"), (None, seconds)
+    for a duration ("60s", "5m", "1h"); UsageError otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise UsageError(f"--checkpoint-every must be positive, got {value}")
+        return value, None
+    text = str(value).strip().lower()
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    try:
+        if text[-1:] in units:
+            seconds = float(text[:-1]) * units[text[-1]]
+            if seconds > 0:
+                return None, seconds
+        elif int(text) >= 1:
+            return int(text), None
+    except ValueError:
+        pass
+    raise UsageError(f"--checkpoint-every must be a token count or a duration such as 60s "
+                     f"or 5m, got {value!r}")
+
+
+def parse_numbers(text: str, flag: str) -> list[float]:
+    """"30,60" as [30.0, 60.0]; UsageError naming ``flag`` otherwise."""
+    try:
+        out = [float(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        out = []
+    if not out:
+        raise UsageError(f"{flag} takes numbers separated by commas, got {text!r}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -95,31 +131,55 @@ class ScoreOptions:
     ``chunk_tokens`` and ``batch`` change speed and memory, never the numbers.
     """
 
-    reset: Reset = Reset.none
+    reset: Reset = Reset.auto
     level: Level | None = None
     chunk_tokens: int = 2048
     batch: int = 16
     errors: Errors = Errors.strict
-    column: str = "token_id"
+    column: str | None = None  # token ids: token_id, else input_ids
+    text_field: str = "text"  # of JSONL records (a dotted path)
+    text_column: str | None = None  # of Parquet / Arrow documents (default: text)
     engine: Engine = Engine.auto
-    checkpoint_every: int = 1_000_000
+    checkpoint_every: int | str = "60s"
+    keep: tuple[str, ...] = ()  # input columns / fields copied into the records
+    cutoffs: tuple[float, ...] | None = None  # perplexity cut-offs of the buckets
+    bucket_field: str = "perplexity"  # the record field the cut-offs cut
+    max_oov_rate: float | None = 0.05  # warn above this (None: never)
 
     def __post_init__(self):
         set_ = object.__setattr__
+        if isinstance(self.keep, str):
+            set_(self, "keep", tuple(k.strip() for k in self.keep.split(",") if k.strip()))
+        set_(self, "keep", tuple(self.keep))
+        if len(set(self.keep)) != len(self.keep):
+            raise UsageError(f"--keep names a column twice: {','.join(self.keep)}")
+        if self.cutoffs is not None:
+            c = tuple(float(x) for x in self.cutoffs)
+            if not c or any(b <= a for a, b in zip(c, c[1:])) or any(x != x for x in c):
+                raise UsageError(f"cut-offs must be increasing numbers, got {list(c)}")
+            set_(self, "cutoffs", c)
+        if self.bucket_field not in ("perplexity", "perplexity_excl_oov"):
+            raise UsageError(f"bucket field must be perplexity or perplexity_excl_oov, got "
+                             f"{self.bucket_field!r}")
+        if self.max_oov_rate is not None and not 0 <= self.max_oov_rate <= 1:
+            raise UsageError(f"--max-oov-rate must be in [0, 1], got {self.max_oov_rate}")
         set_(self, "reset", Reset.parse(self.reset, "--reset"))
         if self.level is not None:
             set_(self, "level", Level.parse(self.level, "--level"))
         set_(self, "errors", Errors.parse(self.errors, "--errors"))
         set_(self, "engine", Engine.parse(self.engine, "--engine"))
-        for name in ("chunk_tokens", "batch", "checkpoint_every"):
+        for name in ("chunk_tokens", "batch"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 flag = "--" + name.replace("_", "-")
                 raise UsageError(f"{flag} must be a positive integer, got {v!r}")
+        tokens, _ = parse_every(self.checkpoint_every)
+        if tokens is not None:  # "500000" and 500000 are the same option
+            set_(self, "checkpoint_every", tokens)
 
     @property
     def docs(self) -> bool:
-        """Whether the inputs must be split into documents."""
+        """Whether text inputs must be split into documents (at blank lines)."""
         return self.reset == Reset.doc or self.level == Level.doc
 
     def replace(self, **changes) -> ScoreOptions:
@@ -127,12 +187,13 @@ class ScoreOptions:
 
     def result_options(self) -> dict:
         """The options that change results, as plain JSON values."""
-        out = {}
-        for k in RESULT_OPTIONS:
-            v = getattr(self, k)
-            out[k] = v.value if isinstance(v, Enum) else v
-        return out
+        return {k: _json(getattr(self, k)) for k in RESULT_OPTIONS}
 
     def to_json(self) -> dict:
-        return {f.name: (v.value if isinstance(v := getattr(self, f.name), Enum) else v)
-                for f in dataclasses.fields(self)}
+        return {f.name: _json(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _json(v):
+    if isinstance(v, Enum):
+        return v.value
+    return list(v) if isinstance(v, tuple) else v

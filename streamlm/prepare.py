@@ -4,10 +4,12 @@ Prepared directory layout (format version 1)
 --------------------------------------------
 ``vocab.txt``            one word per line, id order (see :mod:`streamlm.vocab`)
 ``shard-00000.parquet``  column ``token_id`` (int32, no nulls), row groups of
-                         ``row_group_tokens`` (65,536) tokens; with ``docs="blank-line"``
-                         also a column ``doc_start`` (bool, True on a document's first
-                         token). Shards are plain consecutive slices of the one token
-                         stream; every input file starts a new document.
+                         ``row_group_tokens`` (65,536) tokens; with ``docs="blank-line"``,
+                         or when an input is documents (JSONL, Parquet rows: the
+                         manifest says ``"docs": "rows"``), also a column ``doc_start``
+                         (bool, True on a document's first token). Shards are plain
+                         consecutive slices of the one token stream; every input file
+                         starts a new document.
 ``manifest.json``        written last; a directory without it is not a dataset.
 
 The ids are those of :mod:`streamlm.tokenizer`, the scorer's own rule.
@@ -47,7 +49,15 @@ from streamlm.formats import (
     SHARDS_VERSION,
     VOCAB_FILE,
 )
-from streamlm.inputs import TextSource, check_readable, is_stream
+from streamlm.inputs import (
+    DocSource,
+    TextSource,
+    check_readable,
+    expand_inputs,
+    is_stream,
+    open_documents,
+    text_errors,
+)
 from streamlm.options import Docs, Errors
 from streamlm.text import LineBatch, display_name
 from streamlm.tokenizer import encode
@@ -147,11 +157,36 @@ class _ShardWriter:
                 self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
 
+def _count(src, counts: Counter, name: str) -> None:
+    """Add the words of a text or document input to ``counts``."""
+    t0 = time.monotonic()
+    if isinstance(src, DocSource):
+        for batch in src.batches():
+            if batch.ids is not None:
+                raise UsageError(f"{name}: token ids cannot build a vocabulary; give the "
+                                 "one they index with --vocab")
+            counts.update("\n".join(batch.texts.to_pylist()).split())
+            if time.monotonic() - t0 > _LOG_EVERY_S:
+                t0 = time.monotonic()
+                log.info("  %s: %s rows, %s distinct words", name,
+                         f"{int(batch.rows[-1]) + 1 if len(batch.rows) else 0:,}",
+                         f"{len(counts):,}")
+        return
+    pieces = src.pieces()
+    for item in pieces.batches():  # a block of lines at a time, where it can
+        counts.update(item.words() if isinstance(item, LineBatch) else item.words)
+        if time.monotonic() - t0 > _LOG_EVERY_S:
+            t0 = time.monotonic()
+            log.info("  %s: %s lines, %s distinct words", name, f"{pieces.lines:,}",
+                     f"{len(counts):,}")
+
+
 def prepare(inputs: Sequence[str], out_dir: str | os.PathLike, *, vocab_size: int | None = None,
             min_count: int = 1, vocab_path: str | os.PathLike | None = None,
             shard_tokens: int = 1_000_000, docs: Docs | str = Docs.none,
             errors: Errors | str = Errors.strict,
-            row_group_tokens: int = ROW_GROUP_TOKENS) -> dict:
+            row_group_tokens: int = ROW_GROUP_TOKENS, text_field: str = "text",
+            text_column: str | None = None, column: str | None = None) -> dict:
     """Turn text ``inputs`` into ``out_dir`` (vocab.txt, shards, manifest); return the manifest.
 
     Pass 1 counts words (only when building the vocabulary), pass 2 encodes. Stdin
@@ -172,6 +207,7 @@ def prepare(inputs: Sequence[str], out_dir: str | os.PathLike, *, vocab_size: in
         raise UsageError("--shard-tokens must be at least 1")
     if inputs.count("-") > 1:
         raise UsageError("stdin ('-') can be given only once")
+    inputs = expand_inputs(inputs, column=column, text_column=text_column)
     for p in inputs:  # fail on missing/unreadable inputs before creating anything
         check_readable(p)
     vocab = Vocab.load(vocab_path) if vocab_path is not None else None
@@ -201,43 +237,57 @@ def prepare(inputs: Sequence[str], out_dir: str | os.PathLike, *, vocab_size: in
                         with open(p, "rb") as src:
                             shutil.copyfileobj(src, f, 1 << 20)
                 paths[k] = str(spool)
-        sources = [TextSource(k, p, None, docs=blank_docs, errors=errors)
-                   for k, p in enumerate(paths)]
+        sources = []
+        for k, p in enumerate(paths):
+            src = None if p != inputs[k] else open_documents(
+                k, p, vocab, errors=errors, column=column, text_column=text_column,
+                text_field=text_field)
+            sources.append(src or TextSource(k, p, None, docs=blank_docs,
+                                             errors=text_errors(errors)))
+        row_docs = any(isinstance(s, DocSource) for s in sources)
+        docs_kind = Docs.blank_line.value if blank_docs else ("rows" if row_docs else "none")
 
         if vocab is None:
             counts: Counter = Counter()
             for name, src in zip(inputs, sources):
                 log.info("counting words in %s", display_name(name))
-                t0 = time.monotonic()
-                pieces = src.pieces()
-                for item in pieces.batches():  # a block of lines at a time, where it can
-                    counts.update(item.words() if isinstance(item, LineBatch) else item.words)
-                    if time.monotonic() - t0 > _LOG_EVERY_S:
-                        t0 = time.monotonic()
-                        log.info("  %s: %s lines, %s distinct words", display_name(name),
-                                 f"{pieces.lines:,}", f"{len(counts):,}")
+                _count(src, counts, display_name(name))
             vocab = Vocab.build(counts, vocab_size=vocab_size, min_count=min_count)
             del counts
             log.info("vocabulary: %s words", f"{len(vocab):,}")
         vocab.save(staging / VOCAB_FILE)
 
-        writer = _ShardWriter(staging, shard_tokens, row_group_tokens, blank_docs)
+        writer = _ShardWriter(staging, shard_tokens, row_group_tokens, blank_docs or row_docs)
         src_info = []
         unk_tokens = 0
         for name, src in zip(inputs, sources):
             log.info("encoding %s", display_name(name))
             before = writer.tokens
-            pieces = src.pieces()
+            src.vocab = vocab
+            if isinstance(src, DocSource):
+                blocks = src.blocks()
+            else:
+                pieces = src.pieces()
+                blocks = encode(pieces, vocab, docs=blank_docs)
             prev_doc = -1
-            for blk in encode(pieces, vocab, docs=blank_docs):
+            for blk in blocks:
                 ds = None
-                if blank_docs:
-                    ds = blk.doc_starts(prev_doc)
-                    prev_doc = int(blk.doc[-1])
+                if writer.docs:
+                    if blk.doc is not None:
+                        ds = blk.doc_starts(prev_doc)
+                        prev_doc = int(blk.doc[-1])
+                    else:  # text without document marks in a dataset of documents: one each
+                        ds = np.zeros(len(blk), dtype=np.bool_)
+                        ds[:1] = prev_doc < 0
+                        prev_doc = 0
                 unk_tokens += int(np.count_nonzero(blk.ids == vocab.unk_id))
                 writer.add(blk.ids, ds)
-            src_info.append({"path": display_name(name), "lines": pieces.lines,
-                             "tokens": writer.tokens - before})
+            info = {"path": display_name(name), "tokens": writer.tokens - before}
+            if isinstance(src, DocSource):
+                info.update(rows=src.rows, skipped_rows=len(src.skipped))
+            else:
+                info["lines"] = pieces.lines
+            src_info.append(info)
         shards = writer.finish()
         if writer.tokens == 0:
             raise InputError("no tokens: the input is empty", path=", ".join(
@@ -248,10 +298,10 @@ def prepare(inputs: Sequence[str], out_dir: str | os.PathLike, *, vocab_size: in
             "format_version": SHARDS_VERSION,
             "created_by": f"streamlm {__version__}",
             "column": "token_id",
-            "docs": docs.value,
+            "docs": docs_kind,
             "errors": errors.value,
             "num_tokens": writer.tokens,
-            "num_documents": writer.documents if blank_docs else None,
+            "num_documents": writer.documents if writer.docs else None,
             "unk_tokens": unk_tokens,
             "row_group_tokens": min(row_group_tokens, shard_tokens),
             "vocab": {"file": VOCAB_FILE, "size": len(vocab), "sha256": vocab.sha256()},

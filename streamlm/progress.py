@@ -13,12 +13,14 @@ log = logging.getLogger("streamlm")
 
 
 class ScoreProgress:
-    """Running perplexity and tokens/s on stderr: a rich line on a TTY, plain lines
+    """Running perplexity, tokens/s, percentage and ETA on stderr (by the bytes of
+    the inputs read, where their sizes are known): a rich bar on a TTY, a plain line
     every 10 s otherwise. Yields the callback (None when disabled)."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, tty: bool | None = None, every_s: float = 10.0):
         self.enabled = enabled
-        self.tty = sys.stderr.isatty()
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self.every_s = every_s
         self.live = None
         self.last = 0.0
 
@@ -31,33 +33,59 @@ class ScoreProgress:
         self.last = time.monotonic()
         if self.tty:
             from rich.console import Console
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
-            self.live = Progress(SpinnerColumn(), TextColumn("{task.description}"),
-                                 TimeElapsedColumn(), console=Console(stderr=True),
-                                 transient=True)
+            self.live = Progress(TextColumn("scoring"), BarColumn(), TaskProgressColumn(),
+                                 TextColumn("{task.description}"), TimeElapsedColumn(),
+                                 TextColumn("ETA"), TimeRemainingColumn(),
+                                 console=Console(stderr=True), transient=True)
             self.live.start()
-            self.task = self.live.add_task("scoring", total=None)
+            self.task = self.live.add_task("", total=None)
         return self._update
 
     def _update(self, info: dict) -> None:
         now = self._time()
-        if now - self.last < (0.2 if self.tty else 10.0):
+        if now - self.last < (0.2 if self.tty else self.every_s):
             return
         self.last = now
-        ppl = info.get("perplexity")
-        rate = info["scored_this_run"] / info["seconds"] if info["seconds"] > 0 else 0.0
-        text = (f"{info['tokens']:,} tokens  perplexity {ppl:.2f}  {rate:,.0f} tokens/s"
-                if ppl is not None else f"{info['tokens']:,} tokens")
+        text, frac = describe(info)
         if self.live is not None:
-            self.live.update(self.task, description=text)
+            if frac is not None:
+                self.live.update(self.task, description=text, total=1.0, completed=frac)
+            else:
+                self.live.update(self.task, description=text)
         else:
-            log.info("score: %s", text)
+            eta = ""
+            if frac is not None and frac > 0:
+                left = info["seconds"] * (1 - frac) / frac
+                eta = f"  {100 * frac:.1f}%  ETA {_clock(left)}"
+            log.info("score: %s%s", text, eta)
 
     def __exit__(self, *exc):
         if self.live is not None:
             self.live.stop()
         return False
+
+
+def describe(info: dict) -> tuple[str, float | None]:
+    """The progress line of a scoring callback's dict, and the fraction done."""
+    ppl = info.get("perplexity")
+    rate = info["scored_this_run"] / info["seconds"] if info["seconds"] > 0 else 0.0
+    text = (f"{info['tokens']:,} tokens  ppl {ppl:.2f}  {rate:,.0f} tok/s"
+            if ppl is not None else f"{info['tokens']:,} tokens")
+    return text, info.get("fraction")
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 class TrainProgress:

@@ -21,7 +21,7 @@ from streamlm.errors import UsageError
 from streamlm.tokenizer import Block
 
 UNIT_DTYPE = np.dtype([("input", "<i4"), ("index", "<i8"), ("tokens", "<i8"),
-                       ("oov", "<i8"), ("logprob", "<f8")])
+                       ("oov", "<i8"), ("logprob", "<f8"), ("logprob_oov", "<f8")])
 WORD_DTYPE = np.dtype([("input", "<i4"), ("line", "<i8"), ("doc", "<i8"),
                        ("position", "<i8"), ("id", "<i4"), ("logprob", "<f8")])
 
@@ -36,19 +36,24 @@ class Totals:
     logprob_oov: float = 0.0
     done: bool = False
     records: int = 0  # per-unit records spooled
-    unit: list = field(default_factory=lambda: [-1, 0, 0, 0.0])  # index, tokens, oov, lp
+    # the open unit: index, tokens, oov, logprob, logprob of its OOVs
+    unit: list = field(default_factory=lambda: [-1, 0, 0, 0.0, 0.0])
+    # a document input, once read to its end: its rows, and the bad rows skipped
+    rows: int = 0
+    skipped: list = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"scored": self.scored, "oov": self.oov, "logprob": self.logprob,
                 "logprob_oov": self.logprob_oov, "done": self.done, "records": self.records,
-                "unit": self.unit}
+                "unit": self.unit, "rows": self.rows, "skipped": self.skipped}
 
     @classmethod
     def from_json(cls, d: dict) -> Totals:
         return cls(int(d["scored"]), int(d["oov"]), float(d["logprob"]),
                    float(d["logprob_oov"]), bool(d["done"]), int(d["records"]),
                    [int(d["unit"][0]), int(d["unit"][1]), int(d["unit"][2]),
-                    float(d["unit"][3])])
+                    float(d["unit"][3]), float(d["unit"][4])],
+                   int(d["rows"]), [int(r) for r in d["skipped"]])
 
 
 class Spool:
@@ -113,6 +118,7 @@ class Accumulator:
         self.level = level
         self.spool = spool
         self.total_scored = 0
+        self.on_finish = None  # called with the input's index when it ends
 
     def add(self, blk: Block, nll: np.ndarray) -> None:
         t = self.t[blk.i]
@@ -141,33 +147,35 @@ class Accumulator:
             self._emit(blk.i, r)
             return
         key = blk.line if self.level == "line" else blk.doc
-        starts = np.concatenate([[0], np.flatnonzero(np.diff(key)) + 1])
+        starts = np.concatenate([[0], np.flatnonzero(key[1:] != key[:-1]) + 1])
         keys = key[starts]
         cnt = np.diff(np.append(starts, n))
         lps = np.add.reduceat(lp, starts)
         oovs = np.add.reduceat(oovm.astype(np.int64), starts)
+        lpo = np.add.reduceat(np.where(oovm, lp, 0.0), starts)
         u = t.unit
         j0 = 0
-        if u[0] == keys[0]:  # continues the open unit
+        if u[0] == keys[0]:  # the block starts inside the open unit
             u[1] += int(cnt[0])
             u[2] += int(oovs[0])
             u[3] += float(lps[0])
+            u[4] += float(lpo[0])
             j0 = 1
-        if j0 < len(keys):
-            done = []
-            if u[0] >= 0:
-                done.append(tuple(u))
-            for j in range(j0, len(keys) - 1):
-                done.append((int(keys[j]), int(cnt[j]), int(oovs[j]), float(lps[j])))
-            j = len(keys) - 1
-            t.unit = [int(keys[j]), int(cnt[j]), int(oovs[j]), float(lps[j])]
-            if done:
-                r = np.empty(len(done), dtype=UNIT_DTYPE)
-                r["input"] = blk.i
-                arr = np.array([d[:3] for d in done], dtype=np.int64).reshape(-1, 3)
-                r["index"], r["tokens"], r["oov"] = arr[:, 0], arr[:, 1], arr[:, 2]
-                r["logprob"] = [d[3] for d in done]
-                self._emit(blk.i, r)
+        if j0 == len(keys):
+            return
+        # done: the open unit (a new one starts), and the block's units but its last
+        done = slice(j0, len(keys) - 1)
+        r = np.empty((u[0] >= 0) + max(0, len(keys) - 1 - j0), dtype=UNIT_DTYPE)
+        r["input"] = blk.i
+        k = 0
+        if u[0] >= 0:
+            r[0] = (blk.i, u[0], u[1], u[2], u[3], u[4])
+            k = 1
+        r["index"][k:], r["tokens"][k:], r["oov"][k:] = keys[done], cnt[done], oovs[done]
+        r["logprob"][k:], r["logprob_oov"][k:] = lps[done], lpo[done]
+        t.unit = [int(keys[-1]), int(cnt[-1]), int(oovs[-1]), float(lps[-1]), float(lpo[-1])]
+        if len(r):
+            self._emit(blk.i, r)
 
     def _emit(self, i: int, recs: np.ndarray) -> None:
         self.spool.write(i, recs)
@@ -178,12 +186,12 @@ class Accumulator:
         if t.done:
             return
         t.done = True
+        if self.on_finish is not None:
+            self.on_finish(i)
         if self.level in ("line", "doc") and t.unit[0] >= 0:
-            u = t.unit
-            r = np.empty(1, dtype=UNIT_DTYPE)
-            r["input"], r["index"], r["tokens"], r["oov"], r["logprob"] = i, u[0], u[1], u[2], u[3]
+            r = np.array([(i, *t.unit)], dtype=UNIT_DTYPE)
             self._emit(i, r)
-            t.unit = [-1, 0, 0, 0.0]
+            t.unit = [-1, 0, 0, 0.0, 0.0]
         if self.spool is not None:
             self.spool.close(i)
 

@@ -40,13 +40,14 @@ import numpy as np
 from streamlm.checkpoint import ScoreCheckpoint
 from streamlm.engines import scoring_model
 from streamlm.errors import InputError, ModelFileError, UsageError
-from streamlm.inputs import open_source
+from streamlm.inputs import DocSource, ShardSource, expand_inputs, open_source
 from streamlm.metrics import summarize
-from streamlm.options import Engine, Level, ScoreOptions
-from streamlm.outputs import write_records
+from streamlm.options import Engine, Level, Reset, ScoreOptions
+from streamlm.outputs import check_output, is_special, write_records, write_split
 from streamlm.params import Model, load_model
 from streamlm.records import UNIT_DTYPE, WORD_DTYPE, Accumulator, Spool
 from streamlm.schedule import Scheduler
+from streamlm.text import forget_preread
 from streamlm.vocab import Vocab
 
 log = logging.getLogger("streamlm.score")
@@ -65,43 +66,59 @@ class ScoreResult:
 
 def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | None = None, *,
           output: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
+          split_buckets: str | os.PathLike | None = None,
           progress: Callable[[dict], None] | None = None, **option_values) -> ScoreResult:
     """Score ``inputs`` with ``model`` (a path or a loaded :class:`~streamlm.params.Model`).
 
     ``options`` (a :class:`~streamlm.options.ScoreOptions`), or its fields as
     keywords (``reset="line"``, ``level="doc"``...). Returns the summary
     (``summary["inputs"]`` per input, the totals at the top level) and the final
-    hidden state of each input (``reset="none"``). With ``output`` and a
-    ``level``, per-unit records are written to ``output`` (``.parquet`` ->
-    Parquet, anything else -> JSONL), atomically and only if the whole run
-    succeeds. The engine ``auto`` scores on numpy when the inputs hold fewer
-    than about NUMPY_MAX_TOKENS tokens, on the Numba kernels otherwise.
-    ``progress``, if given, is called after each model call with a dict
-    (``tokens``, ``logprob``, ``perplexity``, ``seconds``, ``scored_this_run``).
+    hidden state of each input (``reset="none"``).
+
+    ``reset="auto"`` is ``doc`` when every input is documents (JSONL, Parquet rows)
+    and ``none`` otherwise. With ``output``, per-unit records are written there
+    (see :mod:`streamlm.outputs`), at ``level`` (default: ``doc`` with
+    ``reset="doc"``, else ``line``), once the whole run succeeded. With
+    ``split_buckets`` (a directory) and ``cutoffs``, the input rows are copied,
+    unchanged, into one file per bucket. The engine ``auto`` scores on numpy
+    when the inputs hold fewer than about NUMPY_MAX_TOKENS tokens, on the Numba
+    kernels otherwise. ``progress``, if given, is called after each model call
+    with a dict (``tokens``, ``logprob``, ``perplexity``, ``seconds``,
+    ``scored_this_run``, ``fraction``: of the inputs' bytes read, or None).
     """
     t_start = time.monotonic()
+    forget_preread()  # anything a failed job in this process read ahead
     opts = options or ScoreOptions()
     if option_values:
         opts = opts.replace(**option_values)
     inputs = [os.fspath(p) for p in inputs]
     if not inputs:
         raise UsageError("no inputs given")
-    level = opts.level
-    if (level is None) != (output is None):
-        raise UsageError("--output and --level go together")
     if inputs.count("-") > 1:
         raise UsageError("stdin ('-') can be given only once")
+    inputs = expand_inputs(inputs, column=opts.column, text_column=opts.text_column)
     output = None if output is None else os.fspath(output)
-    if output is not None and os.path.isdir(output):
-        raise UsageError(f"{output}: --output is a directory")
+    if output is not None:
+        check_output(output, inputs)
+    split_dir = None if split_buckets is None else os.fspath(split_buckets)
+    if split_dir is not None:
+        if opts.cutoffs is None:
+            raise UsageError("--split-buckets needs --cutoffs (from streamlm report)")
+        if os.path.exists(split_dir) and not os.path.isdir(split_dir):
+            raise UsageError(f"{split_dir}: --split-buckets must be a directory")
 
     m = model if isinstance(model, Model) else load_model(model)
     try:
         vocab = Vocab(m.vocab, source=m.path)
     except InputError as e:
         raise ModelFileError(f"bad model vocabulary: {e}", m.path) from None
-    sources = [open_source(k, p, vocab, docs=opts.docs, errors=opts.errors, column=opts.column)
+    opts = _resolve(opts, inputs, output, split_dir)
+    sources = [open_source(k, p, vocab, docs=opts.docs, errors=opts.errors, column=opts.column,
+                           text_column=opts.text_column, text_field=opts.text_field)
                for k, p in enumerate(inputs)]
+    opts = _resolve_reset(opts, sources, output, split_dir)
+    level = opts.level
+    fingerprints = None if checkpoint is None else [s.fingerprint() for s in sources]
     engine = opts.engine
     if engine == Engine.auto:
         est = sum(s.estimate_tokens() for s in sources)
@@ -112,36 +129,37 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
     tmp_spool = False
     if checkpoint is not None:
         checkpoint = os.fspath(checkpoint)
-        fp = {"model": m.meta.get("sha256"), "inputs": [s.fingerprint() for s in sources],
+        fp = {"model": m.meta.get("sha256"), "inputs": fingerprints,
               **opts.result_options(), "engine": engine.value,
-              "output": None if output is None else os.path.abspath(output)}
+              "output": None if output is None else os.path.abspath(output),
+              "split_buckets": None if split_dir is None else os.path.abspath(split_dir)}
         ckpt = ScoreCheckpoint(checkpoint, opts.checkpoint_every, fp)
         spool_dir = Path(checkpoint + ".spool")
     elif level is not None:
-        parent = os.path.dirname(os.path.abspath(output))
-        os.makedirs(parent, exist_ok=True)
-        spool_dir = Path(tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.spool-",
-                                          dir=parent))
+        spool_dir = Path(_spool_dir(output))
         tmp_spool = True
     spool = None
     if level is not None:
         spool = Spool(spool_dir, WORD_DTYPE if level == Level.word else UNIT_DTYPE)
     acc = Accumulator(len(sources), vocab.unk_id, level, spool)
+
+    def finished(i: int) -> None:  # a document input read to its end: keep its row count
+        s = sources[i]
+        if isinstance(s, DocSource) and s.complete:
+            acc.t[i].rows, acc.t[i].skipped = s.rows, list(s.skipped)
+
+    acc.on_finish = finished
     if ckpt is not None:
         ckpt.spool = spool
-    since_ckpt = 0
 
     def after_call(n_tokens: int) -> None:
-        nonlocal since_ckpt
-        since_ckpt += n_tokens
-        if ckpt is not None and since_ckpt >= ckpt.every:
+        if ckpt is not None and ckpt.due(n_tokens):
             ckpt.save(acc, scheduler.state)
-            since_ckpt = 0
         if progress is not None:
             tok, lp = acc.running()
             progress({"tokens": tok, "logprob": lp, "seconds": time.monotonic() - t_start,
                       "perplexity": math.exp(-lp / tok) if tok else None,
-                      "scored_this_run": acc.total_scored})
+                      "scored_this_run": acc.total_scored, "fraction": _fraction(sources, acc)})
 
     scheduler = Scheduler(sources, scoring_model(m.params, engine), eos=vocab.eos_id,
                           H=m.config.H, dtype=m.params.dtype, reset=opts.reset,
@@ -166,15 +184,26 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
         scheduler.run()
         for s in sources:  # inputs with no tokens at all
             acc.finish(s.index)
+        for s, t in zip(sources, acc.t):  # scored before a resume: counts from the checkpoint
+            if isinstance(s, DocSource) and not s.complete:
+                s.rows, s.skipped = t.rows, list(t.skipped)
         if spool is not None:
             spool.close_all()
         if ckpt is not None:
-            ckpt.save(acc, {})  # everything scored: a rerun only rewrites the output
-        if level is not None:
-            n = write_records(output, level, spool, sources, vocab, opts.docs)
-            log.info("wrote %s: %s %s records", output, f"{n:,}", level)
+            ckpt.save(acc, {})  # everything scored: a rerun only rewrites the outputs
+        cut = None if opts.cutoffs is None else (opts.cutoffs, opts.bucket_field)
+        if split_dir is not None:
+            counts = write_split(split_dir, spool, sources, cut)
+            log.info("wrote %s: %s", split_dir, ", ".join(
+                f"{k} {v:,} rows" for k, v in counts.items()))
+        if output is not None:
+            n = write_records(output, level, spool, sources, vocab, opts.docs,
+                              keep=opts.keep, cutoffs=cut)
+            log.info("wrote %s: %s %s records", "stdout" if output == "-" else output,
+                     f"{n:,}", level)
         ok = True
     finally:
+        forget_preread()
         if spool is not None:
             spool.close_all()
         if ok and ckpt is not None:
@@ -183,17 +212,104 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
             shutil.rmtree(spool_dir, ignore_errors=True)
 
     per = []
+    docs_in = [s for s in sources if isinstance(s, DocSource)]
     for s, t in zip(sources, acc.t):
         d = {"path": s.name}
         d.update(summarize(t.scored, t.oov, t.logprob, t.logprob_oov))
+        d["oov_rate"] = t.oov / t.scored if t.scored else None
+        if isinstance(s, DocSource):
+            d["rows"], d["skipped_rows"] = s.rows, len(s.skipped)
         per.append(d)
+        _warn_oov(d, opts.max_oov_rate)
     tot = summarize(sum(t.scored for t in acc.t), sum(t.oov for t in acc.t),
                     math.fsum(t.logprob for t in acc.t), math.fsum(t.logprob_oov for t in acc.t))
+    tot["oov_rate"] = tot["oov"] / tot["tokens"] if tot["tokens"] else None
+    if docs_in:
+        tot["rows"] = sum(s.rows for s in docs_in)
+        tot["skipped_rows"] = sum(len(s.skipped) for s in docs_in)
     seconds = time.monotonic() - t_start
     tot["inputs"] = per
     tot["model"] = m.path
     tot["reset"] = opts.reset.value
+    tot["level"] = None if level is None else level.value
     tot["engine"] = engine.value
     tot["seconds"] = round(seconds, 3)
     tot["tokens_per_second"] = (round(acc.total_scored / seconds, 1) if seconds > 0 else None)
     return ScoreResult(tot, scheduler.final_states, seconds)
+
+
+def _resolve(opts: ScoreOptions, inputs: list[str], output: str | None,
+             split_dir: str | None) -> ScoreOptions:
+    """Checks of the options that need no input opened."""
+    if opts.level is not None and output is None and split_dir is None:
+        raise UsageError("--level sets the unit of the --output records; give --output too")
+    if split_dir is not None and opts.level not in (None, Level.doc):
+        raise UsageError("--split-buckets splits documents: use --level doc (or no --level)")
+    return opts
+
+
+def _resolve_reset(opts: ScoreOptions, sources: list, output: str | None,
+                   split_dir: str | None) -> ScoreOptions:
+    """``reset=auto`` and the default level, from the inputs; the checks that need them."""
+    all_docs = all(isinstance(s, DocSource) for s in sources)
+    if opts.reset == Reset.auto:
+        opts = opts.replace(reset=Reset.doc if all_docs else Reset.none)
+    level = opts.level
+    if level is None and (output is not None or split_dir is not None):
+        level = Level.doc if (opts.reset == Reset.doc or split_dir is not None) else Level.line
+        opts = opts.replace(level=level)
+    if split_dir is not None and not all_docs:
+        raise UsageError("--split-buckets copies rows of JSONL or Parquet documents; "
+                         f"{next(s.name for s in sources if not isinstance(s, DocSource))} "
+                         "is not documents")
+    if opts.keep:
+        if level != Level.doc:
+            raise UsageError("--keep copies columns of the input rows into per-document "
+                             "records: use --level doc")
+        bad = next((s for s in sources if not isinstance(s, DocSource)), None)
+        if bad is not None:
+            raise UsageError(f"{bad.name}: --keep copies fields of JSONL or Parquet "
+                             "documents; this input is text or token ids")
+    if opts.cutoffs is not None and level == Level.word:
+        raise UsageError("--cutoffs adds a bucket to line or document records, not words")
+    if level == Level.doc:
+        for s in sources:
+            if isinstance(s, ShardSource) and not s.dataset.has_docs:
+                raise UsageError(f"{s.name}: no document boundaries in these shards (no "
+                                 "doc_start column or list<int> rows); use --level line")
+    return opts
+
+
+def _spool_dir(output: str | None) -> str:
+    """A new directory for the record spool: beside a regular output file, else in the
+    temp directory (stdout, a FIFO, a device; or no output: --split-buckets only)."""
+    if output is None or output == "-" or is_special(output):
+        return tempfile.mkdtemp(prefix="streamlm-spool-")
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.spool-", dir=parent)
+
+
+def _fraction(sources: list, acc: Accumulator) -> float | None:
+    """The share of the inputs scored so far, by their size on disk (None if unknown)."""
+    done = weight = 0.0
+    for s, t in zip(sources, acc.t):
+        p = (1.0, float(s.size or 1)) if t.done else s.progress()
+        if p is None:
+            return None
+        done += p[0] * p[1]
+        weight += p[1]
+    return done / weight if weight > 0 else None
+
+
+def _warn_oov(d: dict, max_rate: float | None) -> None:
+    rate = d.get("oov_rate")
+    if max_rate is None or rate is None or rate <= max_rate:
+        return
+    px = d.get("perplexity_excl_oov")
+    log.warning("warning: %s: %.1f%% of its %s tokens are OOVs (<unk>), above "
+                "--max-oov-rate %.3g%%: its perplexity (%s) rewards them; the perplexity "
+                "excluding OOVs (%s) does not (a model with this text's vocabulary would "
+                "say more)", d["path"], 100 * rate, f"{d['tokens']:,}", 100 * max_rate,
+                "n/a" if d["perplexity"] is None else f"{d['perplexity']:.2f}",
+                "n/a" if px is None else f"{px:.2f}")

@@ -423,8 +423,8 @@ def _open_prepared(d: Path, vocab: Vocab | None, vocab_size: int | None,
             raise InputError(f"shard has {sum(f.blocks)} tokens / {sp.stat().st_size} bytes, "
                              f"the manifest says {tokens} / {size} (replaced or incomplete "
                              f"file)", path=sp)
-        if docs == "blank-line" and f.doc_column is None:
-            raise InputError("manifest says docs=blank-line but the shard has no doc_start "
+        if docs in ("blank-line", "rows") and f.doc_column is None:
+            raise InputError(f"manifest says docs={docs} but the shard has no doc_start "
                              "column", path=sp)
         if verify and sha256_file(sp) != s.get("sha256"):
             raise InputError("shard sha256 differs from the manifest", path=sp)

@@ -27,6 +27,7 @@ import gzip
 import io
 import lzma
 import os
+import stat
 import sys
 import zlib
 from collections.abc import Iterator
@@ -100,6 +101,35 @@ def display_name(path: str | os.PathLike) -> str:
     return "<stdin>" if os.fspath(path) == "-" else os.fspath(path)
 
 
+class Meter:
+    """How far a reader has got through its input: ``done`` of ``total`` (bytes of
+    the file on disk, rows, tokens: the reader's own unit; ``total`` None when
+    unknown, as for a pipe). Progress bars read it; readers set ``done``."""
+
+    __slots__ = ("done", "total")
+
+    def __init__(self, total: float | None = None):
+        self.done = 0
+        self.total = total
+
+    def fraction(self) -> float | None:
+        if not self.total:
+            return None
+        return min(1.0, self.done / self.total)
+
+
+def file_size(path: str | os.PathLike) -> int | None:
+    """The size of a regular file, None for anything else (stdin, a pipe, a device)."""
+    p = os.fspath(path)
+    if p == "-":
+        return None
+    try:
+        st = os.stat(p)
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
 class _CorruptStream(InputError):
     def __init__(self, path: str, offset: int, reason: str):
         self.offset = offset
@@ -118,6 +148,14 @@ class _GuardedReader(io.RawIOBase):
         self._read = getattr(raw, "read1", raw.read)
         self.name = name
         self.pos = 0  # decompressed bytes handed out so far
+        self.file = None  # the file on disk (compressed data: the compressed file)
+
+    def raw_tell(self) -> int:
+        """Bytes of the file on disk read so far (the decompressed count if unknown)."""
+        try:
+            return self.file.tell()
+        except (AttributeError, OSError, ValueError):
+            return self.pos
 
     def readable(self) -> bool:
         return True
@@ -143,6 +181,72 @@ class _GuardedReader(io.RawIOBase):
             super().close()
 
 
+# streams read ahead by preread(): path -> (the bytes read, the stream to go on with)
+_PREREAD: dict[str, tuple[bytes, BinaryIO | None]] = {}
+
+
+class _Chain(io.RawIOBase):
+    """The bytes a preread took, then the rest of the stream."""
+
+    def __init__(self, head: bytes, rest: BinaryIO | None):
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if len(self._head):
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        if self._rest is None:
+            return 0
+        data = self._rest.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if self._rest is not None and self._rest is not sys.stdin.buffer:
+            self._rest.close()
+        super().close()
+
+
+def preread(path: str | os.PathLike, limit: int) -> tuple[bytes, bool]:
+    """Read the first ``limit`` bytes of the stream ``path`` (stdin, a pipe) now, to
+    judge its size; the next :func:`open_binary` of it gives them back first.
+    Returns the bytes and whether the stream ended within them."""
+    p = os.fspath(path)
+    if p in _PREREAD:
+        data, rest = _PREREAD[p]
+        return data, rest is None
+    if p == "-":
+        src = sys.stdin.buffer
+    else:
+        try:
+            src = open(p, "rb")  # noqa: SIM115 (kept for open_binary)
+        except OSError as e:
+            raise InputError(f"cannot open: {e.strerror or e}", path=display_name(p)) from None
+    try:
+        data = src.read(limit)
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror or e}", path=display_name(p)) from None
+    ended = len(data) < limit
+    if ended and p != "-":
+        src.close()
+    _PREREAD[p] = (data, None if ended else src)
+    return data, ended
+
+
+def forget_preread() -> None:
+    """Drop what preread() kept and nobody opened (a job that failed first)."""
+    for _, rest in _PREREAD.values():
+        if rest is not None and rest is not sys.stdin.buffer:
+            rest.close()
+    _PREREAD.clear()
+
+
 def open_binary(path: str | os.PathLike) -> BinaryIO:
     """Open ``path`` for binary reading, decompressing ``.gz``/``.bz2``/``.xz``.
 
@@ -153,7 +257,12 @@ def open_binary(path: str | os.PathLike) -> BinaryIO:
     :class:`InputError` naming the path.
     """
     name = display_name(path)
-    if os.fspath(path) == "-":
+    if os.fspath(path) in _PREREAD:
+        data, rest = _PREREAD.pop(os.fspath(path))
+        raw = io.BufferedReader(_Chain(data, rest))
+        head = data[:6]
+        ext = None if os.fspath(path) == "-" else compression_suffix(os.fspath(path))
+    elif os.fspath(path) == "-":
         raw = sys.stdin.buffer
         if not hasattr(raw, "peek"):
             raw = io.BufferedReader(raw)  # type: ignore[arg-type]
@@ -185,14 +294,15 @@ def open_binary(path: str | os.PathLike) -> BinaryIO:
         raise InputError(f"file name says .{ext} but the data is not {ext}-compressed",
                          path=name)
     if kind is None:
-        return _GuardedReader(raw, name)  # type: ignore[return-value]
-    if kind == "gz":
-        dec = gzip.GzipFile(fileobj=raw, mode="rb")
+        out = _GuardedReader(raw, name)
+    elif kind == "gz":
+        out = _GuardedReader(gzip.GzipFile(fileobj=raw, mode="rb"), name)
     elif kind == "bz2":
-        dec = bz2.BZ2File(raw, mode="rb")
+        out = _GuardedReader(bz2.BZ2File(raw, mode="rb"), name)
     else:
-        dec = lzma.LZMAFile(raw, mode="rb")  # noqa: SIM115
-    return _GuardedReader(dec, name)  # type: ignore[return-value]
+        out = _GuardedReader(lzma.LZMAFile(raw, mode="rb"), name)  # noqa: SIM115
+    out.file = raw
+    return out  # type: ignore[return-value]
 
 
 def _last_ascii_ws(buf: bytes | bytearray, start: int) -> int:
@@ -245,8 +355,8 @@ def _whole_lines(chunk: bytes, count: int, index: int, off: int, name: str,
         off += len(raw) + 1
 
 
-def _read(path: str | os.PathLike, errors: str,
-          block_size: int) -> Iterator[LinePiece | LineBatch]:
+def _read(path: str | os.PathLike, errors: str, block_size: int,
+          meter: Meter | None = None) -> Iterator[LinePiece | LineBatch]:
     """The items of :meth:`Pieces.batches`: a block's whole lines as a :class:`LineBatch`,
     a line that is still open at a block's end in :class:`LinePiece` s."""
     if errors not in ("strict", "replace"):
@@ -262,6 +372,8 @@ def _read(path: str | os.PathLike, errors: str,
 
     try:
         while True:
+            if meter is not None:  # what was read before this block is handed out
+                meter.done = f.raw_tell()
             try:
                 block = f.read(block_size)
             except _CorruptStream as e:
@@ -361,9 +473,10 @@ class Pieces:
 
 
 def iter_pieces(path: str | os.PathLike, errors: str = "strict", *,
-                block_size: int = BLOCK_SIZE) -> Pieces:
-    """Stream ``path`` as :class:`LinePiece` s (memory bounded by a few blocks)."""
-    return Pieces(_read(path, errors, block_size))
+                block_size: int = BLOCK_SIZE, meter: Meter | None = None) -> Pieces:
+    """Stream ``path`` as :class:`LinePiece` s (memory bounded by a few blocks);
+    ``meter.done`` follows the bytes of the file read (compressed bytes, if it is)."""
+    return Pieces(_read(path, errors, block_size, meter))
 
 
 def iter_lines(path: str | os.PathLike, errors: str = "strict") -> Iterator[Line]:

@@ -219,6 +219,61 @@ class _Encoder:
             self.parted += len(ids) - a
 
 
+def encode_rows(texts, rows: np.ndarray, vocab: Vocab, *, index: int, pos: int,
+                line0: int) -> tuple[Block, np.ndarray, int]:
+    """The tokens of a batch of documents (rows of JSONL or a table).
+
+    ``texts``: a pyarrow string array, one document each, no nulls; ``rows``: their
+    row numbers. A document's lines (its text split at ``"\\n"``) each contribute
+    their words plus ``<eos>``; a blank line contributes nothing (as between the
+    documents of a text file). Returns the block (``doc`` = the row number of each
+    token, ``line`` = a running line number from ``line0``, position ``pos``), the
+    tokens of each row (0 for an empty document) and the number of lines read.
+    """
+    n = len(texts)
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return Block(index, pos, np.zeros(0, np.int32), empty, empty), empty, 0
+    import pyarrow.compute as pc
+
+    nlines = pc.count_substring(texts, "\n").to_numpy(zero_copy_only=False) + 1
+    if _kernels_loaded():
+        joined = pc.binary_join_element_wise(texts, "", "\n")  # every line ends in \n
+        ids, k = _word_table(vocab).encode_lines(_utf8(joined), int(nlines.sum()), True)
+    else:
+        table, unk, eos = vocab.index, vocab.unk_id, vocab.eos_id
+        out: list[int] = []
+        counts: list[int] = []
+        for text in texts.to_pylist():
+            for line in text.split("\n"):
+                words = line.split()
+                if words:
+                    out.extend(map(table.get, words, repeat(unk)))
+                    out.append(eos)
+                counts.append(len(words) + 1 if words else 0)
+        ids, k = np.array(out, dtype=np.int32), np.array(counts, dtype=np.int64)
+    L = len(k)
+    starts = np.zeros(n, dtype=np.int64)
+    np.cumsum(nlines[:-1], out=starts[1:])
+    row_tokens = np.add.reduceat(k, starts)
+    blk = Block(index, pos, ids, np.repeat(np.arange(line0, line0 + L, dtype=np.int64), k),
+                np.repeat(np.asarray(rows, dtype=np.int64), row_tokens))
+    return blk, row_tokens, L
+
+
+def _utf8(arr) -> bytes:
+    """The data bytes of a pyarrow string array (its values, back to back)."""
+    import pyarrow as pa
+
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    arr = arr.cast(pa.large_string()) if pa.types.is_large_string(arr.type) else arr
+    off_t = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    offsets = np.frombuffer(arr.buffers()[1], dtype=off_t)[arr.offset:arr.offset + len(arr) + 1]
+    data = arr.buffers()[2]
+    return bytes(memoryview(data)[int(offsets[0]):int(offsets[-1])])
+
+
 class _WordTable:
     """A vocabulary as the compiled kernels see it: its words' UTF-8 bytes in id order
     and an open-addressing hash table of them (see ``kernels.word_table_fill``)."""
