@@ -79,7 +79,10 @@ def print_json(obj) -> None:
 @app.command("prepare")
 def prepare_cmd(
     inputs: Annotated[list[str], typer.Argument(
-        help="Text files (plain, .gz, .bz2, .xz) or '-' for stdin; one sentence per line.")],
+        help="Text files (plain, .gz, .bz2, .xz) or '-' for stdin, one sentence per line; "
+             "JSONL documents (.jsonl, .ndjson, .json, compressed too); Parquet / Arrow "
+             "files of documents (a text column; list<int> ids with --vocab). A directory "
+             "or quoted glob of document files is its files, sorted.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Output directory.")],
     vocab_size: Annotated[Optional[int], typer.Option(
         "--vocab-size", help="Keep the N most frequent words (incl. <unk>, <eos>).")] = None,
@@ -94,15 +97,26 @@ def prepare_cmd(
         "--docs", help="Document boundaries: none, or blank lines between documents.")
     ] = Docs.none,
     errors: Annotated[Errors, typer.Option(
-        "--errors", help="Invalid UTF-8: strict (fail) or replace (U+FFFD).")] = Errors.strict,
+        "--errors", help="Bad input: strict (fail), replace (invalid UTF-8 becomes U+FFFD) "
+                         "or skip (bad JSONL / Parquet rows, counted).")] = Errors.strict,
+    text_field: Annotated[str, typer.Option(
+        "--text-field", help="The text field of JSONL records (a dotted path: meta.content)."
+    )] = "text",
+    text_column: Annotated[Optional[str], typer.Option(
+        "--text-column", help="The text column of Parquet / Arrow documents (default: text)."
+    )] = None,
+    column: Annotated[Optional[str], typer.Option(
+        "--column", help="A list<int> token id column of Parquet / Arrow documents "
+                         "(default: input_ids); needs --vocab.")] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print the manifest as one JSON object on stdout.")] = False,
 ) -> None:
-    """Turn text into a vocabulary and Parquet token shards (DIR/manifest.json last)."""
+    """Turn text or documents into a vocabulary and Parquet token shards (manifest last)."""
     from streamlm.prepare import prepare
 
     m = prepare(inputs, out, vocab_size=vocab_size, min_count=min_count, vocab_path=vocab,
-                shard_tokens=shard_tokens, docs=docs, errors=errors)
+                shard_tokens=shard_tokens, docs=docs, errors=errors, text_field=text_field,
+                text_column=text_column, column=column)
     if as_json:
         print_json(m)
     else:
@@ -134,14 +148,19 @@ def demo_corpus_cmd(
 def score_cmd(
     model: Annotated[str, typer.Argument(help="Model file (.npz) written by streamlm train.")],
     inputs: Annotated[list[str], typer.Argument(
-        help="Text files (plain, .gz, .bz2, .xz), '-' for stdin, or token shards (a "
-             "prepared directory, Parquet or Arrow files). Each input is scored on its own "
-             "and summed into the total.")],
+        help="Text files (plain, .gz, .bz2, .xz) or '-' for stdin; JSONL documents (.jsonl, "
+             ".ndjson, .json, also .gz/.bz2/.xz/.zst); Parquet or Arrow files of documents (a "
+             "text column, or list<int> token ids: one row is one document) or of token "
+             "shards; prepared directories. A directory or quoted glob of document files "
+             "is its files, sorted. Each input is scored on its own and summed into the "
+             "total.")],
     reset: Annotated[Reset, typer.Option(
-        "--reset", help="none: each input is one stream (state carried across lines); "
-                        "line: every line independent (like KenLM query); doc: every "
-                        "document independent (blank-line separated text, or the shards' "
-                        "document boundaries).")] = Reset.none,
+        "--reset", help="Where the state goes back to zero. auto: doc when every input is "
+                        "documents (JSONL, Parquet rows), else none; none: each input is one "
+                        "stream (state carried across lines); line: every line alone (like "
+                        "KenLM query); doc: every document alone (a row, or blank-line "
+                        "separated text, or the shards' document boundaries).")
+    ] = Reset.auto,
     chunk_tokens: Annotated[int, typer.Option(
         "--chunk-tokens", help="Tokens per stream per model call; memory is bounded by "
                                "batch x chunk-tokens whatever the input size.")] = 2048,
@@ -149,47 +168,91 @@ def score_cmd(
         "--batch", help="Parallel streams per model call (inputs with --reset none, "
                         "lines/documents otherwise); each row keeps its own state.")] = 16,
     as_json: Annotated[bool, typer.Option(
-        "--json", help="Print the summary as exactly one JSON object on stdout.")] = False,
+        "--json", help="Print the summary as exactly one JSON object on stdout (with "
+                       "--output -: no summary).")] = False,
     output: Annotated[Optional[str], typer.Option(
-        "--output", "-o", help="Write per-unit scores here: .parquet for Parquet, "
-                               "anything else JSONL (written atomically at the end).")] = None,
+        "--output", "-o", help="Write per-unit scores here, by suffix: .parquet, .jsonl "
+                               "(.ndjson, .json) or .csv; '-' streams JSONL to stdout (the "
+                               "summary then goes to stderr). A regular file is written "
+                               "atomically at the end; a FIFO or device is written to.")
+    ] = None,
     level: Annotated[Optional[Level], typer.Option(
-        "--level", help="Unit of --output records.")] = None,
+        "--level", help="Unit of --output records (default: doc with --reset doc, else "
+                        "line).")] = None,
+    keep: Annotated[Optional[str], typer.Option(
+        "--keep", help="Input columns or JSONL fields to copy into the per-document "
+                       "records, comma-separated (id,url), to join the scores back.")
+    ] = None,
+    cutoffs: Annotated[Optional[str], typer.Option(
+        "--cutoffs", help="Cut-offs file of streamlm report: adds a bucket column (head, "
+                          "middle, tail).")] = None,
+    split_buckets: Annotated[Optional[str], typer.Option(
+        "--split-buckets", help="With --cutoffs: copy the input rows, unchanged, into "
+                                "DIR/head.parquet, middle, tail (.jsonl for JSONL "
+                                "inputs), in input order.")] = None,
+    text_field: Annotated[str, typer.Option(
+        "--text-field", help="The text field of JSONL records; a dotted path such as "
+                             "meta.content reaches into objects.")] = "text",
+    text_column: Annotated[Optional[str], typer.Option(
+        "--text-column", help="The text column of Parquet / Arrow documents (default: "
+                              "text, when the file has one).")] = None,
+    column: Annotated[Optional[str], typer.Option(
+        "--column", help="The token id column of Parquet / Arrow inputs (default: "
+                         "token_id, else input_ids).")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(
         "--checkpoint", help="Save progress to this file; rerunning the same command "
                              "resumes from it (removed on success).")] = None,
-    checkpoint_every: Annotated[int, typer.Option(
-        "--checkpoint-every", help="Tokens between checkpoints.")] = 1_000_000,
+    checkpoint_every: Annotated[str, typer.Option(
+        "--checkpoint-every", help="How often to checkpoint: a duration (60s, 5m) or a "
+                                   "token count (500000).")] = "60s",
     errors: Annotated[Errors, typer.Option(
-        "--errors", help="Invalid UTF-8 in text: strict (fail, naming the byte offset) or "
-                         "replace (U+FFFD).")] = Errors.strict,
-    column: Annotated[str, typer.Option(
-        "--column", help="Token id column of raw Parquet/Arrow inputs.")] = "token_id",
+        "--errors", help="Bad input. strict: fail with one line naming the file and "
+                         "position; replace: invalid UTF-8 in text becomes U+FFFD; skip: "
+                         "skip bad JSONL / Parquet rows (invalid JSON, no text field, a "
+                         "null) and count them; text is then strict.")] = Errors.strict,
+    max_oov_rate: Annotated[float, typer.Option(
+        "--max-oov-rate", help="Warn when an input's share of <unk> tokens is above this "
+                               "(1 never warns).")] = 0.05,
     progress: Annotated[Optional[bool], typer.Option(
         "--progress/--no-progress", help="Progress on stderr (default: on unless -q).")
     ] = None,
     engine: Annotated[Engine, typer.Option(
-        "--engine", help="auto skips numba's ~1 s start-up on small inputs (numba and numpy "
-                         "agree to ~1e-6).")] = Engine.auto,
+        "--engine", help="auto skips numba's ~1 s start-up on small inputs, stdin too "
+                         "(numba and numpy agree to ~1e-6).")] = Engine.auto,
     dask: Annotated[Optional[str], typer.Option(
         "--dask", help="Score on a Dask cluster, one task per input: a scheduler address "
                        "(tcp://host:8786) or local:N for N local worker processes. With "
                        "--output DIR, one Parquet file per input; a rerun skips finished "
                        "inputs. Needs pip install 'streamlm\\[dask]'.")] = None,
 ) -> None:
-    """Score text or shards: exact perplexity with the hidden state carried across chunks."""
+    """Score text, documents or shards: exact perplexity, the state carried across chunks."""
     from streamlm.metrics import format_summary
     from streamlm.options import ScoreOptions
 
+    cut = None
+    if cutoffs is not None:
+        from streamlm.report import load_cutoffs
+
+        cut = load_cutoffs(cutoffs)
     opts = ScoreOptions(reset=reset, level=level, chunk_tokens=chunk_tokens, batch=batch,
-                        errors=errors, column=column, engine=engine,
-                        checkpoint_every=checkpoint_every)
+                        errors=errors, column=column, text_field=text_field,
+                        text_column=text_column, engine=engine,
+                        checkpoint_every=checkpoint_every, keep=keep or (),
+                        cutoffs=None if cut is None else cut.values,
+                        bucket_field="perplexity" if cut is None else cut.field,
+                        max_oov_rate=None if max_oov_rate >= 1 else max_oov_rate)
     failed: list[dict] = []
+    to_stdout = output == "-"
     if dask is not None:
         from streamlm.distributed import score_dask
 
-        res = score_dask(model, inputs, dask, opts.replace(level=level or Level.line),
-                         output_dir=output, progress=_dask_progress)
+        if split_buckets is not None or to_stdout:
+            from streamlm.errors import UsageError
+
+            raise UsageError("--dask writes one Parquet file per input into --output DIR; "
+                             "--split-buckets and --output - run without --dask")
+        res = score_dask(model, inputs, dask, opts, output_dir=output,
+                         progress=_dask_progress)
         summary, failed = res.summary, res.failed
     else:
         from streamlm.progress import ScoreProgress
@@ -198,8 +261,11 @@ def score_cmd(
         show = progress if progress is not None else log.isEnabledFor(logging.INFO)
         with ScoreProgress(show) as report:
             summary = score(model, inputs, opts, output=output, checkpoint=checkpoint,
-                            progress=report).summary
-    if as_json:
+                            split_buckets=split_buckets, progress=report).summary
+    if to_stdout:  # stdout holds the records: the summary goes to stderr, or nowhere
+        if not as_json:
+            sys.stderr.write(format_summary(summary))
+    elif as_json:
         print_json(summary)
     else:
         sys.stdout.write(format_summary(summary))
@@ -208,6 +274,67 @@ def score_cmd(
         sys.stderr.write(f"streamlm: error: {len(failed)} of {len(inputs)} inputs failed "
                          f"(first: {failed[0]['error']})\n")
         raise typer.Exit(4)
+
+
+@app.command("report")
+def report_cmd(
+    scores: Annotated[list[str], typer.Argument(
+        help="Score files of streamlm score --output (.parquet, .jsonl, .csv), per document "
+             "or per line.")],
+    percentiles: Annotated[Optional[str], typer.Option(
+        "--percentiles", help="More percentiles to print, comma-separated (95,99); p10 "
+                              "... p90 always.")] = None,
+    buckets: Annotated[str, typer.Option(
+        "--buckets", help="The percentiles that cut the buckets (CCNet: 30,60 gives head, "
+                          "middle, tail).")] = "30,60",
+    field: Annotated[str, typer.Option(
+        "--field", help="perplexity, or perplexity_excl_oov.")] = "perplexity",
+    cutoffs: Annotated[Optional[str], typer.Option(
+        "--cutoffs", help="Write the cut-offs to this JSON file, for streamlm score "
+                          "--cutoffs / --split-buckets.")] = None,
+    use_cutoffs: Annotated[Optional[str], typer.Option(
+        "--use-cutoffs", help="Count the buckets with the cut-offs of this file (from "
+                              "another corpus) instead of this corpus's percentiles.")
+    ] = None,
+    plot: Annotated[Optional[str], typer.Option(
+        "--plot", help="Draw a histogram of per-document perplexity (log x) with the "
+                       "cut-offs to this PNG (needs matplotlib).")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the report as one JSON object on stdout.")] = False,
+) -> None:
+    """Percentiles, mean, corpus perplexity, OOV rate and CCNet buckets of scored documents."""
+    from streamlm.options import parse_numbers
+    from streamlm.report import (
+        PERCENTILES,
+        format_report,
+        load_cutoffs,
+        report,
+        save_cutoffs,
+    )
+
+    more = parse_numbers(percentiles, "--percentiles") if percentiles else []
+    cuts = parse_numbers(buckets, "--buckets")
+    if plot is not None:
+        from streamlm.plots import check_available
+
+        check_available()
+    rep = report(scores, percentiles=sorted({*PERCENTILES, *more}), bucket_percentiles=cuts,
+                 field=field, cutoffs=load_cutoffs(use_cutoffs) if use_cutoffs else None)
+    values = rep.pop("_values")
+    if cutoffs is not None:
+        save_cutoffs(cutoffs, rep)
+        log.info("wrote %s", cutoffs)
+    if plot is not None:
+        from streamlm.plots import plot_perplexity_histogram
+
+        plot_perplexity_histogram(values, rep["cutoffs"]["values"], list(rep["buckets"]),
+                                  plot, title=", ".join(scores))
+        log.info("wrote %s", plot)
+    if as_json:
+        print_json(rep)
+    else:
+        sys.stdout.write(format_report(rep))
+        sys.stdout.flush()
 
 
 def _dask_progress(ev: dict) -> None:

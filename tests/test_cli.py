@@ -54,14 +54,18 @@ def test_score_options_reach_the_scorer(monkeypatch):
     r = invoke("score", "m.npz", "a.txt", "b.txt", "--reset", "doc", "--level", "doc",
                "--output", "o.parquet", "--chunk-tokens", "7", "--batch", "3", "--errors",
                "replace", "--column", "ids", "--engine", "numpy", "--checkpoint", "c.ckpt",
-               "--checkpoint-every", "99", "--no-progress", "--json")
+               "--checkpoint-every", "99", "--no-progress", "--json", "--text-field", "a.b",
+               "--text-column", "body", "--keep", "id,url", "--max-oov-rate", "0.2",
+               "--split-buckets", "split")
     assert r.exit_code == 0, r.output
     (args, kwargs), = rec.calls
     assert args[:2] == ("m.npz", ["a.txt", "b.txt"])
     assert args[2] == ScoreOptions(reset=Reset.doc, level=Level.doc, chunk_tokens=7, batch=3,
                                    errors=Errors.replace, column="ids", engine=Engine.numpy,
-                                   checkpoint_every=99)
+                                   checkpoint_every=99, text_field="a.b", text_column="body",
+                                   keep=("id", "url"), max_oov_rate=0.2)
     assert kwargs["output"] == "o.parquet" and kwargs["checkpoint"] == "c.ckpt"
+    assert kwargs["split_buckets"] == "split"
     assert kwargs["progress"] is None  # --no-progress
     assert json.loads(r.stdout) == Result.summary
 
@@ -76,6 +80,9 @@ def test_score_defaults(monkeypatch):
     monkeypatch.setattr(score_module, "score", rec)
     assert invoke("score", "m.npz", "a.txt", "--json").exit_code == 0
     assert rec.calls[0][0][2] == ScoreOptions()
+    opts = rec.calls[0][0][2]
+    assert opts.reset == Reset.auto and opts.checkpoint_every == "60s"
+    assert opts.max_oov_rate == 0.05 and opts.column is None and opts.text_field == "text"
 
 
 def test_score_dask_options_reach_score_dask(monkeypatch):
@@ -92,7 +99,7 @@ def test_score_dask_options_reach_score_dask(monkeypatch):
     assert r.exit_code == 0, r.output
     (args, kwargs), = rec.calls
     assert args[:3] == ("m.npz", ["a.txt"], "local:2")
-    assert args[3] == ScoreOptions(reset=Reset.line, level=Level.line)  # --level defaults
+    assert args[3] == ScoreOptions(reset=Reset.line)  # the level follows the reset there
     assert kwargs["output_dir"] == "out/"
 
 
@@ -116,12 +123,13 @@ def test_prepare_options_reach_prepare(monkeypatch):
     monkeypatch.setattr(prepare_module, "prepare", rec)
     r = invoke("prepare", "a.txt", "-", "--out", "d", "--vocab-size", "50", "--min-count",
                "2", "--shard-tokens", "1000", "--docs", "blank-line", "--errors", "replace",
-               "--json")
+               "--text-field", "meta.body", "--json")
     assert r.exit_code == 0, r.output
     (args, kwargs), = rec.calls
     assert args == (["a.txt", "-"], "d")
     assert kwargs == {"vocab_size": 50, "min_count": 2, "vocab_path": None,
-                      "shard_tokens": 1000, "docs": Docs.blank_line, "errors": Errors.replace}
+                      "shard_tokens": 1000, "docs": Docs.blank_line, "errors": Errors.replace,
+                      "text_field": "meta.body", "text_column": None, "column": None}
     assert json.loads(r.stdout) == manifest
 
 

@@ -145,3 +145,29 @@ def test_cli_dask_local_cluster(setup, tmp_path):
     local = score(model, inputs[:2], engine="numba").summary
     assert got["tokens"] == local["tokens"]
     assert math.isclose(got["logprob"], local["logprob"], rel_tol=1e-9)
+
+
+def test_documents_on_dask_equal_local(setup, cluster, tmp_path):
+    """JSONL and Parquet documents, one task each: per-document records equal the
+    local scorer's, the kept column included."""
+    import pyarrow as pa
+
+    d, model, _ = setup
+    rng = np.random.default_rng(7)
+    docs = [_text(rng, int(rng.integers(1, 4))).strip() for _ in range(25)]
+    jl = tmp_path / "docs.jsonl"
+    jl.write_text("".join(json.dumps({"id": k, "text": t}) + "\n" for k, t in enumerate(docs)))
+    pqf = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"id": list(range(25)), "text": docs}), pqf, row_group_size=6)
+    inputs = [str(jl), str(pqf)]
+    out = tmp_path / "out"
+    res = score_dask(model, inputs, cluster, output_dir=str(out), keep=("id",))
+    assert not res.failed
+    for p in inputs:
+        got = pq.read_table(out / f"{output_name(p)}.parquet").to_pylist()
+        want = tmp_path / "want.parquet"
+        score(model, [p], output=want, engine="numba", keep="id")
+        exp = pq.read_table(want).to_pylist()
+        assert [r["row"] for r in got] == list(range(25)) == [r["id"] for r in got]
+        assert [r["logprob"] for r in got] == pytest.approx([r["logprob"] for r in exp],
+                                                            rel=1e-9)

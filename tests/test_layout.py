@@ -10,8 +10,8 @@ PKG = Path(__file__).resolve().parents[1] / "streamlm"
 FLOORS = [
     {"errors", "atomic", "formats", "options", "metrics"},  # foundations
     {"kernels", "blas", "threads", "store", "text", "vocab", "classes"},  # compute, reading
-    {"params", "heads", "model", "engines", "tokenizer", "shards", "batcher", "inputs"},
-    {"schedule", "records", "checkpoint", "outputs", "plots"},  # parts of the jobs
+    {"params", "heads", "model", "engines", "tokenizer", "shards", "batcher", "rows", "inputs"},
+    {"schedule", "records", "checkpoint", "outputs", "report", "plots"},  # parts of the jobs
     {"prepare", "train", "score", "generate", "distributed", "demo"},  # the jobs
     {"api", "cli", "progress", "__init__", "__main__"},  # faces
 ]

@@ -144,6 +144,50 @@ CASES = [
          lambda b, t: _score(b, t / "missing.txt"), outputs=["out.jsonl"]),
     Case("score-directory-as-text",
          lambda b, t: _score(b, t), names=None, outputs=["out.jsonl"]),
+    # ---- documents: JSONL and Parquet rows ----
+    Case("score-jsonl-invalid-json",
+         lambda b, t: _score(b, _w(t, "bad.jsonl", b'{"text": "the cat"}\n{"text": "a\n')),
+         position="line 2", outputs=["out.jsonl"]),
+    Case("score-jsonl-missing-field",
+         lambda b, t: _score(b, _w(t, "nofield.jsonl", b'{"body": "the cat"}\n')),
+         position="line 1", outputs=["out.jsonl"]),
+    Case("score-jsonl-text-not-a-string",
+         lambda b, t: _score(b, _w(t, "num.jsonl", b'{"text": "a"}\n{"text": 5}\n')),
+         position="line 2", outputs=["out.jsonl"]),
+    Case("prepare-jsonl-invalid-json",
+         lambda b, t: ["prepare", _w(t, "p.jsonl", b'{"text": "the cat"}\nnot json\n'),
+                       "--out", "prep"], position="line 2", outputs=["prep"]),
+    Case("score-parquet-text-wrong-type",
+         lambda b, t: _score(b, _parquet(t, "int.parquet", pa.table({"text": [1, 2, 3]}))),
+         position="int64", outputs=["out.jsonl"]),
+    Case("score-parquet-text-nulls",
+         lambda b, t: _score(b, _parquet(t, "nulls.parquet", pa.table(
+             {"text": pa.array(["the cat", "a dog", None, "sat"], pa.string())}))),
+         position="row 2", outputs=["out.jsonl"]),
+    Case("score-parquet-ids-out-of-range",
+         lambda b, t: _score(b, _parquet(t, "ids.parquet", pa.table(
+             {"input_ids": pa.array([[1, 2], [3, b["V"] + 1]], pa.list_(pa.int32()))}))),
+         position="row 1", outputs=["out.jsonl"]),
+    Case("score-keep-missing-column",
+         lambda b, t: _score(b, _parquet(t, "k.parquet", pa.table({"text": ["the cat"]})),
+                             "--level", "doc", "--keep", "url"),
+         position="url", outputs=["out.jsonl"]),
+    # ---- outputs ----
+    Case("score-output-is-input",
+         lambda b, t: ["score", b["dir"] / "model.npz", _w(t, "in.jsonl", b'{"text": "a"}\n'),
+                       "--output", t / "in.jsonl"], names="in.jsonl"),
+    Case("score-output-is-directory",
+         lambda b, t: ["score", b["dir"] / "model.npz", b["dir"] / "train.txt", "--output",
+                       b["dir"]], names="is a directory"),
+    Case("score-output-unknown-suffix",
+         lambda b, t: ["score", b["dir"] / "model.npz", b["dir"] / "train.txt", "--output",
+                       "out.tsv"], names="out.tsv", outputs=["out.tsv"]),
+    Case("score-cutoffs-not-json",
+         lambda b, t: ["score", b["dir"] / "model.npz", b["dir"] / "train.txt", "--cutoffs",
+                       _w(t, "cut.json", b"30,60\n")], names="cut.json"),
+    Case("report-not-a-score-file",
+         lambda b, t: ["report", _parquet(t, "notscores.parquet", pa.table({"x": [1]}))],
+         position="tokens"),
     # ---- shards (train and score) ----
     Case("train-zero-byte-parquet",
          lambda b, t: _train(b, _w(t, "z.parquet", b"")), outputs=["m.npz"]),
@@ -316,3 +360,30 @@ def test_hundred_megabyte_line_without_newline(base, tmp_path):
     m = json.loads(r.stdout)
     assert m["num_tokens"] == 100 * (1 << 18) + 1
     shutil.rmtree(tmp_path / "p")
+
+
+def test_dev_stdout_and_a_fifo_are_written_not_replaced(base, tmp_path):
+    """Outputs that are not regular files are opened and written, never renamed over
+    (as root, an atomic rename would replace /dev/stdout itself)."""
+    import os
+    import threading
+
+    was_link = os.path.islink("/dev/stdout")
+    r = run("score", base["dir"] / "model.npz", base["dir"] / "train.txt", "--output",
+            "/dev/stdout", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 200 + 1  # the line records, then the summary
+    assert all("perplexity" in json.loads(ln) for ln in lines)
+    assert os.path.islink("/dev/stdout") == was_link
+    assert not os.path.isfile("/dev/stdout") or was_link
+    fifo = tmp_path / "scores.fifo"
+    os.mkfifo(fifo)
+    got = {}
+    th = threading.Thread(target=lambda: got.setdefault("data", fifo.read_bytes()))
+    th.start()
+    r = run("score", base["dir"] / "model.npz", base["dir"] / "train.txt", "--output", fifo,
+            cwd=tmp_path)
+    th.join(60)
+    assert r.returncode == 0, r.stderr
+    assert len(got["data"].splitlines()) == 200 and fifo.is_fifo()
