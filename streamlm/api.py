@@ -27,7 +27,6 @@ import numpy as np
 
 from streamlm.engines import scoring_model
 from streamlm.metrics import LN10, summarize
-from streamlm.vocab import Vocab
 
 _CHUNK = 4096
 
@@ -113,7 +112,7 @@ class LanguageModel:
             raise ValueError(f"engine must be numba or numpy, got {engine!r}")
         self.path = os.fspath(path)
         self.model = load_model(path, dtype=dtype)
-        self.vocab = Vocab(self.model.vocab, source=self.path)
+        self.vocab = self.model.vocabulary()  # a subword model: its SentencePiece pieces
         self.engine = engine
 
     def __repr__(self) -> str:

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 TRAIN_FORMAT = "streamlm-checkpoint"
 TRAIN_VERSION = 2  # 2: the JSON object under "meta" (was "state")
 SCORE_FORMAT = "streamlm-score-checkpoint"
-SCORE_VERSION = 3  # 2: "format_version" (was "version"); 3: OOVs' logprob, rows, skipped
+SCORE_VERSION = 4  # 2: "format_version" (was "version"); 3: OOVs' logprob, rows, skipped;
+# 4: words and bytes (sums and spooled records)
 
 # TrainConfig fields that shape the trajectory: a resume needs the same values
 TRAJECTORY = ("embed", "hidden", "batch", "bptt", "optimizer", "lr", "clip", "seed",

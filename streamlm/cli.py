@@ -16,7 +16,7 @@ import typer
 
 from streamlm import __version__
 from streamlm.errors import StreamlmError
-from streamlm.options import Docs, Engine, Errors, Level, Optimizer, Reset, Softmax
+from streamlm.options import Docs, Engine, Errors, Level, Optimizer, PieceModel, Reset, Softmax
 
 
 def _flags_look_like_flags() -> None:
@@ -108,6 +108,18 @@ def prepare_cmd(
     column: Annotated[Optional[str], typer.Option(
         "--column", help="A list<int> token id column of Parquet / Arrow documents "
                          "(default: input_ids); needs --vocab.")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(
+        "--tokenizer", help="Subword tokens: 'sentencepiece' trains a SentencePiece model on "
+                            "the input (byte fallback: nothing is OOV), FILE.model uses that "
+                            "one; its pieces are the vocabulary. Needs pip install "
+                            "'streamlm\\[sentencepiece]'. Default: words.")] = None,
+    pieces: Annotated[Optional[int], typer.Option(
+        "--pieces", help="Pieces of the trained model (default 16000).")] = None,
+    piece_model: Annotated[Optional[PieceModel], typer.Option(
+        "--piece-model", help="The trained model (default unigram).")] = None,
+    sample_lines: Annotated[Optional[int], typer.Option(
+        "--sample-lines", help="Train on a uniform sample of this many lines of a larger "
+                               "input (SentencePiece's own sampling; default 1000000).")] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print the manifest as one JSON object on stdout.")] = False,
 ) -> None:
@@ -116,7 +128,8 @@ def prepare_cmd(
 
     m = prepare(inputs, out, vocab_size=vocab_size, min_count=min_count, vocab_path=vocab,
                 shard_tokens=shard_tokens, docs=docs, errors=errors, text_field=text_field,
-                text_column=text_column, column=column)
+                text_column=text_column, column=column, tokenizer=tokenizer, pieces=pieces,
+                piece_model=piece_model, sample_lines=sample_lines)
     if as_json:
         print_json(m)
     else:
@@ -425,56 +438,30 @@ def train_cmd(
 @app.command("generate")
 def generate_cmd(
     model: Annotated[str, typer.Argument(help="A model file written by `streamlm train`.")],
-    words: Annotated[int, typer.Option("--words", "-n", help="Number of words to sample.")] = 100,
+    words: Annotated[int, typer.Option(
+        "--words", "-n", help="Number of tokens to sample (words, or a subword model's "
+                              "pieces).")] = 100,
     temperature: Annotated[float, typer.Option(
         "--temperature", help="Softmax temperature (> 0; < 1 is more conservative).")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same text).")] = 0,
     prompt: Annotated[Optional[str], typer.Option(
         "--prompt", help="Words to condition on (unknown words read as <unk>).")] = None,
 ) -> None:
-    """Sample text from a trained model; <eos> prints as a newline."""
-    from streamlm.generate import format_words, generate
+    """Sample text from a trained model; <eos> prints as a newline, pieces as their text."""
+    from streamlm.generate import sample_text
 
-    it = generate(model, words=words, temperature=temperature, seed=seed, prompt=prompt)
-    for piece in format_words(it):
+    it = sample_text(model, words=words, temperature=temperature, seed=seed, prompt=prompt)
+    for piece in it:
         sys.stdout.write(piece)
     sys.stdout.flush()
 
 
 # ------------------------------------------------------------------- main --
-_GLOBAL_FLAGS = ("-q", "--quiet", "-v", "--verbose")
-
-
 def hoist_global_flags(argv: list[str]) -> list[str]:
-    """``streamlm score ... -q`` as ``streamlm -q score ...``: -q/-v anywhere after the
-    command move in front of it (a value of an option that takes one stays put)."""
-    cmd = typer.main.get_command(app)  # (typer's vendored click: duck-typed below)
-    out, moved, i, sub = [], [], 0, None
-    while i < len(argv):
-        a = argv[i]
-        if sub is None:
-            out.append(a)
-            if not a.startswith("-"):
-                sub = getattr(cmd, "commands", {}).get(a)
-                if sub is None:
-                    return argv  # unknown command: let click say so
-            i += 1
-            continue
-        if a in _GLOBAL_FLAGS:
-            moved.append(a)
-        elif a == "--":
-            out.extend(argv[i:])
-            break
-        else:
-            out.append(a)
-            opt = next((p for p in sub.params if hasattr(p, "is_flag")
-                        and a in p.opts + p.secondary_opts), None)
-            if opt is not None and not opt.is_flag and i + 1 < len(argv):
-                out.append(argv[i + 1])  # its value, whatever it looks like
-                i += 1
-        i += 1
-    k = out.index(next(x for x in out if not x.startswith("-"))) if sub is not None else 0
-    return out[:k] + moved + out[k:]
+    """``streamlm score ... -q`` as ``streamlm -q score ...`` (see streamlm.argv)."""
+    from streamlm.argv import hoist_global_flags as hoist
+
+    return hoist(typer.main.get_command(app), argv)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -106,7 +106,8 @@ def score_one(model_path: str, input_path: str, options: dict,
         s = res.summary["inputs"][0]
         sums = {"tokens": int(s["tokens"]), "oov": int(s["oov"]),
                 "logprob": float(s["logprob"]),
-                "logprob_excl_oov": float(s["logprob_excl_oov"])}
+                "logprob_excl_oov": float(s["logprob_excl_oov"]),
+                "words": int(s["words"]), "bytes": int(s["bytes"])}
         record = {
             "format": DONE_FORMAT, "format_version": DONE_VERSION,
             "input": fingerprint(input_path),
@@ -273,7 +274,8 @@ def score_dask(model_path: str, inputs: Sequence[str], address: str,
                 cluster.close()
 
     per, failed = [], []
-    sums = {"tokens": 0, "oov": 0}
+    sums = {"tokens": 0, "oov": 0, "words": 0, "bytes": 0}
+    counted = True  # every input has words and bytes (a .done.json of an older streamlm not)
     lp, lpx = [], []
     for i in range(len(inputs)):
         r = results[i]
@@ -285,13 +287,18 @@ def score_dask(model_path: str, inputs: Sequence[str], address: str,
         sums["oov"] += s["oov"]
         lp.append(s["logprob"])
         lpx.append(s["logprob_excl_oov"])
+        if "words" in s:
+            sums["words"] += s["words"]
+            sums["bytes"] += s["bytes"]
+        counted = counted and "words" in s
         d = {"path": inputs[i]}
         d.update(summarize(s["tokens"], s["oov"], s["logprob"],
-                           s["logprob"] - s["logprob_excl_oov"]))
+                           s["logprob"] - s["logprob_excl_oov"], s.get("words"), s.get("bytes")))
         d["skipped"] = bool(r.get("skipped"))
         per.append(d)
     total_lp, total_lpx = math.fsum(lp), math.fsum(lpx)
-    summary = summarize(sums["tokens"], sums["oov"], total_lp, total_lp - total_lpx)
+    summary = summarize(sums["tokens"], sums["oov"], total_lp, total_lp - total_lpx,
+                        *((sums["words"], sums["bytes"]) if counted else ()))
     summary["inputs"] = per
     summary["failed"] = failed
     summary["skipped"] = skipped

@@ -11,6 +11,7 @@ import os
 # a prepared directory (``streamlm prepare``): see streamlm.prepare
 MANIFEST = "manifest.json"
 VOCAB_FILE = "vocab.txt"
+TOKENIZER_FILE = "tokenizer.model"  # a SentencePiece model (subword shards; see streamlm.subword)
 SHARDS_FORMAT = "streamlm-shards"
 SHARDS_VERSION = 1
 SHARD_GLOB = "shard-*.parquet"

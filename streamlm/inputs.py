@@ -41,7 +41,7 @@ from streamlm.text import (
     open_binary,
     preread,
 )
-from streamlm.tokenizer import BLOCK_TOKENS, Block, encode
+from streamlm.tokenizer import BLOCK_TOKENS, Block, encode, id_counts
 from streamlm.vocab import Vocab
 
 STREAM_PREREAD = 1 << 16  # bytes of a stream read ahead to judge its size (engine auto)
@@ -162,12 +162,13 @@ class TextSource(Source):
         return encode(self.pieces(self.meter), self.vocab, docs=self.docs, index=self.index)
 
     def surface_words(self) -> Iterator[str]:
-        """The text's own words, one per token (``<eos>`` ends a line), by a second read."""
+        """The text's own words (pieces: their surface), one per token (``<eos>`` ends a
+        line), by a second read."""
         from streamlm.vocab import EOS
 
         line_has = False
         for piece in self.pieces():
-            yield from piece.words
+            yield from self.vocab.surface_tokens(piece.words)
             line_has = line_has or bool(piece.words)
             if piece.last:
                 if line_has or not self.docs:
@@ -223,6 +224,7 @@ class ShardSource(Source):
         lines = 0
         docs = -1
         first = True
+        prev = -1
         for ch in self.dataset.iter_chunks(BLOCK_TOKENS):
             ids = ch.ids
             is_eos = ids == eos
@@ -239,7 +241,9 @@ class ShardSource(Source):
                 docs += int(dcs[-1])
             first = False
             self.meter.done = ch.start + len(ids)
-            yield Block(self.index, ch.start, ids, line, doc)
+            words, nbytes = id_counts(self.vocab, ids, prev)
+            prev = int(ids[-1])
+            yield Block(self.index, ch.start, ids, line, doc, words, nbytes)
 
     def estimate_tokens(self) -> float:
         return float(self.dataset.num_tokens)
@@ -314,7 +318,8 @@ class DocSource(Source):
                 last = int(batch.rows[-1])
             if batch.ids is not None:  # ids as they are: a row is a document and a line
                 doc = np.repeat(batch.rows, batch.lengths)
-                blk = Block(self.index, pos, batch.ids, doc, doc)
+                blk = Block(self.index, pos, batch.ids, doc, doc,
+                            *id_counts(self.vocab, batch.ids, -1))
             else:
                 blk, _, n_lines = encode_rows(batch.texts, batch.rows, self.vocab,
                                               index=self.index, pos=pos, line0=line)
@@ -338,7 +343,7 @@ class DocSource(Source):
                 for line in text.split("\n"):
                     words = line.split()
                     if words:
-                        yield from words
+                        yield from self.vocab.surface_tokens(words)
                         yield EOS
 
     def estimate_tokens(self) -> float:

@@ -2,6 +2,13 @@
 
 KenLM's two definitions: including OOVs ``exp(-sum(logprob) / tokens)`` and
 excluding them ``exp(-sum(logprob of non-OOV tokens) / (tokens - oov))``.
+Across tokenisers (words, subword pieces), the measures lm-evaluation-harness
+gives for rolling log-likelihood: ``word_perplexity = exp(-logprob / words)``
+and ``bits_per_byte = -logprob / bytes / ln 2``, where ``words`` counts the
+text's whitespace words plus one ``<eos>`` per line and ``bytes`` the UTF-8
+bytes of its normalised text plus one per line (``streamlm.tokenizer``): the same
+text gives the same counts whatever the tokens. For a word model ``words`` is
+``tokens``, and ``word_perplexity`` is ``perplexity``.
 Totals across inputs sum log-probabilities, tokens and OOVs; perplexities are
 computed once from the sums, never averaged.
 """
@@ -14,11 +21,14 @@ LN10 = math.log(10.0)
 LN2 = math.log(2.0)
 
 
-def summarize(tokens: int, oov: int, logprob: float, logprob_oov: float = 0.0) -> dict:
+def summarize(tokens: int, oov: int, logprob: float, logprob_oov: float = 0.0,
+              words: int | None = None, nbytes: int | None = None) -> dict:
     """The summary keys of one input or of all inputs (KenLM's definitions).
 
     ``logprob`` is the natural-log sum over all tokens, ``logprob_oov`` the part
-    of it that falls on OOV tokens. Perplexities are None when undefined.
+    of it that falls on OOV tokens. Perplexities are None when undefined. With
+    ``words`` and ``nbytes``, also ``words``, ``word_perplexity``, ``bytes`` and
+    ``bits_per_byte`` (see the module doc).
     """
     ppl = math.exp(-logprob / tokens) if tokens else None
     kept = tokens - oov
@@ -32,7 +42,20 @@ def summarize(tokens: int, oov: int, logprob: float, logprob_oov: float = 0.0) -
         "perplexity": ppl,
         "perplexity_excl_oov": ppl_x,
         "bits_per_token": (-logprob / tokens / LN2) if tokens else None,
-    }
+    } | ({} if words is None else {
+        "words": int(words),
+        "word_perplexity": _exp(-logprob / words) if words else None,
+        "bytes": int(nbytes),
+        "bits_per_byte": (-logprob / nbytes / LN2) if nbytes else None,
+    })
+
+
+def _exp(x: float) -> float | None:
+    """exp(x), None where it overflows (a perplexity per word beyond 1e308)."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return None
 
 
 def format_summary(summary: dict) -> str:
@@ -51,7 +74,12 @@ def format_summary(summary: dict) -> str:
             f"  perplexity incl. OOVs     {f(d['perplexity'], '.4f')}",
             f"  perplexity excl. OOVs     {f(d['perplexity_excl_oov'], '.4f')}",
             f"  bits per token            {f(d['bits_per_token'], '.4f')}",
-        ]
+        ] + ([] if "words" not in d else [
+            f"  words (incl. <eos>)       {d['words']:,}",
+            f"  perplexity per word       {f(d['word_perplexity'], '.4f')}",
+            f"  bytes                     {d['bytes']:,}",
+            f"  bits per byte             {f(d['bits_per_byte'], '.4f')}",
+        ])
 
     lines: list[str] = []
     per = summary.get("inputs", [])

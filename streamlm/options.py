@@ -84,6 +84,13 @@ class Softmax(Choice):
     class_ = "class"
 
 
+class PieceModel(Choice):
+    """The SentencePiece model ``prepare --tokenizer sentencepiece`` trains."""
+
+    unigram = "unigram"
+    bpe = "bpe"
+
+
 # options of ScoreOptions that change the numbers or records a run produces
 # (checked when resuming from a checkpoint and when a Dask rerun skips a shard)
 RESULT_OPTIONS = ("reset", "level", "errors", "column", "text_field", "text_column", "keep",

@@ -3,13 +3,17 @@
 Line and document records: ``input``, ``path``, ``index`` (the 0-based line or
 document of a text input) or ``row`` (the row of a JSONL / Parquet document
 input), ``tokens``, ``oov``, ``logprob``, ``log10prob``, ``perplexity``,
-``perplexity_excl_oov``, ``oov_rate``; with cut-offs, ``bucket``; then the
+``perplexity_excl_oov``, ``oov_rate``, ``words``, ``word_perplexity``, ``bytes``,
+``bits_per_byte`` (see :mod:`streamlm.metrics`); with cut-offs, ``bucket``; then the
 columns or fields kept from the input (``--keep``). A document input has one
 record per row, in row order, an empty document included (0 tokens, null
 perplexity); a skipped bad row has none. Word records: ``input``, ``path``,
 ``line`` (and ``doc``), ``position`` (in the input's token stream),
 ``position_in_line`` (or ``_in_doc``), ``token`` (the vocabulary's word),
-``word`` (the text's own, an OOV's too), ``oov``, ``logprob``, ``log10prob``.
+``word`` (the text's own, an OOV's too), ``oov``, ``logprob``, ``log10prob``. With a
+subword model a record is a piece: ``token`` is the piece, ``word`` the text it
+covers in the input (its space included; for shards, the piece), and
+``word_start`` whether it starts a word (``▁`` first, or ``<eos>``).
 
 Where they go: ``-`` is stdout (JSONL); a path that is not a regular file
 (``/dev/stdout``, a FIFO, ``>(cmd)``) is opened and written, never replaced;
@@ -32,7 +36,7 @@ import numpy as np
 from streamlm.atomic import atomic_path
 from streamlm.errors import UsageError
 from streamlm.inputs import DocSource, Source
-from streamlm.metrics import LN10
+from streamlm.metrics import LN2, LN10
 from streamlm.records import UNIT_DTYPE, Spool
 from streamlm.report import assign, bucket_labels, buckets
 from streamlm.vocab import Vocab
@@ -242,14 +246,19 @@ def _kept(s: Source, keep: list[str]):
 
 
 def _figures(r: np.ndarray) -> dict[str, np.ndarray]:
-    """Perplexity, perplexity excluding OOVs and OOV rate of unit records (NaN: none)."""
+    """Perplexity, perplexity excluding OOVs, OOV rate, perplexity per word and bits
+    per byte of unit records (NaN: none)."""
     tok = r["tokens"].astype(np.float64)
     kept = tok - r["oov"]
+    words, nbytes = r["words"].astype(np.float64), r["bytes"].astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         ppl = np.where(tok > 0, np.exp(-r["logprob"] / tok), np.nan)
         ppl_x = np.where(kept > 0, np.exp(-(r["logprob"] - r["logprob_oov"]) / kept), np.nan)
         rate = np.where(tok > 0, r["oov"] / tok, np.nan)
-    return {"perplexity": ppl, "perplexity_excl_oov": ppl_x, "oov_rate": rate}
+        wppl = np.where(words > 0, np.exp(-r["logprob"] / words), np.nan)
+        bpb = np.where(nbytes > 0, -r["logprob"] / nbytes / LN2, np.nan)
+    return {"perplexity": ppl, "perplexity_excl_oov": ppl_x, "oov_rate": rate,
+            "word_perplexity": wppl, "bits_per_byte": bpb}
 
 
 def _unit_columns(r: np.ndarray, name: str, index_name: str,
@@ -260,7 +269,8 @@ def _unit_columns(r: np.ndarray, name: str, index_name: str,
     cols = {"input": r["input"].astype(np.int64), "path": [name] * n, index_name: r["index"],
             "tokens": r["tokens"], "oov": r["oov"], "logprob": r["logprob"],
             "log10prob": r["logprob"] / LN10, "perplexity": ppl, "perplexity_excl_oov": ppl_x,
-            "oov_rate": rate}
+            "oov_rate": rate, "words": r["words"], "word_perplexity": fig["word_perplexity"],
+            "bytes": r["bytes"], "bits_per_byte": fig["bits_per_byte"]}
     if cutoffs is not None:
         cols["bucket"] = buckets(cols[cutoffs[1]], cutoffs[0])
     return cols
@@ -382,6 +392,8 @@ def _word_columns(r: np.ndarray, name: str, vocab: Vocab, docs: bool, surface,
     tokens = [words[i] for i in r["id"].tolist()]
     cols["token"] = tokens
     cols["word"] = surface.take(n) if surface is not None else tokens
+    if vocab.tokenizer != "word":
+        cols["word_start"] = vocab.token_words()[r["id"]].astype(np.bool_)
     cols["oov"] = r["id"] == vocab.unk_id
     cols["logprob"] = r["logprob"]
     cols["log10prob"] = r["logprob"] / LN10

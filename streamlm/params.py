@@ -23,7 +23,10 @@ The model file is a plain ``.npz`` that numpy alone reads with
 a class model, ``word_class``, int32 (V,)), ``vocab`` (a unicode string
 array, words in id order) and ``meta`` (a 0-d unicode array holding one JSON
 object; see :func:`save_model` and :mod:`streamlm.store`). Format version 1
-is the full softmax; version 2 adds the class softmax.
+is the full softmax; version 2 adds the class softmax; version 3 is either
+with its tokeniser: ``tokenizer_model`` (uint8, the serialised SentencePiece
+model, whose pieces are ``vocab``) and ``"tokenizer": "sentencepiece"`` in
+meta. A word-level model is still written as version 1 or 2.
 """
 
 from __future__ import annotations
@@ -39,10 +42,12 @@ import numpy as np
 
 from streamlm import store
 from streamlm.classes import WordClasses
-from streamlm.errors import ModelFileError
+from streamlm.errors import InputError, ModelFileError
 
 FORMAT = "streamlm-model"
-FORMAT_VERSION = 2  # the newest this streamlm reads; a full-softmax file is written as 1
+FORMAT_VERSION = 3  # the newest this streamlm reads; a full-softmax file is written as 1
+TOKENIZER_ARRAY = "tokenizer_model"  # version 3: the SentencePiece model, as uint8
+TOKENIZERS = ("sentencepiece",)
 PARAM_NAMES = ("embed_W", "rnn_Wx", "rnn_Wh", "rnn_b", "affine_W", "affine_b")
 CLASS_NAMES = ("class_W", "class_b")
 WORD_INDEXED = {"embed_W": 0, "affine_W": 1, "affine_b": 0}  # name -> axis of the words
@@ -251,7 +256,8 @@ def checksum(arrays: dict[str, np.ndarray], vocab: Sequence[str],
              names: Sequence[str] = PARAM_NAMES) -> str:
     """sha256 over the arrays ``names`` (name, dtype, shape, bytes; in that order) and
     the vocabulary. Format 1 covers the six arrays; format 2 also ``class_W``,
-    ``class_b`` and ``word_class``, in that order after them."""
+    ``class_b`` and ``word_class``, in that order after them; format 3 then
+    ``tokenizer_model`` (after the arrays of 1 or 2)."""
     h = hashlib.sha256()
     for name in names:
         a = np.ascontiguousarray(arrays[name])
@@ -261,30 +267,60 @@ def checksum(arrays: dict[str, np.ndarray], vocab: Sequence[str],
     return h.hexdigest()
 
 
-def _checksummed(cfg: ModelConfig) -> tuple[str, ...]:
-    return cfg.names + (("word_class",) if cfg.softmax == "class" else ())
+def _checksummed(cfg: ModelConfig, tokenizer: bool = False) -> tuple[str, ...]:
+    return (cfg.names + (("word_class",) if cfg.softmax == "class" else ())
+            + ((TOKENIZER_ARRAY,) if tokenizer else ()))
 
 
 @dataclass
 class Model:
-    """A loaded model file: weights, vocabulary and metadata."""
+    """A loaded model file: weights, vocabulary, metadata and (a subword model) the
+    serialised SentencePiece model."""
 
     params: Params
     vocab: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
+    tokenizer: bytes | None = None
+    _vocabulary: Any = field(default=None, repr=False, compare=False)
 
     @property
     def config(self) -> ModelConfig:
         return self.params.config
 
+    def vocabulary(self):
+        """The model's :class:`~streamlm.vocab.Vocab`, or for a subword model its
+        :class:`~streamlm.subword.SubwordVocab` (which tokenises raw text itself);
+        ModelFileError when it is unusable, UsageError without sentencepiece."""
+        if self._vocabulary is not None:
+            return self._vocabulary
+        from streamlm.vocab import Vocab
+
+        try:
+            if self.tokenizer is None:
+                v = Vocab(self.vocab)
+            else:
+                from streamlm.subword import SubwordVocab
+
+                v = SubwordVocab(self.tokenizer, source="its tokenizer")
+        except InputError as e:
+            raise ModelFileError(f"bad model vocabulary: {e}", self.path) from None
+        if v.words != list(self.vocab):
+            raise ModelFileError("its tokenizer's pieces do not match its vocabulary",
+                                 self.path)
+        self._vocabulary = v
+        return v
+
 
 def save_model(path: str | os.PathLike, params: Params, vocab: Sequence[str],
-               train_config: dict | None = None, extra_meta: dict | None = None) -> str:
+               train_config: dict | None = None, extra_meta: dict | None = None,
+               tokenizer: bytes | None = None) -> str:
     """Write the model file atomically. Returns the sha256 stored in ``meta``.
 
     ``meta`` holds: format, format_version, V, D, H, tied, dtype, (a class
-    model: softmax "class" and C), train_config, sha256 (see :func:`checksum`).
+    model: softmax "class" and C), (a subword model: tokenizer "sentencepiece"),
+    train_config, sha256 (see :func:`checksum`). ``tokenizer``: the serialised
+    SentencePiece model whose pieces ``vocab`` is (format version 3).
     """
     cfg = params.config
     vocab = list(vocab)
@@ -297,7 +333,11 @@ def save_model(path: str | os.PathLike, params: Params, vocab: Sequence[str],
         arrays["word_class"] = params.classes.word_class.copy()
         meta.update(softmax="class", C=cfg.C)
         version = 2
-    digest = checksum(arrays, vocab, _checksummed(cfg))
+    if tokenizer is not None:
+        arrays[TOKENIZER_ARRAY] = np.frombuffer(bytes(tokenizer), dtype=np.uint8).copy()
+        meta.update(tokenizer=TOKENIZERS[0])
+        version = 3
+    digest = checksum(arrays, vocab, _checksummed(cfg, tokenizer is not None))
     meta.update(train_config=train_config or {}, sha256=digest)
     if extra_meta:
         meta.update(extra_meta)
@@ -322,8 +362,13 @@ def load_model(path: str | os.PathLike, dtype=np.float32) -> Model:
                           C=int(meta.get("C", 0)) if softmax == "class" else 0)
     except (KeyError, TypeError, ValueError) as e:
         raise ModelFileError(f"bad model dimensions in meta ({e})", path) from None
+    kind = meta.get("tokenizer")
+    if kind is not None and (kind not in TOKENIZERS or meta["format_version"] < 3):
+        raise ModelFileError(f"unknown tokenizer {kind!r} in meta (this streamlm knows "
+                             f"{', '.join(TOKENIZERS)}, from format version 3)", path)
+    has_tok = kind is not None
     names = set(z)
-    expected = set(_checksummed(cfg)) | {"vocab"}
+    expected = set(_checksummed(cfg, has_tok)) | {"vocab"}
     missing = sorted(expected - names)
     extra = sorted(names - expected)
     if missing:
@@ -357,7 +402,14 @@ def load_model(path: str | os.PathLike, dtype=np.float32) -> Model:
         if classes.C != cfg.C:
             raise ModelFileError(f"word_class holds {classes.C} classes but meta says "
                                  f"C={cfg.C}", path)
-    digest = checksum(z, vocab, _checksummed(cfg))
+    tok = None
+    if has_tok:
+        t = z[TOKENIZER_ARRAY]
+        if t.ndim != 1 or t.dtype != np.uint8:
+            raise ModelFileError(f"array {TOKENIZER_ARRAY} has shape {t.shape} and dtype "
+                                 f"{t.dtype}, expected 1-d uint8", path)
+        tok = t.tobytes()
+    digest = checksum(z, vocab, _checksummed(cfg, has_tok))
     if digest != meta.get("sha256"):
         raise ModelFileError("checksum mismatch: the file was edited or damaged", path)
     for name in cfg.names:
@@ -366,4 +418,4 @@ def load_model(path: str | os.PathLike, dtype=np.float32) -> Model:
     # A tied model stores affine_W explicitly; load it untied (scoring does not care).
     load_cfg = dataclasses.replace(cfg, tied=False)
     params = Params.from_arrays(load_cfg, z, dtype=dtype, classes=classes)
-    return Model(params=params, vocab=vocab, meta=meta, path=path)
+    return Model(params=params, vocab=vocab, meta=meta, path=path, tokenizer=tok)

@@ -10,9 +10,17 @@ Prepared directory layout (format version 1)
                          (bool, True on a document's first token). Shards are plain
                          consecutive slices of the one token stream; every input file
                          starts a new document.
+``tokenizer.model``      subword shards only (``--tokenizer``): the SentencePiece
+                         model whose pieces, in id order, are ``vocab.txt``; the
+                         manifest's ``tokenizer`` names it (``kind``, ``file``,
+                         ``sha256``), and is null for words.
 ``manifest.json``        written last; a directory without it is not a dataset.
 
-The ids are those of :mod:`streamlm.tokenizer`, the scorer's own rule.
+The ids are those of :mod:`streamlm.tokenizer`, the scorer's own rule. With
+``tokenizer="sentencepiece"`` the first pass trains a SentencePiece model
+(:func:`streamlm.subword.train_model`) on the inputs' normalised lines, streamed
+from the same reader (SentencePiece keeps a uniform sample of ``sample_lines``),
+instead of counting words; ``tokenizer=FILE.model`` uses an existing one.
 ``prepare`` writes everything into a hidden staging directory inside ``out_dir``,
 then removes any old ``manifest.json``, moves the files in, deletes stale shards
 and finally writes the new manifest atomically. On any error the staging
@@ -23,6 +31,7 @@ dataset in the same directory stops being accepted once its manifest is gone).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -47,7 +56,9 @@ from streamlm.formats import (
     SHARD_GLOB,
     SHARDS_FORMAT,
     SHARDS_VERSION,
+    TOKENIZER_FILE,
     VOCAB_FILE,
+    is_prepared_dir,
 )
 from streamlm.inputs import (
     DocSource,
@@ -58,7 +69,8 @@ from streamlm.inputs import (
     open_documents,
     text_errors,
 )
-from streamlm.options import Docs, Errors
+from streamlm.options import Docs, Errors, PieceModel
+from streamlm.subword import SAMPLE_LINES, SubwordVocab, sentencepiece, train_model
 from streamlm.text import LineBatch, display_name
 from streamlm.tokenizer import encode
 from streamlm.vocab import Vocab
@@ -181,15 +193,76 @@ def _count(src, counts: Counter, name: str) -> None:
                      f"{len(counts):,}")
 
 
+def _sentences(sources: list, names: list[str]):
+    """The normalised lines (words joined by one space) of text and document inputs,
+    streamed: what a SentencePiece model is trained on. Blank lines are left out."""
+    for name, src in zip(names, sources):
+        log.info("reading %s for the SentencePiece model", display_name(name))
+        t0 = time.monotonic()
+        if isinstance(src, DocSource):
+            for batch in src.batches():
+                if batch.ids is not None:
+                    raise UsageError(f"{display_name(name)}: token ids cannot train a "
+                                     "SentencePiece model; give the one they index with "
+                                     "--tokenizer FILE.model")
+                for line in "\n".join(batch.texts.to_pylist()).split("\n"):
+                    yield " ".join(line.split())
+            continue
+        pieces = src.pieces()
+        for item in pieces.batches():
+            if isinstance(item, LineBatch):
+                for line in item.lines():
+                    yield " ".join(line.split())
+            else:
+                yield " ".join(item.words)
+            if time.monotonic() - t0 > _LOG_EVERY_S:
+                t0 = time.monotonic()
+                log.info("  %s: %s lines", display_name(name), f"{pieces.lines:,}")
+
+
+def _tokenizer_options(tokenizer, vocab_path, vocab_size, min_count, pieces, piece_model,
+                       sample_lines) -> tuple[str | None, dict]:
+    """(``"train"``, a file or None; the training options) from prepare's arguments."""
+    if tokenizer is None:
+        if (pieces, piece_model, sample_lines) != (None, None, None):
+            raise UsageError("--pieces, --piece-model and --sample-lines train a SentencePiece "
+                             "model: give --tokenizer sentencepiece")
+        d = os.path.dirname(os.fspath(vocab_path or "")) or "."
+        tok = os.path.join(d, TOKENIZER_FILE)
+        if vocab_path is not None and is_prepared_dir(d) and os.path.exists(tok):
+            raise UsageError(f"{vocab_path}: the pieces of a subword dataset; give its "
+                             f"tokenizer instead: --tokenizer {tok}")
+        return None, {}
+    if vocab_path is not None or vocab_size is not None or min_count != 1:
+        raise UsageError("--tokenizer cannot be combined with --vocab, --vocab-size or "
+                         "--min-count (the pieces are the vocabulary)")
+    if os.fspath(tokenizer) != "sentencepiece":
+        if (pieces, piece_model, sample_lines) != (None, None, None):
+            raise UsageError("--pieces, --piece-model and --sample-lines are for training a "
+                             "model (--tokenizer sentencepiece), not for an existing one")
+        return os.fspath(tokenizer), {}
+    return "train", {"pieces": 16000 if pieces is None else int(pieces),
+                     "model_type": PieceModel.parse(piece_model or "unigram",
+                                                    "--piece-model").value,
+                     "sample_lines": SAMPLE_LINES if sample_lines is None else int(sample_lines)}
+
+
 def prepare(inputs: Sequence[str], out_dir: str | os.PathLike, *, vocab_size: int | None = None,
             min_count: int = 1, vocab_path: str | os.PathLike | None = None,
             shard_tokens: int = 1_000_000, docs: Docs | str = Docs.none,
             errors: Errors | str = Errors.strict,
             row_group_tokens: int = ROW_GROUP_TOKENS, text_field: str = "text",
-            text_column: str | None = None, column: str | None = None) -> dict:
+            text_column: str | None = None, column: str | None = None,
+            tokenizer: str | os.PathLike | None = None, pieces: int | None = None,
+            piece_model: str | None = None, sample_lines: int | None = None) -> dict:
     """Turn text ``inputs`` into ``out_dir`` (vocab.txt, shards, manifest); return the manifest.
 
-    Pass 1 counts words (only when building the vocabulary), pass 2 encodes. Stdin
+    ``tokenizer``: None (words), ``"sentencepiece"`` (train a model of ``pieces``
+    pieces, ``piece_model`` unigram or bpe, on a sample of ``sample_lines`` lines) or
+    the path of a SentencePiece ``.model`` file.
+
+    Pass 1 counts words or trains the SentencePiece model (only when building the
+    vocabulary), pass 2 encodes. Stdin
     (``"-"``, at most once) and pipes are spooled to a temp file inside ``out_dir``
     when the vocabulary must be built from them (two passes), else streamed once.
     Memory is bounded by the vocabulary (the word counter), one row group and a few
@@ -207,10 +280,16 @@ def prepare(inputs: Sequence[str], out_dir: str | os.PathLike, *, vocab_size: in
         raise UsageError("--shard-tokens must be at least 1")
     if inputs.count("-") > 1:
         raise UsageError("stdin ('-') can be given only once")
+    sp_how, sp_opts = _tokenizer_options(tokenizer, vocab_path, vocab_size, min_count, pieces,
+                                         piece_model, sample_lines)
     inputs = expand_inputs(inputs, column=column, text_column=text_column)
     for p in inputs:  # fail on missing/unreadable inputs before creating anything
         check_readable(p)
     vocab = Vocab.load(vocab_path) if vocab_path is not None else None
+    if sp_how is not None:
+        sentencepiece()  # installed? (before any work)
+    if sp_how not in (None, "train"):
+        vocab = SubwordVocab.load(sp_how)
     blank_docs = docs == Docs.blank_line
 
     out = Path(out_dir)
@@ -247,6 +326,16 @@ def prepare(inputs: Sequence[str], out_dir: str | os.PathLike, *, vocab_size: in
         row_docs = any(isinstance(s, DocSource) for s in sources)
         docs_kind = Docs.blank_line.value if blank_docs else ("rows" if row_docs else "none")
 
+        if sp_how == "train":
+            proto = train_model(_sentences(sources, inputs), sp_opts["pieces"],
+                                model_type=sp_opts["model_type"],
+                                sample_lines=sp_opts["sample_lines"])
+            vocab = SubwordVocab(proto, source="the SentencePiece model trained")
+            log.info("SentencePiece %s model: %s pieces", sp_opts["model_type"],
+                     f"{len(vocab):,}")
+            if len(vocab) < sp_opts["pieces"]:
+                log.warning("warning: the text has room for only %s pieces, fewer than "
+                            "--pieces %s", f"{len(vocab):,}", f"{sp_opts['pieces']:,}")
         if vocab is None:
             counts: Counter = Counter()
             for name, src in zip(inputs, sources):
@@ -256,6 +345,14 @@ def prepare(inputs: Sequence[str], out_dir: str | os.PathLike, *, vocab_size: in
             del counts
             log.info("vocabulary: %s words", f"{len(vocab):,}")
         vocab.save(staging / VOCAB_FILE)
+        tok_info = None
+        if vocab.tokenizer != "word":
+            with atomic_open(staging / TOKENIZER_FILE, "wb") as f:
+                f.write(vocab.proto)
+            tok_info = {"kind": vocab.tokenizer, "file": TOKENIZER_FILE,
+                        "sha256": hashlib.sha256(vocab.proto).hexdigest(),
+                        "source": "trained" if sp_how == "train" else display_name(sp_how),
+                        **sp_opts}
 
         writer = _ShardWriter(staging, shard_tokens, row_group_tokens, blank_docs or row_docs)
         src_info = []
@@ -305,19 +402,21 @@ def prepare(inputs: Sequence[str], out_dir: str | os.PathLike, *, vocab_size: in
             "unk_tokens": unk_tokens,
             "row_group_tokens": min(row_group_tokens, shard_tokens),
             "vocab": {"file": VOCAB_FILE, "size": len(vocab), "sha256": vocab.sha256()},
+            "tokenizer": tok_info,
             "sources": src_info,
             "shards": shards,
         }
         # publish: old manifest first (invalidates an old dataset), files, manifest last
         with contextlib.suppress(FileNotFoundError):
             (out / MANIFEST).unlink()
-        new_names = {VOCAB_FILE} | {s["file"] for s in shards}
+        new_names = ({VOCAB_FILE} | {s["file"] for s in shards}
+                     | ({TOKENIZER_FILE} if tok_info else set()))
         mode = 0o666 & ~umask()
         for name in sorted(new_names):
             os.chmod(staging / name, mode)
             os.replace(staging / name, out / name)
-        for old in out.glob(SHARD_GLOB):
-            if old.name not in new_names:
+        for old in [*out.glob(SHARD_GLOB), out / TOKENIZER_FILE]:
+            if old.name not in new_names and old.is_file():
                 old.unlink()
         with atomic_open(out / MANIFEST, "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=1)

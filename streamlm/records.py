@@ -21,7 +21,8 @@ from streamlm.errors import UsageError
 from streamlm.tokenizer import Block
 
 UNIT_DTYPE = np.dtype([("input", "<i4"), ("index", "<i8"), ("tokens", "<i8"),
-                       ("oov", "<i8"), ("logprob", "<f8"), ("logprob_oov", "<f8")])
+                       ("oov", "<i8"), ("logprob", "<f8"), ("logprob_oov", "<f8"),
+                       ("words", "<i8"), ("bytes", "<i8")])
 WORD_DTYPE = np.dtype([("input", "<i4"), ("line", "<i8"), ("doc", "<i8"),
                        ("position", "<i8"), ("id", "<i4"), ("logprob", "<f8")])
 
@@ -34,25 +35,30 @@ class Totals:
     oov: int = 0
     logprob: float = 0.0
     logprob_oov: float = 0.0
+    words: int = 0  # of the text scored (Block.words, Block.nbytes: any tokeniser)
+    nbytes: int = 0
     done: bool = False
     records: int = 0  # per-unit records spooled
-    # the open unit: index, tokens, oov, logprob, logprob of its OOVs
-    unit: list = field(default_factory=lambda: [-1, 0, 0, 0.0, 0.0])
+    # the open unit: index, tokens, oov, logprob, logprob of its OOVs, words, bytes
+    unit: list = field(default_factory=lambda: [-1, 0, 0, 0.0, 0.0, 0, 0])
     # a document input, once read to its end: its rows, and the bad rows skipped
     rows: int = 0
     skipped: list = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"scored": self.scored, "oov": self.oov, "logprob": self.logprob,
-                "logprob_oov": self.logprob_oov, "done": self.done, "records": self.records,
+                "logprob_oov": self.logprob_oov, "words": self.words, "bytes": self.nbytes,
+                "done": self.done, "records": self.records,
                 "unit": self.unit, "rows": self.rows, "skipped": self.skipped}
 
     @classmethod
     def from_json(cls, d: dict) -> Totals:
+        u = d["unit"]
         return cls(int(d["scored"]), int(d["oov"]), float(d["logprob"]),
-                   float(d["logprob_oov"]), bool(d["done"]), int(d["records"]),
-                   [int(d["unit"][0]), int(d["unit"][1]), int(d["unit"][2]),
-                    float(d["unit"][3]), float(d["unit"][4])],
+                   float(d["logprob_oov"]), int(d["words"]), int(d["bytes"]), bool(d["done"]),
+                   int(d["records"]),
+                   [int(u[0]), int(u[1]), int(u[2]), float(u[3]), float(u[4]), int(u[5]),
+                    int(u[6])],
                    int(d["rows"]), [int(r) for r in d["skipped"]])
 
 
@@ -131,6 +137,8 @@ class Accumulator:
         t.scored += n
         t.oov += noov
         t.logprob += float(lp.sum())
+        t.words += int(blk.words.sum())
+        t.nbytes += int(blk.nbytes.sum())
         if noov:
             t.logprob_oov += float(lp[oovm].sum())
         self.total_scored += n
@@ -153,6 +161,8 @@ class Accumulator:
         lps = np.add.reduceat(lp, starts)
         oovs = np.add.reduceat(oovm.astype(np.int64), starts)
         lpo = np.add.reduceat(np.where(oovm, lp, 0.0), starts)
+        wds = np.add.reduceat(blk.words.astype(np.int64), starts)
+        nbs = np.add.reduceat(blk.nbytes.astype(np.int64), starts)
         u = t.unit
         j0 = 0
         if u[0] == keys[0]:  # the block starts inside the open unit
@@ -160,6 +170,8 @@ class Accumulator:
             u[2] += int(oovs[0])
             u[3] += float(lps[0])
             u[4] += float(lpo[0])
+            u[5] += int(wds[0])
+            u[6] += int(nbs[0])
             j0 = 1
         if j0 == len(keys):
             return
@@ -169,11 +181,13 @@ class Accumulator:
         r["input"] = blk.i
         k = 0
         if u[0] >= 0:
-            r[0] = (blk.i, u[0], u[1], u[2], u[3], u[4])
+            r[0] = (blk.i, *u)
             k = 1
         r["index"][k:], r["tokens"][k:], r["oov"][k:] = keys[done], cnt[done], oovs[done]
         r["logprob"][k:], r["logprob_oov"][k:] = lps[done], lpo[done]
-        t.unit = [int(keys[-1]), int(cnt[-1]), int(oovs[-1]), float(lps[-1]), float(lpo[-1])]
+        r["words"][k:], r["bytes"][k:] = wds[done], nbs[done]
+        t.unit = [int(keys[-1]), int(cnt[-1]), int(oovs[-1]), float(lps[-1]), float(lpo[-1]),
+                  int(wds[-1]), int(nbs[-1])]
         if len(r):
             self._emit(blk.i, r)
 
@@ -191,7 +205,7 @@ class Accumulator:
         if self.level in ("line", "doc") and t.unit[0] >= 0:
             r = np.array([(i, *t.unit)], dtype=UNIT_DTYPE)
             self._emit(i, r)
-            t.unit = [-1, 0, 0, 0.0, 0.0]
+            t.unit = [-1, 0, 0, 0.0, 0.0, 0, 0]
         if self.spool is not None:
             self.spool.close(i)
 

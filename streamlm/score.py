@@ -39,7 +39,7 @@ import numpy as np
 
 from streamlm.checkpoint import ScoreCheckpoint
 from streamlm.engines import scoring_model
-from streamlm.errors import InputError, ModelFileError, UsageError
+from streamlm.errors import UsageError
 from streamlm.inputs import DocSource, ShardSource, expand_inputs, open_source
 from streamlm.metrics import summarize
 from streamlm.options import Engine, Level, Reset, ScoreOptions
@@ -48,7 +48,6 @@ from streamlm.params import Model, load_model
 from streamlm.records import UNIT_DTYPE, WORD_DTYPE, Accumulator, Spool
 from streamlm.schedule import Scheduler
 from streamlm.text import forget_preread
-from streamlm.vocab import Vocab
 
 log = logging.getLogger("streamlm.score")
 
@@ -108,10 +107,7 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
             raise UsageError(f"{split_dir}: --split-buckets must be a directory")
 
     m = model if isinstance(model, Model) else load_model(model)
-    try:
-        vocab = Vocab(m.vocab, source=m.path)
-    except InputError as e:
-        raise ModelFileError(f"bad model vocabulary: {e}", m.path) from None
+    vocab = m.vocabulary()  # a subword model's tokenises raw text itself
     opts = _resolve(opts, inputs, output, split_dir)
     sources = [open_source(k, p, vocab, docs=opts.docs, errors=opts.errors, column=opts.column,
                            text_column=opts.text_column, text_field=opts.text_field)
@@ -215,14 +211,15 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
     docs_in = [s for s in sources if isinstance(s, DocSource)]
     for s, t in zip(sources, acc.t):
         d = {"path": s.name}
-        d.update(summarize(t.scored, t.oov, t.logprob, t.logprob_oov))
+        d.update(summarize(t.scored, t.oov, t.logprob, t.logprob_oov, t.words, t.nbytes))
         d["oov_rate"] = t.oov / t.scored if t.scored else None
         if isinstance(s, DocSource):
             d["rows"], d["skipped_rows"] = s.rows, len(s.skipped)
         per.append(d)
         _warn_oov(d, opts.max_oov_rate)
     tot = summarize(sum(t.scored for t in acc.t), sum(t.oov for t in acc.t),
-                    math.fsum(t.logprob for t in acc.t), math.fsum(t.logprob_oov for t in acc.t))
+                    math.fsum(t.logprob for t in acc.t), math.fsum(t.logprob_oov for t in acc.t),
+                    sum(t.words for t in acc.t), sum(t.nbytes for t in acc.t))
     tot["oov_rate"] = tot["oov"] / tot["tokens"] if tot["tokens"] else None
     if docs_in:
         tot["rows"] = sum(s.rows for s in docs_in)
@@ -230,6 +227,7 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
     seconds = time.monotonic() - t_start
     tot["inputs"] = per
     tot["model"] = m.path
+    tot["tokenizer"] = vocab.tokenizer
     tot["reset"] = opts.reset.value
     tot["level"] = None if level is None else level.value
     tot["engine"] = engine.value

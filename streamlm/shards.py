@@ -400,6 +400,8 @@ def _open_prepared(d: Path, vocab: Vocab | None, vocab_size: int | None,
         raise InputError(f"vocabulary does not match the manifest ({len(dvocab)} words, sha256 "
                          f"{dvocab.sha256()[:12]}…; manifest says {want_size} words, "
                          f"{str(want_sha)[:12]}…)", path=vpath)
+    if m.get("tokenizer") is not None:
+        dvocab = _prepared_tokenizer(d, m["tokenizer"], mpath, dvocab)
     if vocab is not None and vocab.sha256() != dvocab.sha256():
         raise InputError(f"the given vocabulary ({len(vocab)} words, sha256 "
                          f"{vocab.sha256()[:12]}…) differs from the dataset's ({len(dvocab)} "
@@ -437,6 +439,21 @@ def _open_prepared(d: Path, vocab: Vocab | None, vocab_size: int | None,
                          f"{m.get('num_tokens')}", path=mpath)
     ds.manifest = m
     return ds
+
+
+def _prepared_tokenizer(d: Path, info: object, mpath: Path, words: Vocab) -> Vocab:
+    """The subword vocabulary of a prepared directory (its SentencePiece model), checked
+    against the manifest and the directory's vocab.txt."""
+    from streamlm.subword import KIND, SubwordVocab
+
+    try:
+        if not isinstance(info, dict) or info.get("kind") != KIND:
+            raise ValueError(f"unknown tokenizer {info!r}")
+        tpath = _safe_name(d, info["file"], "tokenizer file", mpath)
+        want = info["sha256"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"malformed manifest: {e!r}", path=mpath) from None
+    return SubwordVocab.load(tpath, sha256=want, words=words)
 
 
 def _expand(paths: list[str]) -> list[str]:

@@ -10,9 +10,16 @@ and the scorer scores them, so both count the same tokens.
   token; a run of blank lines is one boundary, and the input's first token
   starts its first document.
 * A word not in the vocabulary becomes ``<unk>`` (and counts as an OOV).
+* With a subword vocabulary (:class:`streamlm.subword.SubwordVocab`) a line's
+  words become the SentencePiece pieces of its normalised text (the words
+  joined by one space), then ``<eos>``, by the same rule.
 
 Every token carries the 0-based index of its line in the input and, with
-documents, of its document.
+documents, of its document. The text is also counted, the same way for every
+tokeniser, so that models with different tokens compare: a line that has tokens
+counts its words plus one (its ``<eos>``) and the UTF-8 bytes of its normalised
+text plus one (its newline), both on its last token (``Block.words``,
+``Block.nbytes``).
 
 From :func:`streamlm.text.iter_pieces`, whole lines come a block of text at a
 time; a compiled kernel (``kernels.encode_lines``) splits them by the same rule
@@ -46,13 +53,21 @@ class Block:
 
     ``i`` is the input's index in the job, ``pos`` the position of ``ids[0]`` in
     the input's token stream. ``doc`` is None when documents are not tracked.
+    ``words`` and ``nbytes`` (int32, per token) count the text the tokens stand for,
+    whatever the tokeniser (see :func:`encode`): summed over whole lines they give the
+    lines' words (plus one ``<eos>`` each) and the UTF-8 bytes of their normalised
+    text (plus one each). Text puts a line's counts on its last token.
     """
 
-    __slots__ = ("i", "pos", "ids", "line", "doc")
+    __slots__ = ("i", "pos", "ids", "line", "doc", "words", "nbytes")
 
     def __init__(self, i: int, pos: int, ids: np.ndarray, line: np.ndarray,
-                 doc: np.ndarray | None):
+                 doc: np.ndarray | None, words: np.ndarray | None = None,
+                 nbytes: np.ndarray | None = None):
         self.i, self.pos, self.ids, self.line, self.doc = i, pos, ids, line, doc
+        n = len(ids)
+        self.words = np.zeros(n, np.int32) if words is None else words
+        self.nbytes = np.zeros(n, np.int32) if nbytes is None else nbytes
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -60,7 +75,8 @@ class Block:
     def cut(self, a: int, b: int) -> Block:
         """Tokens ``[a, b)`` of this block."""
         return Block(self.i, self.pos + a, self.ids[a:b], self.line[a:b],
-                     None if self.doc is None else self.doc[a:b])
+                     None if self.doc is None else self.doc[a:b], self.words[a:b],
+                     self.nbytes[a:b])
 
     @staticmethod
     def join(parts: list[Block]) -> Block:
@@ -70,7 +86,9 @@ class Block:
         p0 = parts[0]
         return Block(p0.i, p0.pos, np.concatenate([p.ids for p in parts]),
                      np.concatenate([p.line for p in parts]),
-                     None if p0.doc is None else np.concatenate([p.doc for p in parts]))
+                     None if p0.doc is None else np.concatenate([p.doc for p in parts]),
+                     np.concatenate([p.words for p in parts]),
+                     np.concatenate([p.nbytes for p in parts]))
 
     def doc_starts(self, prev_doc: int) -> np.ndarray:
         """True on each token that starts a document (``prev_doc``: the document of
@@ -107,18 +125,20 @@ def encode(pieces: Iterable[LinePiece], vocab: Vocab, *, docs: bool, index: int 
 
 
 class _Encoder:
-    """The state of :func:`encode`: document count, and tokens not yet in a block
-    (array parts from whole lines, then lists from pieces)."""
+    """The state of :func:`encode`: document count, the open line's counts, and tokens
+    not yet in a block (array parts from whole lines, then lists from pieces)."""
 
     def __init__(self, vocab: Vocab, docs: bool, index: int, block_tokens: int):
         self.vocab = vocab
+        self.subword = vocab.tokenizer != "word"
         self.table, self.unk, self.eos = vocab.index, vocab.unk_id, vocab.eos_id
         self.docs, self.index, self.block_tokens = docs, index, block_tokens
         self.pos = 0  # position of the next block
         self.doc = -1
         self.new_doc = True
         self.line_has_words = False  # the open line (pieces) has words already
-        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+        self.line_words = self.line_bytes = 0  # of the open line so far (pieces)
+        self.parts: list[tuple] = []  # (ids, line, doc, words, nbytes)
         self.parted = 0  # tokens in parts
         self.text_bytes = 0  # of the batches so far
         self._lists()
@@ -128,6 +148,8 @@ class _Encoder:
         self.runs_line: list[int] = []  # one entry per run of tokens of one line
         self.runs_doc: list[int] = []
         self.runs_n: list[int] = []
+        self.runs_words: list[int] = []  # the counts on a run's last token
+        self.runs_bytes: list[int] = []
 
     def size(self) -> int:
         return self.parted + len(self.ids)
@@ -139,29 +161,47 @@ class _Encoder:
             if self.docs and self.new_doc:
                 self.doc += 1
                 self.new_doc = False
-            self.ids.extend(map(self.table.get, words, repeat(self.unk)))
-            k = len(words)
+            if self.subword:
+                ids = self.vocab.encode(words).tolist()
+                self.ids.extend(ids)
+                k = len(ids)
+            else:
+                self.ids.extend(map(self.table.get, words, repeat(self.unk)))
+                k = len(words)
             self.line_has_words = True
+            self.line_words += len(words)  # each word's bytes and its space (or newline)
+            self.line_bytes += sum(len(w.encode("utf-8", "surrogatepass")) for w in words)
+            self.line_bytes += len(words)
+        n_words = n_bytes = 0
         if piece.last:
             if self.line_has_words or not self.docs:
                 self.ids.append(self.eos)
                 k += 1
+                n_words, n_bytes = self.line_words + 1, max(self.line_bytes, 1)
             else:
                 self.new_doc = True
             self.line_has_words = False
+            self.line_words = self.line_bytes = 0
         if k:
             self.runs_line.append(piece.index)
             self.runs_doc.append(self.doc)
             self.runs_n.append(k)
+            self.runs_words.append(n_words)
+            self.runs_bytes.append(n_bytes)
 
     def _flush_lists(self) -> None:
         if not self.ids:
             return
         n = np.array(self.runs_n, dtype=np.int64)
+        last = np.cumsum(n) - 1
+        words = np.zeros(len(self.ids), dtype=np.int32)
+        nbytes = np.zeros(len(self.ids), dtype=np.int32)
+        words[last] = self.runs_words
+        nbytes[last] = self.runs_bytes
         self.parts.append((np.array(self.ids, dtype=np.int32),
                            np.repeat(np.array(self.runs_line, dtype=np.int64), n),
                            np.repeat(np.array(self.runs_doc, dtype=np.int64), n)
-                           if self.docs else None))
+                           if self.docs else None, words, nbytes))
         self.parted += len(self.ids)
         self._lists()
 
@@ -169,9 +209,9 @@ class _Encoder:
         """All tokens not yet handed out, as one block."""
         self._flush_lists()
         ps = self.parts
-        b = Block(self.index, self.pos, np.concatenate([p[0] for p in ps]),
-                  np.concatenate([p[1] for p in ps]),
-                  np.concatenate([p[2] for p in ps]) if self.docs else None)
+        b = Block(self.index, self.pos, *(np.concatenate([p[j] for p in ps])
+                                          if ps[0][j] is not None else None
+                                          for j in range(5)))
         self.pos += len(b)
         self.parts, self.parted = [], 0
         return b
@@ -179,13 +219,17 @@ class _Encoder:
     def add_lines(self, batch: LineBatch) -> Iterator[Block]:
         """A batch of whole lines; the blocks they complete."""
         self.text_bytes += len(batch.data)
-        if self.text_bytes < COMPILED_AFTER_BYTES and not _kernels_loaded():
+        if self.subword:
+            ids, k, words, nbytes = _subword_lines(self.vocab, batch.lines(), self.docs)
+        elif self.text_bytes < COMPILED_AFTER_BYTES and not _kernels_loaded():
             for piece in batch.pieces():
                 self.add_piece(piece)
                 if self.size() >= self.block_tokens:
                     yield self.block()
             return
-        ids, k = _word_table(self.vocab).encode_lines(batch.utf8, batch.count, self.docs)
+        else:
+            ids, k = _word_table(self.vocab).encode_lines(batch.utf8, batch.count, self.docs)
+            words, nbytes = _counts(k, _norm_bytes(batch.lines()), k)
         line = np.repeat(np.arange(batch.index, batch.index + batch.count, dtype=np.int64), k)
         doc = None
         if self.docs:
@@ -197,10 +241,10 @@ class _Encoder:
             self.doc = int(line_doc[-1])
             self.new_doc = not has[-1]
             doc = np.repeat(line_doc, k)
-        yield from self._add_part(ids, line, doc, np.cumsum(k))
+        yield from self._add_part(ids, line, doc, words, nbytes, np.cumsum(k))
 
     def _add_part(self, ids: np.ndarray, line: np.ndarray, doc: np.ndarray | None,
-                  ends: np.ndarray) -> Iterator[Block]:
+                  words: np.ndarray, nbytes: np.ndarray, ends: np.ndarray) -> Iterator[Block]:
         """Append tokens (``ends``: token count after each of their lines), cutting a
         block after each line that fills one, as :meth:`add_piece` + :meth:`size` would."""
         self._flush_lists()
@@ -210,13 +254,56 @@ class _Encoder:
             if j == len(ends):
                 break
             b = int(ends[j])
-            self.parts.append((ids[a:b], line[a:b], None if doc is None else doc[a:b]))
+            self.parts.append((ids[a:b], line[a:b], None if doc is None else doc[a:b],
+                               words[a:b], nbytes[a:b]))
             self.parted += b - a
             yield self.block()
             a = b
         if a < len(ids):
-            self.parts.append((ids[a:], line[a:], None if doc is None else doc[a:]))
+            self.parts.append((ids[a:], line[a:], None if doc is None else doc[a:],
+                               words[a:], nbytes[a:]))
             self.parted += len(ids) - a
+
+
+def _norm_bytes(lines: list[str]) -> np.ndarray:
+    """The UTF-8 bytes of each line's normalised text (its words joined by one space)."""
+    return np.fromiter((len(" ".join(ln.split()).encode("utf-8", "surrogatepass"))
+                        for ln in lines), dtype=np.int64, count=len(lines))
+
+
+def _counts(k: np.ndarray, norm_bytes: np.ndarray, line_words: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Per token, the counts of the module doc: on each line's last token (``k``: its
+    tokens) its words plus one (``line_words``: that, for a line with tokens) and its
+    normalised bytes plus one."""
+    has = k > 0
+    last = np.cumsum(k)[has] - 1
+    n = int(k.sum())
+    words = np.zeros(n, dtype=np.int32)
+    nbytes = np.zeros(n, dtype=np.int32)
+    words[last] = line_words[has]
+    nbytes[last] = norm_bytes[has] + 1
+    return words, nbytes
+
+
+def _subword_lines(vocab, lines: list[str], docs: bool):
+    """(ids, tokens per line, words, nbytes) of whole lines, by a subword vocabulary: the
+    pieces of each line's normalised text (one batch call), then ``<eos>``."""
+    split = [ln.split() for ln in lines]
+    norm = [" ".join(w) for w in split]
+    pieces, cnt = vocab.encode_texts(norm)
+    W = np.fromiter(map(len, split), dtype=np.int64, count=len(split))
+    ends_line = (W > 0) | (not docs)  # lines that end in <eos> (not a blank one in docs)
+    k = cnt + ends_line
+    ids = np.empty(int(k.sum()), dtype=np.int32)
+    is_eos = np.zeros(len(ids), dtype=np.bool_)
+    is_eos[np.cumsum(k)[ends_line] - 1] = True
+    ids[is_eos] = vocab.eos_id
+    ids[~is_eos] = pieces
+    nb = np.fromiter((len(t.encode("utf-8", "surrogatepass")) for t in norm), dtype=np.int64,
+                     count=len(norm))
+    words, nbytes = _counts(k, nb, W + 1)
+    return ids, k, words, nbytes
 
 
 def encode_rows(texts, rows: np.ndarray, vocab: Vocab, *, index: int, pos: int,
@@ -237,28 +324,50 @@ def encode_rows(texts, rows: np.ndarray, vocab: Vocab, *, index: int, pos: int,
     import pyarrow.compute as pc
 
     nlines = pc.count_substring(texts, "\n").to_numpy(zero_copy_only=False) + 1
-    if _kernels_loaded():
-        joined = pc.binary_join_element_wise(texts, "", "\n")  # every line ends in \n
-        ids, k = _word_table(vocab).encode_lines(_utf8(joined), int(nlines.sum()), True)
+    lines = "\n".join(texts.to_pylist()).split("\n")
+    if vocab.tokenizer != "word":
+        ids, k, words, nbytes = _subword_lines(vocab, lines, True)
     else:
-        table, unk, eos = vocab.index, vocab.unk_id, vocab.eos_id
-        out: list[int] = []
-        counts: list[int] = []
-        for text in texts.to_pylist():
-            for line in text.split("\n"):
+        if _kernels_loaded():
+            joined = pc.binary_join_element_wise(texts, "", "\n")  # every line ends in \n
+            ids, k = _word_table(vocab).encode_lines(_utf8(joined), int(nlines.sum()), True)
+        else:
+            table, unk, eos = vocab.index, vocab.unk_id, vocab.eos_id
+            out: list[int] = []
+            counts: list[int] = []
+            for line in lines:
                 words = line.split()
                 if words:
                     out.extend(map(table.get, words, repeat(unk)))
                     out.append(eos)
                 counts.append(len(words) + 1 if words else 0)
-        ids, k = np.array(out, dtype=np.int32), np.array(counts, dtype=np.int64)
+            ids, k = np.array(out, dtype=np.int32), np.array(counts, dtype=np.int64)
+        words, nbytes = _counts(k, _norm_bytes(lines), k)
     L = len(k)
     starts = np.zeros(n, dtype=np.int64)
     np.cumsum(nlines[:-1], out=starts[1:])
     row_tokens = np.add.reduceat(k, starts)
     blk = Block(index, pos, ids, np.repeat(np.arange(line0, line0 + L, dtype=np.int64), k),
-                np.repeat(np.asarray(rows, dtype=np.int64), row_tokens))
+                np.repeat(np.asarray(rows, dtype=np.int64), row_tokens), words, nbytes)
     return blk, row_tokens, L
+
+
+def id_counts(vocab: Vocab, ids: np.ndarray, prev: int) -> tuple[np.ndarray, np.ndarray]:
+    """``Block.words`` and ``Block.nbytes`` of token ids alone (shards): per token the
+    vocabulary's :meth:`~streamlm.vocab.Vocab.token_words` and
+    :meth:`~streamlm.vocab.Vocab.token_bytes`, and one byte more on an ``<eos>`` that
+    is a line of its own (``prev``: the id before ``ids[0]``, -1 at the start)."""
+    tables = getattr(vocab, "_count_tables", None)
+    if tables is None:
+        tables = vocab._count_tables = (vocab.token_words(), vocab.token_bytes())
+    words, nbytes = tables[0][ids], tables[1][ids]
+    if len(ids):
+        eos = ids == vocab.eos_id
+        alone = np.empty(len(ids), dtype=np.bool_)
+        alone[0] = prev in (-1, vocab.eos_id)
+        alone[1:] = eos[:-1]
+        nbytes[eos & alone] += 1
+    return words, nbytes
 
 
 def _utf8(arr) -> bytes:

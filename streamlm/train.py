@@ -312,7 +312,8 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
         _check_finite(run, batcher, ckpt)
         save_model(out_model, params, vocab.words, train_config=train_meta,
                    extra_meta={"valid_ppl": _json_float(run.best_ppl),
-                               "step": batcher.batches_done})
+                               "step": batcher.batches_done},
+                   tokenizer=getattr(vocab, "proto", None))  # a subword model's tokeniser
 
     def validate_and_keep(decay: bool) -> float:
         nonlocal last_eval

@@ -12,6 +12,10 @@ order; ``<unk>`` and ``<eos>`` must be in it, anywhere.
 
 The file format is UTF-8, one word per line, in id order, each line ending in
 ``\\n``. :meth:`Vocab.sha256` is the sha256 of ``"\\n".join(words)`` encoded as UTF-8.
+
+A word vocabulary's ``tokenizer`` is ``"word"``: a token is a word of ``line.split()``
+or ``<eos>``. A subword vocabulary (:class:`streamlm.subword.SubwordVocab`) has
+``"sentencepiece"``.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ def _bad_word(w: object) -> str | None:
 
 class Vocab:
     """Words in id order. Build with :meth:`build`, :meth:`from_words` or :meth:`load`."""
+
+    tokenizer = "word"
 
     def __init__(self, words: Iterable[str], *, source: str | None = None):
         words = list(words)
@@ -136,6 +142,27 @@ class Vocab:
             raise InputError(f"id {bad} outside the vocabulary [0, {len(self.words)})")
         w = self.words
         return [w[i] for i in arr.tolist()]
+
+    def surface_tokens(self, words: list[str]) -> list[str]:
+        """The text of each token of a line's ``words`` (no ``<eos>``): the words."""
+        return words
+
+    def token_words(self) -> np.ndarray:
+        """Per id, the words of the normalised text a token starts (int32, (V,)): 1 for
+        every token of a word vocabulary, a word and ``<eos>`` alike (see
+        :func:`token_bytes`)."""
+        return np.ones(len(self.words), dtype=np.int32)
+
+    def token_bytes(self) -> np.ndarray:
+        """Per id, the UTF-8 bytes of the normalised text a token stands for (int32,
+        (V,)), where a line's words are joined by one space and the line ends in one
+        newline: a word's bytes plus one (its space or the newline), 0 for ``<eos>``
+        (1 on a line of its own: the counter adds it). ``<unk>`` counts as its
+        own 5 bytes: from ids alone the word it replaced is unknown."""
+        out = np.fromiter((len(w.encode("utf-8", "surrogatepass")) + 1 for w in self.words),
+                          dtype=np.int32, count=len(self.words))
+        out[self.eos_id] = 0
+        return out
 
     def sha256(self) -> str:
         if self._sha is None:

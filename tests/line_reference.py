@@ -104,16 +104,20 @@ def per_line_encode(pieces: Iterable[LinePiece], vocab: Vocab, *, docs: bool, in
     runs_line: list[int] = []  # one entry per run of tokens of one line
     runs_doc: list[int] = []
     runs_n: list[int] = []
+    counts: list[tuple[int, int]] = []  # per token: (words, bytes), a line's on its <eos>
     pos = 0
     doc = -1
     new_doc = True
     line_has_words = False
+    line_words: list[str] = []  # of the open line
 
     def block() -> Block:
         n = np.array(runs_n, dtype=np.int64)
+        c = np.array(counts, dtype=np.int32).reshape(-1, 2)
         return Block(index, pos, np.array(ids, dtype=np.int32),
                      np.repeat(np.array(runs_line, dtype=np.int64), n),
-                     np.repeat(np.array(runs_doc, dtype=np.int64), n) if docs else None)
+                     np.repeat(np.array(runs_doc, dtype=np.int64), n) if docs else None,
+                     c[:, 0].copy(), c[:, 1].copy())
 
     for piece in pieces:
         words = piece.words
@@ -123,15 +127,19 @@ def per_line_encode(pieces: Iterable[LinePiece], vocab: Vocab, *, docs: bool, in
                 doc += 1
                 new_doc = False
             ids.extend(map(table.get, words, repeat(unk)))
+            counts.extend([(0, 0)] * len(words))
             k = len(words)
             line_has_words = True
+            line_words.extend(words)
         if piece.last:
             if line_has_words or not docs:
                 ids.append(eos)
+                counts.append((len(line_words) + 1, len(" ".join(line_words).encode()) + 1))
                 k += 1
             else:
                 new_doc = True
             line_has_words = False
+            line_words = []
         if k:
             runs_line.append(piece.index)
             runs_doc.append(doc)
@@ -140,6 +148,6 @@ def per_line_encode(pieces: Iterable[LinePiece], vocab: Vocab, *, docs: bool, in
             b = block()
             yield b
             pos += len(b)
-            ids, runs_line, runs_doc, runs_n = [], [], [], []
+            ids, runs_line, runs_doc, runs_n, counts = [], [], [], [], []
     if ids:
         yield block()

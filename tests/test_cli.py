@@ -10,7 +10,16 @@ import pytest
 from typer.testing import CliRunner
 
 from streamlm.cli import app
-from streamlm.options import Docs, Engine, Errors, Level, Optimizer, Reset, ScoreOptions
+from streamlm.options import (
+    Docs,
+    Engine,
+    Errors,
+    Level,
+    Optimizer,
+    PieceModel,
+    Reset,
+    ScoreOptions,
+)
 
 
 class Recorder:
@@ -129,8 +138,25 @@ def test_prepare_options_reach_prepare(monkeypatch):
     assert args == (["a.txt", "-"], "d")
     assert kwargs == {"vocab_size": 50, "min_count": 2, "vocab_path": None,
                       "shard_tokens": 1000, "docs": Docs.blank_line, "errors": Errors.replace,
-                      "text_field": "meta.body", "text_column": None, "column": None}
+                      "text_field": "meta.body", "text_column": None, "column": None,
+                      "tokenizer": None, "pieces": None, "piece_model": None,
+                      "sample_lines": None}
     assert json.loads(r.stdout) == manifest
+
+
+def test_prepare_tokenizer_options_reach_prepare(monkeypatch):
+    from streamlm import prepare as prepare_module
+
+    manifest = {"num_tokens": 5, "shards": [], "vocab": {"size": 3}, "unk_tokens": 0}
+    rec = Recorder(manifest)
+    monkeypatch.setattr(prepare_module, "prepare", rec)
+    r = invoke("prepare", "a.txt", "--out", "d", "--tokenizer", "sentencepiece", "--pieces",
+               "500", "--piece-model", "bpe", "--sample-lines", "1000")
+    assert r.exit_code == 0, r.output
+    (args, kwargs), = rec.calls
+    assert {k: kwargs[k] for k in ("tokenizer", "pieces", "piece_model", "sample_lines")} == {
+        "tokenizer": "sentencepiece", "pieces": 500, "piece_model": PieceModel.bpe,
+        "sample_lines": 1000}
 
 
 def test_train_options_reach_train(monkeypatch):
@@ -164,8 +190,8 @@ def test_train_options_reach_train(monkeypatch):
 def test_generate_options_reach_generate(monkeypatch):
     from streamlm import generate as generate_module
 
-    rec = Recorder(iter(["a", "b", "<eos>"]))
-    monkeypatch.setattr(generate_module, "generate", rec)
+    rec = Recorder(iter(["a", " b", "\n"]))
+    monkeypatch.setattr(generate_module, "sample_text", rec)
     r = invoke("generate", "m.npz", "--words", "3", "--temperature", "0.5", "--seed", "4",
                "--prompt", "the cat")
     assert r.exit_code == 0, r.output
@@ -177,6 +203,7 @@ def test_generate_options_reach_generate(monkeypatch):
 @pytest.mark.parametrize("command, option, choices", [
     ("score", "--reset", Reset), ("score", "--level", Level), ("score", "--errors", Errors),
     ("score", "--engine", Engine), ("prepare", "--docs", Docs),
+    ("prepare", "--piece-model", PieceModel),
     ("train", "--optimizer", Optimizer)])
 def test_help_lists_the_choices(command, option, choices):
     r = invoke(command, "--help")
@@ -193,6 +220,7 @@ def test_a_wrong_choice_is_a_usage_error():
 def test_help_texts_keep_their_brackets():
     """Rich markup must not swallow '[dask]' and the like."""
     assert "streamlm[dask]" in invoke("score", "--help").output
+    assert "streamlm[sentencepiece]" in invoke("prepare", "--help").output
 
 
 @pytest.mark.parametrize("argv, want", [

@@ -47,7 +47,43 @@ def base(tmp_path_factory):
     save_model(d / "other_vocab.npz", p, other)
     ids = np.arange(40, dtype=np.int32) % V
     pq.write_table(pa.table({"token_id": ids}), d / "good.parquet")
-    return {"dir": d, "V": V, "vocab": vocab}
+    b = {"dir": d, "V": V, "vocab": vocab}
+    try:
+        _subword_base(b, p)
+    except ImportError:  # no sentencepiece: its cases skip
+        pass
+    return b
+
+
+def _subword_base(b, p):
+    """A subword dataset, a second SentencePiece model with other pieces, and model files
+    whose embedded tokenizer is garbage or does not fit their vocabulary."""
+    import sentencepiece  # noqa: F401
+
+    from streamlm.prepare import prepare
+    from streamlm.subword import train_model
+
+    d = b["dir"]
+    prepare([str(d / "train.txt")], d / "prep_sp", tokenizer="sentencepiece", pieces=300)
+    text = (d / "train.txt").read_text().split("\n")
+    (d / "other.model").write_bytes(train_model(iter(text), 300, model_type="bpe"))
+    save_model(d / "garbled_tokenizer.npz", p, b["vocab"], tokenizer=b"\x0a\x03abc" * 40)
+    save_model(d / "misfit_tokenizer.npz", p, b["vocab"],
+               tokenizer=(d / "prep_sp" / "tokenizer.model").read_bytes())
+
+
+def _swapped_tokenizer(b, tmp):
+    """The subword dataset with another SentencePiece model (its manifest sha256 updated:
+    the only fault left is that the pieces are not the shards' vocabulary)."""
+    import hashlib
+
+    d = shutil.copytree(b["dir"] / "prep_sp", tmp / "swapped")
+    other = (b["dir"] / "other.model").read_bytes()
+    (d / "tokenizer.model").write_bytes(other)
+    m = json.loads((d / "manifest.json").read_text())
+    m["tokenizer"]["sha256"] = hashlib.sha256(other).hexdigest()
+    (d / "manifest.json").write_text(json.dumps(m))
+    return d
 
 
 @dataclass
@@ -57,6 +93,7 @@ class Case:
     names: str | None = None  # a substring the error line must contain (default: the input)
     position: str | None = None  # a substring naming the position
     outputs: list = field(default_factory=list)  # paths (relative to tmp) that must not exist
+    needs: str | None = None  # an optional package the case needs (skipped without it)
 
 
 def _w(tmp: Path, name: str, data: bytes) -> Path:
@@ -257,6 +294,37 @@ CASES = [
          lambda b, t: ["score", b["dir"] / "other_vocab.npz", b["dir"] / "prep",
                        "--output", "out.jsonl", "--level", "line"],
          names="prep", outputs=["out.jsonl"]),
+    # ---- subword tokenizers (SentencePiece) ----
+    Case("prepare-tokenizer-missing",
+         lambda b, t: ["prepare", b["dir"] / "train.txt", "--tokenizer", t / "nope.model",
+                       "--out", "prep"], names="nope.model", outputs=["prep"],
+         needs="sentencepiece"),
+    Case("prepare-tokenizer-corrupt",
+         lambda b, t: ["prepare", b["dir"] / "train.txt", "--tokenizer",
+                       _w(t, "bad.model", b"\x0a\x05hello" + b"\xff" * 64), "--out", "prep"],
+         names="bad.model", position="not a SentencePiece model", outputs=["prep"],
+         needs="sentencepiece"),
+    Case("prepare-tokenizer-empty",
+         lambda b, t: ["prepare", b["dir"] / "train.txt", "--tokenizer",
+                       _w(t, "empty.model", b""), "--out", "prep"], names="empty.model",
+         outputs=["prep"], needs="sentencepiece"),
+    Case("train-tokenizer-pieces-mismatch",
+         lambda b, t: ["train", _swapped_tokenizer(b, t), "--out", "m.npz", "--embed", "4",
+                       "--hidden", "4", "--batch", "2", "--bptt", "3", "--epochs", "1"],
+         names="tokenizer.model", position="do not match", outputs=["m.npz"],
+         needs="sentencepiece"),
+    Case("score-tokenizer-pieces-mismatch",
+         lambda b, t: ["score", b["dir"] / "model.npz", _swapped_tokenizer(b, t),
+                       "--output", "out.jsonl"], names="tokenizer.model",
+         position="do not match", outputs=["out.jsonl"], needs="sentencepiece"),
+    Case("score-model-tokenizer-garbled",
+         lambda b, t: ["score", b["dir"] / "garbled_tokenizer.npz", b["dir"] / "train.txt",
+                       "--output", "out.jsonl"], names="garbled_tokenizer.npz",
+         position="not a SentencePiece model", outputs=["out.jsonl"], needs="sentencepiece"),
+    Case("score-model-tokenizer-misfit",
+         lambda b, t: ["score", b["dir"] / "misfit_tokenizer.npz", b["dir"] / "train.txt",
+                       "--output", "out.jsonl"], names="misfit_tokenizer.npz",
+         position="do not match", outputs=["out.jsonl"], needs="sentencepiece"),
     # ---- options ----
     Case("train-bptt-zero", lambda b, t: _train(b, b["dir"] / "prep", "--bptt", "0"),
          names="bptt", outputs=["m.npz"]),
@@ -294,6 +362,8 @@ def test_the_readme_counts_the_cases_that_run():
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_hostile_input(case, base, tmp_path):
+    if case.needs:
+        pytest.importorskip(case.needs)
     argv = case.make(base, tmp_path)
     r = run(*argv, cwd=tmp_path)
     err_lines = [ln for ln in r.stderr.splitlines() if ln.strip()]

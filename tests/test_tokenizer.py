@@ -20,8 +20,9 @@ from streamlm.vocab import Vocab
 V = Vocab.from_words(["<unk>", "<eos>", "a", "b", "c"])
 
 
-def naive(text: str, vocab: Vocab, docs: bool):
-    """(ids, line index, doc index) per token from the whole text at once."""
+def naive(text: str, vocab: Vocab, docs: bool, counts: list | None = None):
+    """(ids, line index, doc index) per token from the whole text at once; ``counts``
+    gets (words + 1, normalised bytes + 1) of each line that has tokens."""
     ids, line, doc = [], [], []
     d, new_doc = -1, True
     lines = text.split("\n")
@@ -36,6 +37,8 @@ def naive(text: str, vocab: Vocab, docs: bool):
             d += 1
             new_doc = False
         toks = [vocab.index.get(w, vocab.unk_id) for w in words] + [vocab.eos_id]
+        if counts is not None:
+            counts.append((len(words) + 1, len(" ".join(words).encode("utf-8")) + 1))
         ids += toks
         line += [i] * len(toks)
         doc += [d] * len(toks)
@@ -48,7 +51,8 @@ def _blocks(path, docs, block_size, block_tokens):
 
 
 def _check(blocks, text, docs):
-    want_ids, want_line, want_doc = naive(text, V, docs)
+    want_counts = []
+    want_ids, want_line, want_doc = naive(text, V, docs, want_counts)
     if not want_ids:
         assert blocks == []
         return
@@ -58,6 +62,10 @@ def _check(blocks, text, docs):
     assert [b.pos for b in blocks] == np.cumsum([0] + [len(b) for b in blocks[:-1]]).tolist()
     assert got.ids.tolist() == want_ids
     assert got.line.tolist() == want_line
+    ends = np.flatnonzero(got.words)  # the counts sit on each line's last token, its <eos>
+    assert (got.ids[ends] == V.eos_id).all() and len(ends) == len(want_counts)
+    assert list(zip(got.words[ends].tolist(), got.nbytes[ends].tolist())) == want_counts
+    assert not got.nbytes[got.words == 0].any()
     if docs:
         assert got.doc.tolist() == want_doc
         starts = np.concatenate([b.doc_starts(-1 if k == 0 else int(blocks[k - 1].doc[-1]))
@@ -126,6 +134,8 @@ def _same_blocks(got, want):
     for g, w in zip(got, want):
         assert g.ids.dtype == w.ids.dtype and g.line.dtype == w.line.dtype
         assert g.ids.tolist() == w.ids.tolist() and g.line.tolist() == w.line.tolist()
+        assert g.words.tolist() == w.words.tolist() and g.nbytes.tolist() == w.nbytes.tolist()
+        assert g.words.dtype == g.nbytes.dtype == np.int32
         assert (g.doc is None) == (w.doc is None)
         if w.doc is not None:
             assert g.doc.dtype == w.doc.dtype and g.doc.tolist() == w.doc.tolist()
