@@ -171,3 +171,30 @@ def test_documents_on_dask_equal_local(setup, cluster, tmp_path):
         assert [r["row"] for r in got] == list(range(25)) == [r["id"] for r in got]
         assert [r["logprob"] for r in got] == pytest.approx([r["logprob"] for r in exp],
                                                             rel=1e-9)
+
+
+def test_a_subword_model_on_dask_equals_local(setup, cluster, tmp_path):
+    pytest.importorskip("sentencepiece")
+    d, _, inputs = setup
+    texts = inputs[:3]
+    prepare(texts, tmp_path / "sp", tokenizer="sentencepiece", pieces=300)
+    proto = (tmp_path / "sp" / "tokenizer.model").read_bytes()
+    pieces = (tmp_path / "sp" / "vocab.txt").read_text(encoding="utf-8").split("\n")[:-1]
+    p = Params.init(ModelConfig(V=len(pieces), D=6, H=8), seed=3)
+    model = str(tmp_path / "sp.npz")
+    save_model(model, p, pieces, tokenizer=proto)
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": t}) + "\n"
+                            for t in open(texts[0]).read().split("\n\n")[:10]))
+    ins = [*texts, str(docs)]
+    # reset "none": "auto" would reset at documents on Dask (docs.jsonl alone), not here
+    res = score_dask(model, ins, cluster, output_dir=str(tmp_path / "out"), reset="none")
+    assert not res.failed
+    local = score(model, ins, engine="numba", reset="none").summary
+    s = res.summary
+    assert s["oov"] == local["oov"] == 0
+    for k in ("tokens", "words", "bytes"):
+        assert s[k] == local[k] > 0, k
+    assert s["tokens"] > s["words"]
+    for k in ("logprob", "word_perplexity", "bits_per_byte"):
+        assert math.isclose(s[k], local[k], rel_tol=1e-9), k

@@ -9,7 +9,8 @@ PKG = Path(__file__).resolve().parents[1] / "streamlm"
 
 FLOORS = [
     {"errors", "atomic", "formats", "options", "metrics"},  # foundations
-    {"kernels", "blas", "threads", "store", "text", "vocab", "subword", "classes"},  # compute, reading
+    {"kernels", "blas", "threads", "store", "text", "vocab", "subword",  # compute, reading
+     "classes"},
     {"params", "heads", "model", "engines", "tokenizer", "shards", "batcher", "rows", "inputs"},
     {"schedule", "records", "checkpoint", "outputs", "report", "plots"},  # parts of the jobs
     {"prepare", "train", "score", "generate", "distributed", "demo"},  # the jobs
