@@ -72,6 +72,14 @@ class Engine(Choice):
     numpy = "numpy"
 
 
+class Verbosity(Choice):
+    """What ``streamlm query`` prints (KenLM query's ``-v``)."""
+
+    summary = "summary"
+    sentence = "sentence"
+    word = "word"
+
+
 class Optimizer(Choice):
     sgd = "sgd"
     adam = "adam"
