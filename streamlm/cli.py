@@ -218,6 +218,16 @@ def score_cmd(
     engine: Annotated[Engine, typer.Option(
         "--engine", help="auto skips numba's ~1 s start-up on small inputs, stdin too "
                          "(numba and numpy agree to ~1e-6).")] = Engine.auto,
+    mix: Annotated[Optional[str], typer.Option(
+        "--mix", help="Interpolate with this KenLM n-gram model (ARPA or build_binary "
+                      "file), token by token: L P_rnn + (1-L) P_ngram. Needs pip install "
+                      "'streamlm\\[kenlm]'.")] = None,
+    mix_lambda: Annotated[Optional[str], typer.Option(
+        "--lambda", help="L, the RNN's weight in --mix (0 to 1), or auto: tuned on "
+                         "--tune-on.")] = None,
+    tune_on: Annotated[Optional[str], typer.Option(
+        "--tune-on", help="Held-out text to tune --lambda auto on (lowest perplexity).")
+    ] = None,
     dask: Annotated[Optional[str], typer.Option(
         "--dask", help="Score on a Dask cluster, one task per input: a scheduler address "
                        "(tcp://host:8786) or local:N for N local worker processes. With "
@@ -239,7 +249,8 @@ def score_cmd(
                         checkpoint_every=checkpoint_every, keep=keep or (),
                         cutoffs=None if cut is None else cut.values,
                         bucket_field="perplexity" if cut is None else cut.field,
-                        max_oov_rate=None if max_oov_rate >= 1 else max_oov_rate)
+                        max_oov_rate=None if max_oov_rate >= 1 else max_oov_rate,
+                        mix=mix, mix_lambda=mix_lambda, tune_on=tune_on)
     failed: list[dict] = []
     to_stdout = output == "-"
     if dask is not None:

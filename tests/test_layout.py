@@ -11,7 +11,7 @@ FLOORS = [
     {"errors", "atomic", "formats", "options", "metrics"},  # foundations
     {"kernels", "blas", "threads", "store", "text", "vocab", "classes"},  # compute, reading
     {"params", "heads", "model", "engines", "tokenizer", "shards", "batcher", "rows", "inputs"},
-    {"schedule", "records", "checkpoint", "outputs", "report", "plots"},  # job parts
+    {"schedule", "records", "mix", "checkpoint", "outputs", "report", "plots"},  # job parts
     {"prepare", "train", "score", "generate", "distributed", "demo"},  # the jobs
     {"api", "query", "cli", "console", "progress", "__init__", "__main__"},  # faces
 ]
