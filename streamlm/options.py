@@ -8,6 +8,7 @@ checks a choice string again.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from enum import Enum
 
@@ -201,6 +202,9 @@ class ScoreOptions:
                 flag = "--" + name.replace("_", "-")
                 raise UsageError(f"{flag} must be a positive integer, got {v!r}")
         set_(self, "mix_lambda", parse_lambda(self.mix_lambda))
+        for name in ("mix", "tune_on"):  # paths as strings (checkpoints keep them as JSON)
+            if getattr(self, name) is not None:
+                set_(self, name, os.fspath(getattr(self, name)))
         if self.mix is None and (self.mix_lambda is not None or self.tune_on is not None):
             flag = "--lambda" if self.mix_lambda is not None else "--tune-on"
             raise UsageError(f"{flag} is for a mix with an n-gram model: give --mix "
