@@ -426,6 +426,10 @@ def train_cmd(
     old_classes: Annotated[bool, typer.Option(
         "--old-classes", help="Bin --softmax class classes by count/total instead of "
                               "sqrt(count/total) (rnnlm's -old-classes).")] = False,
+    ema: Annotated[float, typer.Option(
+        "--ema", help="Keep an exponential moving average of the weights with this decay "
+                      "per step (0.999; 0: off): validation and the model file use it.")
+    ] = 0.0,
     log_interval: Annotated[int, typer.Option(
         "--log-interval", help="Steps between progress lines / log records.")] = 100,
     log_file: Annotated[Optional[str], typer.Option(
@@ -450,7 +454,7 @@ def train_cmd(
                       max_minutes=max_minutes, optimizer=optimizer, lr=lr, clip=clip, seed=seed,
                       dropout=dropout, tie_weights=tie_weights, softmax=softmax,
                       classes=classes, old_classes=old_classes, log_interval=log_interval,
-                      checkpoint_every=checkpoint_every)
+                      checkpoint_every=checkpoint_every, ema=ema)
     with TrainProgress() as reporter:
         summary = train(cfg, shards, out, valid_paths=valid, vocab_path=vocab,
                         log_path=log_file, plot_path=plot, resume=resume, progress=reporter)
