@@ -5,8 +5,9 @@
 Reads results_speed.json (bench_speed.py), results_startup.json
 (bench_startup.py), results_memory.json (bench_memory.py) and
 results_kernels.json (bench_kernels.py), results_class.json (bench_class.py),
-results_kenlm.json (bench_kenlm.py) and results_documents.json
-(bench_documents.py); any that is missing is skipped.
+results_kenlm.json (bench_kenlm.py), results_documents.json
+(bench_documents.py) and results_api.json (bench_api.py); any that is
+missing is skipped.
 Hand-written notes (profiles, analysis) live in bench/NOTES.md and are
 appended verbatim.
 """
@@ -203,6 +204,30 @@ def kenlm_section(r) -> list[str]:
         stream = f"{p['ppl_stream']:.2f}" if p.get("ppl_stream") else ""
         out.append(f"| {p['name']} | {p['ppl_line']:.2f} | {stream} | "
                    f"{p['tokens_per_s_1t']:,.0f} | {p['per_core_vs_kenlm_1t']:.3f}x | {two} |")
+
+
+def api_section(r) -> list[str]:
+    c = r["check"]
+    out = ["## Python API: score_batch vs a score loop vs the kenlm module (bench_api.py)", "",
+           f"- {r['sentences']:,} sentences of {Path(r['text']).name}, {r['tokens']:,} tokens "
+           f"(`</s>` counted); streamlm model {Path(r['model']).name} ({r['softmax']} softmax, "
+           f"D={r['D']}, H={r['H']}, V={r['V']:,}"
+           + (f", C={r['C']}" if r.get("C") else "") + "); the kenlm module on the PTB KN5 "
+           "model (binary).",
+           f"- One process, {r['threads']} thread(s) for every library (the kenlm module has "
+           f"one); medians of {r['reps']} repetitions, the peers rotated each repetition; "
+           f"ratios are from the same run. Load average {r['machine']['loadavg']:.1f}.",
+           "- Checked first: score_batch == the score loop per sentence, max |diff| in log10 "
+           + ", ".join(f"{k} {v:.1e}" for k, v in c["batch_vs_loop_max_abs_log10"].items())
+           + f"; the kenlm module's sentence scores == KenLM query's `Total:` lines "
+           f"(max |diff| {c['kenlm_vs_query_max_abs_log10']:.1e}; total log10 "
+           f"{c['kenlm_total_log10']:.4f} vs {c['query_total_log10']:.4f}).", "",
+           "| peer | s (median) | sentences/s | tokens/s | vs kenlm loop | vs streamlm score "
+           "loop |", "|---|---:|---:|---:|---:|---:|"]
+    for p in r["peers"]:
+        out.append(f"| {p['name']} | {p['median_s']:.3f} | {p['sentences_per_s']:,.0f} | "
+                   f"{p['tokens_per_s']:,.0f} | {p['vs_kenlm_loop']:.4f}x | "
+                   f"{p['vs_streamlm_loop']:.2f}x |")
     out.append("")
     return out
 
@@ -230,7 +255,9 @@ def main():
              "Written by `python bench/report.py` from the JSON the bench scripts leave in bench/ "
              "(`bench/run_all.sh` runs them all). Scripts: bench_speed.py (tokens/s vs PyTorch and "
              "numpy), bench_startup.py (start-up / compile), bench_memory.py (peak RSS), "
-             "bench_kernels.py (kernel-level choices).", ""]
+             "bench_kernels.py (kernel-level choices), bench_class.py (class against full "
+             "softmax), bench_kenlm.py (against KenLM query), bench_documents.py (Parquet "
+             "documents), bench_api.py (the Python API against the kenlm module).", ""]
     t1 = lambda r: speed_section(r, "## Speed with ONE thread per library (per-core efficiency)")  # noqa: E731
     for name, fn in (("results_speed.json", speed_section),
                      ("results_speed_t1.json", t1),
@@ -239,7 +266,8 @@ def main():
                      ("results_kernels.json", kernels_section),
                      ("results_class.json", class_section),
                      ("results_kenlm.json", kenlm_section),
-                     ("results_documents.json", documents_section)):
+                     ("results_documents.json", documents_section),
+                     ("results_api.json", api_section)):
         r = _load(name)
         if r is not None:
             lines += fn(r)

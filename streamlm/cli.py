@@ -15,8 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from streamlm import __version__
-from streamlm.errors import StreamlmError
-from streamlm.options import Docs, Engine, Errors, Level, Optimizer, Reset, Softmax
+from streamlm.options import Docs, Engine, Errors, Level, Optimizer, Reset, Softmax, Verbosity
 
 
 def _flags_look_like_flags() -> None:
@@ -219,6 +218,16 @@ def score_cmd(
     engine: Annotated[Engine, typer.Option(
         "--engine", help="auto skips numba's ~1 s start-up on small inputs, stdin too "
                          "(numba and numpy agree to ~1e-6).")] = Engine.auto,
+    mix: Annotated[Optional[str], typer.Option(
+        "--mix", help="Interpolate with this KenLM n-gram model (ARPA or build_binary "
+                      "file), token by token: L P_rnn + (1-L) P_ngram. Needs pip install "
+                      "'streamlm\\[kenlm]'.")] = None,
+    mix_lambda: Annotated[Optional[str], typer.Option(
+        "--lambda", help="L, the RNN's weight in --mix (0 to 1), or auto: tuned on "
+                         "--tune-on.")] = None,
+    tune_on: Annotated[Optional[str], typer.Option(
+        "--tune-on", help="Held-out text to tune --lambda auto on (lowest perplexity).")
+    ] = None,
     dask: Annotated[Optional[str], typer.Option(
         "--dask", help="Score on a Dask cluster, one task per input: a scheduler address "
                        "(tcp://host:8786) or local:N for N local worker processes. With "
@@ -240,7 +249,8 @@ def score_cmd(
                         checkpoint_every=checkpoint_every, keep=keep or (),
                         cutoffs=None if cut is None else cut.values,
                         bucket_field="perplexity" if cut is None else cut.field,
-                        max_oov_rate=None if max_oov_rate >= 1 else max_oov_rate)
+                        max_oov_rate=None if max_oov_rate >= 1 else max_oov_rate,
+                        mix=mix, mix_lambda=mix_lambda, tune_on=tune_on)
     failed: list[dict] = []
     to_stdout = output == "-"
     if dask is not None:
@@ -274,6 +284,32 @@ def score_cmd(
         sys.stderr.write(f"streamlm: error: {len(failed)} of {len(inputs)} inputs failed "
                          f"(first: {failed[0]['error']})\n")
         raise typer.Exit(4)
+
+
+@app.command("query")
+def query_cmd(
+    model: Annotated[str, typer.Argument(help="Model file (.npz) written by streamlm train.")],
+    verbosity: Annotated[Optional[list[Verbosity]], typer.Option(
+        "--verbosity", "-v", metavar="summary|sentence|word",
+        help="What to print, as KenLM's query -v (repeatable): word (word=id length "
+             "log10prob), sentence (Total: <log10> OOV: <n>), summary (perplexities, OOVs, "
+             "tokens). Default: all three.")] = None,
+    no_context: Annotated[bool, typer.Option(
+        "-n", "--no-sentence-context", help="Do not wrap lines in <s> and </s> (KenLM's -n): "
+                                            "each line starts from a null context.")] = False,
+    carry: Annotated[bool, typer.Option(
+        "--carry", help="Keep the state across lines: the text as one stream (KenLM starts "
+                        "every line again).")] = False,
+    engine: Annotated[Engine, typer.Option(
+        "--engine", help="auto starts a small input on numpy, without numba's start-up.")
+    ] = Engine.auto,
+) -> None:
+    """KenLM's query: score stdin, one sentence per line, and print query's output."""
+    from streamlm.query import query
+
+    for text in query(model, "-", verbosity, not no_context, carry, engine):
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
 
 @app.command("report")
@@ -446,76 +482,15 @@ def generate_cmd(
 
 
 # ------------------------------------------------------------------- main --
-_GLOBAL_FLAGS = ("-q", "--quiet", "-v", "--verbose")
-
-
 def hoist_global_flags(argv: list[str]) -> list[str]:
-    """``streamlm score ... -q`` as ``streamlm -q score ...``: -q/-v anywhere after the
-    command move in front of it (a value of an option that takes one stays put)."""
-    cmd = typer.main.get_command(app)  # (typer's vendored click: duck-typed below)
-    out, moved, i, sub = [], [], 0, None
-    while i < len(argv):
-        a = argv[i]
-        if sub is None:
-            out.append(a)
-            if not a.startswith("-"):
-                sub = getattr(cmd, "commands", {}).get(a)
-                if sub is None:
-                    return argv  # unknown command: let click say so
-            i += 1
-            continue
-        if a in _GLOBAL_FLAGS:
-            moved.append(a)
-        elif a == "--":
-            out.extend(argv[i:])
-            break
-        else:
-            out.append(a)
-            opt = next((p for p in sub.params if hasattr(p, "is_flag")
-                        and a in p.opts + p.secondary_opts), None)
-            if opt is not None and not opt.is_flag and i + 1 < len(argv):
-                out.append(argv[i + 1])  # its value, whatever it looks like
-                i += 1
-        i += 1
-    k = out.index(next(x for x in out if not x.startswith("-"))) if sub is not None else 0
-    return out[:k] + moved + out[k:]
+    """``streamlm score ... -q`` as ``streamlm -q score ...`` (see streamlm.console)."""
+    from streamlm.console import hoist_global_flags as hoist
+
+    return hoist(app, argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the app, turning StreamlmError into one stderr line."""
-    import os
+    """Console entry point (streamlm.console.run): one stderr line for a StreamlmError."""
+    from streamlm.console import run
 
-    os.environ.setdefault("STREAMLM_FAST_START", "1")  # see kernels._load_numba_registries...
-    try:
-        args = hoist_global_flags(sys.argv[1:] if argv is None else list(argv))
-        app(args=args, standalone_mode=False)
-    except StreamlmError as e:
-        sys.stderr.write(f"streamlm: error: {e}\n")
-        sys.exit(e.exit_code)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        sys.stderr.write("streamlm: aborted\n")
-        sys.exit(130)
-    except KeyboardInterrupt:
-        sys.stderr.write("streamlm: interrupted\n")
-        sys.exit(130)
-    except Exception as e:  # click usage errors and the like
-        # typer vendors its own click (typer._click), so match click's exceptions by
-        # shape, not by class: a usage error has format_message() and exit_code
-        if hasattr(e, "format_message") and hasattr(e, "exit_code"):
-            sys.stderr.write(f"streamlm: error: {e.format_message()} (see --help)\n")
-            sys.exit(e.exit_code)
-        if type(e).__name__ == "Exit" and hasattr(e, "exit_code"):
-            sys.exit(e.exit_code)
-        if isinstance(e, BrokenPipeError):
-            sys.exit(1)
-        if isinstance(e, MemoryError):
-            sys.stderr.write("streamlm: error: out of memory\n")
-            sys.exit(1)
-        if isinstance(e, OSError):
-            name = getattr(e, "filename", None)
-            where = f"{name}: " if name else ""
-            sys.stderr.write(f"streamlm: error: {where}{e.strerror or e}\n")
-            sys.exit(1)
-        raise
+    run(app, argv)

@@ -11,9 +11,9 @@ FLOORS = [
     {"errors", "atomic", "formats", "options", "metrics"},  # foundations
     {"kernels", "blas", "threads", "store", "text", "vocab", "classes"},  # compute, reading
     {"params", "heads", "model", "engines", "tokenizer", "shards", "batcher", "rows", "inputs"},
-    {"schedule", "records", "checkpoint", "outputs", "report", "plots"},  # parts of the jobs
+    {"schedule", "records", "mix", "checkpoint", "outputs", "report", "plots"},  # job parts
     {"prepare", "train", "score", "generate", "distributed", "demo"},  # the jobs
-    {"api", "cli", "progress", "__init__", "__main__"},  # faces
+    {"api", "query", "cli", "console", "progress", "__init__", "__main__"},  # faces
 ]
 FLOOR = {m: k for k, mods in enumerate(FLOORS) for m in mods}
 
