@@ -13,6 +13,10 @@
    and H, on one thread (streamlm runs one stream group per thread). This
    sets streamlm.model.BLAS_RECUR_MIN_WORK.
 3. Rows per projection slice when scoring (PROJ_ROWS), one thread.
+4. The class softmax's word factor, per class: one GEMM of the class's tokens
+   (gathered) by its words, then softmax_ce_forward, versus the dot-product
+   kernel class_words_nll, by tokens in the class; this sets
+   streamlm.heads.CLASS_BLAS_MIN_TOKENS.
 Every timing is the median of repeated calls on one thread unless stated;
 the variants of one table are interleaved call by call.
 """
@@ -183,6 +187,49 @@ def slices_table(reps):
             "columns": ["rows", "score rows/s"], "rows": rows}
 
 
+def class_table(reps):
+    """Word factor of one class: GEMM + softmax_ce_forward vs class_words_nll."""
+    rows = []
+    rng = np.random.default_rng(3)
+    for H in (100, 256, 650):
+        for nw in (50, 150, 400):
+            WT = (rng.standard_normal((nw, H)) / np.sqrt(H)).astype(np.float32)
+            b = np.zeros(nw, np.float32)
+            start = np.array([0, nw], np.int64)
+            classes = np.array([0], np.int64)
+            for n in (16, 64, 256, 1024):
+                hs = rng.standard_normal((n, H)).astype(np.float32)
+                labels = rng.integers(0, nw, n).astype(np.int32)
+                perm = np.arange(n, dtype=np.int64)
+                off = np.array([0, n], np.int64)
+                out = np.zeros(n)
+                lg = np.empty((n, nw), np.float32)
+                nll = np.empty(n)
+
+                def kern():
+                    out[:] = 0
+                    K.class_words_nll(out, hs, perm, labels, WT, b, start, off, classes)
+
+                def gemm():
+                    SB.gemm(hs[perm], WT.T, lg)
+                    K.softmax_ce_forward(nll, lg, b, labels)
+
+                kern()
+                gemm()
+                if not np.allclose(out, nll, rtol=1e-4, atol=1e-4):  # the answer first
+                    raise SystemExit(f"class word factor: kernel and GEMM disagree (H={H})")
+                r = interleaved({"kernel": kern, "gemm": gemm}, reps)
+                rows.append([H, nw, n, f"{n / r['kernel']:,.0f}", f"{n / r['gemm']:,.0f}",
+                             f"{r['kernel'] / r['gemm']:.2f}"])
+    return {"title": "class softmax: BLAS or kernel per class (one thread)",
+            "note": "Tokens/s of one class's word factor: the dot-product kernel "
+                    "class_words_nll against a GEMM of the gathered tokens (streamlm.blas) plus "
+                    "softmax_ce_forward; 'kernel/GEMM' > 1 means the GEMM is faster. Now "
+                    f"CLASS_BLAS_MIN_TOKENS={heads.CLASS_BLAS_MIN_TOKENS}.",
+            "columns": ["H", "words in class", "tokens", "kernel tok/s", "GEMM tok/s",
+                        "kernel/GEMM time"], "rows": rows}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -199,6 +246,7 @@ def main(argv=None):
     blas_threads(1)
     sections.append(recurrence_table(reps * 2))
     sections.append(slices_table(reps))
+    sections.append(class_table(reps))
     blas_threads(2)
     from streamlm.atomic import atomic_path
 

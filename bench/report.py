@@ -4,7 +4,10 @@
 
 Reads results_speed.json (bench_speed.py), results_startup.json
 (bench_startup.py), results_memory.json (bench_memory.py) and
-results_kernels.json (bench_kernels.py); any that is missing is skipped.
+results_kernels.json (bench_kernels.py), results_class.json (bench_class.py),
+results_kenlm.json (bench_kenlm.py), results_documents.json
+(bench_documents.py) and results_api.json (bench_api.py); any that is
+missing is skipped.
 Hand-written notes (profiles, analysis) live in bench/NOTES.md and are
 appended verbatim.
 """
@@ -159,18 +162,112 @@ def kernels_section(r) -> list[str]:
     return out
 
 
+# issue 13 targets: class / full, same run
+CLASS_TARGETS = {(100, "1 stream"): 10, (100, "20 streams"): 10, (100, "train"): 8,
+                 (650, "1 stream"): 5, (650, "20 streams"): 5, (650, "train"): 4,
+                 (256, "1 stream, Zipf"): 50}
+
+
+def class_section(r) -> list[str]:
+    out = ["## Class-factored softmax against the full softmax (end to end)", "",
+           f"- Whole `streamlm score` processes on PTB train x{r['ptb_times']} "
+           f"({r['tokens']:,} tokens), V=10,000, C={r['classes']}, 2 threads, the same weights; "
+           "the peers in turn, the ratio is the median of the pairwise ratios. Training: "
+           "steady-state tokens/s of `streamlm train` (median of its log intervals).",
+           "- Zipf: V=100,000, H=256, C=316, a synthetic Zipf corpus (streamlm.demo.zipf_corpus).",
+           "", "| H | mode | full tok/s | class tok/s | class / full | target | peak RSS MB "
+           "(full / class) |", "|---:|---|---:|---:|---:|---:|---|"]
+    for run in r["runs"]:
+        f, c = run["full"], run["class"]
+        fr = f.get("median_tokens_per_s", float(np.median(f["tokens_per_s"])))
+        cr = c.get("median_tokens_per_s", float(np.median(c["tokens_per_s"])))
+        t = CLASS_TARGETS.get((run["H"], run["mode"]))
+        rss = (f"{f['peak_rss_mb']:.0f} / {c['peak_rss_mb']:.0f}" if "peak_rss_mb" in f else "")
+        out.append(f"| {run['H']} | {run['mode']} | {fr:,.0f} | {cr:,.0f} | "
+                   f"{run['ratio_class_over_full']:.2f}x | {f'{t}x' if t else ''} | {rss} |")
+    out.append("")
+    return out
+
+
+def kenlm_section(r) -> list[str]:
+    out = ["## Against KenLM `query` (end to end, per core)", "",
+           f"- {r['tokens']:,} PTB tokens (PTB train x{r['ptb_times']}); KenLM: `query -v summary`"
+           " of the PTB KN5 binary, one core; streamlm: `streamlm score MODEL TEXT --reset line "
+           "--batch 64`, one core with one thread and two cores with two. Perplexity: PTB test, "
+           "every sentence alone (`--reset line`, as `query`) and carried across sentences "
+           "(`--reset none`). The chart is `bench/kenlm_chart.png`.", "",
+           "| peer | PTB test ppl (line) | ppl (carried) | tok/s 1 thread | per core vs KenLM "
+           "| tok/s 2 threads | per core vs KenLM |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for p in r["peers"]:
+        two = (f"{p['tokens_per_s_2t']:,.0f} | {p['per_core_vs_kenlm_2t']:.3f}x"
+               if "tokens_per_s_2t" in p else " | ")
+        stream = f"{p['ppl_stream']:.2f}" if p.get("ppl_stream") else ""
+        out.append(f"| {p['name']} | {p['ppl_line']:.2f} | {stream} | "
+                   f"{p['tokens_per_s_1t']:,.0f} | {p['per_core_vs_kenlm_1t']:.3f}x | {two} |")
+
+
+def api_section(r) -> list[str]:
+    c = r["check"]
+    out = ["## Python API: score_batch vs a score loop vs the kenlm module (bench_api.py)", "",
+           f"- {r['sentences']:,} sentences of {Path(r['text']).name}, {r['tokens']:,} tokens "
+           f"(`</s>` counted); streamlm model {Path(r['model']).name} ({r['softmax']} softmax, "
+           f"D={r['D']}, H={r['H']}, V={r['V']:,}"
+           + (f", C={r['C']}" if r.get("C") else "") + "); the kenlm module on the PTB KN5 "
+           "model (binary).",
+           f"- One process, {r['threads']} thread(s) for every library (the kenlm module has "
+           f"one); medians of {r['reps']} repetitions, the peers rotated each repetition; "
+           f"ratios are from the same run. Load average {r['machine']['loadavg']:.1f}.",
+           "- Checked first: score_batch == the score loop per sentence, max |diff| in log10 "
+           + ", ".join(f"{k} {v:.1e}" for k, v in c["batch_vs_loop_max_abs_log10"].items())
+           + f"; the kenlm module's sentence scores == KenLM query's `Total:` lines "
+           f"(max |diff| {c['kenlm_vs_query_max_abs_log10']:.1e}; total log10 "
+           f"{c['kenlm_total_log10']:.4f} vs {c['query_total_log10']:.4f}).", "",
+           "| peer | s (median) | sentences/s | tokens/s | vs kenlm loop | vs streamlm score "
+           "loop |", "|---|---:|---:|---:|---:|---:|"]
+    for p in r["peers"]:
+        out.append(f"| {p['name']} | {p['median_s']:.3f} | {p['sentences_per_s']:,.0f} | "
+                   f"{p['tokens_per_s']:,.0f} | {p['vs_kenlm_loop']:.4f}x | "
+                   f"{p['vs_streamlm_loop']:.2f}x |")
+    out.append("")
+    return out
+
+
+def documents_section(r) -> list[str]:
+    m = r["memory"]
+    return ["## Documents: Parquet against plain text, memory by rows", "",
+            f"- {r['rows']:,} short documents ({r['tokens']:,} tokens), {r['model']}: the same "
+            "sentences as a Parquet `text` column (one per row, `--reset doc`, per-document "
+            "records) and as a plain file (one per line, `--reset line`, per-line records).", "",
+            "| | tok/s (median) |", "|---|---:|",
+            f"| plain text | {r['median_text_tokens_per_s']:,.0f} |",
+            f"| Parquet documents | {r['median_parquet_tokens_per_s']:,.0f} |",
+            f"| Parquet / text (median of pairs; target >= 0.8) | "
+            f"{r['ratio_parquet_over_text']:.3f} |", "",
+            "| rows | tokens | peak RSS MB |", "|---:|---:|---:|",
+            *(f"| {v['rows']:,} | {v['tokens']:,} | {v['peak_rss_mb']:.0f} |"
+              for v in (m['small'], m['large'])),
+            "", f"- Growth from the small to the large corpus: "
+            f"{100 * r['rss_growth_small_to_large']:+.1f}% (target within 10%).", ""]
+
+
 def main():
     lines = ["# streamlm benchmarks", "",
              "Written by `python bench/report.py` from the JSON the bench scripts leave in bench/ "
              "(`bench/run_all.sh` runs them all). Scripts: bench_speed.py (tokens/s vs PyTorch and "
              "numpy), bench_startup.py (start-up / compile), bench_memory.py (peak RSS), "
-             "bench_kernels.py (kernel-level choices).", ""]
+             "bench_kernels.py (kernel-level choices), bench_class.py (class against full "
+             "softmax), bench_kenlm.py (against KenLM query), bench_documents.py (Parquet "
+             "documents), bench_api.py (the Python API against the kenlm module).", ""]
     t1 = lambda r: speed_section(r, "## Speed with ONE thread per library (per-core efficiency)")  # noqa: E731
     for name, fn in (("results_speed.json", speed_section),
                      ("results_speed_t1.json", t1),
                      ("results_startup.json", startup_section),
                      ("results_memory.json", memory_section),
-                     ("results_kernels.json", kernels_section)):
+                     ("results_kernels.json", kernels_section),
+                     ("results_class.json", class_section),
+                     ("results_kenlm.json", kenlm_section),
+                     ("results_documents.json", documents_section),
+                     ("results_api.json", api_section)):
         r = _load(name)
         if r is not None:
             lines += fn(r)

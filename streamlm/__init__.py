@@ -4,9 +4,9 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    """Lazy exports: ``streamlm.LanguageModel`` / ``streamlm.load`` import nothing heavy
+    """Lazy exports: ``streamlm.Model`` / ``State`` / ``load``... import nothing heavy
     until used."""
-    if name in ("LanguageModel", "Stream", "load"):
+    if name in ("Model", "LanguageModel", "State", "FullScoreReturn", "Stream", "load"):
         from streamlm import api
 
         return getattr(api, name)

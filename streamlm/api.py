@@ -1,40 +1,141 @@
-"""A Python API in the spirit of KenLM's ``kenlm.Model``.
+"""KenLM's Python API (``kenlm.Model``) for streamlm's RNN models, and a batch call.
 
->>> lm = streamlm.LanguageModel("model.npz")          # or streamlm.load(...)
->>> lm.score("the cat sat", bos=True, eos=True)       # log10 probability, like KenLM
->>> lm.perplexity("the cat sat")                      # 10 ** (-score / tokens), OOVs included
->>> for log10p, oov in lm.full_scores("the cat sat"): ...
->>> s = lm.stream()                                   # carried state across feeds
->>> s.feed("the cat sat", eos=True); s.feed(["on", "the", "mat"]); s.perplexity
+>>> lm = streamlm.Model("model.npz")                   # streamlm.LanguageModel: the same
+>>> lm.score("the cat sat", bos=True, eos=True)        # log10 p(the cat sat </s> | <s>)
+>>> lm.perplexity("the cat sat")                       # 10 ** (-score / (words + 1))
+>>> for log10p, ngram_length, oov in lm.full_scores("the cat sat"): ...
+>>> s, out = streamlm.State(), streamlm.State()
+>>> lm.BeginSentenceWrite(s)
+>>> lm.BaseScore(s, "the", out)                        # log10 p(the | <s>); out: after "the"
+>>> lm.score_batch(["the cat sat", "a dog"])           # many sentences, one model call
+>>> s = lm.stream(); s.feed("the cat", eos=True)       # carried state across feeds
 
-A sentence is ``text.split()`` plus, with ``eos=True``, one ``<eos>``, scored
-from a zero state with ``<eos>`` as the previous token (the RNN's sentence
-start; KenLM's ``<s>``). A word maps to ``<unk>`` when it is not in the
-model's vocabulary and then counts as an OOV. ``bos=False`` has no meaning for
-this model (there is no other start state): it raises ValueError; use
-:meth:`LanguageModel.stream` to score text in the context of what came before.
+A sentence is ``sentence.split()``; a word not in the vocabulary is ``<unk>`` and
+an OOV (a literal ``<unk>`` too), as in KenLM, and ``</s>`` is the end of
+sentence, streamlm's ``<eos>`` (unless the vocabulary has a word ``</s>``).
 
-``engine="numba"`` uses the compiled kernels (exactly the numbers of
-``streamlm score --engine numba``); ``engine="numpy"`` starts instantly.
+**The start of a sentence.** ``bos=True`` / :meth:`Model.BeginSentenceWrite`
+(KenLM's ``<s>``) is the zero hidden state with ``<eos>`` as the previous word:
+how ``streamlm score`` starts a stream, a line or a document, and how the model
+saw every sentence after the first in training. ``bos=False`` /
+:meth:`Model.NullContextWrite` is a context-free start: the zero hidden state
+with no previous word. The first word is then predicted from the zero state
+itself, ``p(w) = softmax(affine_b)`` (a class model: its two biases), the
+model's context-free distribution; after it the state is the zero state with
+that word as the previous one, as at the start of every row of a training
+batch. ``State()`` as constructed is the null context, as in KenLM.
+
+**ngram_length.** An RNN has no n-gram order: ``ngram_length`` is the number of
+tokens of context the state has seen since its last reset, plus one. ``<s>``
+counts as one token of context (KenLM gives 2 to a first word whose bigram with
+``<s>`` it has); a null context has seen none (the first word gets 1).
+
+**States are values.** A :class:`State` holds the hidden state before the next
+step (a read-only array, shared by copies), the previous word and the context
+length: it is copied (``copy.copy``), compared and hashed by those, never
+holds the weights, and ``BaseScore`` writes a new one into ``out_state``
+without changing ``in_state``.
+
+``engine="numba"`` uses the compiled kernels (the numbers of ``streamlm score``
+to ~1e-6); ``engine="numpy"`` starts instantly and costs less per
+``BaseScore`` call.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from streamlm.engines import scoring_model
 from streamlm.metrics import LN10, summarize
 
-_CHUNK = 4096
+_CHUNK = 4096  # time steps per model call
+_ROWS = 64  # sentences per model call in score_batch
+_END = "</s>"  # KenLM's end of sentence: streamlm's <eos>
+
+
+class FullScoreReturn(NamedTuple):
+    """What ``BaseFullScore`` returns (KenLM's): log10 probability, context length + 1
+    (see the module doc), and whether the word is an OOV."""
+
+    log_prob: float
+    ngram_length: int
+    oov: bool
+
+
+@functools.total_ordering
+class State:
+    """The context of the next word (KenLM's ``State``); see the module doc.
+
+    ``State()`` is the null context; ``Model.BeginSentenceWrite`` /
+    ``NullContextWrite`` / ``BaseScore`` write into one.
+    """
+
+    __slots__ = ("_h", "_prev", "_length", "_hash")
+
+    def __init__(self):
+        self._h: np.ndarray | None = None  # (H,) read-only: the state before the next step
+        self._prev = -1  # the word fed at the next step (-1: none, a null context)
+        self._length = 0  # tokens of context since the last reset
+        self._hash: int | None = None
+
+    @property
+    def length(self) -> int:
+        """Tokens of context seen since the last reset."""
+        return self._length
+
+    def _set(self, h: np.ndarray | None, prev: int, length: int) -> None:
+        if h is not None:
+            if not h.any():
+                h = None  # the zero state has one spelling, so equal states hash equal
+            elif h.flags.writeable:
+                h = h.copy()
+                h.flags.writeable = False
+        self._h, self._prev, self._length, self._hash = h, int(prev), int(length), None
+
+    def _key(self) -> tuple:
+        return (self._length, self._prev, b"" if self._h is None else self._h.tobytes())
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, State):
+            return NotImplemented
+        if self._length != other._length or self._prev != other._prev:
+            return False
+        a, b = self._h, other._h
+        return a is b or (a is not None and b is not None and a.shape == b.shape
+                          and bool(np.array_equal(a, b)))
+
+    def __lt__(self, other) -> bool:
+        if not isinstance(other, State):
+            return NotImplemented
+        return self._key() < other._key()
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(self._key())
+        return self._hash
+
+    def __copy__(self) -> State:
+        s = State.__new__(State)
+        s._h, s._prev, s._length, s._hash = self._h, self._prev, self._length, self._hash
+        return s
+
+    def __deepcopy__(self, memo) -> State:
+        return self.__copy__()  # the hidden state is read-only: sharing it is a copy
+
+    def __repr__(self) -> str:
+        kind = "null context" if self._prev < 0 else f"previous word {self._prev}"
+        return f"State(length={self._length}, {kind})"
 
 
 class Stream:
     """A scoring stream: keeps its hidden state and running totals across ``feed`` s."""
 
-    def __init__(self, lm: LanguageModel):
+    def __init__(self, lm: Model):
         self.lm = lm
         self._rnn = lm._new_rnn()
         self.reset()
@@ -102,33 +203,60 @@ class Stream:
         return self.summary()["perplexity_excl_oov"]
 
 
-class LanguageModel:
-    """A loaded streamlm model with KenLM-like scoring methods."""
+class Model:
+    """A streamlm model file behind KenLM's ``kenlm.Model`` methods (see the module doc)."""
 
     def __init__(self, path: str | os.PathLike, engine: str = "numba", dtype=np.float32):
         from streamlm.params import load_model
 
         if engine not in ("numba", "numpy"):
             raise ValueError(f"engine must be numba or numpy, got {engine!r}")
-        self.path = os.fspath(path)
+        self.path = os.path.abspath(os.fspath(path))
         self.model = load_model(path, dtype=dtype)
         self.vocab = self.model.vocabulary()  # a subword model: its SentencePiece pieces
         self.engine = engine
+        self._rnn = None
+        self._null: np.ndarray | None = None
+        self._end = self.vocab.index.get(_END, self.vocab.eos_id)
 
     def __repr__(self) -> str:
         c = self.config
-        return f"LanguageModel({self.path!r}, V={c.V}, D={c.D}, H={c.H}, engine={self.engine})"
+        return (f"<Model from {os.path.basename(self.path)}: V={c.V}, D={c.D}, H={c.H}, "
+                f"engine={self.engine}>")
+
+    def __reduce__(self):  # pickles as its path, as kenlm.Model does
+        return (Model, (self.path, self.engine, self.model.params.dtype))
 
     @property
     def config(self):
         return self.model.config
 
     def __contains__(self, word: str) -> bool:
-        """True when ``word`` is in the vocabulary (KenLM: ``word in model``)."""
-        return word in self.vocab.index
+        """True when ``word`` is a word of the model, not ``<unk>`` (KenLM's ``word in
+        model``: ``<unk>`` itself is not in it)."""
+        return self._word_id(word) != self.vocab.unk_id
 
+    # ---------------------------------------------------------------- words --
     def _new_rnn(self):
         return scoring_model(self.model.params, self.engine)
+
+    @property
+    def rnn(self):
+        if self._rnn is None:
+            self._rnn = self._new_rnn()
+        return self._rnn
+
+    def _word_id(self, word: str) -> int:
+        if word == _END:
+            return self._end
+        return self.vocab.index.get(word, self.vocab.unk_id)
+
+    def _sentence_ids(self, sentence: str | Sequence[str], eos: bool) -> np.ndarray:
+        words = sentence.split() if isinstance(sentence, str) else list(sentence)
+        ids = self.vocab.encode(words)
+        if _END in words and _END not in self.vocab.index:
+            ids[[k for k, w in enumerate(words) if w == _END]] = self._end
+        return np.append(ids, np.int32(self.vocab.eos_id)) if eos else ids
 
     def encode(self, tokens) -> np.ndarray:
         """Ids (int32) of a string, a list of words or a list/array of ids."""
@@ -151,35 +279,164 @@ class LanguageModel:
             raise ValueError(f"token id {int(bad)} outside the vocabulary [0, {V})")
         return arr.astype(np.int32).reshape(-1)
 
+    # --------------------------------------------------------------- states --
+    def BeginSentenceWrite(self, state: State) -> None:
+        """Make ``state`` the start of a sentence (KenLM's ``<s>``; see the module doc)."""
+        state._set(None, self.vocab.eos_id, 1)
+
+    def NullContextWrite(self, state: State) -> None:
+        """Make ``state`` the null context: no hidden state, no previous word."""
+        state._set(None, -1, 0)
+
+    def _begin(self, bos: bool) -> State:
+        s = State()
+        if bos:
+            self.BeginSentenceWrite(s)
+        return s
+
+    def BaseScore(self, in_state: State, word: str, out_state: State) -> float:
+        """log10 p(word | in_state); writes the state after ``word`` into ``out_state``."""
+        return self.BaseFullScore(in_state, word, out_state).log_prob
+
+    def BaseFullScore(self, in_state: State, word: str, out_state: State) -> FullScoreReturn:
+        """:class:`FullScoreReturn` of ``word`` after ``in_state``; writes ``out_state``."""
+        wid = self._word_id(word)
+        length = in_state._length
+        if in_state._prev < 0:
+            lp = float(self._null_logprobs()[wid])
+            h = in_state._h
+        else:
+            h0 = self._zero(1) if in_state._h is None else in_state._h[None, :]
+            nll, hT = self.rnn.nll(np.array([[in_state._prev]], np.int32),
+                                   np.array([[wid]], np.int32), h0)
+            lp, h = -float(nll[0, 0]), hT[0]
+        out_state._set(h, wid, length + 1)
+        return FullScoreReturn(lp / LN10, length + 1, wid == self.vocab.unk_id)
+
+    # ------------------------------------------------------------ sentences --
+    def score(self, sentence: str, bos: bool = True, eos: bool = True) -> float:
+        """log10 probability of ``sentence`` (KenLM's ``Model.score``)."""
+        ids = self._sentence_ids(sentence, eos)
+        return float(self._run([self._begin(bos)], [ids])[0][0].sum() / LN10)
+
+    def perplexity(self, sentence: str, bos: bool = True, eos: bool = True) -> float | None:
+        """``10 ** (-score / tokens)``, OOVs included; tokens are the words and, with
+        ``eos``, ``</s>`` (KenLM's ``Model.perplexity``). None for no tokens."""
+        ids = self._sentence_ids(sentence, eos)
+        if not len(ids):
+            return None
+        lp = self._run([self._begin(bos)], [ids])[0][0]
+        return float(10.0 ** (-lp.sum() / LN10 / len(ids)))
+
+    def full_scores(self, sentence: str, bos: bool = True, eos: bool = True
+                    ) -> Iterator[tuple[float, int, bool]]:
+        """Per word, then ``</s>`` with ``eos``: ``(log10 probability, ngram_length,
+        oov)`` (KenLM's ``Model.full_scores``; ``ngram_length``: see the module doc)."""
+        ids = self._sentence_ids(sentence, eos)
+        start = self._begin(bos)
+        lp = self._run([start], [ids])[0][0] / LN10
+        oov = ids == self.vocab.unk_id
+        if eos:
+            oov[-1] = False
+        for k, (p, o) in enumerate(zip(lp.tolist(), oov.tolist())):
+            yield (p, start._length + k + 1, o)
+
+    def score_batch(self, sentences: Sequence[str | Sequence[str]], bos: bool = True,
+                    eos: bool = True, batch: int = _ROWS) -> np.ndarray:
+        """log10 probability of each sentence (float64, (len(sentences),)): the same
+        numbers as ``score`` (to ~1e-6), scored as parallel rows of one model call per
+        ``batch`` sentences of similar length. A sentence is a string or a list of words."""
+        seqs = [self._sentence_ids(s, eos) for s in sentences]
+        start = self._begin(bos)
+        lps, _ = self._run([start] * len(seqs), seqs, rows=batch)
+        return np.array([lp.sum() for lp in lps], dtype=np.float64) / LN10
+
+    # ----------------------------------------------------------------- core --
+    def _zero(self, n: int) -> np.ndarray:
+        return np.zeros((n, self.config.H), dtype=self.model.params.dtype)
+
+    def _null_logprobs(self) -> np.ndarray:
+        """ln p(w | zero state) for every word id (float64, (V,)): the output layer on a
+        zero hidden state is its biases."""
+        if self._null is None:
+            p = self.model.params
+            if p.classes is None:
+                b = p.affine_b.astype(np.float64)
+                self._null = b - np.logaddexp.reduce(b)
+            else:
+                cl = p.classes
+                b = p.affine_b.astype(np.float64)  # class order
+                cb = p.class_b.astype(np.float64)
+                lw = np.empty_like(b)
+                for c in range(cl.C):
+                    s, e = cl.start[c], cl.start[c + 1]
+                    lw[s:e] = b[s:e] - np.logaddexp.reduce(b[s:e])
+                lw += (cb - np.logaddexp.reduce(cb))[cl.cls]
+                self._null = lw[cl.rank]  # word-id order
+        return self._null
+
+    def _run(self, starts: list[State], seqs: list[np.ndarray], rows: int = _ROWS
+             ) -> tuple[list[np.ndarray], list[State]]:
+        """Per row: ln p of each id of ``seqs[n]`` after ``starts[n]`` (float64), and the
+        state after the row's last id. Rows are sorted by length and scored ``rows`` at a
+        time, ``_CHUNK`` steps per call, each with its own carried state."""
+        out = [np.empty(len(ids), dtype=np.float64) for ids in seqs]
+        ends = [None] * len(seqs)
+        work = []  # (row, offset, h0 or None, previous word, ids through the RNN)
+        null = None
+        for k, (st, ids) in enumerate(zip(starts, seqs)):
+            off, prev = 0, st._prev
+            if len(ids) and prev < 0:  # a null context: the first word without a step
+                null = self._null_logprobs() if null is None else null
+                out[k][0] = null[ids[0]]
+                off, prev = 1, int(ids[0])
+            if off == len(ids):
+                end = State()
+                end._set(st._h, prev, st._length + off)
+                ends[k] = end
+                continue
+            work.append((k, off, st._h, prev, ids[off:]))
+        work.sort(key=lambda w: len(w[4]))
+        eos = self.vocab.eos_id
+        for g in range(0, len(work), rows):
+            grp = work[g:g + rows]
+            n = len(grp)
+            lens = np.array([len(w[4]) for w in grp], dtype=np.int64)
+            h = self._zero(n)
+            for r, w in enumerate(grp):
+                if w[2] is not None:
+                    h[r] = w[2]
+            T = int(lens.max())
+            for a in range(0, T, _CHUNK):
+                b = min(T, a + _CHUNK)
+                xs = np.full((n, b - a), eos, dtype=np.int32)
+                ts = np.full((n, b - a), -1, dtype=np.int32)
+                for r, (_, _, _, prev, ids) in enumerate(grp):
+                    seg = ids[a:b]
+                    if not len(seg):
+                        continue
+                    xs[r, 0] = prev if a == 0 else ids[a - 1]
+                    xs[r, 1:len(seg)] = seg[:-1]
+                    ts[r, :len(seg)] = seg
+                nll, h = self.rnn.nll(xs, ts, h, lengths=np.clip(lens - a, 0, b - a))
+                for r, (k, off, _, _, ids) in enumerate(grp):
+                    m = min(len(ids), b) - a
+                    if m > 0:
+                        out[k][off + a:off + a + m] = -nll[r, :m]
+            for r, (k, off, _, _, ids) in enumerate(grp):
+                end = State()
+                end._set(h[r], int(ids[-1]), starts[k]._length + off + len(ids))
+                ends[k] = end
+        return out, ends
+
     def stream(self) -> Stream:
         """A new :class:`Stream` (zero state, previous token ``<eos>``)."""
         return Stream(self)
 
-    def _sentence(self, text: str, bos: bool, eos: bool) -> Stream:
-        if not bos:
-            raise ValueError("bos=False: an RNN model has no context-free start; use "
-                             "LanguageModel.stream() to score text after some context")
-        s = self.stream()
-        s._scores = s.feed(text, eos=eos)
-        return s
 
-    def score(self, text: str, bos: bool = True, eos: bool = True) -> float:
-        """log10 probability of the sentence ``text`` (KenLM's ``Model.score``)."""
-        return self._sentence(text, bos, eos).log10prob
-
-    def perplexity(self, text: str, bos: bool = True, eos: bool = True) -> float | None:
-        """``10 ** (-score / tokens)`` with OOVs included (KenLM's ``Model.perplexity``)."""
-        return self._sentence(text, bos, eos).perplexity
-
-    def full_scores(self, text: str, bos: bool = True, eos: bool = True
-                    ) -> Iterator[tuple[float, bool]]:
-        """Per token (``<eos>`` last when ``eos``): ``(log10 probability, is_oov)``."""
-        s = self._sentence(text, bos, eos)
-        ids = self.encode(text)
-        oov = (ids == self.vocab.unk_id).tolist() + ([False] if eos else [])
-        yield from zip(s._scores.tolist(), oov)
+LanguageModel = Model  # the name of streamlm's first API (and of KenLM's old one)
 
 
-def load(path: str | os.PathLike, **kwargs) -> LanguageModel:
-    """Load a model file as a :class:`LanguageModel`."""
-    return LanguageModel(path, **kwargs)
+def load(path: str | os.PathLike, **kwargs) -> Model:
+    """Load a model file as a :class:`Model`."""
+    return Model(path, **kwargs)

@@ -39,7 +39,7 @@ SCORE_VERSION = 4  # 2: "format_version" (was "version"); 3: OOVs' logprob, rows
 
 # TrainConfig fields that shape the trajectory: a resume needs the same values
 TRAJECTORY = ("embed", "hidden", "batch", "bptt", "optimizer", "lr", "clip", "seed",
-              "dropout", "tie_weights", "softmax", "classes", "old_classes")
+              "dropout", "tie_weights", "softmax", "classes", "old_classes", "ema")
 
 
 # ================================================================ training ==
@@ -55,6 +55,9 @@ class TrainState:
         self.m = np.zeros_like(params.flat) if adam else None
         self.v = np.zeros_like(params.flat) if adam else None
         self.adam_t = 0
+        # the weight average (train --ema) and how many updates it has had
+        self.ema = np.zeros_like(params.flat) if getattr(cfg, "ema", 0.0) > 0 else None
+        self.ema_n = 0
         self.h: np.ndarray | None = None  # the carried hidden state (N, H)
         self.lr = float(cfg.lr)
         self.best_ppl: float | None = None
@@ -80,6 +83,7 @@ def save_train(path: Path, run: TrainState, batcher, model_cfg, vocab, elapsed: 
         "batcher": batcher.state(),
         "rng": run.rng.bit_generator.state,
         "adam_t": run.adam_t,
+        "ema_n": run.ema_n,
         "lr": run.lr,
         "best_ppl": run.best_ppl,
         "history": run.history,
@@ -94,6 +98,7 @@ def save_train(path: Path, run: TrainState, batcher, model_cfg, vocab, elapsed: 
         "adam_m": run.m if run.m is not None else empty,
         "adam_v": run.v if run.v is not None else empty,
         "h": run.h if run.h is not None else empty,
+        "ema": run.ema if run.ema is not None else empty,
     }
     if run.params.classes is not None:
         arrays["word_class"] = run.params.classes.word_class
@@ -115,7 +120,7 @@ def restore_train(path: Path, run: TrainState, batcher, model_cfg, vocab) -> Non
             raise InputError(f"checkpoint lacks the array {k!r}", path=path)
     saved = state["train_config"]
     for k in TRAJECTORY:
-        if saved.get(k) != getattr(run.cfg, k):
+        if saved.get(k, 0.0 if k == "ema" else None) != getattr(run.cfg, k):
             flag = "--" + k.replace("_", "-")
             raise UsageError(f"cannot resume: the checkpoint was made with {flag} "
                              f"{saved.get(k)!r}, this run has {getattr(run.cfg, k)!r} "
@@ -141,6 +146,11 @@ def restore_train(path: Path, run: TrainState, batcher, model_cfg, vocab) -> Non
         run.m[...] = arrays["adam_m"]
         run.v[...] = arrays["adam_v"]
     run.adam_t = int(state["adam_t"])
+    if run.ema is not None:
+        if arrays.get("ema") is None or arrays["ema"].shape != p.shape:
+            raise InputError("checkpoint lacks the weight average", path=path)
+        run.ema[...] = arrays["ema"]
+        run.ema_n = int(state.get("ema_n", 0))
     run.h = arrays["h"].astype(run.params.dtype) if state["has_h"] else None
     if run.h is not None and run.h.shape != (run.cfg.batch, model_cfg.H):
         raise InputError("checkpoint state has the wrong shape", path=path)

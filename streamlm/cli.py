@@ -15,8 +15,17 @@ from typing import Annotated, Optional
 import typer
 
 from streamlm import __version__
-from streamlm.errors import StreamlmError
-from streamlm.options import Docs, Engine, Errors, Level, Optimizer, PieceModel, Reset, Softmax
+from streamlm.options import (
+    Docs,
+    Engine,
+    Errors,
+    Level,
+    Optimizer,
+    PieceModel,
+    Reset,
+    Softmax,
+    Verbosity,
+)
 
 
 def _flags_look_like_flags() -> None:
@@ -232,6 +241,16 @@ def score_cmd(
     engine: Annotated[Engine, typer.Option(
         "--engine", help="auto skips numba's ~1 s start-up on small inputs, stdin too "
                          "(numba and numpy agree to ~1e-6).")] = Engine.auto,
+    mix: Annotated[Optional[str], typer.Option(
+        "--mix", help="Interpolate with this KenLM n-gram model (ARPA or build_binary "
+                      "file), token by token: L P_rnn + (1-L) P_ngram. Needs pip install "
+                      "'streamlm\\[kenlm]'.")] = None,
+    mix_lambda: Annotated[Optional[str], typer.Option(
+        "--lambda", help="L, the RNN's weight in --mix (0 to 1), or auto: tuned on "
+                         "--tune-on.")] = None,
+    tune_on: Annotated[Optional[str], typer.Option(
+        "--tune-on", help="Held-out text to tune --lambda auto on (lowest perplexity).")
+    ] = None,
     dask: Annotated[Optional[str], typer.Option(
         "--dask", help="Score on a Dask cluster, one task per input: a scheduler address "
                        "(tcp://host:8786) or local:N for N local worker processes. With "
@@ -253,7 +272,8 @@ def score_cmd(
                         checkpoint_every=checkpoint_every, keep=keep or (),
                         cutoffs=None if cut is None else cut.values,
                         bucket_field="perplexity" if cut is None else cut.field,
-                        max_oov_rate=None if max_oov_rate >= 1 else max_oov_rate)
+                        max_oov_rate=None if max_oov_rate >= 1 else max_oov_rate,
+                        mix=mix, mix_lambda=mix_lambda, tune_on=tune_on)
     failed: list[dict] = []
     to_stdout = output == "-"
     if dask is not None:
@@ -287,6 +307,32 @@ def score_cmd(
         sys.stderr.write(f"streamlm: error: {len(failed)} of {len(inputs)} inputs failed "
                          f"(first: {failed[0]['error']})\n")
         raise typer.Exit(4)
+
+
+@app.command("query")
+def query_cmd(
+    model: Annotated[str, typer.Argument(help="Model file (.npz) written by streamlm train.")],
+    verbosity: Annotated[Optional[list[Verbosity]], typer.Option(
+        "--verbosity", "-v", metavar="summary|sentence|word",
+        help="What to print, as KenLM's query -v (repeatable): word (word=id length "
+             "log10prob), sentence (Total: <log10> OOV: <n>), summary (perplexities, OOVs, "
+             "tokens). Default: all three.")] = None,
+    no_context: Annotated[bool, typer.Option(
+        "-n", "--no-sentence-context", help="Do not wrap lines in <s> and </s> (KenLM's -n): "
+                                            "each line starts from a null context.")] = False,
+    carry: Annotated[bool, typer.Option(
+        "--carry", help="Keep the state across lines: the text as one stream (KenLM starts "
+                        "every line again).")] = False,
+    engine: Annotated[Engine, typer.Option(
+        "--engine", help="auto starts a small input on numpy, without numba's start-up.")
+    ] = Engine.auto,
+) -> None:
+    """KenLM's query: score stdin, one sentence per line, and print query's output."""
+    from streamlm.query import query
+
+    for text in query(model, "-", verbosity, not no_context, carry, engine):
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
 
 @app.command("report")
@@ -403,6 +449,10 @@ def train_cmd(
     old_classes: Annotated[bool, typer.Option(
         "--old-classes", help="Bin --softmax class classes by count/total instead of "
                               "sqrt(count/total) (rnnlm's -old-classes).")] = False,
+    ema: Annotated[float, typer.Option(
+        "--ema", help="Keep an exponential moving average of the weights with this decay "
+                      "per step (0.999; 0: off): validation and the model file use it.")
+    ] = 0.0,
     log_interval: Annotated[int, typer.Option(
         "--log-interval", help="Steps between progress lines / log records.")] = 100,
     log_file: Annotated[Optional[str], typer.Option(
@@ -427,7 +477,7 @@ def train_cmd(
                       max_minutes=max_minutes, optimizer=optimizer, lr=lr, clip=clip, seed=seed,
                       dropout=dropout, tie_weights=tie_weights, softmax=softmax,
                       classes=classes, old_classes=old_classes, log_interval=log_interval,
-                      checkpoint_every=checkpoint_every)
+                      checkpoint_every=checkpoint_every, ema=ema)
     with TrainProgress() as reporter:
         summary = train(cfg, shards, out, valid_paths=valid, vocab_path=vocab,
                         log_path=log_file, plot_path=plot, resume=resume, progress=reporter)
@@ -450,55 +500,21 @@ def generate_cmd(
     """Sample text from a trained model; <eos> prints as a newline, pieces as their text."""
     from streamlm.generate import sample_text
 
-    it = sample_text(model, words=words, temperature=temperature, seed=seed, prompt=prompt)
-    for piece in it:
-        sys.stdout.write(piece)
+    sys.stdout.writelines(sample_text(model, words=words, temperature=temperature, seed=seed,
+                                      prompt=prompt))  # streamed, a piece at a time
     sys.stdout.flush()
 
 
 # ------------------------------------------------------------------- main --
 def hoist_global_flags(argv: list[str]) -> list[str]:
-    """``streamlm score ... -q`` as ``streamlm -q score ...`` (see streamlm.argv)."""
-    from streamlm.argv import hoist_global_flags as hoist
+    """``streamlm score ... -q`` as ``streamlm -q score ...`` (see streamlm.console)."""
+    from streamlm.console import hoist_global_flags as hoist
 
-    return hoist(typer.main.get_command(app), argv)
+    return hoist(app, argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the app, turning StreamlmError into one stderr line."""
-    import os
+    """Console entry point (streamlm.console.run): one stderr line for a StreamlmError."""
+    from streamlm.console import run
 
-    os.environ.setdefault("STREAMLM_FAST_START", "1")  # see kernels._load_numba_registries...
-    try:
-        args = hoist_global_flags(sys.argv[1:] if argv is None else list(argv))
-        app(args=args, standalone_mode=False)
-    except StreamlmError as e:
-        sys.stderr.write(f"streamlm: error: {e}\n")
-        sys.exit(e.exit_code)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        sys.stderr.write("streamlm: aborted\n")
-        sys.exit(130)
-    except KeyboardInterrupt:
-        sys.stderr.write("streamlm: interrupted\n")
-        sys.exit(130)
-    except Exception as e:  # click usage errors and the like
-        # typer vendors its own click (typer._click), so match click's exceptions by
-        # shape, not by class: a usage error has format_message() and exit_code
-        if hasattr(e, "format_message") and hasattr(e, "exit_code"):
-            sys.stderr.write(f"streamlm: error: {e.format_message()} (see --help)\n")
-            sys.exit(e.exit_code)
-        if type(e).__name__ == "Exit" and hasattr(e, "exit_code"):
-            sys.exit(e.exit_code)
-        if isinstance(e, BrokenPipeError):
-            sys.exit(1)
-        if isinstance(e, MemoryError):
-            sys.stderr.write("streamlm: error: out of memory\n")
-            sys.exit(1)
-        if isinstance(e, OSError):
-            name = getattr(e, "filename", None)
-            where = f"{name}: " if name else ""
-            sys.stderr.write(f"streamlm: error: {where}{e.strerror or e}\n")
-            sys.exit(1)
-        raise
+    run(app, argv)

@@ -205,6 +205,8 @@ def score_dask(model_path: str, inputs: Sequence[str], address: str,
     if option_values:
         options = options.replace(**option_values)
     options = options.replace(engine="numba")
+    if options.mix is not None:
+        raise UsageError("--mix scores in one process: run it without --dask")
 
     if not inputs:
         raise UsageError("no inputs given")

@@ -27,7 +27,7 @@ from streamlm.threads import Pool, Scratch, slices, split
 
 # When scoring, each thread projects at most PROJ_ROWS rows per GEMM (larger
 # slices pack W less often) and PROJ_BYTES of logits: the logits buffer does
-# not grow with a chunk's length (bench/RESULTS.md, "projection slices").
+# not grow with a chunk's length (bench/RESULTS.md, "Rows per GEMM slice when scoring").
 PROJ_ROWS = 1024
 PROJ_BYTES = 48 << 20
 
@@ -37,7 +37,7 @@ class FullSoftmax:
 
     The products are split over threads by columns of ``affine_W`` (each thread
     packs only its block of W, once per call), the softmax by rows
-    (bench/RESULTS.md, "output layer by columns").
+    (bench/NOTES.md, item 7, "The output layer split by columns of W").
     """
 
     def __init__(self, params: Params):

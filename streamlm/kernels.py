@@ -1013,6 +1013,15 @@ def all_finite(x):
     return True
 
 
+@njit(**JIT)
+def ema_update(avg, x, decay):
+    """avg = decay * avg + (1 - decay) * x, in place. avg, x: (P,) float; decay: scalar."""
+    keep = avg.dtype.type(decay)
+    take = avg.dtype.type(1.0 - decay)
+    for i in range(x.shape[0]):
+        avg[i] = keep * avg[i] + take * x[i]
+
+
 # -------------------------------------------------------------- sampling --
 @njit(**JIT)
 def sample_from_logits(logits, b, temperature, u):

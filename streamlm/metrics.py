@@ -79,7 +79,24 @@ def format_summary(summary: dict) -> str:
             f"  perplexity per word       {f(d['word_perplexity'], '.4f')}",
             f"  bytes                     {d['bytes']:,}",
             f"  bits per byte             {f(d['bits_per_byte'], '.4f')}",
-        ])
+        ]) + mixed(d)
+
+    def mixed(d: dict) -> list[str]:  # a mix with an n-gram model (streamlm.mix)
+        m = d.get("mix")
+        if not m:
+            return []
+        out = []
+        if "lambda" in m:
+            tuned = f" (tuned on {m['tuned_on']})" if m.get("tuned_on") else ""
+            out.append(f"  mixed with                {m['ngram_model']}, lambda {m['lambda']:.4g}"
+                       f"{tuned}: lambda x RNN + (1 - lambda) x n-gram")
+        for k, name in (("rnn", "RNN"), ("ngram", "n-gram")):
+            a = m[k]
+            ppl, ppl_x = (("n/a" if x is None else f"{x:.4f}")
+                          for x in (a["perplexity"], a["perplexity_excl_oov"]))
+            out.append(f"  {name + ' alone:':<26}perplexity {ppl}, excl. OOVs {ppl_x}, its "
+                       f"own OOVs {a['own_oov']:,}")
+        return out
 
     lines: list[str] = []
     per = summary.get("inputs", [])

@@ -8,6 +8,7 @@ checks a choice string again.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from enum import Enum
 
@@ -72,6 +73,14 @@ class Engine(Choice):
     numpy = "numpy"
 
 
+class Verbosity(Choice):
+    """What ``streamlm query`` prints (KenLM query's ``-v``)."""
+
+    summary = "summary"
+    sentence = "sentence"
+    word = "word"
+
+
 class Optimizer(Choice):
     sgd = "sgd"
     adam = "adam"
@@ -94,7 +103,7 @@ class PieceModel(Choice):
 # options of ScoreOptions that change the numbers or records a run produces
 # (checked when resuming from a checkpoint and when a Dask rerun skips a shard)
 RESULT_OPTIONS = ("reset", "level", "errors", "column", "text_field", "text_column", "keep",
-                  "cutoffs", "bucket_field")
+                  "cutoffs", "bucket_field", "mix", "mix_lambda", "tune_on")
 
 
 def parse_every(value) -> tuple[int | None, float | None]:
@@ -117,6 +126,22 @@ def parse_every(value) -> tuple[int | None, float | None]:
         pass
     raise UsageError(f"--checkpoint-every must be a token count or a duration such as 60s "
                      f"or 5m, got {value!r}")
+
+
+def parse_lambda(value) -> float | str | None:
+    """``--lambda``: a number in [0, 1] (the RNN's weight in a mix) or ``auto``."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        lam = float(value)
+    except (TypeError, ValueError):
+        lam = float("nan")
+    if not 0.0 <= lam <= 1.0:  # NaN too
+        raise UsageError(f"--lambda must be a number from 0 to 1 (the RNN's weight in the "
+                         f"mix) or auto, got {value!r}")
+    return lam
 
 
 def parse_numbers(text: str, flag: str) -> list[float]:
@@ -152,6 +177,9 @@ class ScoreOptions:
     cutoffs: tuple[float, ...] | None = None  # perplexity cut-offs of the buckets
     bucket_field: str = "perplexity"  # the record field the cut-offs cut
     max_oov_rate: float | None = 0.05  # warn above this (None: never)
+    mix: str | None = None  # a KenLM model to interpolate with (streamlm.mix)
+    mix_lambda: float | str | None = None  # the RNN's weight in the mix, or "auto"
+    tune_on: str | None = None  # held-out text to tune mix_lambda="auto" on
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -180,6 +208,22 @@ class ScoreOptions:
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 flag = "--" + name.replace("_", "-")
                 raise UsageError(f"{flag} must be a positive integer, got {v!r}")
+        set_(self, "mix_lambda", parse_lambda(self.mix_lambda))
+        for name in ("mix", "tune_on"):  # paths as strings (checkpoints keep them as JSON)
+            if getattr(self, name) is not None:
+                set_(self, name, os.fspath(getattr(self, name)))
+        if self.mix is None and (self.mix_lambda is not None or self.tune_on is not None):
+            flag = "--lambda" if self.mix_lambda is not None else "--tune-on"
+            raise UsageError(f"{flag} is for a mix with an n-gram model: give --mix "
+                             "KENLM_MODEL too")
+        if self.mix is not None and self.mix_lambda is None:
+            raise UsageError("--mix needs --lambda L (the RNN's weight, 0 to 1), or --lambda "
+                             "auto --tune-on FILE")
+        if self.mix_lambda == "auto" and self.tune_on is None:
+            raise UsageError("--lambda auto needs --tune-on FILE, held-out text to tune it on")
+        if self.tune_on is not None and self.mix_lambda != "auto":
+            raise UsageError(f"--tune-on tunes --lambda auto; --lambda {self.mix_lambda} "
+                             "leaves nothing to tune")
         tokens, _ = parse_every(self.checkpoint_every)
         if tokens is not None:  # "500000" and 500000 are the same option
             set_(self, "checkpoint_every", tokens)

@@ -10,9 +10,11 @@ record per row, in row order, an empty document included (0 tokens, null
 perplexity); a skipped bad row has none. Word records: ``input``, ``path``,
 ``line`` (and ``doc``), ``position`` (in the input's token stream),
 ``position_in_line`` (or ``_in_doc``), ``token`` (the vocabulary's word),
-``word`` (the text's own, an OOV's too), ``oov``, ``logprob``, ``log10prob``. With a
-subword model a record is a piece: ``token`` is the piece, ``word`` the text it
-covers in the input (its space included; for shards, the piece), and
+``word`` (the text's own, an OOV's too), ``oov``, ``logprob``, ``log10prob``; in
+a mix with an n-gram model (``--mix``) also ``rnn_log10prob`` and
+``ngram_log10prob``, each model's own (``logprob`` and ``oov`` are the mix's).
+With a subword model a record is a piece: ``token`` is the piece, ``word`` the
+text it covers in the input (its space included; for shards, the piece), and
 ``word_start`` whether it starts a word (``▁`` first, or ``<eos>``).
 
 Where they go: ``-`` is stdout (JSONL); a path that is not a regular file
@@ -394,7 +396,11 @@ def _word_columns(r: np.ndarray, name: str, vocab: Vocab, docs: bool, surface,
     cols["word"] = surface.take(n) if surface is not None else tokens
     if vocab.tokenizer != "word":
         cols["word_start"] = vocab.token_words()[r["id"]].astype(np.bool_)
-    cols["oov"] = r["id"] == vocab.unk_id
+    mixed = "ngram_logprob" in r.dtype.names  # a mix: the mix's OOVs, each model's own
+    cols["oov"] = r["oov"] if mixed else r["id"] == vocab.unk_id
     cols["logprob"] = r["logprob"]
     cols["log10prob"] = r["logprob"] / LN10
+    if mixed:
+        cols["rnn_log10prob"] = r["rnn_logprob"] / LN10
+        cols["ngram_log10prob"] = r["ngram_logprob"] / LN10
     return cols

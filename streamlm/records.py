@@ -25,6 +25,9 @@ UNIT_DTYPE = np.dtype([("input", "<i4"), ("index", "<i8"), ("tokens", "<i8"),
                        ("words", "<i8"), ("bytes", "<i8")])
 WORD_DTYPE = np.dtype([("input", "<i4"), ("line", "<i8"), ("doc", "<i8"),
                        ("position", "<i8"), ("id", "<i4"), ("logprob", "<f8")])
+# a mix with an n-gram model (streamlm.mix): logprob is the mix's, and each model's own
+MIX_WORD_DTYPE = np.dtype(WORD_DTYPE.descr + [("rnn_logprob", "<f8"), ("ngram_logprob", "<f8"),
+                                              ("oov", "?")])
 
 
 @dataclass
@@ -44,12 +47,13 @@ class Totals:
     # a document input, once read to its end: its rows, and the bad rows skipped
     rows: int = 0
     skipped: list = field(default_factory=list)
+    mix: dict | None = None  # a mix: each model's own sums (streamlm.mix.SUMS)
 
     def to_json(self) -> dict:
         return {"scored": self.scored, "oov": self.oov, "logprob": self.logprob,
                 "logprob_oov": self.logprob_oov, "words": self.words, "bytes": self.nbytes,
                 "done": self.done, "records": self.records,
-                "unit": self.unit, "rows": self.rows, "skipped": self.skipped}
+                "unit": self.unit, "rows": self.rows, "skipped": self.skipped, "mix": self.mix}
 
     @classmethod
     def from_json(cls, d: dict) -> Totals:
@@ -59,7 +63,8 @@ class Totals:
                    int(d["records"]),
                    [int(u[0]), int(u[1]), int(u[2]), float(u[3]), float(u[4]), int(u[5]),
                     int(u[6])],
-                   int(d["rows"]), [int(r) for r in d["skipped"]])
+                   int(d["rows"]), [int(r) for r in d["skipped"]],
+                   None if d.get("mix") is None else dict(d["mix"]))
 
 
 class Spool:
@@ -116,13 +121,16 @@ class Spool:
 
 
 class Accumulator:
-    """Running sums per input, and per-unit records into the spool."""
+    """Running sums per input, and per-unit records into the spool. With a ``mixer``
+    (streamlm.mix.Mixer) every block's log-probabilities are the mix's."""
 
-    def __init__(self, n_inputs: int, unk_id: int, level: str | None, spool: Spool | None):
+    def __init__(self, n_inputs: int, unk_id: int, level: str | None, spool: Spool | None,
+                 mixer=None):
         self.t = [Totals() for _ in range(n_inputs)]
         self.unk = unk_id
         self.level = level
         self.spool = spool
+        self.mixer = mixer
         self.total_scored = 0
         self.on_finish = None  # called with the input's index when it ends
 
@@ -133,6 +141,9 @@ class Accumulator:
         n = len(blk)
         lp = -np.asarray(nll, dtype=np.float64)
         oovm = blk.ids == self.unk
+        extra = None
+        if self.mixer is not None:
+            lp, oovm, extra = self.mixer.mix(blk, lp, oovm, t)
         noov = int(np.count_nonzero(oovm))
         t.scored += n
         t.oov += noov
@@ -145,13 +156,16 @@ class Accumulator:
         if self.level is None:
             return
         if self.level == "word":
-            r = np.empty(n, dtype=WORD_DTYPE)
+            r = np.empty(n, dtype=self.spool.dtype)
             r["input"] = blk.i
             r["line"] = blk.line
             r["doc"] = -1 if blk.doc is None else blk.doc
             r["position"] = np.arange(blk.pos, blk.pos + n)
             r["id"] = blk.ids
             r["logprob"] = lp
+            for k, v in (extra or {}).items():
+                if k in r.dtype.names:
+                    r[k] = v
             self._emit(blk.i, r)
             return
         key = blk.line if self.level == "line" else blk.doc
@@ -200,6 +214,8 @@ class Accumulator:
         if t.done:
             return
         t.done = True
+        if self.mixer is not None:
+            self.mixer.finish(i)
         if self.on_finish is not None:
             self.on_finish(i)
         if self.level in ("line", "doc") and t.unit[0] >= 0:

@@ -37,17 +37,26 @@ from pathlib import Path
 
 import numpy as np
 
+from streamlm import mix as M
 from streamlm.checkpoint import ScoreCheckpoint
 from streamlm.engines import scoring_model
 from streamlm.errors import UsageError
-from streamlm.inputs import DocSource, ShardSource, expand_inputs, open_source
+from streamlm.inputs import (
+    DocSource,
+    ShardSource,
+    expand_inputs,
+    fingerprint,
+    is_stream,
+    open_source,
+)
 from streamlm.metrics import summarize
 from streamlm.options import Engine, Level, Reset, ScoreOptions
 from streamlm.outputs import check_output, is_special, write_records, write_split
 from streamlm.params import Model, load_model
-from streamlm.records import UNIT_DTYPE, WORD_DTYPE, Accumulator, Spool
+from streamlm.records import MIX_WORD_DTYPE, UNIT_DTYPE, WORD_DTYPE, Accumulator, Spool
 from streamlm.schedule import Scheduler
 from streamlm.text import forget_preread
+from streamlm.vocab import Vocab
 
 log = logging.getLogger("streamlm.score")
 
@@ -66,7 +75,8 @@ class ScoreResult:
 def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | None = None, *,
           output: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
           split_buckets: str | os.PathLike | None = None,
-          progress: Callable[[dict], None] | None = None, **option_values) -> ScoreResult:
+          progress: Callable[[dict], None] | None = None, _mixer=None,
+          **option_values) -> ScoreResult:
     """Score ``inputs`` with ``model`` (a path or a loaded :class:`~streamlm.params.Model`).
 
     ``options`` (a :class:`~streamlm.options.ScoreOptions`), or its fields as
@@ -84,6 +94,11 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
     kernels otherwise. ``progress``, if given, is called after each model call
     with a dict (``tokens``, ``logprob``, ``perplexity``, ``seconds``,
     ``scored_this_run``, ``fraction``: of the inputs' bytes read, or None).
+
+    With ``mix`` (a KenLM model) and ``mix_lambda`` L, every token is scored by
+    ``L P_rnn + (1 - L) P_ngram`` (:mod:`streamlm.mix`); ``mix_lambda="auto"``
+    first tunes L on ``tune_on``. ``summary["mix"]`` then says what was mixed and
+    gives each model's figures alone on the same tokens.
     """
     t_start = time.monotonic()
     forget_preread()  # anything a failed job in this process read ahead
@@ -113,6 +128,11 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
                            text_column=opts.text_column, text_field=opts.text_field)
                for k, p in enumerate(inputs)]
     opts = _resolve_reset(opts, sources, output, split_dir)
+    mixer, mix_info = _mixer, None
+    if opts.mix is not None:
+        mixer, opts, mix_info = _setup_mix(m, vocab, opts, inputs)
+    if mixer is not None:
+        mixer.bind(sources)
     level = opts.level
     fingerprints = None if checkpoint is None else [s.fingerprint() for s in sources]
     engine = opts.engine
@@ -129,6 +149,8 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
               **opts.result_options(), "engine": engine.value,
               "output": None if output is None else os.path.abspath(output),
               "split_buckets": None if split_dir is None else os.path.abspath(split_dir)}
+        if opts.mix is not None:
+            fp["mix_model"] = fingerprint(opts.mix)
         ckpt = ScoreCheckpoint(checkpoint, opts.checkpoint_every, fp)
         spool_dir = Path(checkpoint + ".spool")
     elif level is not None:
@@ -136,8 +158,9 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
         tmp_spool = True
     spool = None
     if level is not None:
-        spool = Spool(spool_dir, WORD_DTYPE if level == Level.word else UNIT_DTYPE)
-    acc = Accumulator(len(sources), vocab.unk_id, level, spool)
+        word = MIX_WORD_DTYPE if mix_info is not None else WORD_DTYPE
+        spool = Spool(spool_dir, word if level == Level.word else UNIT_DTYPE)
+    acc = Accumulator(len(sources), vocab.unk_id, level, spool, mixer)
 
     def finished(i: int) -> None:  # a document input read to its end: keep its row count
         s = sources[i]
@@ -215,6 +238,8 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
         d["oov_rate"] = t.oov / t.scored if t.scored else None
         if isinstance(s, DocSource):
             d["rows"], d["skipped_rows"] = s.rows, len(s.skipped)
+        if mix_info is not None:
+            d["mix"] = M.summary(t.scored, t.mix, t.oov)
         per.append(d)
         _warn_oov(d, opts.max_oov_rate)
     tot = summarize(sum(t.scored for t in acc.t), sum(t.oov for t in acc.t),
@@ -224,6 +249,9 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
     if docs_in:
         tot["rows"] = sum(s.rows for s in docs_in)
         tot["skipped_rows"] = sum(len(s.skipped) for s in docs_in)
+    if mix_info is not None:
+        sums = {k: math.fsum(t.mix[k] for t in acc.t if t.mix) for k in M.SUMS}
+        tot["mix"] = {**mix_info, **M.summary(tot["tokens"], sums, tot["oov"])}
     seconds = time.monotonic() - t_start
     tot["inputs"] = per
     tot["model"] = m.path
@@ -234,6 +262,39 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
     tot["seconds"] = round(seconds, 3)
     tot["tokens_per_second"] = (round(acc.total_scored / seconds, 1) if seconds > 0 else None)
     return ScoreResult(tot, scheduler.final_states, seconds)
+
+
+def _setup_mix(m: Model, vocab: Vocab, opts: ScoreOptions, inputs: list[str]):
+    """The n-gram model of ``--mix``, its Mixer, and L (tuned on ``tune_on`` for auto):
+    (mixer, the options with L, what the summary says was mixed)."""
+    if vocab.tokenizer != "word":
+        raise UsageError(f"--mix interpolates word probabilities: {m.path or 'the model'} is a "
+                         f"{vocab.tokenizer} (subword) model")
+    for p in [*inputs, *([opts.tune_on] if opts.tune_on else [])]:
+        if is_stream(p):
+            what = "stdin ('-')" if p == "-" else f"a pipe ({p})"
+            raise UsageError(f"--mix reads every input twice (once for each model); {what} "
+                             "can be read once: give a file")
+    ngram = M.load_ngram(opts.mix)
+    info = {"ngram_model": os.fspath(opts.mix), "lambda": opts.mix_lambda, "tuned_on": None}
+    if opts.mix_lambda == "auto":
+        collect = M.Mixer(ngram, None, vocab)
+        tune_opts = ScoreOptions(reset=opts.reset, chunk_tokens=opts.chunk_tokens,
+                                 batch=opts.batch, errors=opts.errors, column=opts.column,
+                                 text_field=opts.text_field, text_column=opts.text_column,
+                                 engine=opts.engine, max_oov_rate=None)
+        score(m, [opts.tune_on], tune_opts, _mixer=collect)
+        rnn, ng = collect.collected()
+        lam, ppl = M.best_lambda(rnn, ng)
+        info.update({"lambda": lam, "tuned_on": os.fspath(opts.tune_on),
+                     "tune_tokens": len(rnn), "tune_perplexity": ppl,
+                     "tune_perplexity_rnn": math.exp(-rnn.mean()),
+                     "tune_perplexity_ngram": math.exp(-ng.mean())})
+        log.info("--lambda auto: %.4f (on %s: perplexity %.2f mixed, %.2f the RNN alone, "
+                 "%.2f the n-gram alone)", lam, opts.tune_on, ppl,
+                 info["tune_perplexity_rnn"], info["tune_perplexity_ngram"])
+        opts = opts.replace(mix_lambda=lam, tune_on=None)
+    return M.Mixer(ngram, opts.mix_lambda, vocab), opts, info
 
 
 def _resolve(opts: ScoreOptions, inputs: list[str], output: str | None,

@@ -14,6 +14,10 @@ The loop follows the book (deep-learning-from-scratch-2, ch. 5 and 6):
   so far the learning rate is divided by 4 (ch. 6), otherwise the model file is
   rewritten (so ``out_model`` always holds the best model). Without a
   validation set the model file holds the latest weights.
+* with ``ema`` (Polyak averaging), an exponential moving average of the weights
+  is kept beside them (updated every EMA_EVERY steps, debiased as Adam's moments
+  are); validation, the lr decay and the model file use the average, training
+  goes on with the raw weights.
 
 Checkpoints (``<out stem>.ckpt.npz``, see :mod:`streamlm.checkpoint`) are
 written atomically every ``checkpoint_every`` steps and at every epoch end:
@@ -62,6 +66,7 @@ ADAM_EPS = 1e-7  # as the book's Adam
 CLIP_EPS = 1e-6  # as the book's clip_grads
 LR_DECAY = 4.0  # divide the lr by this when the valid ppl does not improve (ch. 6)
 EVAL_CHUNK = 4096  # tokens per nll() call when evaluating (bounds memory)
+EMA_EVERY = 4  # steps between updates of the weight average (decay ** EMA_EVERY each)
 
 
 @dataclass
@@ -91,6 +96,7 @@ class TrainConfig:
     old_classes: bool = False  # frequency binning by count/total (rnnlm -old-classes)
     log_interval: int = 100  # steps between log records
     checkpoint_every: int = 1000  # steps between checkpoints (0: only at epoch ends)
+    ema: float = 0.0  # decay per step of the weight average (0: no averaging)
 
     def validate(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -114,6 +120,7 @@ class TrainConfig:
         need(math.isfinite(self.clip) and self.clip >= 0,
              f"--clip must be >= 0 (0 disables), got {self.clip}")
         need(0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
+        need(0.0 <= self.ema < 1.0, f"--ema must be in [0, 1), got {self.ema}")
         need(self.max_minutes is None or self.max_minutes > 0,
              f"--max-minutes must be positive, got {self.max_minutes}")
         need(not self.tie_weights or self.embed == self.hidden,
@@ -165,6 +172,30 @@ def evaluate(params: Params, dataset: TokenDataset, chunk: int = EVAL_CHUNK) -> 
 
 
 # --------------------------------------------------------------- the loop --
+class averaged:
+    """``with averaged(run):`` the weights are the debiased weight average inside the
+    block (no averaging, or none yet: the weights as they are), restored after."""
+
+    def __init__(self, run: TrainState):
+        self.run = run
+        self.saved: np.ndarray | None = None
+
+    def __enter__(self) -> None:
+        run = self.run
+        if run.ema is None or run.ema_n == 0:
+            return
+        flat = run.params.flat
+        self.saved = flat.copy()
+        bias = 1.0 - (run.cfg.ema ** EMA_EVERY) ** run.ema_n  # as Adam's bias correction
+        np.divide(run.ema, flat.dtype.type(bias), out=flat)
+
+    def __exit__(self, *exc) -> None:
+        if self.saved is not None:
+            self.run.params.flat[...] = self.saved
+            self.saved = None
+
+
+
 def _json_float(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
@@ -310,14 +341,16 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
 
     def save_best() -> None:
         _check_finite(run, batcher, ckpt)
-        save_model(out_model, params, vocab.words, train_config=train_meta,
-                   extra_meta={"valid_ppl": _json_float(run.best_ppl),
-                               "step": batcher.batches_done},
-                   tokenizer=getattr(vocab, "proto", None))  # a subword model's tokeniser
+        with averaged(run):
+            save_model(out_model, params, vocab.words, train_config=train_meta,
+                       extra_meta={"valid_ppl": _json_float(run.best_ppl),
+                                   "step": batcher.batches_done},
+                       tokenizer=getattr(vocab, "proto", None))  # a subword model's tokeniser
 
     def validate_and_keep(decay: bool) -> float:
         nonlocal last_eval
-        last_eval = evaluate(params, vds)
+        with averaged(run):
+            last_eval = evaluate(params, vds)
         ppl = last_eval["ppl"]
         if run.best_ppl is None or ppl < run.best_ppl:
             run.best_ppl = ppl
@@ -376,6 +409,9 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
                                     dt(ADAM_BETA1), dt(ADAM_BETA2), dt(ADAM_EPS), gscale, seg)
             if seg is None:  # (the sparse updates zero their segments themselves)
                 threads.zero(grads.flat)
+            if run.ema is not None and step % EMA_EVERY == 0:
+                K.ema_update(run.ema, params.flat, cfg.ema ** EMA_EVERY)
+                run.ema_n += 1
             run.int_loss += loss
             run.int_steps += 1
             run.ep_loss += loss

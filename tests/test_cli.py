@@ -200,6 +200,20 @@ def test_generate_options_reach_generate(monkeypatch):
     assert r.stdout == "a b\n"
 
 
+def test_query_options_reach_query(monkeypatch):
+    from streamlm import query as query_module
+
+    rec = Recorder(iter(["the=2 2 -1\t", "Tokens:\t1\n"]))
+    monkeypatch.setattr(query_module, "query", rec)
+    r = invoke("query", "-v", "word", "-v", "summary", "-n", "--carry", "--engine", "numpy",
+               "m.npz")
+    assert r.exit_code == 0, r.output
+    assert rec.calls == [(("m.npz", "-", ["word", "summary"], False, True, "numpy"), {})]
+    assert r.stdout == "the=2 2 -1\tTokens:\t1\n"
+    invoke("query", "m.npz")
+    assert rec.calls[-1] == (("m.npz", "-", None, True, False, "auto"), {})
+
+
 @pytest.mark.parametrize("command, option, choices", [
     ("score", "--reset", Reset), ("score", "--level", Level), ("score", "--errors", Errors),
     ("score", "--engine", Engine), ("prepare", "--docs", Docs),
@@ -230,6 +244,7 @@ def test_help_texts_keep_their_brackets():
     (["generate", "m.npz", "--prompt", "-q", "-q"], ["-q", "generate", "m.npz", "--prompt", "-q"]),
     (["score", "m.npz", "--", "-q"], ["score", "m.npz", "--", "-q"]),
     (["nosuchcommand", "-q"], ["nosuchcommand", "-q"]),
+    (["query", "-v", "summary", "m.npz", "-q"], ["-q", "query", "-v", "summary", "m.npz"]),
 ])
 def test_quiet_and_verbose_work_after_the_command(argv, want):
     from streamlm.cli import hoist_global_flags

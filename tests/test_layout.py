@@ -12,9 +12,9 @@ FLOORS = [
     {"kernels", "blas", "threads", "store", "text", "vocab", "subword",  # compute, reading
      "classes"},
     {"params", "heads", "model", "engines", "tokenizer", "shards", "batcher", "rows", "inputs"},
-    {"schedule", "records", "checkpoint", "outputs", "report", "plots"},  # parts of the jobs
+    {"schedule", "records", "mix", "checkpoint", "outputs", "report", "plots"},  # job parts
     {"prepare", "train", "score", "generate", "distributed", "demo"},  # the jobs
-    {"api", "cli", "argv", "progress", "__init__", "__main__"},  # faces
+    {"api", "query", "cli", "console", "progress", "__init__", "__main__"},  # faces
 ]
 FLOOR = {m: k for k, mods in enumerate(FLOORS) for m in mods}
 

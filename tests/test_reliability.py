@@ -94,6 +94,7 @@ class Case:
     position: str | None = None  # a substring naming the position
     outputs: list = field(default_factory=list)  # paths (relative to tmp) that must not exist
     needs: str | None = None  # an optional package the case needs (skipped without it)
+    stdin: bytes | None = None  # fed to the command (then nothing may reach stdout)
 
 
 def _w(tmp: Path, name: str, data: bytes) -> Path:
@@ -340,6 +341,11 @@ CASES = [
          outputs=["m.npz"]),
     Case("train-negative-lr", lambda b, t: _train(b, b["dir"] / "prep", "--lr", "-1"),
          names="lr", outputs=["m.npz"]),
+    # ---- query (stdin) ----
+    Case("query-invalid-utf8", lambda b, t: ["query", b["dir"] / "model.npz"],
+         names="<stdin>", position="line 2", stdin=b"the cat\nsat \xff on\n"),
+    Case("query-model-truncated", lambda b, t: ["query", _truncated_model(b, t)],
+         names="trunc.npz", stdin=b"the cat\n"),
 ]
 
 
@@ -365,7 +371,7 @@ def test_hostile_input(case, base, tmp_path):
     if case.needs:
         pytest.importorskip(case.needs)
     argv = case.make(base, tmp_path)
-    r = run(*argv, cwd=tmp_path)
+    r = run(*argv, cwd=tmp_path, stdin=case.stdin)
     err_lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode != 0, f"accepted: {r.stdout}\n{r.stderr}"
     assert 0 < r.returncode < 128, r.returncode  # an exit, not a signal
@@ -381,6 +387,8 @@ def test_hostile_input(case, base, tmp_path):
         assert case.position in line, (case.position, line)
     for out in case.outputs:
         assert not (tmp_path / out).exists(), f"partial output left: {out}"
+    if case.stdin is not None:
+        assert r.stdout == "", r.stdout
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") and "tmp" in p.name]
 
 

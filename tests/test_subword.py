@@ -246,8 +246,8 @@ def test_the_api_scores_raw_text(model):
 
     lm = streamlm.LanguageModel(model, engine="numpy")
     scores = list(lm.full_scores(UNSEEN))
-    assert len(scores) == len(lm.encode(UNSEEN)) + 1 and not any(oov for _, oov in scores)
-    assert lm.score(UNSEEN) == pytest.approx(sum(s for s, _ in scores), rel=1e-12)
+    assert len(scores) == len(lm.encode(UNSEEN)) + 1 and not any(oov for *_, oov in scores)
+    assert lm.score(UNSEEN) == pytest.approx(sum(s for s, *_ in scores), rel=1e-12)
 
 
 @pytest.fixture(scope="session")
@@ -275,3 +275,10 @@ def test_korean_prepares_trains_scores_and_generates(korean, tmp_path):
     assert rc == 0, err
     assert len(re.findall("[\uac00-\ud7a3]", out)) >= 10  # Hangul syllables
     assert "\u2581" not in out
+
+
+def test_a_mix_with_word_ngrams_refuses_a_subword_model(model, corpus):
+    from streamlm.errors import UsageError
+
+    with pytest.raises(UsageError, match="subword"):
+        score(model, [str(corpus / "test.txt")], mix=str(corpus / "none.arpa"), mix_lambda=0.5)

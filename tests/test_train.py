@@ -255,3 +255,40 @@ def test_class_softmax_trains_and_resumes_bitwise(corpus, tmp_path, tied):
     assert a["best_valid_ppl"] == b["best_valid_ppl"] < 25  # 40 words, 3 successors each
     m = load_model(tmp_path / "a.npz")
     assert m.config.softmax == "class" and m.config.C == 6
+
+
+def test_weight_average_is_what_validation_and_the_model_file_use(corpus, tmp_path):
+    """--ema: the model file holds the debiased average of the weights (updated every
+    EMA_EVERY steps), not the last weights; and a resume continues it bitwise."""
+    from streamlm import kernels as K
+    from streamlm.train import EMA_EVERY
+
+    x = np.arange(6, dtype=np.float64)
+    avg = np.ones(6)
+    K.ema_update(avg, x, 0.9)
+    assert np.allclose(avg, 0.9 + 0.1 * x)
+
+    def cfg(epochs, ema=0.99):
+        return TrainConfig(embed=8, hidden=8, batch=4, bptt=5, epochs=epochs, lr=0.01,
+                           seed=3, checkpoint_every=0, ema=ema)
+
+    train(cfg(1), corpus / "train", tmp_path / "a.npz")
+    ck = _arrays(checkpoint_path(tmp_path / "a.npz"))
+    meta = json.loads(str(ck["meta"]))
+    n = meta["ema_n"]
+    assert n == meta["history"][-1]["step"] // EMA_EVERY > 0
+    want = ck["ema"] / np.float32(1 - (0.99 ** EMA_EVERY) ** n)
+    got = load_model(tmp_path / "a.npz").params.flat
+    assert np.array_equal(got, want)
+    assert not np.allclose(got, ck["params"])  # the average, not the last weights
+    # a resume gives the bytes of an uninterrupted run
+    train(cfg(2), corpus / "train", tmp_path / "b.npz", valid_paths=corpus / "valid")
+    train(cfg(1), corpus / "train", tmp_path / "c.npz", valid_paths=corpus / "valid")
+    train(cfg(2), corpus / "train", tmp_path / "c.npz", valid_paths=corpus / "valid",
+          resume=True)
+    b, c = _arrays(tmp_path / "b.npz"), _arrays(tmp_path / "c.npz")
+    assert all(b[k].tobytes() == c[k].tobytes() for k in b if k != "meta")
+    with pytest.raises(UsageError, match="ema"):
+        train(cfg(3, ema=0.9), corpus / "train", tmp_path / "c.npz", resume=True)
+    with pytest.raises(UsageError, match="--ema"):
+        TrainConfig(ema=1.0).validate()
