@@ -99,7 +99,9 @@ class Query:
             if self.eos:
                 oovm[-1] = False
             if self.words:
-                surface = [*words, "</s>"] if self.eos else words
+                toks = (list(words) if lm.vocab.tokenizer == "word" else  # a subword model:
+                        [lm.vocab.words[i] for i in ids[:len(ids) - self.eos].tolist()])  # pieces
+                surface = [*toks, "</s>"] if self.eos else toks
                 for k, (w, i, p) in enumerate(zip(surface, ids.tolist(), p10.tolist())):
                     out.append(f"{w}={i} {first + k} {number(p, True)}\t")
             total = float(p10.sum())

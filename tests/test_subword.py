@@ -282,3 +282,18 @@ def test_a_mix_with_word_ngrams_refuses_a_subword_model(model, corpus):
 
     with pytest.raises(UsageError, match="subword"):
         score(model, [str(corpus / "test.txt")], mix=str(corpus / "none.arpa"), mix_lambda=0.5)
+
+
+def test_query_of_a_subword_model_prints_its_pieces(model, tmp_path):
+    from streamlm.query import query
+
+    (tmp_path / "q.txt").write_text("walking talked\n" + UNSEEN + "\n", encoding="utf-8")
+    out = "".join(query(str(model), str(tmp_path / "q.txt"), engine="numpy"))
+    vocab = load_model(model).vocabulary()
+    lines = [ln for ln in out.splitlines() if "Total:" in ln]
+    assert len(lines) == 2
+    for text, line in zip(["walking talked", UNSEEN], lines):
+        fields = [f.rsplit(" ", 2)[0] for f in line.split("\t")[:-1]]
+        want = [vocab.words[i] for i in vocab.encode(text.split())] + ["</s>"]
+        assert [f.rsplit("=", 1)[0] for f in fields] == want
+        assert line.endswith("OOV: 0")
