@@ -4,12 +4,13 @@
 
 tinyshakespeare's last 10% of lines are held out (both parts written to a temp
 directory). Two models of the same size (D=H=``--size``, class softmax, V =
-``--vocab`` words or pieces) are trained for the same wall time
-(``--max-minutes``), one after the other (never at the same time: the machine
-is shared): a word model (``prepare --vocab-size V``) and a SentencePiece
-unigram model (``prepare --tokenizer sentencepiece --pieces V``). Both score the
-held-out text as raw text, and are compared by ``bits_per_byte`` and
-``word_perplexity``, the measures that do not depend on the tokens.
+``--vocab`` words or pieces; dropout ``--dropout``, train's 0.25 by default)
+are trained for the same wall time (``--max-minutes``), one after the other
+(never at the same time: the machine is shared): a word model (``prepare
+--vocab-size V``) and a SentencePiece unigram model (``prepare --tokenizer
+sentencepiece --pieces V``). Both score the held-out text as raw text, and are
+compared by ``bits_per_byte`` and ``word_perplexity``, the measures that do not
+depend on the tokens.
 
 Checked before anything is reported: both runs count the same words and bytes
 of the held-out text, the subword model has no OOV, and the word model's
@@ -58,6 +59,7 @@ def main(argv=None):
     ap.add_argument("--vocab", type=int, default=8000, help="words, and pieces")
     ap.add_argument("--minutes", type=float, default=4.0, help="training time of each model")
     ap.add_argument("--size", type=int, default=256, help="D = H")
+    ap.add_argument("--dropout", type=float, default=None, help="(default: train's, 0.25)")
     ap.add_argument("--out", default=str(HERE / "results_shakespeare.json"))
     args = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench-shakespeare-"))
@@ -67,13 +69,15 @@ def main(argv=None):
            "subword": ["--tokenizer", "sentencepiece", "--pieces", args.vocab]}
     res: dict = {"text": str(TEXT), "heldout_lines": len(held.read_text().splitlines()),
                  "size": args.size, "vocab": args.vocab, "minutes": args.minutes,
+                 "dropout": 0.25 if args.dropout is None else args.dropout,
                  "softmax": "class", "models": {}}
     for name, opts in tok.items():
         prep = sl("prepare", train, "--out", tmp / name, *opts)
         t0 = time.monotonic()
         tr = sl("train", tmp / name, "--out", tmp / f"{name}.npz", "--embed", args.size,
                 "--hidden", args.size, "--softmax", "class", "--epochs", 1000,
-                "--max-minutes", args.minutes)
+                "--max-minutes", args.minutes,
+                *([] if args.dropout is None else ["--dropout", args.dropout]))
         wall = time.monotonic() - t0
         s = sl("score", tmp / f"{name}.npz", held)
         res["models"][name] = {

@@ -6,7 +6,8 @@ Reads results_speed.json (bench_speed.py), results_startup.json
 (bench_startup.py), results_memory.json (bench_memory.py) and
 results_kernels.json (bench_kernels.py), results_class.json (bench_class.py),
 results_kenlm.json (bench_kenlm.py), results_documents.json
-(bench_documents.py) and results_api.json (bench_api.py); any that is
+(bench_documents.py), results_api.json (bench_api.py), results_subword.json
+(bench_subword.py) and results_shakespeare*.json (bench_shakespeare.py); any that is
 missing is skipped.
 Hand-written notes (profiles, analysis) live in bench/NOTES.md and are
 appended verbatim.
@@ -250,6 +251,30 @@ def documents_section(r) -> list[str]:
             f"{100 * r['rss_growth_small_to_large']:+.1f}% (target within 10%).", ""]
 
 
+def subword_section(r) -> list[str]:
+    a, o = r["all_threads"], r["one_thread"]
+    return ["## Subword: the share of scoring time that SentencePiece encoding takes", "",
+            f"- {r['text']}: {r['words']:,} words, {r['tokens']:,} pieces, scored as raw text "
+            f"by {r['model']} (in-process, medians).", "",
+            "| SentencePiece threads | score wall s | encoding s | encoding share | all "
+            "tokenising share |", "|---|---:|---:|---:|---:|",
+            *(f"| {n} | {x['median_wall_s']:.2f} | {x['median_encode_s']:.2f} | "
+              f"{100 * x['encode_share']:.1f}% | {100 * x['tokenise_share']:.1f}% |"
+              for n, x in ((r["threads"], a), (1, o))),
+            "", f"- As a whole `streamlm score` process: {r['median_cli_wall_s']:.2f} s. "
+            "Target: encoding under 20%.", ""]
+
+
+def shakespeare_section(r) -> list[str]:
+    head = (f"## Word against subword on tinyshakespeare (V={r['vocab']:,}, D=H={r['size']}, "
+            f"class softmax, {r['minutes']:g} min each, dropout {r.get('dropout', 0.25)})")
+    return [head, "", "| model | held-out tokens | OOV | perplexity | word_perplexity | "
+            "bits_per_byte |", "|---|---:|---:|---:|---:|---:|",
+            *(f"| {k} | {m['heldout_tokens']:,} | {m['heldout_oov']:,} | {m['perplexity']:.1f} "
+              f"| {m['word_perplexity']:.1f} | {m['bits_per_byte']:.3f} |"
+              for k, m in r["models"].items()), ""]
+
+
 def main():
     lines = ["# streamlm benchmarks", "",
              "Written by `python bench/report.py` from the JSON the bench scripts leave in bench/ "
@@ -257,7 +282,9 @@ def main():
              "numpy), bench_startup.py (start-up / compile), bench_memory.py (peak RSS), "
              "bench_kernels.py (kernel-level choices), bench_class.py (class against full "
              "softmax), bench_kenlm.py (against KenLM query), bench_documents.py (Parquet "
-             "documents), bench_api.py (the Python API against the kenlm module).", ""]
+             "documents), bench_api.py (the Python API against the kenlm module), bench_subword.py "
+             "(SentencePiece encoding's share of scoring), bench_shakespeare.py (word against "
+             "subword, by bits per byte).", ""]
     t1 = lambda r: speed_section(r, "## Speed with ONE thread per library (per-core efficiency)")  # noqa: E731
     for name, fn in (("results_speed.json", speed_section),
                      ("results_speed_t1.json", t1),
@@ -267,7 +294,10 @@ def main():
                      ("results_class.json", class_section),
                      ("results_kenlm.json", kenlm_section),
                      ("results_documents.json", documents_section),
-                     ("results_api.json", api_section)):
+                     ("results_api.json", api_section),
+                     ("results_subword.json", subword_section),
+                     ("results_shakespeare.json", shakespeare_section),
+                     ("results_shakespeare_dropout05.json", shakespeare_section)):
         r = _load(name)
         if r is not None:
             lines += fn(r)

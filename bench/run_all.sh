@@ -17,5 +17,7 @@ else
   python bench/bench_startup.py
   python bench/bench_kernels.py
   python bench/bench_memory.py --sizes 1,11
+  python bench/bench_subword.py
+  python bench/bench_shakespeare.py
 fi
 python bench/report.py
