@@ -297,3 +297,33 @@ def test_query_of_a_subword_model_prints_its_pieces(model, tmp_path):
         want = [vocab.words[i] for i in vocab.encode(text.split())] + ["</s>"]
         assert [f.rsplit("=", 1)[0] for f in fields] == want
         assert line.endswith("OOV: 0")
+
+
+@pytest.mark.parametrize("eos", [2, -1], ids=["its-own-eos", "no-eos"])
+def test_an_existing_model_of_other_conventions(corpus, tmp_path, eos):
+    """A model trained elsewhere (SentencePiece's defaults: <s> and </s>, NFKC, no byte
+    fallback; or, as CCNet's, no end-of-sentence piece): its pieces are the vocabulary,
+    its </s> (or one more id) is <eos>, and raw text scores as its shards do."""
+    import io
+
+    lines = (corpus / "train.txt").read_text(encoding="utf-8").split("\n")
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf,
+                                   vocab_size=120, eos_id=eos, hard_vocab_limit=False,
+                                   minloglevel=2)
+    (tmp_path / "other.model").write_bytes(buf.getvalue())
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    prepare([str(corpus / "test.txt")], tmp_path / "d", tokenizer=str(tmp_path / "other.model"))
+    vocab = open_dataset(tmp_path / "d").vocab
+    want = [sp.id_to_piece(i) for i in range(len(sp))]
+    want[0] = "<unk>"
+    if eos >= 0:
+        want[eos] = "<eos>"
+    else:
+        want.append("<eos>")
+    assert vocab.words == want and vocab.eos_id == (eos if eos >= 0 else len(sp))
+    model = _train(tmp_path / "d", tmp_path / "m.npz")
+    text = score(model, [str(corpus / "test.txt")], engine="numpy").summary
+    shards = score(model, [str(tmp_path / "d")], engine="numpy").summary
+    assert text["tokens"] == shards["tokens"] and text["oov"] == shards["oov"] > 0  # ☃ etc.
+    assert text["logprob"] == pytest.approx(shards["logprob"], rel=1e-9)
