@@ -184,7 +184,7 @@ def main(argv=None):
             check(m[kind], PTB_TEST)
         for mode, flags in modes.items():
             r = interleave({k: score_cmd(m[k], text, flags) for k in m}, args.reps, tokens)
-            r.update(H=H, mode=mode)
+            r.update(H=H, mode=mode, tokens=tokens)
             res["runs"].append(r)
             print(f"H={H} {mode:10s}: full {r['full']['median_tokens_per_s']:9,.0f}  class "
                   f"{r['class']['median_tokens_per_s']:9,.0f} tok/s  class/full "
@@ -221,7 +221,7 @@ def main(argv=None):
                        max(2, args.reps // 2), ztok)
         for k in m:
             _, _, r[k]["peak_rss_mb"] = run(score_cmd(m[k], zdir / "test.txt", []))
-        r.update(H=256, V=len(zvocab), mode="1 stream, Zipf")
+        r.update(H=256, V=len(zvocab), mode="1 stream, Zipf", tokens=ztok)
         res["runs"].append(r)
         print(f"V=100k H=256: full {r['full']['median_tokens_per_s']:9,.0f}  class "
               f"{r['class']['median_tokens_per_s']:9,.0f} tok/s  class/full "
