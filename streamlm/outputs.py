@@ -36,11 +36,11 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from streamlm.atomic import atomic_path
+from streamlm.buckets import assign, bucket_labels, buckets
 from streamlm.errors import UsageError
 from streamlm.inputs import DocSource, Source
 from streamlm.metrics import LN2, LN10
 from streamlm.records import UNIT_DTYPE, Spool
-from streamlm.report import assign, bucket_labels, buckets
 from streamlm.vocab import Vocab
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl",

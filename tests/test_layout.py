@@ -10,7 +10,7 @@ PKG = Path(__file__).resolve().parents[1] / "streamlm"
 FLOORS = [
     {"errors", "atomic", "formats", "options", "metrics"},  # foundations
     {"kernels", "blas", "threads", "store", "text", "vocab", "subword",  # compute, reading
-     "classes"},
+     "classes", "buckets"},
     {"params", "heads", "model", "engines", "tokenizer", "shards", "batcher", "rows", "inputs"},
     {"schedule", "records", "mix", "checkpoint", "outputs", "report", "plots"},  # job parts
     {"prepare", "train", "score", "generate", "distributed", "demo"},  # the jobs
@@ -43,6 +43,36 @@ def test_nothing_imports_upward():
             if FLOOR[dep] > FLOOR[p.stem]:
                 bad.append(f"{p.stem} (floor {FLOOR[p.stem]}) imports {dep} (floor {FLOOR[dep]})")
     assert bad == []
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of a module graph (each as a path that returns to its start)."""
+    found, state = [], {}
+
+    def visit(m, path):
+        state[m] = 1
+        for d in sorted(graph.get(m, ())):
+            if state.get(d) == 1:
+                found.append(path[path.index(d):] + [d])
+            elif d not in state:
+                visit(d, path + [d])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    return found
+
+
+def test_no_import_cycles():
+    """Modules of one floor may import each other, but never round in a circle."""
+    graph = {p.stem: imports_of(p) - {p.stem} for p in PKG.glob("*.py")}
+    assert cycles(graph) == []
+
+
+def test_the_cycle_check_sees_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
 
 
 def test_the_check_itself_sees_an_upward_import(tmp_path):
