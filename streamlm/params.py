@@ -180,9 +180,13 @@ class Params:
         for name in self.config.storage_names():
             a = arrays[name]
             axis = WORD_INDEXED.get(name)
+            view = self[name]
             if self.classes is not None and axis is not None:
+                if axis == 0 and view.flags.c_contiguous and a.dtype == view.dtype:
+                    np.take(a, self.classes.order, axis=0, out=view)  # no temporary
+                    continue
                 a = np.take(a, self.classes.order, axis=axis)
-            self[name][...] = a
+            view[...] = a
 
     def segments(self, rows: np.ndarray, ranges: np.ndarray) -> np.ndarray:
         """The ranges (K, 2) int64 of the flat buffer that a row-sparse training step
@@ -262,7 +266,7 @@ def checksum(arrays: dict[str, np.ndarray], vocab: Sequence[str],
     for name in names:
         a = np.ascontiguousarray(arrays[name])
         h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(a.tobytes())
+        h.update(memoryview(a).cast("B"))  # the same bytes as a.tobytes(), with no copy
     h.update("\n".join(vocab).encode("utf-8"))
     return h.hexdigest()
 
