@@ -176,6 +176,7 @@ def class_section(r) -> list[str]:
            "the peers in turn, the ratio is the median of the pairwise ratios. Training: "
            "steady-state tokens/s of `streamlm train` (median of its log intervals).",
            "- Zipf: V=100,000, H=256, C=316, a synthetic Zipf corpus (streamlm.demo.zipf_corpus).",
+           *([f"- {r['note']}"] if r.get("note") else []),
            "", "| H | mode | tokens | full tok/s | class tok/s | class / full | target | "
            "peak RSS MB (full / class) |", "|---:|---|---:|---:|---:|---:|---:|---|"]
     for run in r["runs"]:
@@ -207,6 +208,8 @@ def kenlm_section(r) -> list[str]:
         stream = f"{p['ppl_stream']:.2f}" if p.get("ppl_stream") else ""
         out.append(f"| {p['name']} | {p['ppl_line']:.2f} | {stream} | "
                    f"{p['tokens_per_s_1t']:,.0f} | {p['per_core_vs_kenlm_1t']:.3f}x | {two} |")
+    out.append("")
+    return out
 
 
 def api_section(r) -> list[str]:
