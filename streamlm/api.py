@@ -238,12 +238,16 @@ class Model:
 
     # ---------------------------------------------------------------- words --
     def _new_rnn(self):
-        return scoring_model(self.model.params, self.engine)
+        """A scoring model for a stream of its own (a numba one shares the model's
+        input table)."""
+        rnn = self.rnn
+        return rnn.sharing() if hasattr(rnn, "sharing") else scoring_model(
+            self.model.params, self.engine)
 
     @property
     def rnn(self):
         if self._rnn is None:
-            self._rnn = self._new_rnn()
+            self._rnn = scoring_model(self.model.params, self.engine)
         return self._rnn
 
     def _word_id(self, word: str) -> int:

@@ -99,4 +99,4 @@ def scoring_model(params: Params, engine: Engine | str):
         return NumpyRNN(params)
     from streamlm.model import RNNLM  # imports numba: only when it is used
 
-    return RNNLM(params)
+    return RNNLM(params, frozen=True)  # weights that do not change: the input table

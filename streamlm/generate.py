@@ -54,7 +54,7 @@ def _generate(model_path, words, temperature, seed, prompt):
 
 
 def _sample(params, vocab, context, words, temperature, seed) -> Iterator[str]:
-    model = RNNLM(params)
+    model = RNNLM(params, frozen=True)
     rng = np.random.default_rng(seed)
     h = None
     for i in context:

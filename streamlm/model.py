@@ -148,7 +148,7 @@ class RNNLM:
     """
 
     def __init__(self, params: Params, dropout: float = 0.0, seed: int = 0,
-                 recur: str = "auto"):
+                 recur: str = "auto", frozen: bool = False):
         if not 0.0 <= dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
         if recur not in ("auto", "kernel", "blas"):
@@ -162,6 +162,36 @@ class RNNLM:
         self._cache: _Cache | None = None
         self._touched = None
         self.buf = Scratch(params.dtype)
+        # frozen weights (scoring, generation, evaluation): the input term of word w,
+        # embed_W[w] @ rnn_Wx + rnn_b, is a row of one (V, H) table, made at the first
+        # nll()/step() (a GEMM of V rows) and looked up after that: no per-token GEMM
+        self.frozen = bool(frozen)
+        self._table: np.ndarray | None = None
+        self._table_of: RNNLM | None = None  # another frozen model of the same weights
+
+    def sharing(self) -> RNNLM:
+        """A new frozen model of the same weights that shares this one's input table
+        (the API's streams: one table, however many streams)."""
+        m = RNNLM(self.params, recur=self.recur, frozen=True)
+        m._table_of = self
+        return m
+
+    def input_table(self) -> np.ndarray:
+        """(V, H): embed_W @ rnn_Wx + rnn_b, in the model's word order (frozen models)."""
+        if self._table is None and self._table_of is not None:
+            self._table = self._table_of.input_table()
+        if self._table is None:
+            p = self.params
+            t = np.empty((self.config.V, self.config.H), dtype=p.dtype)
+            pl = pool()
+
+            def rows(i, j):
+                blas.gemm(p.embed_W[i:j], p.rnn_Wx, t[i:j])
+                t[i:j] += p.rnn_b
+
+            pl.map(rows, split(self.config.V, pl.threads))
+            self._table = t
+        return self._table
 
     @property
     def config(self):
@@ -218,8 +248,10 @@ class RNNLM:
         return m.astype(self.params.dtype) * self.params.dtype.type(1.0 / keep)
 
     # shared front half ---------------------------------------------------
-    def _run_rnn(self, xs, h0, reset, train: bool, pl: Pool):
-        """Embedding, input term and recurrence of an (N, T) block (threads: rows, streams)."""
+    def _run_rnn(self, xs, h0, reset, train: bool, pl: Pool, keep: bool = True):
+        """Embedding, input term and recurrence of an (N, T) block (threads: rows, streams).
+        keep=False (scoring): X is not needed, and a frozen model looks the input
+        term up in its table."""
         p = self.params
         N, T = xs.shape
         H, D = self.config.H, self.config.D
@@ -227,12 +259,16 @@ class RNNLM:
         ids = np.ascontiguousarray(xs.T, dtype=np.int32).reshape(M)
         check_ids(ids, self.config.V, "input ids")
         mask_x = self._dropout_mask((M, D)) if train and self.dropout > 0 else None
-        X = self.buf("X", (M, D))
         xw = self.buf("xw", (T, N, H))
         xw2 = xw.reshape(M, H)
         Wx, b, E = p.rnn_Wx, p.rnn_b, p.embed_W
+        table = self.input_table() if self.frozen and not keep and not train else None
+        X = self.buf("X", (M, D)) if table is None else None
 
         def embed_rows(i, j):
+            if table is not None:
+                K.embedding_forward(xw2[i:j], ids[i:j], table)
+                return
             K.embedding_forward(X[i:j], ids[i:j], E)
             if mask_x is not None:
                 X[i:j] *= mask_x[i:j]
@@ -359,7 +395,7 @@ class RNNLM:
         pl = pool()
         out = np.empty(M, dtype=np.float64)
         if N >= pl.threads or pl.threads == 1:
-            _, _, hs_full, _ = self._run_rnn(xs, h0, reset, False, pl)
+            _, _, hs_full, _ = self._run_rnn(xs, h0, reset, False, pl, keep=False)
             self.head.score(hs_full[1:].reshape(M, self.config.H), labels, out, pl)
         else:
             hs_full = self._nll_pipelined(xs, h0, reset, labels, out, pl)
@@ -379,11 +415,14 @@ class RNNLM:
         H = self.config.H
         ids = np.ascontiguousarray(xs.T, dtype=np.int32).reshape(M)
         check_ids(ids, self.config.V, "input ids")
-        X = self.buf("X", (M, self.config.D))
         xw = self.buf("xw", (T, N, H))
-        K.embedding_forward(X, ids, p.embed_W)
-        blas.gemm(X, p.rnn_Wx, xw.reshape(M, H))
-        xw += p.rnn_b
+        if self.frozen:
+            K.embedding_forward(xw.reshape(M, H), ids, self.input_table())
+        else:
+            X = self.buf("X", (M, self.config.D))
+            K.embedding_forward(X, ids, p.embed_W)
+            blas.gemm(X, p.rnn_Wx, xw.reshape(M, H))
+            xw += p.rnn_b
         hs_full = self.buf("hs_full", (T + 1, N, H))
         hs_full[0] = self._h0(h0, N)
         reset_tm = self._reset_tm(reset, T, N)
@@ -437,7 +476,7 @@ class RNNLM:
         check_ids(ids, self.config.V, "input ids")
         if self.classes is not None:
             ids = self.classes.rank[ids]
-        _, _, hs_full, _ = self._run_rnn(ids, h0, None, False, _SERIAL)
+        _, _, hs_full, _ = self._run_rnn(ids, h0, None, False, _SERIAL, keep=False)
         return hs_full[1].copy()
 
     def logprobs(self, h: np.ndarray) -> np.ndarray:

@@ -152,7 +152,7 @@ def evaluate(params: Params, dataset: TokenDataset, chunk: int = EVAL_CHUNK) -> 
     with ``ppl = exp(mean NLL)``. Uses its own RNNLM (no dropout), so the
     caller's carried training state is untouched.
     """
-    model = RNNLM(params)
+    model = RNNLM(params, frozen=True)  # (a new model per evaluation: the weights move)
     total, count = 0.0, 0
     prev: np.ndarray | None = None
     h = None

@@ -221,6 +221,28 @@ def test_nll_matches_reference_and_forward():
     np.testing.assert_allclose(m.forward(xs, ts, h0)[0], want.mean(), rtol=1e-12)
 
 
+@pytest.mark.parametrize("N", [1, 3])  # one stream takes the pipelined path
+def test_a_frozen_model_looks_the_input_term_up_and_gives_the_same_numbers(N):
+    p, xs, ts, h0 = _setup(N=3, T=5, V=8, D=3, H=4)
+    xs, ts, h0 = xs[:N], ts[:N], h0[:N]
+    _, h_last, want = ref.model_loss(_arrays(p), xs, ts, h0)
+    m = RNNLM(p, frozen=True)
+    got, hT = m.nll(xs, ts, h0)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    np.testing.assert_allclose(hT, h_last, rtol=1e-12)
+    table = m.input_table()  # embed_W @ rnn_Wx + rnn_b, made once, then looked up
+    np.testing.assert_allclose(table, p["embed_W"] @ p["rnn_Wx"] + p["rnn_b"], rtol=1e-12)
+    m.nll(xs, ts, h0)
+    assert m.input_table() is table
+    s = m.sharing()  # another stream of the same weights: the same table, no copy
+    np.testing.assert_array_equal(s.step(xs[:, 0], h0), m.step(xs[:, 0], h0))
+    assert s.input_table() is table
+    # an unfrozen model (training) never uses a table: its weights move
+    u = RNNLM(p)
+    u.nll(xs, ts, h0)
+    assert u._table is None
+
+
 def test_out_of_range_ids_are_refused_before_any_kernel():
     p, xs, ts, _ = _setup()
     m = RNNLM(p)
