@@ -14,9 +14,9 @@ states). Nothing about one stream survives a call inside the model.
 
 Internally everything is time-major: token ``m = t * N + n``. The public
 methods take and return batch-major ``(N, T)`` arrays, like the book.
-
 Truncated BPTT: ``backward`` stops at the block start; the gradient w.r.t.
-``h0`` is returned (for tests) but never applied.
+``h0`` is returned (for tests) but never applied. A frozen model (scoring,
+generation, evaluation) looks the input term up in a table (``input_table``).
 """
 
 from __future__ import annotations
@@ -141,11 +141,8 @@ class _Cache:
 
 class RNNLM:
     """SimpleRnnlm over blocks of N parallel streams, with preallocated buffers.
-
-    ``forward(xs, ts, h0)`` returns the mean loss over the block and the final
-    state, and keeps what ``backward`` needs. ``nll(xs, ts, h0)`` scores
-    without keeping anything, in slices of rows so memory stays flat.
-    """
+    ``forward(xs, ts, h0)`` returns the mean loss over the block and the final state
+    and keeps what ``backward`` needs; ``nll(xs, ts, h0)`` keeps nothing."""
 
     def __init__(self, params: Params, dropout: float = 0.0, seed: int = 0,
                  recur: str = "auto", frozen: bool = False):
@@ -162,22 +159,19 @@ class RNNLM:
         self._cache: _Cache | None = None
         self._touched = None
         self.buf = Scratch(params.dtype)
-        # frozen weights (scoring, generation, evaluation): the input term of word w,
-        # embed_W[w] @ rnn_Wx + rnn_b, is a row of one (V, H) table, made at the first
-        # nll()/step() (a GEMM of V rows) and looked up after that: no per-token GEMM
-        self.frozen = bool(frozen)
+        self.frozen = bool(frozen)  # weights that do not move: see input_table
         self._table: np.ndarray | None = None
         self._table_of: RNNLM | None = None  # another frozen model of the same weights
 
     def sharing(self) -> RNNLM:
-        """A new frozen model of the same weights that shares this one's input table
-        (the API's streams: one table, however many streams)."""
+        """A frozen model of the same weights sharing this one's input table."""
         m = RNNLM(self.params, recur=self.recur, frozen=True)
         m._table_of = self
         return m
 
     def input_table(self) -> np.ndarray:
-        """(V, H): embed_W @ rnn_Wx + rnn_b, in the model's word order (frozen models)."""
+        """(V, H) embed_W @ rnn_Wx + rnn_b in the model's word order, made once: a row
+        copy per token instead of a D x H product."""
         if self._table is None and self._table_of is not None:
             self._table = self._table_of.input_table()
         if self._table is None:
