@@ -183,9 +183,9 @@ def class_section(r) -> list[str]:
         f, c = run["full"], run["class"]
         fr = f.get("median_tokens_per_s", float(np.median(f["tokens_per_s"])))
         cr = c.get("median_tokens_per_s", float(np.median(c["tokens_per_s"])))
-        t = CLASS_TARGETS.get((run["H"], run["mode"]))
+        t = CLASS_TARGETS.get((run["H"], run["mode"].split(" (")[0]))
         rss = (f"{f['peak_rss_mb']:.0f} / {c['peak_rss_mb']:.0f}" if "peak_rss_mb" in f else "")
-        ntok = run.get("tokens", r["tokens"] if run["mode"] != "train" else None)
+        ntok = run.get("tokens", None if run["mode"].startswith("train") else r["tokens"])
         out.append(f"| {run['H']} | {run['mode']} | {f'{ntok:,}' if ntok else ''} | "
                    f"{fr:,.0f} | {cr:,.0f} | "
                    f"{run['ratio_class_over_full']:.2f}x | {f'{t}x' if t else ''} | {rss} |")
