@@ -374,20 +374,45 @@ def test_model_file_wrong_shape_extra_and_missing(tmp_path):
         load_model(path)
 
 
-def test_a_version_1_file_written_before_the_restructuring_loads():
-    """tests/data/model_v1.npz was written by streamlm at 79a6f8e; it loads, and it
-    scores what the numpy reference computes from its arrays."""
-    from pathlib import Path
+def _write_version_1(path, arrays, vocab):
+    """A version-1 model file as streamlm wrote them before the restructuring (79a6f8e),
+    by the README's description with numpy and hashlib alone: the six arrays, the
+    vocabulary, and meta with the sha256 over each array's name, dtype string, shape
+    and bytes, then the vocabulary joined by newlines."""
+    import hashlib
+    import json
 
-    path = Path(__file__).parent / "data" / "model_v1.npz"
+    h = hashlib.sha256()
+    for n in PARAM_NAMES:
+        a = np.ascontiguousarray(arrays[n])
+        h.update(f"{n}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    h.update("\n".join(vocab).encode("utf-8"))
+    V, D = arrays["embed_W"].shape
+    meta = {"format": "streamlm-model", "format_version": 1, "V": V, "D": D,
+            "H": arrays["rnn_Wh"].shape[0], "tied": False, "dtype": "float32",
+            "train_config": {"note": "written as streamlm wrote at 79a6f8e"},
+            "sha256": h.hexdigest()}
+    np.savez(path, **arrays, vocab=np.array(vocab), meta=np.array(json.dumps(meta)))
+
+
+def test_a_version_1_file_written_before_the_restructuring_loads(tmp_path):
+    """A version-1 file loads, and it scores what the numpy reference computes from
+    its arrays."""
+    rng = np.random.default_rng(3)
+    V, D, H = 6, 4, 5
+    shapes = {"embed_W": (V, D), "rnn_Wx": (D, H), "rnn_Wh": (H, H), "rnn_b": (H,),
+              "affine_W": (H, V), "affine_b": (V,)}
+    arrays = {n: rng.standard_normal(shapes[n]).astype(np.float32) for n in PARAM_NAMES}
+    path = tmp_path / "model_v1.npz"
+    _write_version_1(path, arrays, ["<unk>", "<eos>", "the", "cat", "sat", "mat"])
     m = load_model(path, dtype=np.float64)
     assert m.meta["format_version"] == 1 and m.vocab[:2] == ["<unk>", "<eos>"]
     xs = np.array([[1, 2, 3, 4]], np.int32)
     ts = np.array([[2, 3, 4, 1]], np.int32)
     got, _ = RNNLM(m.params).nll(xs, ts)
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {n: z[n].astype(np.float64) for n in PARAM_NAMES}
-    _, _, want = ref.model_loss(arrays, xs, ts, np.zeros((1, 5)))
+    want = ref.model_loss({n: a.astype(np.float64) for n, a in arrays.items()}, xs, ts,
+                          np.zeros((1, H)))[2]
     np.testing.assert_allclose(got, want, rtol=1e-10)
 
 
