@@ -38,7 +38,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import CACHE, PTB_TRAIN, ptb_ids, ptb_vocab  # noqa: E402
+from common import CACHE, PTB_TRAIN, ptb_ids, ptb_text, ptb_vocab, thread_env  # noqa: E402
 
 REPO = HERE.parent
 PTB_TEST = PTB_TRAIN.parent / "ptb.test.txt"
@@ -46,9 +46,7 @@ PTB_TOKENS = 929_589
 
 
 def env(threads: int = 2) -> dict:
-    e = dict(os.environ)
-    for k in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        e[k] = str(threads)
+    e = thread_env(threads)
     e["STREAMLM_BLAS"] = e.get("STREAMLM_BLAS", "numpy")
     return e
 
@@ -75,21 +73,6 @@ def models(H: int, V_vocab: list[str], counts: np.ndarray, C: int, tag: str) -> 
             save_model(f, p, V_vocab)
         out[kind] = f
     return out
-
-
-def ptb_text(k: int) -> Path:
-    import gzip
-
-    f = CACHE / f"ptb_train_x{k}.txt"
-    if not f.exists():
-        with gzip.open(PTB_TRAIN, "rb") as fh:
-            text = fh.read()
-        tmp = f.with_suffix(".tmp")
-        with open(tmp, "wb") as out:
-            for _ in range(k):
-                out.write(text)
-        os.replace(tmp, f)
-    return f
 
 
 def run(cmd: list[str], threads: int = 2) -> tuple[dict | None, float, float]:

@@ -39,7 +39,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import CACHE, PTB_TRAIN  # noqa: E402
+from common import CACHE, PTB_TRAIN, ptb_text, thread_env  # noqa: E402
 
 KENLM = Path(os.environ.get("STREAMLM_KENLM", HERE.parents[1] / "shared" / "anchors" / "kenlm"))
 PTB_TEST = PTB_TRAIN.parent / "ptb.test.txt"
@@ -58,26 +58,6 @@ def kn5_binary() -> Path:
     return f
 
 
-def ptb_text(k: int) -> Path:
-    f = CACHE / f"ptb_train_x{k}.txt"
-    if not f.exists():
-        with gzip.open(PTB_TRAIN, "rb") as fh:
-            text = fh.read()
-        tmp = f.with_suffix(".tmp")
-        with open(tmp, "wb") as out:
-            for _ in range(k):
-                out.write(text)
-        os.replace(tmp, f)
-    return f
-
-
-def env(threads: int) -> dict:
-    e = dict(os.environ)
-    for k in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        e[k] = str(threads)
-    return e
-
-
 def timed(cmd: list[str], threads: int, stdin: Path | None = None) -> tuple[str, float]:
     cores = "0" if threads == 1 else ",".join(str(i) for i in range(threads))
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -85,7 +65,7 @@ def timed(cmd: list[str], threads: int, stdin: Path | None = None) -> tuple[str,
         try:
             t0 = time.perf_counter()
             r = subprocess.run(["taskset", "-c", cores, *cmd], stdin=fin, stdout=out,
-                               stderr=err, env=env(threads))
+                               stderr=err, env=thread_env(threads))
             wall = time.perf_counter() - t0
         finally:
             if stdin:

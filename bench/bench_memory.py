@@ -11,9 +11,7 @@ ru_maxrss of the child. Writes bench/results_memory.json.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -23,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import CACHE, PTB_TRAIN, Shape, load_weights, ptb_vocab, weights_file  # noqa: E402
+from common import CACHE, Shape, load_weights, ptb_text, ptb_vocab, weights_file  # noqa: E402
 
 PTB_TOKENS = 929_589
 
@@ -36,19 +34,6 @@ def ptb_model() -> Path:
         w = load_weights(weights_file(Shape(10000, 100, 100)))
         p = Params.from_arrays(ModelConfig(V=10000, D=100, H=100), w)
         save_model(f, p, ptb_vocab())
-    return f
-
-
-def ptb_times(k: int) -> Path:
-    f = CACHE / f"ptb_train_x{k}.txt"
-    if not f.exists():
-        with gzip.open(PTB_TRAIN, "rb") as fh:
-            text = fh.read()
-        tmp = f.with_suffix(".tmp")
-        with open(tmp, "wb") as out:
-            for _ in range(k):
-                out.write(text)
-        os.replace(tmp, f)
     return f
 
 
@@ -78,7 +63,7 @@ def main(argv=None):
     model = ptb_model()
     rows = []
     for k in (int(s) for s in args.sizes.split(",")):
-        inp = ptb_times(k)
+        inp = ptb_text(k)
         cmd = [sys.executable, "-m", "streamlm", "score", str(model), str(inp), "--json",
                "--no-progress"] + shlex.split(args.extra)
         t0 = time.time()

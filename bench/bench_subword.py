@@ -25,11 +25,9 @@ there is no OOV. Prints medians; writes bench/results_subword.json.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -39,25 +37,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+
+from common import CACHE, ptb_text  # noqa: E402
 
 from streamlm import subword, tokenizer  # noqa: E402
 from streamlm.params import load_model  # noqa: E402
 from streamlm.score import score  # noqa: E402
 
-SHARED = Path(os.environ.get("STREAMLM_SHARED_DATA", REPO.parent / "shared" / "data"))
-CACHE = Path(os.environ.get("STREAMLM_BENCH_CACHE", "/tmp/streamlm_bench"))
 ENV = dict(os.environ, PYTHONPATH=str(REPO))
-
-
-def ptb_train_text() -> Path:
-    out = CACHE / "ptb.train.txt"
-    if not out.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        with gzip.open(SHARED / "ptb" / "ptb.train.txt.gz", "rb") as f, open(tmp, "wb") as g:
-            shutil.copyfileobj(f, g)
-        os.replace(tmp, out)
-    return out
 
 
 def sl(*args) -> dict:
@@ -72,7 +60,7 @@ def the_model(pieces: int, size: int) -> Path:
     m = CACHE / f"ptb_sp{pieces}_class_D{size}.npz"
     if not m.exists():
         d = CACHE / f"ptb_sp{pieces}"
-        sl("prepare", ptb_train_text(), "--out", d, "--tokenizer", "sentencepiece",
+        sl("prepare", ptb_text(1), "--out", d, "--tokenizer", "sentencepiece",
            "--pieces", pieces)
         sl("train", d, "--out", m, "--embed", size, "--hidden", size, "--softmax", "class",
            "--epochs", 1, "--max-minutes", 0.1)
@@ -134,7 +122,7 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", default=str(HERE / "results_subword.json"))
     args = ap.parse_args(argv)
-    text = Path(args.text) if args.text else ptb_train_text()
+    text = Path(args.text) if args.text else ptb_text(1)
     model = the_model(args.pieces, args.size)
 
     # the answers first

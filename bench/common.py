@@ -47,6 +47,29 @@ class Shape:
         return 2.0 * (self.D * self.H + self.H * self.H + self.H * self.V)
 
 
+def ptb_text(k: int) -> Path:
+    """PTB train repeated k times as one text file in the cache (made once)."""
+    f = CACHE / f"ptb_train_x{k}.txt"
+    if not f.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        with gzip.open(PTB_TRAIN, "rb") as fh:
+            text = fh.read()
+        tmp = f.with_suffix(".tmp")
+        with open(tmp, "wb") as out:
+            for _ in range(k):
+                out.write(text)
+        os.replace(tmp, f)
+    return f
+
+
+def thread_env(threads: int) -> dict:
+    """os.environ with every library's thread count set to ``threads``."""
+    e = dict(os.environ)
+    for k in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        e[k] = str(threads)
+    return e
+
+
 def _ptb_words() -> list[str]:
     with gzip.open(PTB_TRAIN, "rt", encoding="utf-8") as fh:
         words = []
