@@ -50,3 +50,17 @@ class TrainingDiverged(StreamlmError):
     """Training produced a NaN or Inf loss."""
 
     exit_code = 3
+
+
+def read_small_file(path: str, what: str) -> bytes:
+    """The bytes of a small file read whole (a vocabulary, a tokeniser model), or one
+    InputError naming it: a directory, a missing file, one that cannot be read."""
+    if os.path.isdir(path):
+        raise InputError(f"is a directory, not a {what}", path=path)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise InputError(f"no such {what}", path=path) from None
+    except OSError as e:
+        raise InputError(f"cannot read {what}: {e.strerror or e}", path=path) from None

@@ -46,10 +46,7 @@ def plot_history(history: Sequence[dict], path: str | os.PathLike, title: str = 
     ax.legend()
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path, suffix=Path(path).suffix or ".png") as tmp:
-        fig.savefig(tmp, format=(Path(path).suffix.lstrip(".") or "png"))
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_perplexity_histogram(values, cutoffs: Sequence[float], labels: Sequence[str],
@@ -90,6 +87,13 @@ def plot_perplexity_histogram(values, cutoffs: Sequence[float], labels: Sequence
     ax.grid(True, which="both", alpha=0.3)
     if title:
         ax.set_title(title, fontsize=9)
+    _save(fig, path)
+
+
+def _save(fig, path) -> None:
+    """Write the figure to path atomically (its format by the suffix, PNG without one)."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     with atomic_path(path, suffix=Path(path).suffix or ".png") as tmp:
         fig.savefig(tmp, format=(Path(path).suffix.lstrip(".") or "png"))

@@ -31,7 +31,7 @@ from itertools import chain
 
 import numpy as np
 
-from streamlm.errors import InputError, UsageError
+from streamlm.errors import InputError, UsageError, read_small_file
 from streamlm.vocab import EOS, UNK, Vocab
 
 log = logging.getLogger("streamlm.subword")
@@ -107,15 +107,7 @@ class SubwordVocab(Vocab):
         """A SentencePiece ``.model`` file; with ``sha256`` and ``words`` (a prepared
         directory's manifest and vocab.txt), checked against them."""
         p = os.fspath(path)
-        if os.path.isdir(p):
-            raise InputError("is a directory, not a SentencePiece model file", path=p)
-        try:
-            with open(p, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise InputError("no such SentencePiece model file", path=p) from None
-        except OSError as e:
-            raise InputError(f"cannot read: {e.strerror or e}", path=p) from None
+        data = read_small_file(p, "SentencePiece model file")
         if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
             raise InputError("SentencePiece model differs from the one the manifest names "
                              "(sha256)", path=p)

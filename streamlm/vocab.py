@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from streamlm.atomic import atomic_open
-from streamlm.errors import InputError, UsageError
+from streamlm.errors import InputError, UsageError, read_small_file
 
 UNK = "<unk>"
 EOS = "<eos>"
@@ -97,15 +97,7 @@ class Vocab:
     def load(cls, path: str | os.PathLike) -> Vocab:
         """Read a vocabulary file (one word per line, id order)."""
         p = os.fspath(path)
-        if os.path.isdir(p):
-            raise InputError("is a directory, not a vocabulary file", path=p)
-        try:
-            with open(p, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise InputError("no such vocabulary file", path=p) from None
-        except OSError as e:
-            raise InputError(f"cannot read vocabulary: {e.strerror or e}", path=p) from None
+        data = read_small_file(p, "vocabulary file")
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
