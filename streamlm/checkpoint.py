@@ -39,7 +39,9 @@ SCORE_VERSION = 4  # 2: "format_version" (was "version"); 3: OOVs' logprob, rows
 
 # TrainConfig fields that shape the trajectory: a resume needs the same values
 TRAJECTORY = ("embed", "hidden", "batch", "bptt", "optimizer", "lr", "clip", "seed",
-              "dropout", "tie_weights", "softmax", "classes", "old_classes", "ema")
+              "dropout", "tie_weights", "softmax", "classes", "old_classes", "ema",
+              "anneal", "min_improvement")
+DEFAULTS = {"ema": 0.0, "anneal": "plateau", "min_improvement": 1.003}  # older checkpoints
 
 
 # ================================================================ training ==
@@ -61,6 +63,9 @@ class TrainState:
         self.h: np.ndarray | None = None  # the carried hidden state (N, H)
         self.lr = float(cfg.lr)
         self.best_ppl: float | None = None
+        self.last_ppl: float | None = None  # the previous epoch's (--anneal mikolov)
+        self.halving = False  # --anneal mikolov: the lr halves after every epoch now
+        self.converged = False  # --anneal mikolov: training has ended
         self.history: list[dict] = []
         self.elapsed_before = 0.0  # wall seconds spent by earlier invocations
         # loss sums since the last log record / epoch start (checkpointed so that
@@ -86,6 +91,7 @@ def save_train(path: Path, run: TrainState, batcher, model_cfg, vocab, elapsed: 
         "ema_n": run.ema_n,
         "lr": run.lr,
         "best_ppl": run.best_ppl,
+        "last_ppl": run.last_ppl, "halving": run.halving, "converged": run.converged,
         "history": run.history,
         "elapsed_s": elapsed,
         "int_loss": run.int_loss, "int_steps": run.int_steps,
@@ -120,7 +126,7 @@ def restore_train(path: Path, run: TrainState, batcher, model_cfg, vocab) -> Non
             raise InputError(f"checkpoint lacks the array {k!r}", path=path)
     saved = state["train_config"]
     for k in TRAJECTORY:
-        if saved.get(k, 0.0 if k == "ema" else None) != getattr(run.cfg, k):
+        if saved.get(k, DEFAULTS.get(k)) != getattr(run.cfg, k):
             flag = "--" + k.replace("_", "-")
             raise UsageError(f"cannot resume: the checkpoint was made with {flag} "
                              f"{saved.get(k)!r}, this run has {getattr(run.cfg, k)!r} "
@@ -157,6 +163,8 @@ def restore_train(path: Path, run: TrainState, batcher, model_cfg, vocab) -> Non
     run.rng.bit_generator.state = state["rng"]
     run.lr = float(state["lr"])
     run.best_ppl = state["best_ppl"]
+    run.last_ppl, run.halving = state.get("last_ppl"), bool(state.get("halving", False))
+    run.converged = bool(state.get("converged", False))
     run.history = list(state["history"])
     run.elapsed_before = float(state["elapsed_s"])
     run.int_loss, run.int_steps = float(state["int_loss"]), int(state["int_steps"])

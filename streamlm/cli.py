@@ -15,7 +15,9 @@ from typing import Annotated, Optional
 import typer
 
 from streamlm import __version__
+from streamlm.console import flags_look_like_flags
 from streamlm.options import (
+    Anneal,
     Docs,
     Engine,
     Errors,
@@ -27,21 +29,7 @@ from streamlm.options import (
     Verbosity,
 )
 
-
-def _flags_look_like_flags() -> None:
-    """typer's rich help prints a "<bool>" type after every flag (--json <bool>): show
-    no type for a flag, as click and every other tool do."""
-    from typer.core import TyperOption
-
-    shown = TyperOption.display_type_rich
-
-    def display_type_rich(self, ctx):
-        return None if self.is_flag and self.metavar is None else shown(self, ctx)
-
-    TyperOption.display_type_rich = display_type_rich
-
-
-_flags_look_like_flags()
+flags_look_like_flags()
 
 app = typer.Typer(
     name="streamlm",
@@ -453,6 +441,14 @@ def train_cmd(
         "--ema", help="Keep an exponential moving average of the weights with this decay "
                       "per step (0.999; 0: off): validation and the model file use it.")
     ] = 0.0,
+    anneal: Annotated[Anneal, typer.Option(
+        "--anneal", help="When to lower the lr: plateau (/ 4 when the valid ppl does not "
+                         "improve) or mikolov (rnnlm: halve every epoch once the valid entropy "
+                         "gains less than --min-improvement, stop when it does so again).")
+    ] = Anneal.plateau,
+    min_improvement: Annotated[float, typer.Option(
+        "--min-improvement", help="--anneal mikolov's threshold (rnnlm's -min-improvement).")
+    ] = 1.003,
     log_interval: Annotated[int, typer.Option(
         "--log-interval", help="Steps between progress lines / log records.")] = 100,
     log_file: Annotated[Optional[str], typer.Option(
@@ -477,7 +473,8 @@ def train_cmd(
                       max_minutes=max_minutes, optimizer=optimizer, lr=lr, clip=clip, seed=seed,
                       dropout=dropout, tie_weights=tie_weights, softmax=softmax,
                       classes=classes, old_classes=old_classes, log_interval=log_interval,
-                      checkpoint_every=checkpoint_every, ema=ema)
+                      checkpoint_every=checkpoint_every, ema=ema, anneal=anneal,
+                      min_improvement=min_improvement)
     with TrainProgress() as reporter:
         summary = train(cfg, shards, out, valid_paths=valid, vocab_path=vocab,
                         log_path=log_file, plot_path=plot, resume=resume, progress=reporter)

@@ -15,6 +15,20 @@ import typer
 
 from streamlm.errors import StreamlmError
 
+
+def flags_look_like_flags() -> None:
+    """typer's rich help prints a "<bool>" type after every flag (--json <bool>): show
+    no type for a flag, as click and every other tool do."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag and self.metavar is None else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich
+
+
 _GLOBAL_FLAGS = ("-q", "--quiet", "-v", "--verbose")
 
 

@@ -93,6 +93,13 @@ class Softmax(Choice):
     class_ = "class"
 
 
+class Anneal(Choice):
+    """When training lowers the learning rate."""
+
+    plateau = "plateau"  # divide by 4 when the valid ppl does not improve (the book)
+    mikolov = "mikolov"  # rnnlm: halve every epoch once the gain is small, then stop
+
+
 class PieceModel(Choice):
     """The SentencePiece model ``prepare --tokenizer sentencepiece`` trains."""
 

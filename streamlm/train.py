@@ -13,7 +13,12 @@ The loop follows the book (deep-learning-from-scratch-2, ch. 5 and 6):
   validation set (see :func:`evaluate`); when it does not improve on the best
   so far the learning rate is divided by 4 (ch. 6), otherwise the model file is
   rewritten (so ``out_model`` always holds the best model). Without a
-  validation set the model file holds the latest weights.
+  validation set the model file holds the latest weights. ``anneal="mikolov"``
+  is rnnlm's schedule instead: once an epoch lowers the validation entropy by
+  less than the factor ``min_improvement``, the learning rate is halved after
+  every epoch, and training stops the next time the gain is that small (rnnlm
+  also goes back to the previous weights when an epoch made things worse; here
+  the best model file is kept and training goes on).
 * with ``ema`` (Polyak averaging), an exponential moving average of the weights
   is kept beside them (updated every EMA_EVERY steps, debiased as Adam's moments
   are); validation, the lr decay and the model file use the average, training
@@ -53,7 +58,7 @@ from streamlm.checkpoint import TrainState, restore_train, save_train
 from streamlm.classes import WordClasses, frequency_classes
 from streamlm.errors import InputError, TrainingDiverged, UsageError
 from streamlm.model import RNNLM, warmup
-from streamlm.options import Optimizer, Softmax
+from streamlm.options import Anneal, Optimizer, Softmax
 from streamlm.params import ModelConfig, Params, save_model
 from streamlm.shards import TokenDataset, open_dataset
 from streamlm.vocab import Vocab
@@ -97,6 +102,8 @@ class TrainConfig:
     log_interval: int = 100  # steps between log records
     checkpoint_every: int = 1000  # steps between checkpoints (0: only at epoch ends)
     ema: float = 0.0  # decay per step of the weight average (0: no averaging)
+    anneal: str = "plateau"  # "plateau" (lr / 4 when no better) | "mikolov" (rnnlm's)
+    min_improvement: float = 1.003  # --anneal mikolov: rnnlm's -min-improvement
 
     def validate(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -112,6 +119,9 @@ class TrainConfig:
              f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
         self.optimizer = Optimizer.parse(self.optimizer, "--optimizer").value
         self.softmax = Softmax.parse(self.softmax, "--softmax").value
+        self.anneal = Anneal.parse(self.anneal, "--anneal").value
+        need(math.isfinite(self.min_improvement) and self.min_improvement >= 1.0,
+             f"--min-improvement must be >= 1, got {self.min_improvement}")
         need(self.classes is None or (isinstance(self.classes, int) and self.classes >= 1),
              f"--classes must be a positive integer, got {self.classes!r}")
         need(self.classes is None or self.softmax == "class",
@@ -209,6 +219,22 @@ def _check_finite(run: TrainState, batcher: Batcher, ckpt: Path) -> None:
             f"weights hold NaN/Inf after step {step} (epoch "
             f"{step / batcher.iters_per_epoch:.2f}); training stopped, "
             f"{_kept(ckpt, run.have_ckpt)}; lower --lr or set --clip")
+
+
+def _mikolov_anneal(run: TrainState, ppl: float, min_improvement: float) -> bool:
+    """rnnlm's schedule after an epoch of valid ppl ``ppl``: once the entropy gain is
+    below the factor ``min_improvement``, halve the lr after every epoch; the next
+    such epoch ends training (True)."""
+    prev, run.last_ppl = run.last_ppl, ppl
+    small = prev is not None and math.log(prev) < min_improvement * math.log(ppl)
+    if small and run.halving:
+        return True
+    run.halving = run.halving or small
+    if run.halving:
+        run.lr /= 2.0
+        log.info("valid ppl %.2f (previous %s): lr halved to %.4g", ppl,
+                 "none" if prev is None else f"{prev:.2f}", run.lr)
+    return False
 
 
 def _kept(ckpt: Path, have: bool) -> str:
@@ -347,7 +373,8 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
                                    "step": batcher.batches_done},
                        tokenizer=getattr(vocab, "proto", None))  # a subword model's tokeniser
 
-    def validate_and_keep(decay: bool) -> float:
+    def validate_and_keep(decay: bool) -> tuple[float, bool]:
+        """Validate, keep the best model, anneal; also say whether to stop."""
         nonlocal last_eval
         with averaged(run):
             last_eval = evaluate(params, vds)
@@ -356,11 +383,13 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
             run.best_ppl = ppl
             save_best()
             log.info("valid ppl %.2f (best): saved %s", ppl, out_model)
-        elif decay:
+        elif decay and cfg.anneal == "plateau":
             run.lr /= LR_DECAY
             log.info("valid ppl %.2f did not improve on %.2f: lr -> %.4g", ppl,
                      run.best_ppl, run.lr)
-        return ppl
+        if decay and cfg.anneal == "mikolov":
+            return ppl, _mikolov_anneal(run, ppl, cfg.min_improvement)
+        return ppl, False
 
     emit("start", total_steps=total_steps, step=batcher.batches_done,
          iters_per_epoch=ipe, tokens_per_step=tokens_per_step, train_tokens=ds.num_tokens)
@@ -369,7 +398,7 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
              cfg.bptt, cfg.optimizer, run.lr,
              f", valid {vds.num_tokens:,} tokens" if vds is not None else "",
              threads.get_num_threads(), blas.name())
-    stopped_by = "epochs"
+    stopped_by = "converged" if run.converged else "epochs"
     # overflow shows up as a non-finite loss / norm below, raised as one clear
     # error: numpy's RuntimeWarnings would only add noise to stderr (the warnings
     # filter also covers the model's worker threads, which np.errstate does not)
@@ -377,7 +406,7 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
             warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=RuntimeWarning, message="overflow")
         warnings.filterwarnings("ignore", category=RuntimeWarning, message="invalid value")
-        while batcher.batches_done < total_steps:
+        while batcher.batches_done < total_steps and not run.converged:
             xs, ts = batcher.next_batch()
             step = batcher.batches_done
             loss, run.h = model.forward(xs, ts, run.h, train=True)
@@ -435,7 +464,8 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
             if epoch_end:
                 tr = math.exp(min(run.ep_loss / run.ep_steps, 700.0)) if run.ep_steps else None
                 run.ep_loss, run.ep_steps = 0.0, 0
-                vppl = validate_and_keep(decay=True) if vds is not None else None
+                vppl, run.converged = validate_and_keep(decay=True) if vds is not None \
+                    else (None, False)
                 if vds is None and checkpoints:
                     save_best()  # the latest weights
                 rec = record("epoch", step, tr, vppl, None)
@@ -445,12 +475,16 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
                     plots.plot_history(run.history, plot_path)
             elif out_of_time or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                 save_checkpoint()
+            if run.converged:
+                stopped_by = "converged"
+                log.info("--anneal mikolov: converged at epoch %.2f", step / ipe)
+                break
             if out_of_time and batcher.batches_done < total_steps:
                 stopped_by = "time"
                 log.info("--max-minutes %g reached at step %d (epoch %.2f)", cfg.max_minutes,
                          step, step / ipe)
                 if not epoch_end:
-                    vppl = validate_and_keep(decay=False) if vds is not None else None
+                    vppl = validate_and_keep(decay=False)[0] if vds is not None else None
                     if vds is None:
                         save_best()
                     rec = record("stop", step, None, vppl, None)

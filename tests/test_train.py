@@ -169,6 +169,52 @@ def test_lr_divided_by_4_when_valid_does_not_improve(corpus, tmp_path):
     assert all(r["lr"] in {1.0 / 4 ** k for k in range(6)} for r in s["history"])
 
 
+def test_mikolov_anneal_rule():
+    """rnnlm's rule on the validation entropy (ln ppl): a gain below the factor starts
+    the halving, which then goes on every epoch; the next small gain stops."""
+    from types import SimpleNamespace
+
+    from streamlm.train import _mikolov_anneal
+
+    run = SimpleNamespace(lr=1.0, last_ppl=None, halving=False)
+    steps = [(200.0, False, 1.0), (150.0, False, 1.0), (149.0, False, 0.5), (100.0, False, 0.25),
+             (99.9, True, 0.25)]
+    for ppl, stop, lr in steps:
+        assert _mikolov_anneal(run, ppl, 1.003) is stop
+        assert run.lr == lr and run.last_ppl == ppl
+
+
+def test_mikolov_anneal_converges_and_resumes_bitwise(corpus, tmp_path):
+    """--anneal mikolov ends training by itself ("converged"), halving the lr each
+    epoch from the first small gain; stopped one epoch early and resumed, it ends
+    with the same bytes, and resuming a converged run trains nothing."""
+    def cfg(epochs):
+        return TrainConfig(embed=16, hidden=16, batch=4, bptt=6, epochs=epochs, lr=0.01,
+                           anneal="mikolov", min_improvement=1.02, checkpoint_every=0)
+
+    a = train(cfg(60), corpus / "train", tmp_path / "a.npz", valid_paths=corpus / "valid")
+    assert a["stopped_by"] == "converged"
+    ep = [r for r in a["history"] if r["kind"] == "epoch"]
+    lrs = [r["lr"] for r in ep]
+    first = next(i for i, lr in enumerate(lrs) if lr < 0.01)
+    assert 1 <= first < len(ep) - 1 < 59
+    assert lrs[first:] == [0.01 / 2 ** (k + 1) for k in range(len(ep) - first)][:-1] + \
+        [lrs[-1]] and lrs[-1] == lrs[-2]  # the stopping epoch does not halve
+    E = len(ep)
+    train(cfg(E - 1), corpus / "train", tmp_path / "b.npz", valid_paths=corpus / "valid")
+    b = train(cfg(60), corpus / "train", tmp_path / "b.npz", valid_paths=corpus / "valid",
+              resume=True)
+    assert b["stopped_by"] == "converged"
+    x, y = _arrays(tmp_path / "a.npz"), _arrays(tmp_path / "b.npz")
+    for k in x:
+        if k != "meta":
+            assert x[k].tobytes() == y[k].tobytes(), k
+    before = (tmp_path / "b.npz").read_bytes()
+    c = train(cfg(60), corpus / "train", tmp_path / "b.npz", valid_paths=corpus / "valid",
+              resume=True)
+    assert c["stopped_by"] == "converged" and (tmp_path / "b.npz").read_bytes() == before
+
+
 # -------------------------------------------------------------- bad options --
 @pytest.mark.parametrize("opt, needle", [
     (["--bptt", "0"], "--bptt"),
@@ -178,6 +224,8 @@ def test_lr_divided_by_4_when_valid_does_not_improve(corpus, tmp_path):
     (["--optimizer", "rmsprop"], "--optimizer"),
     (["--tie-weights", "--embed", "8", "--hidden", "16"], "--tie-weights"),
     (["--clip", "-1"], "--clip"),
+    (["--anneal", "cosine"], "--anneal"),
+    (["--min-improvement", "0.5"], "--min-improvement"),
 ])
 def test_bad_options_one_line(corpus, tmp_path, opt, needle):
     out = tmp_path / "m.npz"
