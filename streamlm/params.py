@@ -51,6 +51,7 @@ TOKENIZERS = ("sentencepiece",)
 PARAM_NAMES = ("embed_W", "rnn_Wx", "rnn_Wh", "rnn_b", "affine_W", "affine_b")
 CLASS_NAMES = ("class_W", "class_b")
 WORD_INDEXED = {"embed_W": 0, "affine_W": 1, "affine_b": 0}  # name -> axis of the words
+LOAD_BLOCK = 1024  # words per block of the transposed copy of affine_W at load
 
 
 @dataclass(frozen=True)
@@ -176,17 +177,24 @@ class Params:
         return out
 
     def set_file_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        """Fill the parameters from arrays in word-id order."""
+        """Fill the parameters from arrays in word-id order (no temporary of a whole
+        word-indexed array: a 100k-word model loads in a fraction of a second)."""
+        order = None if self.classes is None else self.classes.order
         for name in self.config.storage_names():
             a = arrays[name]
             axis = WORD_INDEXED.get(name)
             view = self[name]
-            if self.classes is not None and axis is not None:
-                if axis == 0 and view.flags.c_contiguous and a.dtype == view.dtype:
-                    np.take(a, self.classes.order, axis=0, out=view)  # no temporary
-                    continue
-                a = np.take(a, self.classes.order, axis=axis)
-            view[...] = a
+            if axis is None or (axis == 0 and order is None):
+                view[...] = a
+            elif axis == 0 and view.flags.c_contiguous and a.dtype == view.dtype:
+                np.take(a, order, axis=0, out=view, mode="clip")  # 'raise' buffers
+            elif axis == 0:
+                view[...] = np.take(a, order, axis=0)
+            else:  # (H, V) in the file, a row per word in the buffer: a block at a time
+                rows = view.T
+                for j in range(0, rows.shape[0], LOAD_BLOCK):
+                    cols = slice(j, j + LOAD_BLOCK) if order is None else order[j:j + LOAD_BLOCK]
+                    rows[j:j + LOAD_BLOCK] = a[:, cols].T
 
     def segments(self, rows: np.ndarray, ranges: np.ndarray) -> np.ndarray:
         """The ranges (K, 2) int64 of the flat buffer that a row-sparse training step
@@ -358,7 +366,8 @@ def load_model(path: str | os.PathLike, dtype=np.float32) -> Model:
     dtypes, has word classes that do not fit, or fails its sha256.
     """
     path = os.fspath(path)
-    meta, z = store.load(path, FORMAT, FORMAT_VERSION, what="model file", error=ModelFileError)
+    meta, z = store.load(path, FORMAT, FORMAT_VERSION, what="model file", error=ModelFileError,
+                         mapped=True)
     softmax = meta.get("softmax", "full")
     try:
         cfg = ModelConfig(V=int(meta["V"]), D=int(meta["D"]), H=int(meta["H"]),
@@ -382,7 +391,7 @@ def load_model(path: str | os.PathLike, dtype=np.float32) -> Model:
     vocab_arr = z["vocab"]
     if vocab_arr.ndim != 1 or vocab_arr.dtype.kind != "U":
         raise ModelFileError("'vocab' must be a 1-d string array", path)
-    vocab = [str(w) for w in vocab_arr]
+    vocab = vocab_arr.tolist()
     if len(vocab) != cfg.V:
         raise ModelFileError(f"vocab has {len(vocab)} words but meta says V={cfg.V}", path)
     shapes = cfg.shapes()

@@ -43,6 +43,14 @@ def _bad_word(w: object) -> str | None:
     return None
 
 
+def _all_good(words: list) -> bool:
+    """Every word a non-empty string without whitespace (the words of one split)."""
+    if not all(type(w) is str for w in words):
+        return False
+    toks = " ".join(words).split()
+    return len(toks) == len(words) and sum(map(len, toks)) == sum(map(len, words))
+
+
 class Vocab:
     """Words in id order. Build with :meth:`build`, :meth:`from_words` or :meth:`load`."""
 
@@ -53,8 +61,11 @@ class Vocab:
         where = source or "vocabulary"
         if not words:
             raise InputError("empty vocabulary", path=source)
-        index: dict[str, int] = {}
-        for i, w in enumerate(words):
+        # one pass in C for a good vocabulary; else the loop says what is wrong
+        index: dict[str, int] = dict(zip(words, range(len(words)))) if _all_good(words) else {}
+        if len(index) != len(words):
+            index = {}
+        for i, w in enumerate(words if not index else ()):
             bad = _bad_word(w)
             if bad:
                 raise InputError(bad, path=source, position=f"line {i + 1}")

@@ -303,6 +303,40 @@ def test_model_file_roundtrip_and_numpy_alone_reads_it(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))  # no temp file left
 
 
+def test_mapped_load_equals_numpy_and_a_compressed_file_still_loads(tmp_path):
+    """load_model maps the file (store.load(mapped=True)): the arrays are numpy's
+    np.load ones, the loaded parameters (a class model: word-indexed arrays permuted
+    into class order, affine_W transposed block by block) are the saved ones, and a
+    file recompressed by hand (np.savez_compressed) loads by the ordinary path."""
+    from streamlm import store
+    from streamlm.classes import WordClasses
+    from streamlm.params import FORMAT, FORMAT_VERSION, LOAD_BLOCK
+
+    V = LOAD_BLOCK + 37  # more than one block of the transposed copy
+    wc = np.random.default_rng(0).integers(0, 7, V).astype(np.int32)
+    wc[:7] = np.arange(7)  # every class non-empty
+    cfg = ModelConfig(V=V, D=3, H=5, softmax="class", C=7)
+    p = Params.init(cfg, seed=2, classes=WordClasses(wc))
+    vocab = ["<unk>", "<eos>"] + [f"w{i}" for i in range(V - 2)]
+    path = tmp_path / "c.npz"
+    save_model(path, p, vocab)
+    _, mapped = store.load(path, FORMAT, FORMAT_VERSION, what="model file", mapped=True)
+    with np.load(path, allow_pickle=False) as z:
+        plain = {k: z[k] for k in z.files if k != "meta"}
+    assert mapped.keys() == plain.keys()
+    for k in plain:
+        assert mapped[k].dtype == plain[k].dtype and not mapped[k].flags.writeable
+        np.testing.assert_array_equal(mapped[k], plain[k])
+    for f in (path, tmp_path / "z.npz"):
+        m = load_model(f)
+        for name in cfg.names:
+            np.testing.assert_array_equal(m.params[name], p[name], err_msg=name)
+        np.savez_compressed(tmp_path / "z.npz", **plain, meta=np.array(json.dumps(m.meta)))
+    assert m.path.endswith("z.npz")
+    with zipfile.ZipFile(tmp_path / "z.npz") as zf:
+        assert all(i.compress_type == zipfile.ZIP_DEFLATED for i in zf.infolist())
+
+
 def test_tied_model_saves_untied_arrays(tmp_path):
     path, p, _ = _save(tmp_path, tied=True)
     m = load_model(path)
