@@ -489,6 +489,102 @@ def rnn_backward(dxw, dh0, dhs, hs, Wh):
     rnn_backward_rows(dxw, dh0, dhs, hs, PT, 0, hs.shape[1])
 
 
+# One stream's recurrence on two threads: each computes half of the output
+# panels of every step, then waits for the other's half of the state. At H=650
+# Wh is 1.7 MB, more than one core's L2 (1 MB here): half of it fits, so the two
+# halves run from L2 rather than L3 (the single-stream speed at large H is this
+# matrix-vector product's). The threads meet through a step counter each,
+# written with release and read with acquire ordering (LLVM atomics; a plain
+# load in the spin loop could be hoisted out of it).
+def _load_acquire(a, i):
+    """a[i], read with acquire ordering when compiled (int64 a)."""
+    return a[i]
+
+
+def _store_release(a, i, v):
+    """a[i] = v, written with release ordering when compiled (int64 a)."""
+    a[i] = v
+
+
+@intrinsic
+def _atomic_load(typingctx, a, i):
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, [args[1]])
+        return builder.load_atomic(ptr, ordering="acquire", align=8)
+
+    return a.dtype(a, i), codegen
+
+
+@intrinsic
+def _atomic_store(typingctx, a, i, v):
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]])
+        val = context.cast(builder, args[2], signature.args[2], aryty.dtype)
+        builder.store_atomic(val, ptr, ordering="release", align=8)
+        return context.get_dummy_value()
+
+    return types.void(a, i, v), codegen
+
+
+@overload(_load_acquire, inline="always")
+def _ov_load_acquire(a, i):
+    return lambda a, i: _atomic_load(a, i)
+
+
+@overload(_store_release, inline="always")
+def _ov_store_release(a, i, v):
+    return lambda a, i, v: _atomic_store(a, i, v)
+
+
+SPLIT_GAVE_UP = 32  # flags[32] != 0: a thread stopped waiting (flags[16 * me]: its steps)
+
+
+@njit(**JIT)
+def rnn_forward_split(hs, xw, h0, P, reset, b0, b1, flags, me, spin_max):
+    """Thread ``me`` (0 or 1) of the two that run one stream's recurrence: writes
+    hs[t, 0, j] for the columns j of the panels b0 <= b < b1 of every step.
+
+    hs, xw: (T, 1, H); h0: (1, H); P: Wh in panels (see PANEL); reset: (T, 1).
+    flags: (48,) int64, zero on entry, shared by the two threads. Every
+    output is summed in the same order as rnn_forward_rows, so the result is
+    bitwise the same. Returns 0; or -1 when the other thread had not finished a
+    step after ``spin_max`` spins or gave up itself: then hs is incomplete and
+    the caller redoes the block on one thread.
+    """
+    T, _, H = hs.shape
+    z = hs.dtype.type(0)
+    other = 16 * (1 - me)
+    hp = np.empty(H, dtype=hs.dtype)
+    acc = _scratch(64, hs)
+    for t in range(T):
+        if t > 0:
+            n = 0
+            while _load_acquire(flags, other) < t:
+                n += 1
+                if n > spin_max or _load_acquire(flags, SPLIT_GAVE_UP) != 0:
+                    _store_release(flags, SPLIT_GAVE_UP, 1)
+                    return -1
+        for j in range(H):
+            hp[j] = z if reset[t, 0] != 0 else (hs[t - 1, 0, j] if t > 0 else h0[0, j])
+        for b in range(b0, b1):
+            for i in range(64):
+                acc[i] = z
+            Pb = P[b]
+            for k in range(H):
+                xk = hp[k]
+                w = Pb[k]
+                for i in range(64):
+                    acc[i] += xk * w[i]
+            for i in range(min(64, H - b * 64)):
+                j = b * 64 + i
+                hs[t, 0, j] = vtanh(acc[i] + xw[t, 0, j])
+        _store_release(flags, 16 * me, t + 1)
+    return 0
+
+
 @njit(**JIT)
 def tanh_add_(h, xw):
     """Writes h = tanh(h + xw) in place. h, xw: (N, H) float.

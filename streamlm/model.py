@@ -30,6 +30,13 @@ from streamlm import blas
 from streamlm import kernels as K
 from streamlm.heads import output_layer
 from streamlm.params import Params
+from streamlm.recurrence import (
+    recur_panels,
+    rnn_backward_rows,
+    rnn_recur_rows,
+    rnn_recur_split,
+    split_recurrence,
+)
 from streamlm.threads import Pool, Scratch, pool, split
 
 # The H x H product of each recurrence step goes to BLAS (from Python) from this
@@ -68,61 +75,6 @@ def check_ids(ids: np.ndarray, V: int, what: str = "token ids", allow_ignore: bo
     if mn < lo or mx >= V:
         bad = mn if mn < lo else mx
         raise ValueError(f"{what} out of range: {bad} not in [{lo}, {V})")
-
-
-# ------------------------------------------------------------- recurrence --
-def recur_panels(W: np.ndarray) -> np.ndarray:
-    """W (K, J) in the kernels' column panels (ceil(J/64), K, 64) (see K.PANEL).
-
-    Made once per call and shared by the threads: a copy of W (40 KB at H=100)."""
-    rows, cols = W.shape
-    P = np.empty((-(-cols // K.PANEL), rows, K.PANEL), dtype=W.dtype)
-    K.rnn_panels(P, W)
-    return P
-
-
-def rnn_recur_rows(hs_full, xw, Wh, reset, n0, n1, use_blas: bool, t0=0, t1=None, P=None):
-    """The recurrence for streams [n0, n1) and steps [t0, t1) of a block.
-
-    hs_full: (T+1, N, H), hs_full[t0] holds the state before step t0 on entry,
-    hs_full[t0+1:t1+1] is written; xw: (T, N, H) = X @ Wx + b;
-    reset: (T, N) uint8 (nonzero: the state before step t is zero);
-    P: recur_panels(Wh) for the kernel path (made here if None).
-    """
-    T = xw.shape[0] if t1 is None else t1
-    if not use_blas:
-        if P is None:
-            P = recur_panels(Wh)
-        K.rnn_forward_rows(hs_full[t0 + 1:T + 1], xw[t0:T], hs_full[t0], P, reset[t0:T], n0, n1)
-        return
-    rs = reset[t0:T, n0:n1]
-    any_reset = bool(rs.any())
-    for t in range(t0, T):
-        hp = hs_full[t, n0:n1]
-        if any_reset and reset[t, n0:n1].any():
-            hp = hp * (reset[t, n0:n1] == 0)[:, None].astype(hp.dtype)
-        out = hs_full[t + 1, n0:n1]
-        blas.gemm(hp, Wh, out)
-        K.tanh_add_(out, xw[t, n0:n1])
-
-
-def rnn_backward_rows(dxw, dh0, dhs, hs, Wh, n0, n1, use_blas: bool, WhT=None, PT=None):
-    """dxw, dh0 for streams [n0, n1) (see K.rnn_backward). WhT: a contiguous copy
-    of Wh.T for the BLAS path, PT: recur_panels(Wh.T) for the kernel path (the
-    callers' threads share one), made if None."""
-    if not use_blas:
-        if PT is None:
-            PT = recur_panels(Wh.T)
-        K.rnn_backward_rows(dxw, dh0, dhs, hs, PT, n0, n1)
-        return
-    T = hs.shape[0]
-    dh = np.zeros((n1 - n0, hs.shape[2]), dtype=dxw.dtype)
-    if WhT is None:  # per-step GEMMs: N x H @ H x H is 1.5x faster NN than NT
-        WhT = np.ascontiguousarray(Wh.T)
-    for t in range(T - 1, -1, -1):
-        K.tanh_backward_(dxw[t, n0:n1], dhs[t, n0:n1], dh, hs[t, n0:n1])
-        blas.gemm(dxw[t, n0:n1], WhT, dh)
-    dh0[n0:n1] = dh
 
 
 # --------------------------------------------------------------- the model --
@@ -402,7 +354,9 @@ class RNNLM:
     def _nll_pipelined(self, xs, h0, reset, labels, out, pl: Pool):
         """Fewer streams than threads: while the calling thread runs the
         recurrence segment by segment, the other threads score the segments
-        already done; then the calling thread joins the scoring."""
+        already done; then the calling thread joins the scoring. One stream at
+        large H instead runs its recurrence on two threads, then the scoring on
+        all of them (streamlm.recurrence.split_recurrence)."""
         p = self.params
         N, T = xs.shape
         M = N * T
@@ -422,6 +376,10 @@ class RNNLM:
         reset_tm = self._reset_tm(reset, T, N)
         use_blas = self._use_blas(N, pl.threads, T)
         P = None if use_blas else recur_panels(p.rnn_Wh)
+        if split_recurrence(N, H, pl.threads, use_blas):  # the recurrence on two threads
+            rnn_recur_split(hs_full, xw, P, reset_tm, pl)
+            self.head.score(hs_full[1:].reshape(M, H), labels, out, pl)
+            return hs_full
         rows = self.head.row_limit(M)
         work = self.head.scratch(pl.threads, rows)
         # steps per segment: small segments balance the two threads at the end

@@ -9,6 +9,7 @@ import reference as ref
 from streamlm import heads, threads
 from streamlm import kernels as K
 from streamlm import model as M
+from streamlm import recurrence as R
 from streamlm.model import RNNLM
 from streamlm.params import PARAM_NAMES, ModelConfig, Params
 
@@ -55,9 +56,14 @@ def test_forward_backward_any_thread_count(nthreads_of, nthreads, recur, N, T):
 
 @pytest.mark.parametrize("nthreads", [1, 2, 3])
 @pytest.mark.parametrize("N", [1, 2, 4])
+@pytest.mark.parametrize("split_h", [None, 1])
 def test_nll_any_thread_count_and_pipelined_single_stream(nthreads_of, monkeypatch, nthreads,
-                                                          N):
+                                                          N, split_h):
+    """split_h=1: one stream's recurrence on two threads from H=1 on (the model's
+    path at large H, here for every H)."""
     nthreads_of(nthreads)
+    if split_h is not None:
+        monkeypatch.setattr(R, "SPLIT_MIN_H", split_h)
     monkeypatch.setattr(heads, "PROJ_ROWS", 4)  # many projection slices / pipeline segments
     monkeypatch.setattr(M, "PIPE_ROWS", 3)
     monkeypatch.setattr(M, "CLASS_PIPE_ROWS", 3)
@@ -142,3 +148,40 @@ def test_a_blas_nobody_can_hold_means_one_thread_and_says_so(nthreads_of, monkey
         nthreads_of(2)
     assert threads.get_num_threads() == 1
     assert "one thread" in caplog.text
+
+
+@pytest.mark.parametrize("H", [70, 300])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_stream_on_two_threads_is_bitwise_the_one_thread_recurrence(nthreads_of, monkeypatch,
+                                                                       H, dtype):
+    """rnn_recur_split (half of Wh's panels per thread, meeting every step) writes the
+    same bytes as rnn_forward_rows, with resets, whole or by segments; a thread that
+    stops waiting (spin limit 0) leaves the block to one thread, same bytes again;
+    and a thread whose partner never comes returns -1 and says so in the flags."""
+    nthreads_of(2)
+    rng = np.random.default_rng(H)
+    T = 60 if R.split_recurrence(1, 512, 2, False) else 12  # (no JIT: plain Python, slow)
+    Wh = (rng.standard_normal((H, H)) / np.sqrt(H)).astype(dtype)
+    xw = rng.standard_normal((T, 1, H)).astype(dtype)
+    reset = np.zeros((T, 1), dtype=np.uint8)
+    reset[[0, T // 3]] = 1
+    start = np.empty((T + 1, 1, H), dtype=dtype)
+    start[0] = rng.standard_normal(H)
+    P = M.recur_panels(Wh)
+    want = start.copy()
+    K.rnn_forward_rows(want[1:], xw, want[0], P, reset, 0, 1)
+    pl = threads.pool()
+    got = start.copy()
+    R.rnn_recur_split(got, xw, P, reset, pl)
+    assert got.tobytes() == want.tobytes()
+    got = start.copy()
+    for t0, t1 in ((0, T // 2 - 1), (T // 2 - 1, T)):
+        R.rnn_recur_split(got, xw, P, reset, pl, t0, t1)
+    assert got.tobytes() == want.tobytes()
+    monkeypatch.setattr(R, "SPLIT_SPIN_MAX", 0)
+    got = start.copy()
+    R.rnn_recur_split(got, xw, P, reset, pl)
+    assert got.tobytes() == want.tobytes()
+    flags = np.zeros(48, dtype=np.int64)
+    assert K.rnn_forward_split(got[1:], xw, got[0], P, reset, 0, 1, flags, 0, 1000) == -1
+    assert flags[K.SPLIT_GAVE_UP] == 1 and flags[0] == 1  # gave up at step 1

@@ -11,7 +11,8 @@ FLOORS = [
     {"errors", "atomic", "formats", "options", "metrics"},  # foundations
     {"kernels", "blas", "threads", "store", "text", "vocab", "subword",  # compute, reading
      "classes", "buckets"},
-    {"params", "heads", "model", "engines", "tokenizer", "shards", "batcher", "rows", "inputs"},
+    {"params", "heads", "recurrence", "model", "engines", "tokenizer", "shards", "batcher",
+     "rows", "inputs"},
     {"schedule", "records", "mix", "checkpoint", "outputs", "report", "plots"},  # job parts
     {"prepare", "train", "score", "generate", "distributed", "demo"},  # the jobs
     {"api", "query", "cli", "console", "progress", "__init__", "__main__"},  # faces

@@ -1,0 +1,108 @@
+"""The recurrence's orchestration: the Numba kernel or BLAS per step, for a group of
+streams, and one stream on two threads.
+
+``streamlm.model`` calls these for its blocks; the kernels are
+``streamlm.kernels.rnn_*``. Each function writes the states of the streams and
+steps it is given and nothing else, so the model's threads can share a block.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from streamlm import blas
+from streamlm import kernels as K
+
+log = logging.getLogger("streamlm.recurrence")
+
+# One stream's recurrence runs on two threads (rnn_recur_split) from this H on:
+# below it a step is too short for the two threads' meeting per step to pay
+# (bench/bench_recurrence.py, "one stream on two threads").
+SPLIT_MIN_H = 256
+SPLIT_SPIN_MAX = 1 << 31  # spins (seconds) before a thread stops waiting for the other
+
+
+def recur_panels(W: np.ndarray) -> np.ndarray:
+    """W (K, J) in the kernels' column panels (ceil(J/64), K, 64) (see K.PANEL).
+
+    Made once per call and shared by the threads: a copy of W (40 KB at H=100)."""
+    rows, cols = W.shape
+    P = np.empty((-(-cols // K.PANEL), rows, K.PANEL), dtype=W.dtype)
+    K.rnn_panels(P, W)
+    return P
+
+
+def rnn_recur_rows(hs_full, xw, Wh, reset, n0, n1, use_blas: bool, t0=0, t1=None, P=None):
+    """The recurrence for streams [n0, n1) and steps [t0, t1) of a block.
+
+    hs_full: (T+1, N, H), hs_full[t0] holds the state before step t0 on entry,
+    hs_full[t0+1:t1+1] is written; xw: (T, N, H) = X @ Wx + b;
+    reset: (T, N) uint8 (nonzero: the state before step t is zero);
+    P: recur_panels(Wh) for the kernel path (made here if None).
+    """
+    T = xw.shape[0] if t1 is None else t1
+    if not use_blas:
+        if P is None:
+            P = recur_panels(Wh)
+        K.rnn_forward_rows(hs_full[t0 + 1:T + 1], xw[t0:T], hs_full[t0], P, reset[t0:T], n0, n1)
+        return
+    rs = reset[t0:T, n0:n1]
+    any_reset = bool(rs.any())
+    for t in range(t0, T):
+        hp = hs_full[t, n0:n1]
+        if any_reset and reset[t, n0:n1].any():
+            hp = hp * (reset[t, n0:n1] == 0)[:, None].astype(hp.dtype)
+        out = hs_full[t + 1, n0:n1]
+        blas.gemm(hp, Wh, out)
+        K.tanh_add_(out, xw[t, n0:n1])
+
+
+def rnn_backward_rows(dxw, dh0, dhs, hs, Wh, n0, n1, use_blas: bool, WhT=None, PT=None):
+    """dxw, dh0 for streams [n0, n1) (see K.rnn_backward). WhT: a contiguous copy
+    of Wh.T for the BLAS path, PT: recur_panels(Wh.T) for the kernel path (the
+    callers' threads share one), made if None."""
+    if not use_blas:
+        if PT is None:
+            PT = recur_panels(Wh.T)
+        K.rnn_backward_rows(dxw, dh0, dhs, hs, PT, n0, n1)
+        return
+    T = hs.shape[0]
+    dh = np.zeros((n1 - n0, hs.shape[2]), dtype=dxw.dtype)
+    if WhT is None:  # per-step GEMMs: N x H @ H x H is 1.5x faster NN than NT
+        WhT = np.ascontiguousarray(Wh.T)
+    for t in range(T - 1, -1, -1):
+        K.tanh_backward_(dxw[t, n0:n1], dhs[t, n0:n1], dh, hs[t, n0:n1])
+        blas.gemm(dxw[t, n0:n1], WhT, dh)
+    dh0[n0:n1] = dh
+
+
+def split_recurrence(N: int, H: int, threads: int, use_blas: bool) -> bool:
+    """Whether a block of N streams runs its recurrence on two threads."""
+    import numba
+
+    return (N == 1 and threads >= 2 and not use_blas and H >= SPLIT_MIN_H
+            and not numba.config.DISABLE_JIT)
+
+
+def rnn_recur_split(hs_full, xw, P, reset, pl, t0: int = 0, t1: int | None = None) -> None:
+    """rnn_recur_rows for one stream (N == 1) on two of pl's threads: each computes
+    half of Wh's panels P of every step (K.rnn_forward_split); bitwise the same
+    states. If a thread gives up waiting for the other (a pool busy elsewhere for
+    seconds), the block is redone on one thread."""
+    T = xw.shape[0] if t1 is None else t1
+    nb = P.shape[0]
+    half = (nb + 1) // 2
+    flags = np.zeros(48, dtype=np.int64)
+    res = [0, 0]
+    args = (hs_full[t0 + 1:T + 1], xw[t0:T], hs_full[t0], P, reset[t0:T])
+
+    def part(me):
+        b0, b1 = (0, half) if me == 0 else (half, nb)
+        res[me] = K.rnn_forward_split(*args, b0, b1, flags, me, SPLIT_SPIN_MAX)
+
+    pl.map(part, [(0,), (1,)])
+    if min(res) < 0:
+        log.debug("the split recurrence gave up waiting: block redone on one thread")
+        K.rnn_forward_rows(*args, 0, 1)
