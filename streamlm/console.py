@@ -9,6 +9,7 @@ become one line too, never a traceback.
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import typer
@@ -73,7 +74,12 @@ def run(app, argv: list[str] | None = None) -> None:
     os.environ.setdefault("STREAMLM_FAST_START", "1")  # see kernels._load_numba_registries...
     try:
         args = hoist_global_flags(app, sys.argv[1:] if argv is None else list(argv))
-        app(args=args, standalone_mode=False)
+        try:
+            app(args=args, standalone_mode=False)
+        finally:
+            # the work is done: what is alive now lives until the exit, so spare the
+            # interpreter's last collections a walk over it (0.1-0.2 s with numba loaded)
+            gc.freeze()
     except StreamlmError as e:
         sys.stderr.write(f"streamlm: error: {e}\n")
         sys.exit(e.exit_code)

@@ -20,6 +20,8 @@ chunk_tokens`` tokens of activations, whatever the input size.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -27,6 +29,54 @@ import numpy as np
 from streamlm.inputs import Source, rechunk, skip
 from streamlm.records import Accumulator
 from streamlm.tokenizer import Block
+
+
+def read_ahead(blocks: Iterator[Block], depth: int) -> Iterator[Block]:
+    """``blocks``, read and tokenised by a thread of their own up to ``depth`` blocks
+    ahead of their use: while the model scores a block, the next one is being
+    read. An error of the reader is raised here, where its block would have come;
+    closing this generator stops the reader (after the block it is reading)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for b in blocks:
+                if not put((b, None)):
+                    return
+            put((None, None))
+        except BaseException as e:  # noqa: BLE001 (raised again in the consumer)
+            put((None, e))
+        finally:
+            close = getattr(blocks, "close", None)
+            if close is not None:
+                close()
+
+    reader = threading.Thread(target=produce, name="streamlm-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            b, err = q.get()
+            if err is not None:
+                raise err
+            if b is None:
+                return
+            yield b
+    finally:
+        stop.set()
+        reader.join()
+
+
+READ_AHEAD_BLOCKS = 2  # blocks (tokenizer.BLOCK_TOKENS each) read ahead of the model
 
 
 class Runner:
@@ -78,8 +128,9 @@ class Scheduler:
 
     def __init__(self, sources: list[Source], rnn, *, eos: int, H: int, dtype, reset: str,
                  batch: int, chunk_tokens: int, acc: Accumulator,
-                 after_call: Callable[[int], None] | None = None):
+                 after_call: Callable[[int], None] | None = None, threads: int = 1):
         self.sources = sources
+        self.threads = threads  # from 2: inputs are read ahead by a thread (read_ahead)
         self.reset = reset
         self.batch = batch
         self.T = chunk_tokens
@@ -115,13 +166,14 @@ class Scheduler:
         todo.sort(key=lambda s: (s.index not in self.state, s.index))
         lanes: list[dict] = []
         pending = iter(todo)
+        ahead = min(self.batch, len(todo)) < self.threads  # (then the model is pipelined)
 
         def open_lane() -> dict | None:
             for s in pending:
                 i = s.index
                 start = self.acc.t[i].scored
                 h, prev, _, _ = self.state.get(i, (np.zeros(self.H, self.dtype), eos, 0, -1))
-                return {"i": i, "it": rechunk(skip(s.blocks(), start), T),
+                return {"i": i, "it": rechunk(skip(self._blocks(s, ahead), start), T),
                         "h": h, "prev": prev, "start": start}
             return None
 
@@ -158,6 +210,11 @@ class Scheduler:
                 self.state[lane["i"]] = (hN[n], lane["prev"], 0, -1)
                 n_tok += len(blk)
             self._after_call(n_tok)
+
+    def _blocks(self, s: Source, ahead: bool) -> Iterator[Block]:
+        if ahead and self.threads > 1:
+            return read_ahead(s.blocks(), READ_AHEAD_BLOCKS)
+        return s.blocks()
 
     def _close_stream(self, lane: dict) -> None:
         i = lane["i"]
@@ -203,7 +260,7 @@ class Scheduler:
                     yield ("chunk", blk, not long_seg) if long_seg else ("segs", blk)
                 cur, have, long_seg = [], 0, False
 
-            for b in skip(s.blocks(), start):
+            for b in skip(self._blocks(s, True), start):
                 key = getattr(b, keyname)
                 cuts = np.flatnonzero(key[1:] != key[:-1]) + 1  # segment starts in b
                 if cur_key is not None and key[0] != cur_key:

@@ -72,6 +72,15 @@ class ScoreResult:
     seconds: float
 
 
+def _threads(engine: Engine) -> int:
+    """The threads the model computes on (numba; the numpy engine: one)."""
+    if engine == Engine.numpy:
+        return 1
+    from streamlm import threads
+
+    return threads.get_num_threads()
+
+
 def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | None = None, *,
           output: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
           split_buckets: str | os.PathLike | None = None,
@@ -183,7 +192,7 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
     scheduler = Scheduler(sources, scoring_model(m.params, engine), eos=vocab.eos_id,
                           H=m.config.H, dtype=m.params.dtype, reset=opts.reset,
                           batch=opts.batch, chunk_tokens=opts.chunk_tokens, acc=acc,
-                          after_call=after_call)
+                          after_call=after_call, threads=_threads(engine))
     ok = False
     try:
         if ckpt is not None:

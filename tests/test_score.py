@@ -422,3 +422,35 @@ def test_checkpoint_mismatch_refused(lm, tmp_path):
         score(lm["path"], [other], checkpoint=ck)
     with pytest.raises(UsageError, match="stdin"):
         score(lm["path"], ["-"], checkpoint=tmp_path / "x.npz")
+
+
+def test_read_ahead_keeps_order_raises_where_the_error_was_and_stops_when_closed():
+    """The reader thread (schedule.read_ahead): the same blocks in the same order; an
+    input error comes out after the blocks before it, not earlier; closing the
+    consumer stops the reader and closes the source."""
+    import threading
+
+    from streamlm.schedule import read_ahead
+
+    def gen(n, fail_at=None, closed=None):
+        try:
+            for i in range(n):
+                if i == fail_at:
+                    raise InputError("bad line", path="f.txt", position="line 5")
+                yield i
+        finally:
+            if closed is not None:
+                closed.append(True)
+
+    assert list(read_ahead(gen(50), 2)) == list(range(50))
+    got = []
+    with pytest.raises(InputError, match="bad line"):
+        for b in read_ahead(gen(10, fail_at=4), 2):
+            got.append(b)
+    assert got == [0, 1, 2, 3]
+    closed = []
+    it = read_ahead(gen(10_000, closed=closed), 2)
+    assert next(it) == 0
+    it.close()
+    assert closed == [True]
+    assert not [t for t in threading.enumerate() if t.name == "streamlm-reader"]
