@@ -378,7 +378,24 @@ def rnn_forward_rows(hs, xw, h0, P, reset, n0, n1):
 
     Same other arrays as rnn_forward. streamlm.model gives each of its threads
     a group of streams: streams are independent, so no thread waits for another
-    inside a block.
+    inside a block. (rnn_forward_rows_x with xw as the rows of its input terms.)
+    """
+    T, N, H = xw.shape
+    xid = np.empty((T, N), dtype=np.int64)
+    for t in range(T):
+        for n in range(N):
+            xid[t, n] = t * N + n
+    rnn_forward_rows_x(hs, np.ascontiguousarray(xw).reshape(T * N, H), xid, h0, P, reset, n0,
+                       n1)
+
+
+@njit(**JIT)
+def rnn_forward_rows_x(hs, X, xid, h0, P, reset, n0, n1):
+    """rnn_forward_rows with the input term of stream n at step t the row X[xid[t, n]].
+
+    X: (R, H) float; xid: (T, N) int, each in [0, R) (the caller checks). A
+    scoring model passes its input table (V, H) and the tokens' ids: the input
+    terms of a block, (T, N, H), are then never written out and read back.
     """
     T, N, H = hs.shape
     if P.shape[1] != H or P.shape[2] != 64 or P.shape[0] * 64 < H:
@@ -398,8 +415,9 @@ def rnn_forward_rows(hs, xw, h0, P, reset, n0, n1):
                         hp[r, j] = z
             _panel_mv(out, hp, P, ng)
             for r in range(ng):
+                x = X[xid[t, g + r]]
                 for j in range(H):
-                    v = vtanh(out[r, j] + xw[t, g + r, j])
+                    v = vtanh(out[r, j] + x[j])
                     hs[t, g + r, j] = v
                     hp[r, j] = v
 
@@ -543,11 +561,12 @@ SPLIT_GAVE_UP = 32  # flags[32] != 0: a thread stopped waiting (flags[16 * me]: 
 
 
 @njit(**JIT)
-def rnn_forward_split(hs, xw, h0, P, reset, b0, b1, flags, me, spin_max):
+def rnn_forward_split(hs, X, xid, h0, P, reset, b0, b1, flags, me, spin_max):
     """Thread ``me`` (0 or 1) of the two that run one stream's recurrence: writes
     hs[t, 0, j] for the columns j of the panels b0 <= b < b1 of every step.
 
-    hs, xw: (T, 1, H); h0: (1, H); P: Wh in panels (see PANEL); reset: (T, 1).
+    hs: (T, 1, H); the input term of step t is the row X[xid[t, 0]] (see
+    rnn_forward_rows_x); h0: (1, H); P: Wh in panels (see PANEL); reset: (T, 1).
     flags: (48,) int64, zero on entry, shared by the two threads. Every
     output is summed in the same order as rnn_forward_rows, so the result is
     bitwise the same. Returns 0; or -1 when the other thread had not finished a
@@ -578,9 +597,10 @@ def rnn_forward_split(hs, xw, h0, P, reset, b0, b1, flags, me, spin_max):
                 w = Pb[k]
                 for i in range(64):
                     acc[i] += xk * w[i]
+            x = X[xid[t, 0]]
             for i in range(min(64, H - b * 64)):
                 j = b * 64 + i
-                hs[t, 0, j] = vtanh(acc[i] + xw[t, 0, j])
+                hs[t, 0, j] = vtanh(acc[i] + x[j])
         _store_release(flags, 16 * me, t + 1)
     return 0
 

@@ -205,11 +205,22 @@ class RNNLM:
         ids = np.ascontiguousarray(xs.T, dtype=np.int32).reshape(M)
         check_ids(ids, self.config.V, "input ids")
         mask_x = self._dropout_mask((M, D)) if train and self.dropout > 0 else None
-        xw = self.buf("xw", (T, N, H))
-        xw2 = xw.reshape(M, H)
         Wx, b, E = p.rnn_Wx, p.rnn_b, p.embed_W
         table = self.input_table() if self.frozen and not keep and not train else None
         X = self.buf("X", (M, D)) if table is None else None
+        hs_full = self.buf("hs_full", (T + 1, N, H))
+        hs_full[0] = self._h0(h0, N)
+        reset_tm = self._reset_tm(reset, T, N)
+        use_blas = self._use_blas(N, pl.threads, T)
+        Wh = p.rnn_Wh
+        P = None if use_blas else recur_panels(Wh)
+        if table is not None and not use_blas:  # the kernel reads the table's rows itself
+            xid = ids.reshape(T, N)
+            pl.map(lambda n0, n1: rnn_recur_rows(hs_full, table, Wh, reset_tm, n0, n1, False,
+                                                 P=P, xid=xid), split(N, pl.threads))
+            return ids, X, hs_full, mask_x
+        xw = self.buf("xw", (T, N, H))
+        xw2 = xw.reshape(M, H)
 
         def embed_rows(i, j):
             if table is not None:
@@ -222,12 +233,6 @@ class RNNLM:
             xw2[i:j] += b
 
         pl.map(embed_rows, split(M, pl.threads))
-        hs_full = self.buf("hs_full", (T + 1, N, H))
-        hs_full[0] = self._h0(h0, N)
-        reset_tm = self._reset_tm(reset, T, N)
-        use_blas = self._use_blas(N, pl.threads, T)
-        Wh = p.rnn_Wh
-        P = None if use_blas else recur_panels(Wh)
         pl.map(lambda n0, n1: rnn_recur_rows(hs_full, xw, Wh, reset_tm, n0, n1, use_blas, P=P),
                split(N, pl.threads))
         return ids, X, hs_full, mask_x
@@ -363,10 +368,15 @@ class RNNLM:
         H = self.config.H
         ids = np.ascontiguousarray(xs.T, dtype=np.int32).reshape(M)
         check_ids(ids, self.config.V, "input ids")
-        xw = self.buf("xw", (T, N, H))
-        if self.frozen:
+        use_blas = self._use_blas(N, pl.threads, T)
+        xid = None  # the kernels read a frozen model's table rows themselves
+        if self.frozen and not use_blas:
+            xw, xid = self.input_table(), ids.reshape(T, N)
+        elif self.frozen:
+            xw = self.buf("xw", (T, N, H))
             K.embedding_forward(xw.reshape(M, H), ids, self.input_table())
         else:
+            xw = self.buf("xw", (T, N, H))
             X = self.buf("X", (M, self.config.D))
             K.embedding_forward(X, ids, p.embed_W)
             blas.gemm(X, p.rnn_Wx, xw.reshape(M, H))
@@ -374,10 +384,9 @@ class RNNLM:
         hs_full = self.buf("hs_full", (T + 1, N, H))
         hs_full[0] = self._h0(h0, N)
         reset_tm = self._reset_tm(reset, T, N)
-        use_blas = self._use_blas(N, pl.threads, T)
         P = None if use_blas else recur_panels(p.rnn_Wh)
         if split_recurrence(N, H, pl.threads, use_blas):  # the recurrence on two threads
-            rnn_recur_split(hs_full, xw, P, reset_tm, pl)
+            rnn_recur_split(hs_full, xw, P, reset_tm, pl, xid=xid)
             self.head.score(hs_full[1:].reshape(M, H), labels, out, pl)
             return hs_full
         rows = self.head.row_limit(M)
@@ -409,7 +418,7 @@ class RNNLM:
                 try:
                     for s, (t0, t1) in enumerate(segs):
                         rnn_recur_rows(hs_full, xw, p.rnn_Wh, reset_tm, 0, N, use_blas, t0, t1,
-                                       P)
+                                       P, xid)
                         ready[s].set()
                 except BaseException:
                     failed.append(True)

@@ -34,20 +34,30 @@ def recur_panels(W: np.ndarray) -> np.ndarray:
     return P
 
 
-def rnn_recur_rows(hs_full, xw, Wh, reset, n0, n1, use_blas: bool, t0=0, t1=None, P=None):
+def rnn_recur_rows(hs_full, xw, Wh, reset, n0, n1, use_blas: bool, t0=0, t1=None, P=None,
+                   xid=None):
     """The recurrence for streams [n0, n1) and steps [t0, t1) of a block.
 
     hs_full: (T+1, N, H), hs_full[t0] holds the state before step t0 on entry,
     hs_full[t0+1:t1+1] is written; xw: (T, N, H) = X @ Wx + b;
     reset: (T, N) uint8 (nonzero: the state before step t is zero);
     P: recur_panels(Wh) for the kernel path (made here if None).
+    xid: (T, N) int, or None: given, xw is (R, H) and the input term of stream n
+    at step t is its row xw[xid[t, n]] (a scoring model's input table and its
+    tokens' ids; the kernel path only).
     """
-    T = xw.shape[0] if t1 is None else t1
+    T = (xw.shape[0] if xid is None else xid.shape[0]) if t1 is None else t1
     if not use_blas:
         if P is None:
             P = recur_panels(Wh)
-        K.rnn_forward_rows(hs_full[t0 + 1:T + 1], xw[t0:T], hs_full[t0], P, reset[t0:T], n0, n1)
+        hs = hs_full[t0 + 1:T + 1]
+        if xid is None:
+            K.rnn_forward_rows(hs, xw[t0:T], hs_full[t0], P, reset[t0:T], n0, n1)
+        else:
+            K.rnn_forward_rows_x(hs, xw, xid[t0:T], hs_full[t0], P, reset[t0:T], n0, n1)
         return
+    if xid is not None:
+        raise ValueError("the BLAS recurrence needs the input terms written out")
     rs = reset[t0:T, n0:n1]
     any_reset = bool(rs.any())
     for t in range(t0, T):
@@ -86,17 +96,21 @@ def split_recurrence(N: int, H: int, threads: int, use_blas: bool) -> bool:
             and not numba.config.DISABLE_JIT)
 
 
-def rnn_recur_split(hs_full, xw, P, reset, pl, t0: int = 0, t1: int | None = None) -> None:
+def rnn_recur_split(hs_full, xw, P, reset, pl, t0: int = 0, t1: int | None = None,
+                    xid=None) -> None:
     """rnn_recur_rows for one stream (N == 1) on two of pl's threads: each computes
     half of Wh's panels P of every step (K.rnn_forward_split); bitwise the same
     states. If a thread gives up waiting for the other (a pool busy elsewhere for
-    seconds), the block is redone on one thread."""
-    T = xw.shape[0] if t1 is None else t1
+    seconds), the block is redone on one thread. xw and xid as rnn_recur_rows's."""
+    if xid is None:  # the input terms written out: row t of xw is step t's
+        xid = np.arange(xw.shape[0], dtype=np.int64).reshape(-1, 1)
+        xw = xw.reshape(xw.shape[0], -1)
+    T = xid.shape[0] if t1 is None else t1
     nb = P.shape[0]
     half = (nb + 1) // 2
     flags = np.zeros(48, dtype=np.int64)
     res = [0, 0]
-    args = (hs_full[t0 + 1:T + 1], xw[t0:T], hs_full[t0], P, reset[t0:T])
+    args = (hs_full[t0 + 1:T + 1], xw, xid[t0:T], hs_full[t0], P, reset[t0:T])
 
     def part(me):
         b0, b1 = (0, half) if me == 0 else (half, nb)
@@ -105,4 +119,4 @@ def rnn_recur_split(hs_full, xw, P, reset, pl, t0: int = 0, t1: int | None = Non
     pl.map(part, [(0,), (1,)])
     if min(res) < 0:
         log.debug("the split recurrence gave up waiting: block redone on one thread")
-        K.rnn_forward_rows(*args, 0, 1)
+        K.rnn_forward_rows_x(*args, 0, 1)

@@ -183,5 +183,7 @@ def test_one_stream_on_two_threads_is_bitwise_the_one_thread_recurrence(nthreads
     R.rnn_recur_split(got, xw, P, reset, pl)
     assert got.tobytes() == want.tobytes()
     flags = np.zeros(48, dtype=np.int64)
-    assert K.rnn_forward_split(got[1:], xw, got[0], P, reset, 0, 1, flags, 0, 1000) == -1
+    xid = np.arange(T, dtype=np.int64).reshape(T, 1)
+    assert K.rnn_forward_split(got[1:], xw.reshape(T, H), xid, got[0], P, reset, 0, 1, flags, 0,
+                               1000) == -1
     assert flags[K.SPLIT_GAVE_UP] == 1 and flags[0] == 1  # gave up at step 1

@@ -141,6 +141,12 @@ def test_rnn_forward_rows_panels_streams_and_resets(dtype, N, H):
         K.rnn_forward_rows(hs1, xw, h0, _panels(Wh), reset_tm, n, n + 1)
     np.testing.assert_allclose(hs1[:, 1:N + 1], hs[:, 1:N + 1], rtol=1e-12 if dtype == np.float64
                                else 1e-6, atol=0)
+    # the input terms as rows of a table (a scoring model's): the same bytes
+    table = np.ascontiguousarray(xw.reshape(T * (N + 2), H)[::-1])
+    xid = (T * (N + 2) - 1 - np.arange(T * (N + 2))).reshape(T, N + 2)
+    hs2 = np.full((T, N + 2, H), 7.0, dtype)
+    K.rnn_forward_rows_x(hs2, table, xid.astype(np.int32), h0, _panels(Wh), reset_tm, 1, N + 1)
+    assert hs2.tobytes() == hs.tobytes()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
