@@ -193,6 +193,22 @@ def class_section(r) -> list[str]:
     return out
 
 
+def split_section(r) -> list[str]:
+    out = ["## One stream's recurrence on one thread and on two (kernel level)", "",
+           "- `python bench/bench_split.py`: a block of one stream, float32, Wh in panels made "
+           "once; `K.rnn_forward_rows` on one thread against `recurrence.rnn_recur_split` on "
+           "two (half of the panels each, meeting every step), in turn, median of "
+           f"{r['reps']}; both write the same bytes (checked first). streamlm splits from "
+           "H=256 (SPLIT_MIN_H).", "",
+           "| H | Wh KB | one thread us/step | two threads us/step | one / two |",
+           "|---:|---:|---:|---:|---:|"]
+    for x in r["rows"]:
+        out.append(f"| {x['H']} | {x['wh_kb']:.0f} | {x['one_thread_us_per_step']:.2f} | "
+                   f"{x['two_threads_us_per_step']:.2f} | {x['one_over_two']:.2f}x |")
+    out.append("")
+    return out
+
+
 def kenlm_section(r) -> list[str]:
     out = ["## Against KenLM `query` (end to end, per core)", "",
            f"- {r['tokens']:,} PTB tokens (PTB train x{r['ptb_times']}); KenLM: `query -v summary`"
@@ -286,7 +302,8 @@ def main():
              "(`bench/run_all.sh` runs them all). Scripts: bench_speed.py (tokens/s vs PyTorch and "
              "numpy), bench_startup.py (start-up / compile), bench_memory.py (peak RSS), "
              "bench_kernels.py (kernel-level choices), bench_class.py (class against full "
-             "softmax), bench_kenlm.py (against KenLM query), bench_documents.py (Parquet "
+             "softmax), bench_split.py (one stream's recurrence on two threads), "
+             "bench_kenlm.py (against KenLM query), bench_documents.py (Parquet "
              "documents), bench_api.py (the Python API against the kenlm module), bench_subword.py "
              "(SentencePiece encoding's share of scoring), bench_shakespeare.py (word against "
              "subword, by bits per byte).", ""]
@@ -297,6 +314,7 @@ def main():
                      ("results_memory.json", memory_section),
                      ("results_kernels.json", kernels_section),
                      ("results_class.json", class_section),
+                     ("results_split.json", split_section),
                      ("results_kenlm.json", kenlm_section),
                      ("results_documents.json", documents_section),
                      ("results_api.json", api_section),

@@ -16,6 +16,7 @@ else
   python bench/bench_speed.py --threads 1 --reps 6 --out bench/results_speed_t1.json
   python bench/bench_startup.py
   python bench/bench_kernels.py
+  python bench/bench_split.py
   python bench/bench_memory.py --sizes 1,11
   python bench/bench_subword.py
   python bench/bench_shakespeare.py

@@ -97,6 +97,9 @@ def open_output(path: str) -> Iterator[object]:
             yield f
 
 
+ROW_BLOCK = 1 << 16  # rows per block of the records of rows with none
+
+
 def write_records(path: str, level: str, spool: Spool, sources: list[Source], vocab: Vocab,
                   docs: bool, keep: Sequence[str] = (),
                   cutoffs: tuple[Sequence[float], str] | None = None) -> int:
@@ -196,18 +199,23 @@ def _records(s: Source, level: str, spool: Spool, vocab: Vocab, docs: bool, keep
 
 def _every_row(recs: Iterator[np.ndarray], s: DocSource) -> Iterator[np.ndarray]:
     """The records of a document input with a record for every row that has none
-    (an empty document), skipped rows left out: one per row, in row order."""
-    want_rows = np.setdiff1d(np.arange(s.rows, dtype=np.int64),
-                             np.asarray(s.skipped, dtype=np.int64))
-    at = 0  # next row of want_rows
+    (an empty document), skipped rows left out: one per row, in row order. Rows
+    are made a block at a time: memory does not grow with the input's rows."""
+    skipped = np.unique(np.asarray(s.skipped, dtype=np.int64))
+
+    def rows(lo: int, hi: int) -> np.ndarray:  # the rows lo <= row < hi not skipped
+        out = np.arange(lo, hi, dtype=np.int64)
+        return out[~np.isin(out, skipped)] if len(skipped) else out
+
+    at = 0  # the first row not given yet
     for r in recs:
         if not len(r):
             continue
-        upto = int(np.searchsorted(want_rows, r["index"][-1], side="right"))
-        yield _fill(want_rows[at:upto], r, s.index)
+        upto = int(r["index"][-1]) + 1
+        yield _fill(rows(at, upto), r, s.index)
         at = upto
-    if at < len(want_rows):
-        yield _fill(want_rows[at:], np.zeros(0, UNIT_DTYPE), s.index)
+    for lo in range(at, s.rows, ROW_BLOCK):
+        yield _fill(rows(lo, min(s.rows, lo + ROW_BLOCK)), np.zeros(0, UNIT_DTYPE), s.index)
 
 
 def _fill(rows: np.ndarray, r: np.ndarray, i: int) -> np.ndarray:
