@@ -577,7 +577,8 @@ def rnn_forward_split(hs, X, xid, h0, P, reset, b0, b1, flags, me, spin_max):
     z = hs.dtype.type(0)
     other = 16 * (1 - me)
     hp = np.empty(H, dtype=hs.dtype)
-    acc = _scratch(64, hs)
+    out = np.empty((b1 - b0) * 64, dtype=hs.dtype)  # this thread's panels of h @ Wh
+    j0, j1 = b0 * 64, min(b1 * 64, H)
     for t in range(T):
         if t > 0:
             n = 0
@@ -588,19 +589,10 @@ def rnn_forward_split(hs, X, xid, h0, P, reset, b0, b1, flags, me, spin_max):
                     return -1
         for j in range(H):
             hp[j] = z if reset[t, 0] != 0 else (hs[t - 1, 0, j] if t > 0 else h0[0, j])
-        for b in range(b0, b1):
-            for i in range(64):
-                acc[i] = z
-            Pb = P[b]
-            for k in range(H):
-                xk = hp[k]
-                w = Pb[k]
-                for i in range(64):
-                    acc[i] += xk * w[i]
-            x = X[xid[t, 0]]
-            for i in range(min(64, H - b * 64)):
-                j = b * 64 + i
-                hs[t, 0, j] = vtanh(acc[i] + x[j])
+        _panel_mv1(out, hp, P[b0:b1])
+        x = X[xid[t, 0]]
+        for j in range(j0, j1):
+            hs[t, 0, j] = vtanh(out[j - j0] + x[j])
         _store_release(flags, 16 * me, t + 1)
     return 0
 

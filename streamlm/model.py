@@ -194,6 +194,33 @@ class RNNLM:
         return m.astype(self.params.dtype) * self.params.dtype.type(1.0 / keep)
 
     # shared front half ---------------------------------------------------
+    def _input_terms(self, ids, T: int, N: int, pl: Pool, use_blas: bool, table, X=None,
+                     mask_x=None):
+        """The input term x_t @ Wx + b of every token of a block, as (xw, xid) for
+        rnn_recur_rows: with ``table`` (a frozen model's input_table) and the kernel
+        recurrence, the table itself and the ids (the kernel reads its rows); else
+        (T, N, H) written out, from the table's rows or as X @ Wx + b (X: an (M, D)
+        buffer for the embedding, kept for the backward; mask_x: its dropout)."""
+        if table is not None and not use_blas:
+            return table, ids.reshape(T, N)
+        p = self.params
+        M, H = T * N, self.config.H
+        xw = self.buf("xw", (T, N, H))
+        xw2 = xw.reshape(M, H)
+
+        def rows(i, j):
+            if table is not None:
+                K.embedding_forward(xw2[i:j], ids[i:j], table)
+                return
+            K.embedding_forward(X[i:j], ids[i:j], p.embed_W)
+            if mask_x is not None:
+                X[i:j] *= mask_x[i:j]
+            blas.gemm(X[i:j], p.rnn_Wx, xw2[i:j])
+            xw2[i:j] += p.rnn_b
+
+        pl.map(rows, split(M, pl.threads))
+        return xw, None
+
     def _run_rnn(self, xs, h0, reset, train: bool, pl: Pool, keep: bool = True):
         """Embedding, input term and recurrence of an (N, T) block (threads: rows, streams).
         keep=False (scoring): X is not needed, and a frozen model looks the input
@@ -205,36 +232,17 @@ class RNNLM:
         ids = np.ascontiguousarray(xs.T, dtype=np.int32).reshape(M)
         check_ids(ids, self.config.V, "input ids")
         mask_x = self._dropout_mask((M, D)) if train and self.dropout > 0 else None
-        Wx, b, E = p.rnn_Wx, p.rnn_b, p.embed_W
         table = self.input_table() if self.frozen and not keep and not train else None
         X = self.buf("X", (M, D)) if table is None else None
+        use_blas = self._use_blas(N, pl.threads, T)
+        xw, xid = self._input_terms(ids, T, N, pl, use_blas, table, X, mask_x)
         hs_full = self.buf("hs_full", (T + 1, N, H))
         hs_full[0] = self._h0(h0, N)
         reset_tm = self._reset_tm(reset, T, N)
-        use_blas = self._use_blas(N, pl.threads, T)
         Wh = p.rnn_Wh
         P = None if use_blas else recur_panels(Wh)
-        if table is not None and not use_blas:  # the kernel reads the table's rows itself
-            xid = ids.reshape(T, N)
-            pl.map(lambda n0, n1: rnn_recur_rows(hs_full, table, Wh, reset_tm, n0, n1, False,
-                                                 P=P, xid=xid), split(N, pl.threads))
-            return ids, X, hs_full, mask_x
-        xw = self.buf("xw", (T, N, H))
-        xw2 = xw.reshape(M, H)
-
-        def embed_rows(i, j):
-            if table is not None:
-                K.embedding_forward(xw2[i:j], ids[i:j], table)
-                return
-            K.embedding_forward(X[i:j], ids[i:j], E)
-            if mask_x is not None:
-                X[i:j] *= mask_x[i:j]
-            blas.gemm(X[i:j], Wx, xw2[i:j])
-            xw2[i:j] += b
-
-        pl.map(embed_rows, split(M, pl.threads))
-        pl.map(lambda n0, n1: rnn_recur_rows(hs_full, xw, Wh, reset_tm, n0, n1, use_blas, P=P),
-               split(N, pl.threads))
+        pl.map(lambda n0, n1: rnn_recur_rows(hs_full, xw, Wh, reset_tm, n0, n1, use_blas, P=P,
+                                             xid=xid), split(N, pl.threads))
         return ids, X, hs_full, mask_x
 
     # training ------------------------------------------------------------
@@ -369,18 +377,10 @@ class RNNLM:
         ids = np.ascontiguousarray(xs.T, dtype=np.int32).reshape(M)
         check_ids(ids, self.config.V, "input ids")
         use_blas = self._use_blas(N, pl.threads, T)
-        xid = None  # the kernels read a frozen model's table rows themselves
-        if self.frozen and not use_blas:
-            xw, xid = self.input_table(), ids.reshape(T, N)
-        elif self.frozen:
-            xw = self.buf("xw", (T, N, H))
-            K.embedding_forward(xw.reshape(M, H), ids, self.input_table())
-        else:
-            xw = self.buf("xw", (T, N, H))
-            X = self.buf("X", (M, self.config.D))
-            K.embedding_forward(X, ids, p.embed_W)
-            blas.gemm(X, p.rnn_Wx, xw.reshape(M, H))
-            xw += p.rnn_b
+        table = self.input_table() if self.frozen else None
+        X = self.buf("X", (M, self.config.D)) if table is None else None
+        # (on the calling thread: the other threads are the pipeline's)
+        xw, xid = self._input_terms(ids, T, N, _SERIAL, use_blas, table, X)
         hs_full = self.buf("hs_full", (T + 1, N, H))
         hs_full[0] = self._h0(h0, N)
         reset_tm = self._reset_tm(reset, T, N)

@@ -19,7 +19,7 @@ log = logging.getLogger("streamlm.recurrence")
 
 # One stream's recurrence runs on two threads (rnn_recur_split) from this H on:
 # below it a step is too short for the two threads' meeting per step to pay
-# (bench/bench_recurrence.py, "one stream on two threads").
+# (python bench/bench_split.py; bench/RESULTS.md, "one stream's recurrence").
 SPLIT_MIN_H = 256
 SPLIT_SPIN_MAX = 1 << 31  # spins (seconds) before a thread stops waiting for the other
 

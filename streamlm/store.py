@@ -99,7 +99,8 @@ def load(path: str | os.PathLike, fmt: str, version: int, *, what: str,
 
 def _mapped(p: Path) -> dict[str, np.ndarray] | None:
     """The members of the npz at ``p`` as read-only arrays over one mapping of the file,
-    or None when a member is compressed (then the caller reads it the usual way)."""
+    or None when a member is compressed or in an npy version other than 1 and 2
+    (then the caller reads it the usual way)."""
     fmt = np.lib.format
     with zipfile.ZipFile(p) as zf:
         infos = zf.infolist()
@@ -107,9 +108,9 @@ def _mapped(p: Path) -> dict[str, np.ndarray] | None:
            for i in infos):
         return None
     with open(p, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+        size = os.fstat(f.fileno()).st_size  # (not 0: zipfile has read the archive)
         flags = getattr(mmap, "MAP_POPULATE", 0) | mmap.MAP_PRIVATE
-        mm = mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ) if size else None
+        mm = mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
         arrays = {}
         for info in infos:
             f.seek(info.header_offset)
@@ -120,6 +121,8 @@ def _mapped(p: Path) -> dict[str, np.ndarray] | None:
                      + int.from_bytes(local[28:30], "little"))
             f.seek(start)
             major, _ = fmt.read_magic(f)
+            if major not in (1, 2):
+                return None
             shape, fortran, dtype = (fmt.read_array_header_1_0(f) if major == 1
                                      else fmt.read_array_header_2_0(f))
             if dtype.hasobject:

@@ -61,18 +61,18 @@ class Vocab:
         where = source or "vocabulary"
         if not words:
             raise InputError("empty vocabulary", path=source)
-        # one pass in C for a good vocabulary; else the loop says what is wrong
+        # a good vocabulary in one pass in C
         index: dict[str, int] = dict(zip(words, range(len(words)))) if _all_good(words) else {}
-        if len(index) != len(words):
+        if len(index) != len(words):  # a bad or repeated word: find the first, in order
             index = {}
-        for i, w in enumerate(words if not index else ()):
-            bad = _bad_word(w)
-            if bad:
-                raise InputError(bad, path=source, position=f"line {i + 1}")
-            if w in index:
-                raise InputError(f"duplicate word {w!r} (first on line {index[w] + 1})",
-                                 path=source, position=f"line {i + 1}")
-            index[w] = i
+            for i, w in enumerate(words):
+                bad = _bad_word(w)
+                if bad:
+                    raise InputError(bad, path=source, position=f"line {i + 1}")
+                if w in index:
+                    raise InputError(f"duplicate word {w!r} (first on line {index[w] + 1})",
+                                     path=source, position=f"line {i + 1}")
+                index[w] = i
         for special in (UNK, EOS):
             if special not in index:
                 raise InputError(f"{where} lacks the required word {special!r}", path=source)
