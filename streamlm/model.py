@@ -29,6 +29,7 @@ import numpy as np
 from streamlm import blas
 from streamlm import kernels as K
 from streamlm.heads import output_layer
+from streamlm.memory import aligned_empty
 from streamlm.params import Params
 from streamlm.recurrence import (
     recur_panels,
@@ -128,7 +129,7 @@ class RNNLM:
             self._table = self._table_of.input_table()
         if self._table is None:
             p = self.params
-            t = np.empty((self.config.V, self.config.H), dtype=p.dtype)
+            t = aligned_empty((self.config.V, self.config.H), p.dtype)
             pl = pool()
 
             def rows(i, j):

@@ -43,6 +43,7 @@ import numpy as np
 from streamlm import store
 from streamlm.classes import WordClasses
 from streamlm.errors import InputError, ModelFileError
+from streamlm.memory import aligned_empty
 
 FORMAT = "streamlm-model"
 FORMAT_VERSION = 3  # the newest this streamlm reads; a full-softmax file is written as 1
@@ -119,7 +120,8 @@ class Params:
         sizes = [int(np.prod(shapes[n])) for n in config.storage_names()]
         total = int(sum(sizes))
         if flat is None:
-            flat = np.zeros(total, dtype=self.dtype)
+            flat = aligned_empty(total, self.dtype)
+            flat[:] = 0
         elif flat.shape != (total,) or flat.dtype != self.dtype:
             raise ValueError(f"flat buffer must be ({total},) {self.dtype}")
         self.flat = flat

@@ -21,6 +21,7 @@ import numpy as np
 
 from streamlm import blas
 from streamlm import kernels as K
+from streamlm.memory import aligned_empty
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class Scratch:
         dtype = np.dtype(dtype or self.dtype)
         b = self._bufs.get(name)
         if b is None or b.shape != shape or b.dtype != dtype:
-            b = self._bufs[name] = np.empty(shape, dtype=dtype)
+            b = self._bufs[name] = aligned_empty(shape, dtype)
         return b
 
 

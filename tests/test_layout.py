@@ -8,7 +8,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "streamlm"
 
 FLOORS = [
-    {"errors", "atomic", "formats", "options", "metrics"},  # foundations
+    {"errors", "atomic", "formats", "options", "metrics", "memory"},  # foundations
     {"kernels", "blas", "threads", "store", "text", "vocab", "subword",  # compute, reading
      "classes", "buckets"},
     {"params", "heads", "recurrence", "model", "engines", "tokenizer", "shards", "batcher",
