@@ -56,10 +56,11 @@ def _wide_vectors() -> str:
     outputs then take 8 registers per stream instead of 4, and a group of four
     streams (32 accumulators) no longer fits in the register file: on an
     AVX-512 Xeon (Sapphire Rapids class) filter-mode scoring was 1.22x faster
-    end to end with 512-bit vectors, with the same perplexity (bench/RESULTS.md).
-    AMD's Zen 4 prefers 512 bits already. Set before numba builds its target
-    (numba's cache keys on the features, so the two settings do not mix);
-    NUMBA_CPU_NAME or NUMBA_CPU_FEATURES, if set, are left as they are.
+    end to end with 512-bit vectors, with the same perplexity (README, "The
+    class softmax, and why not KenLM"). AMD's Zen 4 prefers 512 bits already.
+    Set before numba builds its target (numba's cache keys on the features, so
+    the two settings do not mix); NUMBA_CPU_NAME or NUMBA_CPU_FEATURES, if set,
+    are left as they are.
     """
     import os
 
@@ -79,7 +80,7 @@ def _wide_vectors() -> str:
     return "512-bit vectors"
 
 
-VECTORS = _wide_vectors()
+VECTORS = _wide_vectors()  # what was decided, for a bug report: numba's target is global
 
 
 # -------------------------------------------------------------- start-up --

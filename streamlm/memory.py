@@ -17,7 +17,7 @@ CACHE_LINE = 64
 def aligned_empty(shape, dtype) -> np.ndarray:
     """np.empty(shape, dtype) whose first element starts a cache line."""
     dtype = np.dtype(dtype)
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(d) for d in shape)
     n = int(np.prod(shape)) * dtype.itemsize
     raw = np.empty(n + CACHE_LINE, dtype=np.uint8)
     skip = -raw.ctypes.data % CACHE_LINE

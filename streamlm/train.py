@@ -242,9 +242,8 @@ def _kept(ckpt: Path, have: bool) -> str:
 
 
 def _write_log(path: str | os.PathLike, history: list[dict], whole: bool) -> None:
-    # A run's first record rewrites the file whole and atomically (after a resume it
-    # holds exactly the resumed history); later ones append a line in one write
-    # (a rewrite per record grew with the log: 3% of a class model's training)
+    # A run's first record rewrites the file atomically (after a resume: exactly the
+    # resumed history); later ones append a line (a rewrite per record grew with it)
     with atomic_open(path, "w", encoding="utf-8") if whole else open(path, "a") as f:
         f.writelines(json.dumps(r, allow_nan=False) + "\n" for r in
                      (history if whole else history[-1:]))
@@ -350,6 +349,7 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
             progress({"event": event, **kw})
 
     n_resumed = len(run.history)  # records before this run's first
+
     def record(kind: str, step: int, train_ppl, valid_ppl, tps) -> dict:
         rec = {"kind": kind, "step": step, "epoch": round(step / ipe, 4),
                "tokens": step * tokens_per_step, "train_ppl": _json_float(train_ppl),
