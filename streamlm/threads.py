@@ -26,13 +26,29 @@ from streamlm.memory import aligned_empty
 log = logging.getLogger(__name__)
 
 
+# Spins (about a nanosecond each) a waiting thread makes before it sleeps: a
+# few milliseconds, more than the gaps between the parallel phases of a step.
+SPIN_MAX = 1 << 21
+_FLAG_STRIDE = 8  # int64s per flag: one cache line each
+
+
 class Pool:
-    """``threads`` workers (the calling thread is one of them)."""
+    """``threads`` workers (the calling thread is one of them).
+
+    A worker waits for its next task, and the caller for the workers' results,
+    by spinning on a counter without the GIL (streamlm.kernels.pool_wait) for a
+    few milliseconds, and only then sleeps on a semaphore. A sleeping thread
+    takes about 40 us to wake on the VMs streamlm runs on, and a class model's
+    training step hands work over about ten times in 5 ms (bench/RESULTS.md,
+    "Pool hand-offs"). Spinning is off when there are more threads than cores
+    (a spinner would take the core of the thread it waits for) and without
+    the JIT (the loop would hold the GIL).
+    """
 
     def __init__(self, threads: int):
         self.threads = max(1, int(threads))
-        self._executor = None
         self._limit = None
+        self._workers: list = []
         if self.threads > 1:
             lib = blas.load()
             if lib is None or lib.name != "mkl":  # MKL as streamlm loads it is sequential
@@ -41,31 +57,126 @@ class Pool:
                     log.warning("cannot hold numpy's BLAS at one thread (threadpoolctl finds "
                                 "no BLAS library it can control): streamlm runs on one thread")
                     self.threads = 1
+        import threading
+
+        self._busy = threading.Lock()  # one map at a time; others run serially
+        self._local = threading.local()
+
+    def _start(self) -> None:
+        import os
+        import threading
+
+        from numba import config
+
+        W = self.threads - 1
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+        self._spin = 0 if config.DISABLE_JIT or self.threads > cores else SPIN_MAX
+        # per worker w: post (its task count), done, and the two sleep flags
+        self._flags = np.zeros(4 * W * _FLAG_STRIDE, dtype=np.int64)
+        self._tasks: list = [None] * W
+        self._errs: list = [None] * W
+        self._seqs = [0] * W  # tasks posted to each worker
+        self._wake = [threading.Semaphore(0) for _ in range(W)]  # the worker's
+        self._back = [threading.Semaphore(0) for _ in range(W)]  # the caller's
+        self._workers = [threading.Thread(target=self._work, args=(w,), daemon=True,
+                                          name=f"streamlm-{w + 1}") for w in range(W)]
+        for t in self._workers:
+            t.start()
+
+    def _idx(self, w: int, k: int) -> int:  # k: 0 post, 1 done, 2 worker asleep, 3 caller asleep
+        return (4 * w + k) * _FLAG_STRIDE
+
+    def _await(self, w: int, k: int, seq: int, sems) -> None:
+        """Wait until flag k of worker w reaches seq: spin, then sleep."""
+        f = self._flags
+        i = self._idx(w, k)
+        if K.pool_wait(f, i, seq, self._spin):
+            return
+        if K.pool_announce_sleep(f, self._idx(w, k + 2), i, seq) != 1:
+            sems[w].acquire()
+
+    def _post(self, w: int) -> None:
+        """Hand worker w its task (self._tasks[w], None to stop)."""
+        self._seqs[w] += 1
+        if K.pool_signal(self._flags, self._idx(w, 0), self._seqs[w], self._idx(w, 2)):
+            self._wake[w].release()
+
+    def _work(self, w: int) -> None:
+        self._local.worker = True
+        f, post = self._flags, self._idx(w, 0)
+        seq, spun = 1, K.pool_wait(f, post, 1, self._spin)
+        while True:
+            if not spun and K.pool_announce_sleep(f, self._idx(w, 2), post, seq) != 1:
+                self._wake[w].acquire()
+            task, self._tasks[w] = self._tasks[w], None
+            if task is None:  # close()
+                return
+            err = None
+            try:
+                for fn, r in task:
+                    fn(*r)
+            except BaseException as e:  # re-raised by the caller
+                err = e
+            self._errs[w] = err
+            # done, and spin for the next task, without taking the GIL in between
+            code = K.pool_signal_wait(f, self._idx(w, 1), seq, self._idx(w, 3), post, seq + 1,
+                                      self._spin)
+            if code & 1:
+                self._back[w].release()
+            seq, spun = seq + 1, bool(code & 2)
 
     def map(self, fn, ranges) -> None:
-        """fn(*r) for every r in ranges, concurrently; re-raises the first error."""
-        if len(ranges) == 1 or self.threads == 1:
+        """fn(*r) for every r in ranges, concurrently; re-raises the first error.
+
+        The calling thread runs ranges[0], ranges[P], ...; worker w the ranges
+        w + 1, w + 1 + P, ... A map from inside a task, or while another
+        thread's map runs, runs serially on its caller."""
+        ranges = list(ranges)
+        P = self.threads
+        if len(ranges) == 1 or P == 1 or getattr(self._local, "worker", False) \
+                or not self._busy.acquire(blocking=False):
             for r in ranges:
                 fn(*r)
             return
-        if self._executor is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._executor = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="streamlm")
-        futs = [self._executor.submit(fn, *r) for r in ranges[1:]]
         try:
-            fn(*ranges[0])
+            if not self._workers:
+                self._start()
+            used = [w for w in range(P - 1) if w + 1 < len(ranges)]
+            for w in used:
+                self._tasks[w] = [(fn, r) for r in ranges[w + 1::P]]
+                self._post(w)
+            mine = None
+            try:
+                for r in ranges[::P]:
+                    fn(*r)
+            except BaseException as e:
+                mine = e
+            for w in used:
+                self._await(w, 1, self._seqs[w], self._back)
+            errs = [self._errs[w] for w in used]
+            for w in used:
+                self._errs[w] = None
         finally:
-            errs = [f.exception() for f in futs]
+            self._busy.release()
+        if mine is not None:
+            raise mine
         for e in errs:
             if e is not None:
                 raise e
 
     def close(self) -> None:
         """Stop the workers and give the BLAS libraries their thread counts back."""
-        if self._executor is not None:
-            self._executor.shutdown()
-            self._executor = None
+        if self._workers:
+            with self._busy:
+                for w in range(self.threads - 1):
+                    self._tasks[w] = None
+                    self._post(w)
+                for t in self._workers:
+                    t.join()
+                self._workers = []
         if self._limit is not None:
             self._limit.restore_original_limits()
             self._limit = None
