@@ -26,8 +26,10 @@ from streamlm.memory import aligned_empty
 log = logging.getLogger(__name__)
 
 
-# Spins (about a nanosecond each) a waiting thread makes before it sleeps: a
-# few milliseconds, more than the gaps between the parallel phases of a step.
+# Spins a waiting thread makes before it sleeps: 0.7 ms on the benchmark
+# machine, longer than the gaps between the parallel phases of a training step.
+# Spinning longer (2**24, 6 ms) took a core from the reader thread when scoring
+# (20 streams: 1.13x the time) for no clear gain in training.
 SPIN_MAX = 1 << 21
 _FLAG_STRIDE = 8  # int64s per flag: one cache line each
 
@@ -36,10 +38,10 @@ class Pool:
     """``threads`` workers (the calling thread is one of them).
 
     A worker waits for its next task, and the caller for the workers' results,
-    by spinning on a counter without the GIL (streamlm.kernels.pool_wait) for a
-    few milliseconds, and only then sleeps on a semaphore. A sleeping thread
+    by spinning on a counter without the GIL (streamlm.kernels.pool_wait) for
+    up to SPIN_MAX spins, and only then sleeps on a semaphore. A sleeping thread
     takes about 40 us to wake on the VMs streamlm runs on, and a class model's
-    training step hands work over about ten times in 5 ms (bench/RESULTS.md,
+    training step hands work over about ten times in 5 ms (bench/NOTES.md,
     "Pool hand-offs"). Spinning is off when there are more threads than cores
     (a spinner would take the core of the thread it waits for) and without
     the JIT (the loop would hold the GIL).
