@@ -155,6 +155,16 @@ class FullSoftmax:
 # one GEMM; classes with fewer go to one kernel call that does them all
 # (bench/RESULTS.md, "class softmax: BLAS or kernel per class").
 CLASS_BLAS_MIN_TOKENS = 256
+# ... and so does a class whose weights are larger than a core's L2 once it has
+# CLASS_BLAS_MIN_TOKENS_LARGE tokens: the kernel reads a class's weights once per
+# 4 tokens, from memory when they do not stay in L2 (the rare words' classes of
+# a large vocabulary: 19,268 words, 19 MB at H=256, in the V=100k bench), where
+# a GEMM reads them once.
+CLASS_BLAS_MIN_BYTES = 1 << 20
+CLASS_BLAS_MIN_TOKENS_LARGE = 8
+# Word logits of one GEMM when scoring, at most (floats): a large class's tokens
+# go through in slices.
+CLASS_BLAS_LOGITS = 1 << 22
 # Rows per call when scoring: bounds the class logits and gathered states.
 CLASS_SCORE_ROWS = 8192
 
@@ -202,8 +212,11 @@ class ClassSoftmax:
         cuts = np.searchsorted(np.cumsum(work), work.sum() * np.arange(1, threads) / threads,
                                side="right")
         plan = []
+        large = self.sizes * (self.params.config.H * self.params.dtype.itemsize) \
+            >= CLASS_BLAS_MIN_BYTES
         for grp in np.split(present, cuts):
-            big = ntok[grp] >= CLASS_BLAS_MIN_TOKENS
+            big = (ntok[grp] >= CLASS_BLAS_MIN_TOKENS) | (
+                large[grp] & (ntok[grp] >= CLASS_BLAS_MIN_TOKENS_LARGE))
             plan.append((np.ascontiguousarray(grp[~big], dtype=np.int64), grp[big].tolist()))
         return [p for p in plan if len(p[0]) or p[1]] or [(present[:0].astype(np.int64), [])]
 
@@ -234,7 +247,9 @@ class ClassSoftmax:
         nll = np.zeros(perm.shape[0])  # of the BLAS classes, in group order
         plan = self._plan(off, pool.threads)
         ntok = np.diff(off)
-        L = [buf(f"L{k}", (max([int(ntok[c] * self.sizes[c]) for c in big] or [0]),))
+        step = {c: max(1, min(int(ntok[c]), CLASS_BLAS_LOGITS // int(self.sizes[c])))
+                for _, big in plan for c in big}  # tokens per GEMM of class c
+        L = [buf(f"L{k}", (max([step[c] * int(self.sizes[c]) for c in big] or [0]),))
              for k, (_, big) in enumerate(plan)]
         rows = split(M, pool.threads)
         cn = buf("cn", (M,), np.float64)  # the class factor's NLL
@@ -250,11 +265,13 @@ class ClassSoftmax:
             small, big = plan[k]
             K.class_words_nll(out, hs, perm, labels, WT, b, start, off, small)
             for c in big:
-                o, o2, s, e = off[c], off[c + 1], start[c], start[c + 1]
-                lg = L[k][: (o2 - o) * (e - s)].reshape(o2 - o, e - s)
-                blas.gemm(hs[perm[o:o2]], WT[s:e].T, lg)
-                K.softmax_ce_forward(nll[o:o2], lg, b[s:e], (lab[o:o2] - s).astype(np.int32))
-                out[perm[o:o2]] = nll[o:o2]  # a token is in one class: no other writer
+                s, e = start[c], start[c + 1]
+                for o, o2 in slices(off[c], off[c + 1], step[c]):
+                    lg = L[k][: (o2 - o) * (e - s)].reshape(o2 - o, e - s)
+                    blas.gemm(hs[perm[o:o2]], WT[s:e].T, lg)
+                    K.softmax_ce_forward(nll[o:o2], lg, b[s:e],
+                                         (lab[o:o2] - s).astype(np.int32))
+                    out[perm[o:o2]] = nll[o:o2]  # a token is in one class: no other writer
 
         pool.map(part, [(k,) for k in range(max(len(plan), len(rows)))])
         out += cn

@@ -104,6 +104,41 @@ def test_forward_backward_match_reference(monkeypatch, blas_min, N, T, H, D):
     np.testing.assert_allclose(nll, want_nll, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("sliced", [False, True])
+def test_large_classes_go_through_blas_in_slices(monkeypatch, sliced):
+    """A class whose weights pass CLASS_BLAS_MIN_BYTES goes to BLAS from
+    CLASS_BLAS_MIN_TOKENS_LARGE tokens on, its tokens in slices of at most
+    CLASS_BLAS_LOGITS logits: the same NLL as the reference, and as the kernel."""
+    p, xs, ts, h0 = _setup(N=4, T=9, V=40, H=6, C=3)
+    sizes = p.classes.sizes
+    called = []
+    orig = heads.blas.gemm
+
+    def gemm(A, B, C, *a, **k):
+        called.append(B.shape[1])  # the words of a class (or C for the class logits)
+        return orig(A, B, C, *a, **k)
+
+    monkeypatch.setattr(heads.blas, "gemm", gemm)
+    monkeypatch.setattr(heads, "CLASS_BLAS_MIN_TOKENS", 10**9)  # never by tokens alone
+    monkeypatch.setattr(heads, "CLASS_BLAS_MIN_TOKENS_LARGE", 2)
+    # the largest class is "large" (its H * size * 8 bytes), the others not
+    monkeypatch.setattr(heads, "CLASS_BLAS_MIN_BYTES", int(sizes.max()) * 6 * 8)
+    if sliced:
+        monkeypatch.setattr(heads, "CLASS_BLAS_LOGITS", int(sizes.max()) * 3)  # 3 tokens
+    m = RNNLM(p)
+    nll, _ = m.nll(xs, ts, h0)
+    _, _, want = ref.model_loss(_file(p), xs, ts, h0, p.classes.word_class)
+    np.testing.assert_allclose(nll, want, rtol=1e-10, atol=1e-13)
+    big = int(sizes.max())
+    n_big = int(np.isin(p.classes.to_internal(ts), np.flatnonzero(
+        p.classes.cls == int(np.argmax(sizes)))).sum())
+    assert n_big >= 4  # (the setup puts enough targets there)
+    assert called.count(big) == (-(-n_big // 3) if sliced else 1)
+    # scoring in training mode's forward gives the same NLL too
+    loss, _ = m.forward(xs, ts, h0)
+    np.testing.assert_allclose(loss, want.sum() / want.size, rtol=1e-10)
+
+
 def test_float32_matches_float64_reference():
     p64, xs, ts, h0 = _setup(N=4, T=6, V=60, D=8, H=16, C=7)
     p32 = p64.astype(np.float32)
