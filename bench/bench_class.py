@@ -180,7 +180,7 @@ def main(argv=None):
 
         with atomic_path(args.out) as tmp:
             tmp.write_text(json.dumps(res, indent=1))
-    for H in [int(h) for h in args.hidden.split(",")]:
+    for H in [int(h) for h in args.hidden.split(",") if h.strip()]:  # "" with --zipf: V=100k only
         m = models(H, vocab, counts, args.classes, "ptb")
         for kind in m:
             check(m[kind], PTB_TEST)

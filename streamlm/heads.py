@@ -156,11 +156,14 @@ class FullSoftmax:
 # (bench/RESULTS.md, "class softmax: BLAS or kernel per class").
 CLASS_BLAS_MIN_TOKENS = 256
 # ... and so does a class whose weights are larger than a core's L2 once it has
-# CLASS_BLAS_MIN_TOKENS_LARGE tokens: the kernel reads a class's weights once per
-# 4 tokens, from memory when they do not stay in L2 (the rare words' classes of
-# a large vocabulary: 19,268 words, 19 MB at H=256, in the V=100k bench), where
-# a GEMM reads them once.
+# CLASS_BLAS_MIN_TOKENS_LARGE tokens, in a model whose output weights do not fit
+# a last-level cache (CLASS_BLAS_WEIGHTS_BYTES): the kernel reads a class's
+# weights once per 4 tokens, then from memory (the rare words' classes of a
+# large vocabulary: 19,268 words, 19 MB at H=256 in the V=100k bench), where a
+# GEMM reads them once. With the weights in L3 (V=10k, H=650: 26 MB) the kernel
+# is faster (one stream: GEMMs from 8 tokens on took 1.10x the time).
 CLASS_BLAS_MIN_BYTES = 1 << 20
+CLASS_BLAS_WEIGHTS_BYTES = 32 << 20
 CLASS_BLAS_MIN_TOKENS_LARGE = 8
 # Word logits of one GEMM when scoring, at most (floats): a large class's tokens
 # go through in slices.
@@ -212,8 +215,9 @@ class ClassSoftmax:
         cuts = np.searchsorted(np.cumsum(work), work.sum() * np.arange(1, threads) / threads,
                                side="right")
         plan = []
-        large = self.sizes * (self.params.config.H * self.params.dtype.itemsize) \
-            >= CLASS_BLAS_MIN_BYTES
+        cfg, item = self.params.config, self.params.dtype.itemsize
+        large = (self.sizes * (cfg.H * item) >= CLASS_BLAS_MIN_BYTES) & (
+            cfg.V * cfg.H * item > CLASS_BLAS_WEIGHTS_BYTES)
         for grp in np.split(present, cuts):
             big = (ntok[grp] >= CLASS_BLAS_MIN_TOKENS) | (
                 large[grp] & (ntok[grp] >= CLASS_BLAS_MIN_TOKENS_LARGE))

@@ -104,9 +104,10 @@ def test_forward_backward_match_reference(monkeypatch, blas_min, N, T, H, D):
     np.testing.assert_allclose(nll, want_nll, rtol=1e-10, atol=1e-13)
 
 
-@pytest.mark.parametrize("sliced", [False, True])
-def test_large_classes_go_through_blas_in_slices(monkeypatch, sliced):
-    """A class whose weights pass CLASS_BLAS_MIN_BYTES goes to BLAS from
+@pytest.mark.parametrize("mode", ["whole", "sliced", "in cache"])
+def test_large_classes_go_through_blas_in_slices(monkeypatch, mode):
+    """A class whose weights pass CLASS_BLAS_MIN_BYTES, in a model whose output
+    weights pass CLASS_BLAS_WEIGHTS_BYTES, goes to BLAS from
     CLASS_BLAS_MIN_TOKENS_LARGE tokens on, its tokens in slices of at most
     CLASS_BLAS_LOGITS logits: the same NLL as the reference, and as the kernel."""
     p, xs, ts, h0 = _setup(N=4, T=9, V=40, H=6, C=3)
@@ -123,7 +124,9 @@ def test_large_classes_go_through_blas_in_slices(monkeypatch, sliced):
     monkeypatch.setattr(heads, "CLASS_BLAS_MIN_TOKENS_LARGE", 2)
     # the largest class is "large" (its H * size * 8 bytes), the others not
     monkeypatch.setattr(heads, "CLASS_BLAS_MIN_BYTES", int(sizes.max()) * 6 * 8)
-    if sliced:
+    # the output weights (V H 8 bytes) do not fit the "cache", or (in cache) they do
+    monkeypatch.setattr(heads, "CLASS_BLAS_WEIGHTS_BYTES", 40 * 6 * 8 - (mode != "in cache"))
+    if mode == "sliced":
         monkeypatch.setattr(heads, "CLASS_BLAS_LOGITS", int(sizes.max()) * 3)  # 3 tokens
     m = RNNLM(p)
     nll, _ = m.nll(xs, ts, h0)
@@ -133,7 +136,8 @@ def test_large_classes_go_through_blas_in_slices(monkeypatch, sliced):
     n_big = int(np.isin(p.classes.to_internal(ts), np.flatnonzero(
         p.classes.cls == int(np.argmax(sizes)))).sum())
     assert n_big >= 4  # (the setup puts enough targets there)
-    assert called.count(big) == (-(-n_big // 3) if sliced else 1)
+    want_calls = {"whole": 1, "sliced": -(-n_big // 3), "in cache": 0}[mode]
+    assert called.count(big) == want_calls
     # scoring in training mode's forward gives the same NLL too
     loss, _ = m.forward(xs, ts, h0)
     np.testing.assert_allclose(loss, want.sum() / want.size, rtol=1e-10)
