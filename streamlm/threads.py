@@ -16,6 +16,7 @@ buffer, run on slices in the pool (same arguments as the kernels).
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 
@@ -65,12 +66,12 @@ class Pool:
         self._local = threading.local()
 
     def _start(self) -> None:
-        import os
         import threading
 
         from numba import config
 
         W = self.threads - 1
+        self._pid = os.getpid()
         try:
             cores = len(os.sched_getaffinity(0))
         except (AttributeError, OSError):
@@ -144,7 +145,7 @@ class Pool:
                 fn(*r)
             return
         try:
-            if not self._workers:
+            if not self._workers or self._pid != os.getpid():  # (a forked child has none)
                 self._start()
             used = [w for w in range(P - 1) if w + 1 < len(ranges)]
             for w in used:
@@ -171,7 +172,7 @@ class Pool:
 
     def close(self) -> None:
         """Stop the workers and give the BLAS libraries their thread counts back."""
-        if self._workers:
+        if self._workers and self._pid == os.getpid():
             with self._busy:
                 for w in range(self.threads - 1):
                     self._tasks[w] = None

@@ -130,3 +130,25 @@ def test_hand_off_kernels():
     assert K.pool_signal_wait(f, 24, 5, 16, 0, 2, 10) == 2 and f[24] == 5
     f[16] = 1
     assert K.pool_signal_wait(f, 24, 6, 16, 0, 3, 10) == 1
+
+
+def test_a_forked_child_starts_workers_of_its_own(pool):
+    import os
+    import signal
+
+    pool.map(lambda i: None, [(0,), (1,), (2,)])
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's workers do not exist here
+        code = 1
+        try:
+            signal.alarm(30)  # a child that hangs dies (SIGALRM) instead of the suite
+            got = []
+            pool.map(lambda i: got.append(i), [(0,), (1,), (2,)])
+            code = 0 if sorted(got) == [0, 1, 2] else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    got = []
+    pool.map(lambda i: got.append(i), [(0,), (1,), (2,)])  # the parent's still work
+    assert sorted(got) == [0, 1, 2]
