@@ -71,7 +71,8 @@ def run(app, argv: list[str] | None = None) -> None:
     into one stderr line and an exit code, never a traceback."""
     import os
 
-    os.environ.setdefault("STREAMLM_FAST_START", "1")  # see kernels._load_numba_registries...
+    # see streamlm.numba_setup.load_registries_without_scipy
+    os.environ.setdefault("STREAMLM_FAST_START", "1")
     try:
         args = hoist_global_flags(app, sys.argv[1:] if argv is None else list(argv))
         try:

@@ -37,6 +37,8 @@ from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from streamlm import numba_setup
+
 # The one place where compile settings live. ``fastmath`` is restricted to
 # flags that cannot hide a NaN/Inf (no 'nnan'/'ninf'): training must still see
 # a diverged loss. ``error_model="numpy"``: a float division by zero gives
@@ -48,78 +50,10 @@ _FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
 JIT = dict(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
 
 
-def _wide_vectors() -> str:
-    """Let LLVM use 512-bit vectors on a CPU with AVX-512; returns what was decided.
-
-    For Intel's server CPUs LLVM prefers 256-bit vectors ('prefer-256-bit', to
-    spare the clock of early AVX-512 chips). The recurrence's panels of 64
-    outputs then take 8 registers per stream instead of 4, and a group of four
-    streams (32 accumulators) no longer fits in the register file: on an
-    AVX-512 Xeon (Sapphire Rapids class) filter-mode scoring was 1.22x faster
-    end to end with 512-bit vectors, with the same perplexity (README, "The
-    class softmax, and why not KenLM"). AMD's Zen 4 prefers 512 bits already.
-    Set before numba builds its target (numba's cache keys on the features, so
-    the two settings do not mix); NUMBA_CPU_NAME or NUMBA_CPU_FEATURES, if set,
-    are left as they are.
-    """
-    import os
-
-    from numba.core import config, registry
-
-    if os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES") \
-            or config.CPU_FEATURES is not None:
-        return "numba's environment"
-    if "_toplevel_target_context" in vars(registry.cpu_target):
-        return "too late: numba has compiled already"
-    import llvmlite.binding as ll
-
-    features = ll.get_host_cpu_features()
-    if not features.get("avx512f"):
-        return "no AVX-512"
-    config.CPU_FEATURES = features.flatten() + ",-prefer-256-bit"
-    return "512-bit vectors"
-
-
-VECTORS = _wide_vectors()  # what was decided, for a bug report: numba's target is global
-
-
-# -------------------------------------------------------------- start-up --
-def _load_numba_registries_without_scipy() -> None:
-    """Load numba's lowering registries now, hiding scipy.linalg meanwhile.
-
-    At its first compile or cache load numba imports ``numba.np.arraymath``,
-    which imports scipy.linalg (0.3-1 s) only to see whether ``np.dot`` can
-    work inside kernels. streamlm's kernels never call it (the matrix
-    products run in numpy between kernels), so the import is hidden for that
-    moment: ``np.dot`` inside @njit code of this process then needs SciPy
-    and fails. Only the ``streamlm`` command does this (it sets
-    STREAMLM_FAST_START=1); importing streamlm as a library leaves numba alone.
-    Set STREAMLM_NUMBA_BLAS=1 to keep numba's BLAS support in the command too.
-    Does nothing when scipy.linalg is already imported.
-    """
-    import os
-    import sys
-
-    key = "scipy.linalg.cython_blas"
-    if os.environ.get("STREAMLM_FAST_START") != "1":  # set by the CLI only: a library
-        return  # import must not change numba for the user's own kernels
-    if os.environ.get("STREAMLM_NUMBA_BLAS") == "1" or "scipy.linalg" in sys.modules:
-        return
-    from numba.core.registry import cpu_target
-
-    missing = object()
-    prev = sys.modules.get(key, missing)
-    sys.modules[key] = None  # "import scipy.linalg.cython_blas" raises ImportError
-    try:
-        cpu_target.target_context.refresh()
-    finally:
-        if prev is missing:
-            sys.modules.pop(key, None)
-        else:
-            sys.modules[key] = prev
-
-
-_load_numba_registries_without_scipy()
+# numba's target and registries, before any kernel compiles or loads from the
+# cache (streamlm.numba_setup)
+VECTORS = numba_setup.wide_vectors()  # what was decided, for a bug report: numba's target is global
+numba_setup.load_registries_without_scipy()
 
 
 # ------------------------------------------------- vectorisable exp / tanh --
@@ -559,11 +493,22 @@ def _store_release(a, i, v):
     a[i] = v
 
 
+def _item_ptr(context, builder, signature, args):
+    """The address of a[i] for an intrinsic called as (a, i, ...)."""
+    aryty = signature.args[0]
+    ary = context.make_array(aryty)(context, builder, args[0])
+    return cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]])
+
+
+def _value(context, builder, signature, args):
+    """The third argument, v, cast to a's dtype."""
+    return context.cast(builder, args[2], signature.args[2], signature.args[0].dtype)
+
+
 @intrinsic
 def _atomic_load(typingctx, a, i):
     def codegen(context, builder, signature, args):
-        ary = context.make_array(signature.args[0])(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, [args[1]])
+        ptr = _item_ptr(context, builder, signature, args)
         return builder.load_atomic(ptr, ordering="acquire", align=8)
 
     return a.dtype(a, i), codegen
@@ -572,11 +517,9 @@ def _atomic_load(typingctx, a, i):
 @intrinsic
 def _atomic_store(typingctx, a, i, v):
     def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]])
-        val = context.cast(builder, args[2], signature.args[2], aryty.dtype)
-        builder.store_atomic(val, ptr, ordering="release", align=8)
+        ptr = _item_ptr(context, builder, signature, args)
+        builder.store_atomic(_value(context, builder, signature, args), ptr,
+                             ordering="release", align=8)
         return context.get_dummy_value()
 
     return types.void(a, i, v), codegen
@@ -608,11 +551,9 @@ def _load_seq_cst(a, i):
 @intrinsic
 def _atomic_xchg(typingctx, a, i, v):
     def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]])
-        val = context.cast(builder, args[2], signature.args[2], aryty.dtype)
-        return builder.atomic_rmw("xchg", ptr, val, "seq_cst")
+        ptr = _item_ptr(context, builder, signature, args)
+        return builder.atomic_rmw("xchg", ptr, _value(context, builder, signature, args),
+                                  "seq_cst")
 
     return a.dtype(a, i, v), codegen
 
@@ -620,8 +561,7 @@ def _atomic_xchg(typingctx, a, i, v):
 @intrinsic
 def _atomic_load_sc(typingctx, a, i):
     def codegen(context, builder, signature, args):
-        ary = context.make_array(signature.args[0])(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, [args[1]])
+        ptr = _item_ptr(context, builder, signature, args)
         return builder.load_atomic(ptr, ordering="seq_cst", align=8)
 
     return a.dtype(a, i), codegen

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 import numpy as np
 
@@ -60,14 +61,10 @@ class Pool:
                     log.warning("cannot hold numpy's BLAS at one thread (threadpoolctl finds "
                                 "no BLAS library it can control): streamlm runs on one thread")
                     self.threads = 1
-        import threading
-
         self._busy = threading.Lock()  # one map at a time; others run serially
         self._local = threading.local()
 
     def _start(self) -> None:
-        import threading
-
         from numba import config
 
         W = self.threads - 1
@@ -94,11 +91,13 @@ class Pool:
 
     def _await(self, w: int, k: int, seq: int, sems) -> None:
         """Wait until flag k of worker w reaches seq: spin, then sleep."""
-        f = self._flags
-        i = self._idx(w, k)
-        if K.pool_wait(f, i, seq, self._spin):
-            return
-        if K.pool_announce_sleep(f, self._idx(w, k + 2), i, seq) != 1:
+        if not K.pool_wait(self._flags, self._idx(w, k), seq, self._spin):
+            self._sleep(w, k, seq, sems)
+
+    def _sleep(self, w: int, k: int, seq: int, sems) -> None:
+        """After the spin gave up: announce the sleep (flag k + 2), and sleep on
+        sems[w] unless flag k reached seq meanwhile with nobody to wake us."""
+        if K.pool_announce_sleep(self._flags, self._idx(w, k + 2), self._idx(w, k), seq) != 1:
             sems[w].acquire()
 
     def _post(self, w: int) -> None:
@@ -112,8 +111,8 @@ class Pool:
         f, post = self._flags, self._idx(w, 0)
         seq, spun = 1, K.pool_wait(f, post, 1, self._spin)
         while True:
-            if not spun and K.pool_announce_sleep(f, self._idx(w, 2), post, seq) != 1:
-                self._wake[w].acquire()
+            if not spun:
+                self._sleep(w, 0, seq, self._wake)
             task, self._tasks[w] = self._tasks[w], None
             if task is None:  # close()
                 return

@@ -9,8 +9,8 @@ PKG = Path(__file__).resolve().parents[1] / "streamlm"
 
 FLOORS = [
     {"errors", "atomic", "formats", "options", "metrics", "memory"},  # foundations
-    {"kernels", "blas", "threads", "store", "text", "vocab", "subword",  # compute, reading
-     "classes", "buckets"},
+    {"kernels", "numba_setup", "blas", "threads", "store", "text", "vocab",  # compute, reading
+     "subword", "classes", "buckets"},
     {"params", "heads", "recurrence", "model", "engines", "tokenizer", "shards", "batcher",
      "rows", "inputs"},
     {"schedule", "records", "mix", "checkpoint", "outputs", "report", "plots"},  # job parts
