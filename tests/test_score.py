@@ -355,6 +355,30 @@ def test_usage_errors(lm, tmp_path):
         score(lm["path"], [tmp_path / "missing.txt"])
 
 
+def test_model_loaded_beside_the_kernels_import(lm, tmp_path):
+    """With numba likely, the model file loads on a thread of its own while the
+    kernels import: the same figures, and a bad file's error comes out as it would."""
+    from streamlm.errors import ModelFileError
+    from streamlm.options import Engine
+    from streamlm.score import NUMPY_MAX_TOKENS, _likely_numba
+
+    big = tmp_path / "big.txt"
+    big.write_text("the cat sat on the mat\n" * (NUMPY_MAX_TOKENS // 5))
+    small = tmp_path / "small.txt"
+    small.write_text("the cat\n")
+    assert _likely_numba(Engine.numba, [str(small)])
+    assert not _likely_numba(Engine.numpy, [str(big)])
+    assert _likely_numba(Engine.auto, [str(big)]) and not _likely_numba(Engine.auto, [str(small)])
+    assert not _likely_numba(Engine.auto, ["-"]) and _likely_numba(Engine.auto, [str(tmp_path)])
+    a = score(lm["path"], [lm["text"]], engine="numba").summary
+    b = score(load_model(lm["path"]), [lm["text"]], engine="numba").summary
+    assert a["logprob"] == b["logprob"] and a["tokens"] == b["tokens"]
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(open(lm["path"], "rb").read()[:-100])
+    with pytest.raises(ModelFileError, match="bad.npz"):
+        score(str(bad), [str(big)], engine="numba")
+
+
 # ---------------------------------------------------------------- resume --
 class Boom(Exception):
     pass
