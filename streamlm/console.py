@@ -71,7 +71,7 @@ def run(app, argv: list[str] | None = None) -> None:
     into one stderr line and an exit code, never a traceback."""
     import os
 
-    # see streamlm.numba_setup.load_registries_without_scipy
+    # see streamlm.numba_setup.light_cache_loads
     os.environ.setdefault("STREAMLM_FAST_START", "1")
     try:
         args = hoist_global_flags(app, sys.argv[1:] if argv is None else list(argv))

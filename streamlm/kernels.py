@@ -53,7 +53,7 @@ JIT = dict(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
 # numba's target and registries, before any kernel compiles or loads from the
 # cache (streamlm.numba_setup)
 VECTORS = numba_setup.wide_vectors()  # what was decided, for a bug report: numba's target is global
-numba_setup.load_registries_without_scipy()
+CACHE_LOADS = numba_setup.light_cache_loads()  # what was decided, as VECTORS
 
 
 # ------------------------------------------------- vectorisable exp / tanh --

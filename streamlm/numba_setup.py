@@ -2,7 +2,7 @@
 
 Not kernels themselves (those all live in streamlm.kernels, where numba's cache
 sees their changes): the CPU features numba compiles for, and, for the
-``streamlm`` command only, loading numba's registries without SciPy.
+``streamlm`` command only, lighter loads from numba's cache.
 """
 
 from __future__ import annotations
@@ -40,37 +40,44 @@ def wide_vectors() -> str:
     return "512-bit vectors"
 
 
-def load_registries_without_scipy() -> None:
-    """Load numba's lowering registries now, hiding scipy.linalg meanwhile.
+def light_cache_loads() -> str:
+    """In the ``streamlm`` command: a kernel loaded from numba's cache starts only
+    numba's runtime (NRT), not all of its registries; returns what was decided.
 
-    At its first compile or cache load numba imports ``numba.np.arraymath``,
-    which imports scipy.linalg (0.3-1 s) only to see whether ``np.dot`` can
-    work inside kernels. streamlm's kernels never call it (the matrix
-    products run in numpy between kernels), so the import is hidden for that
-    moment: ``np.dot`` inside @njit code of this process then needs SciPy
-    and fails. Only the ``streamlm`` command does this (it sets
-    STREAMLM_FAST_START=1); importing streamlm as a library leaves numba alone.
-    Set STREAMLM_NUMBA_BLAS=1 to keep numba's BLAS support in the command too.
-    Does nothing when scipy.linalg is already imported.
+    numba's ``Cache.load_overload`` refreshes the whole target context before every
+    load: the first one imports and registers all of numba's lowering and
+    typing modules (numpy's, unicode's, the typed containers', and through
+    ``numba.np.arraymath`` scipy.linalg), 0.3 s on the benchmark machine, which
+    a cached kernel does not use: it is machine code already, linked against
+    the runtime. The runtime is what it needs (a kernel that allocates calls
+    NRT; without its initialisation it crashes), so a load here initialises
+    that and nothing else. A compile (a cache miss, a new signature) refreshes
+    everything first, as before: ``compile_extra`` does it itself. Only the
+    ``streamlm`` command does this (it sets STREAMLM_FAST_START=1): importing
+    streamlm as a library leaves numba alone. STREAMLM_NUMBA_BLAS=1 keeps
+    numba's own loads (and so scipy.linalg at the first one) in the command too.
     """
     import os
-    import sys
 
-    key = "scipy.linalg.cython_blas"
     if os.environ.get("STREAMLM_FAST_START") != "1":  # set by the CLI only: a library
-        return  # import must not change numba for the user's own kernels
-    if os.environ.get("STREAMLM_NUMBA_BLAS") == "1" or "scipy.linalg" in sys.modules:
-        return
-    from numba.core.registry import cpu_target
+        return "numba's own"  # import must not change numba for the user's own kernels
+    if os.environ.get("STREAMLM_NUMBA_BLAS") == "1":
+        return "numba's own (STREAMLM_NUMBA_BLAS=1)"
+    from numba.core import caching
 
-    missing = object()
-    prev = sys.modules.get(key, missing)
-    sys.modules[key] = None  # "import scipy.linalg.cython_blas" raises ImportError
-    try:
-        cpu_target.target_context.refresh()
-    finally:
-        if prev is missing:
-            sys.modules.pop(key, None)
-        else:
-            sys.modules[key] = prev
+    cache = caching.Cache
+    if getattr(cache.load_overload, "_streamlm", False):
+        return "runtime only"
+    needed = ("_load_overload", "_guard_against_spurious_io_errors")
+    if not all(hasattr(cache, n) for n in needed):  # another numba: leave it alone
+        return "numba's own (unknown numba cache)"
+    from numba.core.runtime import rtsys
 
+    def load_overload(self, sig, target_context):
+        rtsys.initialize(target_context)
+        with self._guard_against_spurious_io_errors():
+            return self._load_overload(sig, target_context)
+
+    load_overload._streamlm = True
+    cache.load_overload = load_overload
+    return "runtime only"

@@ -340,3 +340,34 @@ def test_sample_from_logits_follows_distribution():
     # low temperature is (almost) argmax
     draws = [K.sample_from_logits(logits, b, 0.05, u) for u in rng.random(200)]
     assert np.mean(np.array(draws) == 2) > 0.99
+
+
+def test_light_cache_loads_in_the_command():
+    """In the command's mode (STREAMLM_FAST_START=1) a cached kernel loads with only
+    numba's runtime started, and runs right, allocation included; a kernel that
+    must compile afterwards (here the test's own) gets numba's whole set-up; as a
+    library, numba is left as it is."""
+    import os
+    import subprocess
+    import sys
+
+    prog = (
+        "import numpy as np, sys\n"
+        "from streamlm import kernels as K\n"
+        "print(K.CACHE_LOADS)\n"
+        "z = np.array([[0.5, -1.0, 2.0], [3.0, 0.0, -2.0]], dtype=np.float32)\n"
+        "out = np.empty(2); K.softmax_ce_forward(out, z, np.zeros(3, np.float32),"
+        " np.array([2, 0], np.int32))\n"  # allocates inside: needs NRT
+        "ref = np.log(np.exp(z.astype(float)).sum(1)) - z[[0, 1], [2, 0]]\n"
+        "assert np.allclose(out, ref, rtol=1e-5), (out, ref)\n"
+        "from numba import njit\n"
+        "f = njit(lambda a: np.sqrt((a * a).sum()))\n"  # compiled now
+        "assert abs(f(np.array([3.0, 4.0])) - 5.0) < 1e-12\n"
+        "print('ok')\n")
+    for fast, want in (("1", "runtime only"), ("0", "numba's own")):
+        env = {**os.environ, "STREAMLM_FAST_START": fast}
+        env.pop("STREAMLM_NUMBA_BLAS", None)
+        r = subprocess.run([sys.executable, "-c", prog], env=env, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split("\n")[:2] == [want, "ok"]
