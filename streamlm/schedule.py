@@ -92,6 +92,12 @@ class Runner:
 
         h0: (N, H) carried states. Returns (nll (N, T) float64, final states (N, H)).
         """
+        xs, ts, rs, lengths = self.arrays(rows)
+        return self.rnn.nll(xs, ts, h0, reset=rs, lengths=lengths)
+
+    def arrays(self, rows) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The (N, T) inputs, targets (-1 past a row's end), reset flags, and the
+        rows' lengths, of ``rows`` as :meth:`run` takes them."""
         N = len(rows)
         T = max(len(r[1]) for r in rows)
         xs = np.full((N, T), self.eos, dtype=np.int32)
@@ -102,7 +108,7 @@ class Runner:
             k = len(t)
             xs[n, :k], ts[n, :k], rs[n, :k] = x, t, r
             lengths[n] = k
-        return self.rnn.nll(xs, ts, h0, reset=rs, lengths=lengths)
+        return xs, ts, rs, lengths
 
 
 def _row(ids: np.ndarray, prev: int, starts: np.ndarray, eos: int):
@@ -177,6 +183,26 @@ class Scheduler:
                         "h": h, "prev": prev, "start": start}
             return None
 
+        pipe = self._pipeline(min(self.batch, len(todo)))
+        try:
+            self._stream_calls(lanes, open_lane, pipe)
+        finally:
+            if pipe is not None:
+                pipe.close()
+
+    def _pipeline(self, n: int):
+        """A StreamPipeline for n streams at a time, when it pays (pipeline.worth_it)."""
+        if self.threads < 2 or n >= self.threads:
+            return None
+        from streamlm import pipeline  # (threads > 1: the Numba engine, numba imported)
+
+        rnn = self.runner.rnn
+        if not isinstance(rnn, pipeline.RNNLM) or not pipeline.worth_it(rnn, n, self.threads):
+            return None
+        return pipeline.StreamPipeline(rnn, self.threads - 1)
+
+    def _stream_calls(self, lanes: list[dict], open_lane, pipe) -> None:
+        eos = self.eos
         while True:
             rows, blks, hs = [], [], []
             keep = []
@@ -189,6 +215,9 @@ class Scheduler:
                     blk = next(lane["it"], None)
                     if blk is not None:
                         break
+                    if pipe is not None:  # the stream's last blocks are booked first
+                        for key, hN, nll in pipe.finish():
+                            self._book(*key, hN, nll)
                     self._close_stream(lane)
                     lane = None
                 if lane is None:
@@ -198,18 +227,35 @@ class Scheduler:
                 rows.append(_row(blk.ids, lane["prev"], starts, eos))
                 blks.append(blk)
                 hs.append(lane["h"])
-            lanes = keep
+            lanes[:] = keep
             if not lanes:
                 break
-            nll, hN = self.runner.run(rows, np.stack(hs))
-            n_tok = 0
+            inputs = [lane["i"] for lane in lanes]
+            if pipe is None:
+                nll, hN = self.runner.run(rows, np.stack(hs))
+            else:  # this block's output layer is scored while the next one's recurrence runs
+                xs, ts, rs, lengths = self.runner.arrays(rows)
+                hN = pipe.submit(xs, ts, np.stack(hs), reset=rs, lengths=lengths,
+                                 key=(inputs, blks))
             for n, (lane, blk) in enumerate(zip(lanes, blks)):
-                self.acc.add(blk, nll[n, :len(blk)])
                 lane["h"] = hN[n]
                 lane["prev"] = int(blk.ids[-1])
-                self.state[lane["i"]] = (hN[n], lane["prev"], 0, -1)
-                n_tok += len(blk)
-            self._after_call(n_tok)
+            if pipe is None:
+                self._book(inputs, blks, hN, nll)
+            else:
+                for key, done_hN, done in pipe.completed():
+                    self._book(*key, done_hN, done)
+
+    def _book(self, inputs: list[int], blks: list[Block], hN: np.ndarray,
+              nll: np.ndarray) -> None:
+        """A model call's NLL into the accumulator, and the states after it (hN) as
+        what a checkpoint resumes from; then after_call."""
+        n_tok = 0
+        for n, (i, blk) in enumerate(zip(inputs, blks)):
+            self.acc.add(blk, nll[n, :len(blk)])
+            self.state[i] = (hN[n], int(blk.ids[-1]), 0, -1)
+            n_tok += len(blk)
+        self._after_call(n_tok)
 
     def _blocks(self, s: Source, ahead: bool) -> Iterator[Block]:
         if ahead and self.threads > 1:

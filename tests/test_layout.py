@@ -11,8 +11,8 @@ FLOORS = [
     {"errors", "atomic", "formats", "options", "metrics", "memory"},  # foundations
     {"kernels", "numba_setup", "blas", "threads", "store", "text", "vocab",  # compute, reading
      "subword", "classes", "buckets"},
-    {"params", "heads", "recurrence", "model", "engines", "tokenizer", "shards", "batcher",
-     "rows", "inputs"},
+    {"params", "heads", "recurrence", "model", "pipeline", "engines", "tokenizer", "shards",
+     "batcher", "rows", "inputs"},
     {"schedule", "records", "mix", "checkpoint", "outputs", "report", "plots"},  # job parts
     {"prepare", "train", "score", "generate", "distributed", "demo"},  # the jobs
     {"api", "query", "cli", "console", "progress", "__init__", "__main__"},  # faces
