@@ -8,7 +8,7 @@ starts with the helpers idle until its first segment is done, and ends with the
 caller idle or scoring while the helpers finish. At V=100k, H=256 (an output
 layer twice the recurrence's work) one stream instead ran its recurrence on two
 threads, then the output layer on both: R/2 + sync, then S/2, where this gives
-(R + S) / 2.
+(R + S) / 2. The scorer uses it for class models (:func:`worth_it`).
 
 Here a block's segments go into a queue as the recurrence finishes them. The
 helpers take segments from the oldest block first. The caller, once its block's
@@ -37,10 +37,11 @@ from streamlm.recurrence import recur_panels, rnn_recur_rows, split_recurrence
 
 # Rows per segment: larger than within a block (model.CLASS_PIPE_ROWS), since no
 # thread waits for the first segment here; a class head groups a segment's
-# tokens by class, and 4096 rows gave its large classes' GEMMs enough tokens
-# (V=100k, H=256, in-process: 3.41-3.55 us a token against 4.07-4.19 at 1024).
+# tokens by class, and its large classes' GEMMs want many tokens (V=100k, H=256,
+# whole process: 2.83-2.97 s at 8192 rows, 2.87-3.10 at 4096, 3.19-3.92 at 2048;
+# D=H=100 the same at 1024 to 8192).
 CLASS_SEGMENT_ROWS = 8192
-FULL_SEGMENT_ROWS = 256
+FULL_SEGMENT_ROWS = 256  # (a full softmax only when called directly: see worth_it)
 
 
 def segment_rows(rnn: RNNLM) -> int:
@@ -49,15 +50,19 @@ def segment_rows(rnn: RNNLM) -> int:
 
 def worth_it(rnn: RNNLM, N: int, threads: int) -> bool:
     """Whether N streams on ``threads`` threads score faster through the pipeline than
-    through ``RNNLM.nll``: fewer streams than threads, and unless the recurrence
-    of one stream runs on two threads (recurrence.split_recurrence) and outweighs
-    the output layer (per token: H^2 against H V, or H (C + V/C) for classes)."""
-    if N >= threads or threads < 2:
+    through ``RNNLM.nll``: a class model with fewer streams than threads, unless
+    the recurrence of one stream runs on two threads (recurrence.split_recurrence)
+    and outweighs the output layer (per token H^2 against H (C + V/C)).
+
+    Not a full softmax: its output layer on two threads splits W by columns (each
+    thread packs half of it), where a segment here is one thread's whole W. D=H=100
+    one stream took 1.00x the time through the pipeline, D=H=650 1.05x (farm-bench,
+    4 and 3 pairs)."""
+    if N >= threads or threads < 2 or rnn.classes is None:
         return False
     cfg = rnn.config
     if split_recurrence(N, cfg.H, threads, rnn._use_blas(N, threads, 2)):
-        head = cfg.V if rnn.classes is None else cfg.C + cfg.V / cfg.C
-        return head >= cfg.H
+        return cfg.C + cfg.V / cfg.C >= cfg.H
     return True
 
 

@@ -120,8 +120,7 @@ def test_worth_it():
 
     big = model("class", np.float32, V=400, H=256)  # split recurrence, head C + V/C < H
     assert PL.worth_it(big, 1, 2) == bool(config.DISABLE_JIT)  # (no split without the JIT)
-    full = model("full", np.float32, V=400, H=256)  # a head of V >= H: pipelined
-    assert PL.worth_it(full, 1, 2)
+    assert not PL.worth_it(model("full", np.float32), 1, 2)  # (its head splits W instead)
 
 
 def test_the_scorer_pipelines_one_stream(tmp_path, monkeypatch):
