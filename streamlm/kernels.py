@@ -505,13 +505,22 @@ def _value(context, builder, signature, args):
     return context.cast(builder, args[2], signature.args[2], signature.args[0].dtype)
 
 
-@intrinsic
-def _atomic_load(typingctx, a, i):
-    def codegen(context, builder, signature, args):
-        ptr = _item_ptr(context, builder, signature, args)
-        return builder.load_atomic(ptr, ordering="acquire", align=8)
+def _atomic_load_with(ordering: str):
+    """An intrinsic (a, i) -> a[i], loaded atomically with this memory ordering."""
 
-    return a.dtype(a, i), codegen
+    @intrinsic
+    def load(typingctx, a, i):
+        def codegen(context, builder, signature, args):
+            ptr = _item_ptr(context, builder, signature, args)
+            return builder.load_atomic(ptr, ordering=ordering, align=8)
+
+        return a.dtype(a, i), codegen
+
+    return load
+
+
+_atomic_load = _atomic_load_with("acquire")
+_atomic_load_sc = _atomic_load_with("seq_cst")
 
 
 @intrinsic
@@ -556,15 +565,6 @@ def _atomic_xchg(typingctx, a, i, v):
                                   "seq_cst")
 
     return a.dtype(a, i, v), codegen
-
-
-@intrinsic
-def _atomic_load_sc(typingctx, a, i):
-    def codegen(context, builder, signature, args):
-        ptr = _item_ptr(context, builder, signature, args)
-        return builder.load_atomic(ptr, ordering="seq_cst", align=8)
-
-    return a.dtype(a, i), codegen
 
 
 @overload(_exchange, inline="always")

@@ -64,6 +64,14 @@ CLASS_PIPE_ROWS = 1024
 _SERIAL = Pool(1)
 
 
+def final_states(hs_full: np.ndarray, lengths=None) -> np.ndarray:
+    """(N, H): row n's state after its last real step, ``lengths[n]`` of the block's
+    T (default all), from hs_full (T+1, N, H); a copy."""
+    if lengths is None:
+        return hs_full[-1].copy()
+    return hs_full[np.asarray(lengths), np.arange(hs_full.shape[1])].copy()
+
+
 def check_ids(ids: np.ndarray, V: int, what: str = "token ids", allow_ignore: bool = False):
     """Raise ValueError unless every id is in [0, V) (or -1 when allow_ignore).
 
@@ -359,11 +367,26 @@ class RNNLM:
             self.head.score(hs_full[1:].reshape(M, self.config.H), labels, out, pl)
         else:
             hs_full = self._nll_pipelined(xs, h0, reset, labels, out, pl)
-        if lengths is None:
-            hT = hs_full[T].copy()
-        else:
-            hT = hs_full[np.asarray(lengths), np.arange(N)].copy()
-        return out.reshape(T, N).T.copy(), hT
+        return out.reshape(T, N).T.copy(), final_states(hs_full, lengths)
+
+    def scoring_front(self, xs, h0, reset, threads: int, hs_full=None):
+        """What the recurrence of a scoring block xs (N, T) (model word order) needs,
+        its input terms made on the calling thread: (xw, xid, hs_full with the
+        state before the block in hs_full[0], reset (T, N), use_blas). ``threads``:
+        the threads the recurrence will run on (it picks the kernel or BLAS);
+        hs_full: a (T+1, N, H) buffer, else the model's own."""
+        N, T = xs.shape
+        M = N * T
+        ids = np.ascontiguousarray(xs.T, dtype=np.int32).reshape(M)
+        check_ids(ids, self.config.V, "input ids")
+        use_blas = self._use_blas(N, threads, T)
+        table = self.input_table() if self.frozen else None
+        X = self.buf("X", (M, self.config.D)) if table is None else None
+        xw, xid = self._input_terms(ids, T, N, _SERIAL, use_blas, table, X)
+        if hs_full is None:
+            hs_full = self.buf("hs_full", (T + 1, N, self.config.H))
+        hs_full[0] = self._h0(h0, N)
+        return xw, xid, hs_full, self._reset_tm(reset, T, N), use_blas
 
     def _nll_pipelined(self, xs, h0, reset, labels, out, pl: Pool):
         """Fewer streams than threads: while the calling thread runs the
@@ -375,16 +398,8 @@ class RNNLM:
         N, T = xs.shape
         M = N * T
         H = self.config.H
-        ids = np.ascontiguousarray(xs.T, dtype=np.int32).reshape(M)
-        check_ids(ids, self.config.V, "input ids")
-        use_blas = self._use_blas(N, pl.threads, T)
-        table = self.input_table() if self.frozen else None
-        X = self.buf("X", (M, self.config.D)) if table is None else None
-        # (on the calling thread: the other threads are the pipeline's)
-        xw, xid = self._input_terms(ids, T, N, _SERIAL, use_blas, table, X)
-        hs_full = self.buf("hs_full", (T + 1, N, H))
-        hs_full[0] = self._h0(h0, N)
-        reset_tm = self._reset_tm(reset, T, N)
+        # (the input terms on the calling thread: the other threads are the pipeline's)
+        xw, xid, hs_full, reset_tm, use_blas = self.scoring_front(xs, h0, reset, pl.threads)
         P = None if use_blas else recur_panels(p.rnn_Wh)
         if split_recurrence(N, H, pl.threads, use_blas):  # the recurrence on two threads
             rnn_recur_split(hs_full, xw, P, reset_tm, pl, xid=xid)

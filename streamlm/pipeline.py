@@ -32,7 +32,7 @@ from collections import deque
 import numpy as np
 
 from streamlm.memory import aligned_empty
-from streamlm.model import _SERIAL, RNNLM, check_ids
+from streamlm.model import RNNLM, final_states
 from streamlm.recurrence import recur_panels, rnn_recur_rows, split_recurrence
 
 # Rows per segment: larger than within a block (model.CLASS_PIPE_ROWS), since no
@@ -148,16 +148,9 @@ class StreamPipeline:
         xs, labels = rnn._block(xs, ts)
         N, T = xs.shape
         M, H = N * T, rnn.config.H
-        ids = np.ascontiguousarray(xs.T, dtype=np.int32).reshape(M)
-        check_ids(ids, rnn.config.V, "input ids")
-        use_blas = rnn._use_blas(N, 1, T)  # the whole recurrence on this thread
-        table = rnn.input_table() if rnn.frozen else None
-        X = rnn.buf("X", (M, rnn.config.D)) if table is None else None
-        xw, xid = rnn._input_terms(ids, T, N, _SERIAL, use_blas, table, X)
         flat = self._buffer((T + 1) * N * H)
-        hs_full = flat[:(T + 1) * N * H].reshape(T + 1, N, H)
-        hs_full[0] = rnn._h0(h0, N)
-        reset_tm = rnn._reset_tm(reset, T, N)
+        xw, xid, hs_full, reset_tm, use_blas = rnn.scoring_front(  # the whole recurrence
+            xs, h0, reset, 1, flat[:(T + 1) * N * H].reshape(T + 1, N, H))  # on this thread
         if not use_blas and self._P is None:
             self._P = recur_panels(rnn.params.rnn_Wh)
         seg_t = max(1, self.rows // N)
@@ -172,11 +165,7 @@ class StreamPipeline:
             with self._cv:
                 self._queue.append((job, t0 * N, t1 * N))
                 self._cv.notify()
-        if lengths is None:
-            hT = hs_full[T].copy()
-        else:
-            hT = hs_full[np.asarray(lengths), np.arange(N)].copy()
-        job.hT = hT
+        job.hT = hT = final_states(hs_full, lengths)
         self._steal(older_than=job)
         return hT
 
