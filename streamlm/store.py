@@ -37,8 +37,14 @@ def save(path: str | os.PathLike, fmt: str, version: int, meta: dict,
     head.update(meta)
     text = np.array(json.dumps(head, allow_nan=False))
     with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays, meta=text)
+        # np.savez's archive (one uncompressed zip64 .npy member per array), closed even
+        # when a write fails: numpy < 2.2 left it open, and on a full disk its __del__
+        # printed a traceback about the closed file at exit
+        with open(tmp, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED,
+                                                    allowZip64=True) as z:
+            for name, a in {**arrays, "meta": text}.items():
+                with z.open(name + ".npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(a), allow_pickle=False)
 
 
 def load(path: str | os.PathLike, fmt: str, version: int, *, what: str,

@@ -253,8 +253,82 @@ def test_quiet_and_verbose_work_after_the_command(argv, want):
 
 
 def test_flags_show_no_type_in_help():
+    """typer >= 0.29 shows "<bool>" after a flag unless console.flags_look_like_flags hides
+    it; 0.27-0.28 show "<int>" for a value, older ones click's INTEGER (and no type for a
+    flag)."""
     out = invoke("score", "--help").output
     line = next(ln for ln in out.splitlines() if "--json" in ln)
-    assert "<bool>" not in line and "<int>" in next(
-        ln for ln in out.splitlines() if "--batch" in ln)
-    assert "<bool>" not in out
+    batch = next(ln for ln in out.splitlines() if "--batch" in ln)
+    assert "<bool>" not in line and "BOOLEAN" not in line
+    assert "<int>" in batch or "INTEGER" in batch
+    assert "<bool>" not in out and "BOOLEAN" not in out
+
+
+def test_flags_look_like_flags_without_display_type_rich(monkeypatch):
+    """typer < 0.29 has no TyperOption.display_type_rich: the patch does nothing there
+    (it raised AttributeError at import with typer 0.16 and 0.27)."""
+    import typer.core
+
+    from streamlm.console import flags_look_like_flags
+
+    old_option = type("TyperOption", (), {"is_flag": True, "metavar": None})
+    monkeypatch.setattr(typer.core, "TyperOption", old_option)
+    flags_look_like_flags()
+    assert not hasattr(old_option, "display_type_rich")
+
+
+def test_flags_look_like_flags_twice_wraps_once():
+    from typer.core import TyperOption
+
+    from streamlm.console import flags_look_like_flags
+
+    before = getattr(TyperOption, "display_type_rich", None)
+    flags_look_like_flags()
+    assert getattr(TyperOption, "display_type_rich", None) is before
+
+
+def _commands():
+    import typer
+
+    return sorted(typer.main.get_command(app).commands)
+
+
+@pytest.mark.parametrize("command", [None, *_commands()])
+def test_help_of_every_command_in_a_subprocess(command):
+    """The installed typer/click (CI also runs this file with the oldest typer that
+    pyproject.toml allows): start-up and --help work, no traceback."""
+    from helpers import run
+
+    r = run(*([command] if command else []), "--help")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    assert "Usage:" in r.stdout and "--help" in r.stdout
+    assert "<bool>" not in r.stdout and "BOOLEAN" not in r.stdout
+
+
+def test_progress_bars_draw_on_a_terminal():
+    """The rich bars of score and train (the columns they use came with rich 12.3,
+    pyproject.toml's bound; CI also runs this file with that rich): drawn on a
+    terminal, the figures of the callbacks in them."""
+    import io
+
+    from rich.console import Console
+
+    from streamlm.progress import ScoreProgress, TrainProgress
+
+    out = io.StringIO()
+    con = Console(file=out, force_terminal=True, width=80)
+    with ScoreProgress(True, tty=True, every_s=0.0, console=con) as update:
+        assert update is not None
+        update.__self__.last = float("-inf")  # (past the bar's 0.2 s between redraws)
+        update({"tokens": 123456, "perplexity": 99.5, "scored_this_run": 123456,
+                "seconds": 2.0, "fraction": 0.5})
+        update.__self__.live.refresh()  # (drawn now, not by the refresh thread)
+    with TrainProgress(tty=True, console=con) as progress:
+        progress({"event": "start", "total_steps": 10, "step": 0, "iters_per_epoch": 5})
+        progress({"event": "step", "step": 3, "epoch": 0.6, "tokens_per_s": 4321.0,
+                  "train_ppl": 55.0, "lr": 0.01})
+        progress({"event": "done"})
+    text = out.getvalue()
+    assert "123.5k tokens" in text and "ppl 99.50" in text and "61,728 tok/s" in text
+    assert "epoch 0.60" in text and "4,321 tok/s" in text and "ppl 55.0" in text

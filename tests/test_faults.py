@@ -283,11 +283,41 @@ def test_save_model_oserror_keeps_old_file(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(np, "savez", boom)
+    monkeypatch.setattr(np.lib.format, "write_array", boom)
     with pytest.raises(OSError):
         save_model(path, Params.init(cfg, seed=1), ["<unk>", "<eos>", "a", "b"])
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
+
+
+def test_a_failed_save_leaves_no_archive_open(tmp_path, monkeypatch):
+    """A write that fails half-way (a full disk) closes the zip archive: numpy < 2.2's
+    np.savez left it open, and when it was collected after its file was closed (at
+    the exit of the CLI) it printed "Exception ignored ... Traceback" on stderr."""
+    import gc
+    import sys
+
+    cfg = ModelConfig(V=4, D=2, H=3)
+    real = np.lib.format.write_array
+    written = []
+
+    def full_after_one(f, a, *args, **kwargs):
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(real(f, a, *args, **kwargs))
+
+    ignored = []
+    monkeypatch.setattr(sys, "unraisablehook", ignored.append)
+    monkeypatch.setattr(np.lib.format, "write_array", full_after_one)
+    try:
+        save_model(tmp_path / "m.npz", Params.init(cfg, seed=1), ["<unk>", "<eos>", "a", "b"])
+    except OSError:
+        pass
+    else:
+        raise AssertionError("the write did not fail")
+    gc.collect()
+    assert written and not ignored, [(u.exc_type, u.exc_value) for u in ignored]
+    assert list(tmp_path.iterdir()) == []
 
 
 # -------------------------------------------------------- concurrent writers --
