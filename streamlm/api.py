@@ -39,18 +39,27 @@ without changing ``in_state``.
 ``engine="numba"`` uses the compiled kernels (the numbers of ``streamlm score``
 to ~1e-6); ``engine="numpy"`` starts instantly and costs less per
 ``BaseScore`` call.
+
+**Loading options and the order.** ``Model(path, config)`` takes KenLM's
+:class:`Config` (streamlm's, or a ``kenlm.Config``) and :class:`LoadMethod` /
+:class:`ARPALoadComplain` are KenLM's constants, so code that sets them runs
+unchanged; none of them changes how an RNN model loads (see :class:`Config`).
+``Model.order`` is ``sys.maxsize``: an RNN's context has no length limit (see
+:attr:`Model.order`).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
 from streamlm.engines import scoring_model
+from streamlm.kenlm_config import ARPALoadComplain, Config, LoadMethod  # noqa: F401
 from streamlm.metrics import LN10, summarize
 
 _CHUNK = 4096  # time steps per model call
@@ -204,11 +213,19 @@ class Stream:
 
 
 class Model:
-    """A streamlm model file behind KenLM's ``kenlm.Model`` methods (see the module doc)."""
+    """A streamlm model file behind KenLM's ``kenlm.Model`` methods (see the module doc).
 
-    def __init__(self, path: str | os.PathLike, engine: str = "numba", dtype=np.float32):
+    ``Model(path, config)`` as ``kenlm.Model(path, config)``: ``config`` is a
+    :class:`Config` (or a ``kenlm.Config``), kept as ``load_config``; its settings
+    change nothing for an RNN (see :class:`Config`). ``engine`` and ``dtype`` are
+    streamlm's own, by keyword.
+    """
+
+    def __init__(self, path: str | os.PathLike, config: Config | None = None,
+                 engine: str = "numba", dtype=np.float32):
         from streamlm.params import load_model
 
+        self.load_config = Config.of(config)
         if engine not in ("numba", "numpy"):
             raise ValueError(f"engine must be numba or numpy, got {engine!r}")
         self.path = os.path.abspath(os.fspath(path))
@@ -225,11 +242,30 @@ class Model:
                 f"engine={self.engine}>")
 
     def __reduce__(self):  # pickles as its path, as kenlm.Model does
-        return (Model, (self.path, self.engine, self.model.params.dtype))
+        return (Model, (self.path, self.load_config, self.engine, self.model.params.dtype))
 
     @property
     def config(self):
+        """The model's dimensions (:class:`~streamlm.params.ModelConfig`: V, D, H...);
+        KenLM's loading options are ``load_config``."""
         return self.model.config
+
+    @property
+    def order(self) -> int:
+        """KenLM's n-gram order, for code that reads it: ``sys.maxsize``, no limit.
+
+        An RNN has no n-gram order: every word since the state's last reset (the start
+        of the sentence, or the null context) conditions the next one, however far
+        back. Code written for KenLM reads ``order`` as "the next word depends on the
+        last ``order - 1`` words only": pyctcdecode (its ``LanguageModel`` wraps a
+        ``kenlm.Model``) reads it only in the decoder's ``prune_history``, which
+        merges the beams whose last ``order - 1`` words agree (an n-gram model cannot
+        tell them apart) and keeps the better one. Any finite number would merge beams
+        that the RNN scores differently, silently; with no limit, ``order - 1`` words
+        are all of a beam's words, and only beams of the very same text merge, which
+        is exact. Use it as a bound, never as a size (``range(order)``).
+        """
+        return sys.maxsize
 
     def __contains__(self, word: str) -> bool:
         """True when ``word`` is a word of the model, not ``<unk>`` (KenLM's ``word in

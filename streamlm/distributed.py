@@ -101,8 +101,9 @@ def score_one(model_path: str, input_path: str, options: dict,
     try:
         opts = ScoreOptions(**options)
         model = _cached_model(model_path)
+        # the client said what it could not check of the vocabulary (_check_vocabularies)
         res = score(model, [input_path], opts.replace(level=opts.level if out_parquet else None),
-                    output=out_parquet)
+                    output=out_parquet, _vocab_warned=True)
         s = res.summary["inputs"][0]
         sums = {"tokens": int(s["tokens"]), "oov": int(s["oov"]),
                 "logprob": float(s["logprob"]),
@@ -169,12 +170,14 @@ def _client(address: str):
 
     m = re.fullmatch(r"local(?::(\d+))?", address.strip())
     if m:
-        n = int(m.group(1) or os.cpu_count() or 1)
+        from streamlm import cpus
+
+        n = int(m.group(1) or cpus.available_cpus())
         if n < 1:
             raise UsageError(f"--dask {address}: need at least one worker")
         # one thread per worker process, and no oversubscription inside it
         env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-               "NUMBA_NUM_THREADS": "1"}
+               "NUMBA_NUM_THREADS": "1", "STREAMLM_THREADS": "1"}
         with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                    dashboard_address=None)
@@ -183,6 +186,34 @@ def _client(address: str):
         return Client(address, timeout="30s"), None
     except OSError as e:
         raise UsageError(f"--dask {address}: cannot reach the scheduler ({e})") from None
+
+
+def _check_vocabularies(model, model_path: str, inputs: list[str],
+                        options: ScoreOptions) -> Callable[[], None]:
+    """The vocabulary checks of the local scorer (streamlm.inputs.open_source), here on
+    the client, before any task: token ids of another vocabulary than the model's fail
+    the job (VocabularyMismatch). Returns what says, once the job is done, on the
+    client where it is seen, the one warning line for ids with none beside them to
+    check (the tasks do not repeat it). Any other fault of an input is left to its
+    task, reported with the others."""
+    from streamlm.errors import VocabularyMismatch
+    from streamlm.inputs import open_source
+    from streamlm.manifest import warn_unchecked
+
+    vocab = model.vocabulary()
+    owner = f"the model {model_path}"
+    unchecked = []
+    for k, p in enumerate(inputs):
+        try:
+            src = open_source(k, p, vocab, docs=False, errors=options.errors,
+                              column=options.column, text_column=options.text_column,
+                              text_field=options.text_field, owner=owner)
+        except VocabularyMismatch:
+            raise
+        except (StreamlmError, OSError):
+            continue
+        unchecked += src.unchecked
+    return lambda: warn_unchecked(unchecked, owner)
 
 
 def score_dask(model_path: str, inputs: Sequence[str], address: str,
@@ -217,6 +248,7 @@ def score_dask(model_path: str, inputs: Sequence[str], address: str,
     inputs = expand_inputs([os.fspath(p) for p in inputs], column=options.column,
                            text_column=options.text_column)
     model = load_model(model_path)  # fail fast, here, on a bad model
+    warn_vocabularies = _check_vocabularies(model, model_path, inputs, options)
     model_sha = model.meta.get("sha256")
     model_path = os.path.abspath(model_path)
     out = Path(output_dir) if output_dir else None
@@ -301,6 +333,7 @@ def score_dask(model_path: str, inputs: Sequence[str], address: str,
     total_lp, total_lpx = math.fsum(lp), math.fsum(lpx)
     summary = summarize(sums["tokens"], sums["oov"], total_lp, total_lp - total_lpx,
                         *((sums["words"], sums["bytes"]) if counted else ()))
+    warn_vocabularies()
     summary["inputs"] = per
     summary["failed"] = failed
     summary["skipped"] = skipped

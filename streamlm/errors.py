@@ -34,6 +34,10 @@ class InputError(StreamlmError):
     exit_code = 2
 
 
+class VocabularyMismatch(InputError):
+    """Token ids made with another vocabulary than the one they are read with (a model's)."""
+
+
 class ModelFileError(StreamlmError):
     """A model file that is missing, truncated, edited or not a streamlm model."""
 

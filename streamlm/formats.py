@@ -7,6 +7,7 @@ before it knows whether it needs pyarrow at all.
 from __future__ import annotations
 
 import os
+import stat
 
 # a prepared directory (``streamlm prepare``): see streamlm.prepare
 MANIFEST = "manifest.json"
@@ -73,3 +74,56 @@ def is_jsonl_name(path: str | os.PathLike) -> bool:
 def is_prepared_dir(path: str | os.PathLike) -> bool:
     """A directory that ``streamlm prepare`` finished (its manifest is written last)."""
     return os.path.isdir(path) and os.path.exists(os.path.join(path, MANIFEST))
+
+
+def is_stream(path: str | os.PathLike) -> bool:
+    """True for stdin (``"-"``) and for a path that is a pipe, socket or character
+    device (``<(cmd)`` in a shell): data that can be read once, with no seeking."""
+    p = os.fspath(path)
+    if p == "-":
+        return True
+    try:
+        mode = os.stat(p).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
+
+
+def is_table_input(path: str | os.PathLike) -> bool:
+    """True for a directory and for a Parquet / Arrow file (by suffix or magic bytes)."""
+    p = os.fspath(path)
+    if is_stream(p):  # a pipe is read as text: sniffing it would consume it
+        return False
+    if os.path.isdir(p) or has_table_suffix(p):
+        return True
+    try:
+        with open(p, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return False
+    return table_kind(head) is not None
+
+
+def fingerprint(path: str | os.PathLike) -> dict:
+    """What identifies an input's content for a resume: path, size and mtime (a
+    prepared directory: its manifest's sha256; another directory: its files)."""
+    import hashlib
+
+    from streamlm.errors import UsageError
+
+    p = os.fspath(path)
+    if is_stream(p):
+        what = "stdin ('-')" if p == "-" else f"a pipe ({p})"
+        raise UsageError(f"--checkpoint cannot be used with {what}: it cannot be read "
+                         "again")
+    fp: dict = {"path": os.path.abspath(p)}
+    if is_prepared_dir(p):
+        with open(os.path.join(p, MANIFEST), "rb") as f:
+            fp["manifest_sha256"] = hashlib.sha256(f.read()).hexdigest()
+    elif os.path.isdir(p):
+        fp["files"] = sorted([e.name, e.stat().st_size, e.stat().st_mtime_ns]
+                             for e in os.scandir(p) if e.is_file())
+    else:
+        st = os.stat(p)
+        fp["size"], fp["mtime_ns"] = st.st_size, st.st_mtime_ns
+    return fp

@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 from collections.abc import Iterator
 
 import numpy as np
 
-from streamlm.errors import InputError, UsageError
+from streamlm.errors import InputError, UsageError, VocabularyMismatch
 from streamlm.formats import (
     MANIFEST,
     compression,
+    fingerprint,
     has_table_suffix,
     is_jsonl_name,
     is_prepared_dir,
-    table_kind,
+    is_stream,
+    is_table_input,
 )
 from streamlm.text import (
     Meter,
@@ -41,23 +42,10 @@ from streamlm.text import (
     open_binary,
     preread,
 )
-from streamlm.tokenizer import BLOCK_TOKENS, Block, encode, id_counts
+from streamlm.tokenizer import BLOCK_TOKENS, Block, Tally, encode, id_counts
 from streamlm.vocab import Vocab
 
 STREAM_PREREAD = 1 << 16  # bytes of a stream read ahead to judge its size (engine auto)
-
-
-def is_stream(path: str | os.PathLike) -> bool:
-    """True for stdin (``"-"``) and for a path that is a pipe, socket or character
-    device (``<(cmd)`` in a shell): data that can be read once, with no seeking."""
-    p = os.fspath(path)
-    if p == "-":
-        return True
-    try:
-        mode = os.stat(p).st_mode
-    except OSError:
-        return False
-    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
 
 
 def check_readable(path: str | os.PathLike) -> None:
@@ -67,44 +55,6 @@ def check_readable(path: str | os.PathLike) -> None:
         open_binary(path).close()
     elif os.fspath(path) != "-" and not os.access(path, os.R_OK):
         raise InputError("cannot open: permission denied", path=display_name(path))
-
-
-def is_table_input(path: str | os.PathLike) -> bool:
-    """True for a directory and for a Parquet / Arrow file (by suffix or magic bytes)."""
-    p = os.fspath(path)
-    if is_stream(p):  # a pipe is read as text: sniffing it would consume it
-        return False
-    if os.path.isdir(p) or has_table_suffix(p):
-        return True
-    try:
-        with open(p, "rb") as f:
-            head = f.read(8)
-    except OSError:
-        return False
-    return table_kind(head) is not None
-
-
-def fingerprint(path: str | os.PathLike) -> dict:
-    """What identifies an input's content for a resume: path, size and mtime (a
-    prepared directory: its manifest's sha256; another directory: its files)."""
-    import hashlib
-
-    p = os.fspath(path)
-    if is_stream(p):
-        what = "stdin ('-')" if p == "-" else f"a pipe ({p})"
-        raise UsageError(f"--checkpoint cannot be used with {what}: it cannot be read "
-                         "again")
-    fp: dict = {"path": os.path.abspath(p)}
-    if is_prepared_dir(p):
-        with open(os.path.join(p, MANIFEST), "rb") as f:
-            fp["manifest_sha256"] = hashlib.sha256(f.read()).hexdigest()
-    elif os.path.isdir(p):
-        fp["files"] = sorted([e.name, e.stat().st_size, e.stat().st_mtime_ns]
-                             for e in os.scandir(p) if e.is_file())
-    else:
-        st = os.stat(p)
-        fp["size"], fp["mtime_ns"] = st.st_size, st.st_mtime_ns
-    return fp
 
 
 class Source:
@@ -119,18 +69,52 @@ class Source:
         self.name = name or display_name(self.path)
         self.meter = Meter()  # how far blocks() has read (see progress())
         self.size = file_size(self.path)  # bytes on disk (None: a stream)
+        self.tally: Tally | None = None  # what blocks() noted of the text (see unk_literal)
+        # token id files with no vocabulary beside them to check against the model's
+        # (streamlm.manifest.check_id_files): (file, why), for one warning of the job
+        self.unchecked: list[tuple[str, str]] = []
 
-    def progress(self) -> tuple[float, float] | None:
+    def progress(self, scored: int | None = None) -> tuple[float, float] | None:
         """(the share of the input read and handed out, weight: its bytes on disk), or
-        None when its size is unknown."""
+        None when its size is unknown. With ``scored`` (its tokens scored), the share
+        scored: reading runs ahead of scoring (a reader thread, whole blocks), so it
+        is where the tokens handed out end (``mark``: (tokens, position)) times the
+        part of them scored (as many bytes a token in each)."""
         f = self.meter.fraction()
         if f is None or self.size is None:
             return None
+        if scored is not None:
+            tokens, at = self.meter.mark  # (one tuple: set at once by the reader)
+            f = min(1.0, at / self.meter.total * min(1.0, scored / tokens)) if tokens else 0.0
         return f, float(self.size)
 
     def blocks(self) -> Iterator[Block]:
         """Blocks of about BLOCK_TOKENS tokens, in order, from the input's start."""
         raise NotImplementedError
+
+    @property
+    def unk_literal(self) -> int | None:
+        """The words that are a literal ``<unk>`` in the text :meth:`blocks` read (OOVs
+        that are not words the model lacks); None when not counted: token ids cannot
+        tell, and subword pieces do not map it to ``<unk>``."""
+        return None if self.tally is None else self.tally.unk
+
+    def _tally(self, vocab) -> Tally:
+        """A new tally for blocks(); literal ``<unk>`` words counted with a word vocabulary."""
+        words = getattr(vocab, "tokenizer", None) == "word"
+        self.tally = Tally(0 if words else None)
+        return self.tally
+
+    def metered_blocks(self) -> Iterator[Block]:
+        """:meth:`blocks`, each noted on the meter as it is handed out (``mark``)."""
+        m = self.meter
+        for b in self.blocks():
+            m.mark = (b.pos + len(b), self._reached())
+            yield b
+
+    def _reached(self) -> float:
+        """Where in the input (the meter's unit) the blocks handed out end, about."""
+        return self.meter.done
 
     def fingerprint(self) -> dict:
         return fingerprint(self.path)
@@ -154,12 +138,21 @@ class TextSource(Source):
         check_readable(self.path)  # missing / unreadable: fail before any work
 
         self.meter.total = self.size
+        self.plain = False  # not compressed: offsets in the text are offsets in the file
 
     def pieces(self, meter: Meter | None = None) -> Pieces:
         return iter_pieces(self.path, self.errors, meter=meter)
 
     def blocks(self) -> Iterator[Block]:
-        return encode(self.pieces(self.meter), self.vocab, docs=self.docs, index=self.index)
+        if self.size is not None:  # the tally's offsets are the file's own when not packed
+            with open(self.path, "rb") as f:
+                self.plain = compression(f.read(8)) is None
+        return encode(self.pieces(self.meter), self.vocab, docs=self.docs, index=self.index,
+                      tally=self._tally(self.vocab))
+
+    def _reached(self) -> float:
+        t = self.tally
+        return t.at if t is not None and self.plain else self.meter.done
 
     def surface_words(self) -> Iterator[str]:
         """The text's own words (pieces: their surface), one per token (``<eos>`` ends a
@@ -187,30 +180,32 @@ class TextSource(Source):
 
 
 class ShardSource(Source):
-    """Token shards: a prepared directory, or Parquet / Arrow files of ids."""
+    """Token shards: a prepared directory, or Parquet / Arrow files of ids. Their
+    vocabulary is checked against ``vocab`` (``owner``'s: "the model m.npz"): a
+    prepared directory's own, and for files the one beside them (``unchecked``
+    lists the files with none)."""
 
     kind = "shards"
 
     def __init__(self, index: int, path: str, vocab: Vocab, *, docs: bool,
-                 column: str = "token_id"):
+                 column: str = "token_id", owner: str = "the model"):
         super().__init__(index, path)
-        from streamlm.shards import open_dataset  # pyarrow: only when shards are read
+        # pyarrow: only when shards are read
+        from streamlm.manifest import check_id_files, vocab_differs
+        from streamlm.shards import open_dataset
 
         self.vocab = vocab
         self.docs = docs
         p = self.path
-        prepared = is_prepared_dir(p)
-        try:
-            if prepared:
-                ds = open_dataset(p, vocab=vocab)
-            else:  # 0 tokens scores like empty text
-                ds = open_dataset(p, column=column, vocab_size=len(vocab), allow_empty=True)
-        except InputError as e:
-            if prepared and "differs from the dataset" in str(e):
-                raise InputError("the model's vocabulary does not match the shards' "
-                                 "vocabulary (vocab.txt / manifest sha256); score them "
-                                 "with the model trained on them", path=p) from None
-            raise
+        if is_prepared_dir(p):
+            ds = open_dataset(p)
+            differs = vocab_differs(vocab, ds.vocab, f"{owner}'s vocabulary",
+                                    os.path.join(p, MANIFEST))
+            if differs:
+                raise VocabularyMismatch(differs, path=p)
+        else:  # 0 tokens scores like empty text
+            ds = open_dataset(p, column=column, vocab_size=len(vocab), allow_empty=True)
+            self.unchecked = check_id_files([f.path for f in ds.files], vocab, owner)
         self.size = 2 * ds.num_tokens  # weight for progress: about 2 bytes a token
         self.meter.total = ds.num_tokens
         if docs and not ds.has_docs:
@@ -254,22 +249,24 @@ class DocSource(Source):
     Parquet / Arrow file. Every row is a document; ``doc`` of a token is its row's
     number, and a document's lines each contribute their words plus ``<eos>``.
 
-    After :meth:`blocks` has run to the end, ``rows`` is the number of rows and
-    ``skipped`` the numbers of the rows skipped as bad (``errors="skip"``).
+    After :meth:`blocks` has run to the end, ``rows`` is the number of rows,
+    ``skipped`` the numbers of the rows skipped as bad (``errors="skip"``) and
+    ``why`` where the first of them is and what is wrong with it.
     """
 
     kind = "docs"
 
     def __init__(self, index: int, path: str, vocab: Vocab, *, fmt: str, text: str,
-                 errors: str = "strict"):
+                 errors: str = "strict", owner: str = "--vocab"):
         super().__init__(index, path)
         self.vocab = vocab
-        self.fmt = fmt  # "jsonl" | "table"
+        self.fmt = fmt  # "jsonl" | "table" | "ids" (list<int>: checked as ShardSource's)
         self.text = text
         self.errors = str(errors)
         self.docs = True
         self.rows = 0
         self.skipped: list[int] = []
+        self.why: str | None = None  # of the first skipped row: "line 7: invalid JSON (...)"
         self.complete = False  # blocks() read every row (rows, skipped are known)
         if fmt == "jsonl":
             check_readable(self.path)
@@ -280,6 +277,10 @@ class DocSource(Source):
             if fmt == "table":
                 self._check_column()  # a missing or non-string column fails here, first
             self.meter.total = rows.table_rows(self.path)
+            if fmt == "ids":
+                from streamlm.manifest import check_id_files
+
+                self.unchecked = check_id_files([self.path], vocab, owner)
 
     def _check_column(self) -> None:
         import pyarrow as pa
@@ -311,9 +312,12 @@ class DocSource(Source):
 
         pos = line = 0
         skipped: list[int] = []
+        why = None
         last = -1
+        tally = self._tally(self.vocab if self.fmt != "ids" else None)
         for batch in self.batches(self.meter):
             skipped.extend(batch.skipped)
+            why = why or batch.why
             if len(batch.rows):
                 last = int(batch.rows[-1])
             if batch.ids is not None:  # ids as they are: a row is a document and a line
@@ -322,12 +326,14 @@ class DocSource(Source):
                             *id_counts(self.vocab, batch.ids, -1))
             else:
                 blk, _, n_lines = encode_rows(batch.texts, batch.rows, self.vocab,
-                                              index=self.index, pos=pos, line0=line)
+                                              index=self.index, pos=pos, line0=line,
+                                              tally=tally)
                 line += n_lines
             if len(blk):
                 pos += len(blk)
                 yield blk
         self.skipped = skipped
+        self.why = why
         self.rows = max([last, *skipped], default=-1) + 1
         self.complete = True
 
@@ -377,9 +383,12 @@ def text_column_of(path: str, text_column: str | None, column: str | None) -> st
 
 def open_source(index: int, path: str | os.PathLike, vocab: Vocab, *, docs: bool,
                 errors: str = "strict", column: str | None = None,
-                text_column: str | None = None, text_field: str = "text") -> Source:
+                text_column: str | None = None, text_field: str = "text",
+                owner: str = "the model") -> Source:
     """The :class:`Source` for ``path``, checked now (missing, unreadable, bad shards,
-    a bad column, a vocabulary that does not match) so that a job fails first.
+    a bad column, a vocabulary that does not match ``vocab``, ``owner``'s) so that a
+    job fails first. Token ids with no vocabulary beside them to check are in the
+    source's ``unchecked`` (for :func:`streamlm.manifest.warn_unchecked`).
 
     JSONL by name (``.jsonl``, ``.ndjson``, ``.json``, compressed too) is always
     parsed as JSON; a Parquet / Arrow file is documents when it has a text column
@@ -388,11 +397,12 @@ def open_source(index: int, path: str | os.PathLike, vocab: Vocab, *, docs: bool
     """
     p = os.fspath(path)
     src = open_documents(index, p, vocab, errors=errors, column=column,
-                         text_column=text_column, text_field=text_field)
+                         text_column=text_column, text_field=text_field, owner=owner)
     if src is not None:
         return src
     if is_table_input(p):
-        return ShardSource(index, p, vocab, docs=docs, column=column or _id_column(p))
+        return ShardSource(index, p, vocab, docs=docs, column=column or _id_column(p),
+                           owner=owner)
     return TextSource(index, p, vocab, docs=docs, errors=text_errors(errors))
 
 
@@ -403,9 +413,11 @@ def text_errors(errors: str) -> str:
 
 def open_documents(index: int, path: str, vocab: Vocab | None, *, errors: str = "strict",
                    column: str | None = None, text_column: str | None = None,
-                   text_field: str = "text") -> DocSource | None:
+                   text_field: str = "text", owner: str = "--vocab"
+                   ) -> DocSource | None:
     """A :class:`DocSource` when ``path`` is a file of documents (JSONL; Parquet / Arrow
-    with a text or ``list<int>`` column), else None."""
+    with a text or ``list<int>`` column: its ids checked against ``vocab``, ``owner``'s,
+    as ShardSource's are), else None."""
     p = os.fspath(path)
     if is_stream(p):
         return None
@@ -420,7 +432,8 @@ def open_documents(index: int, path: str, vocab: Vocab | None, *, errors: str = 
             if vocab is None:
                 raise UsageError(f"{p}: column {col!r} holds token ids; give the vocabulary "
                                  "they index (--vocab)")
-            return DocSource(index, p, vocab, fmt="ids", text=col, errors=errors)
+            return DocSource(index, p, vocab, fmt="ids", text=col, errors=errors,
+                             owner=owner)
     return None
 
 
@@ -445,34 +458,6 @@ def _id_column(path: str) -> str:
         if "token_id" not in names and "input_ids" in names:
             return "input_ids"
     return "token_id"
-
-
-def skip(blocks: Iterator[Block], start: int) -> Iterator[Block]:
-    """Drop the first ``start`` tokens (read again but not scored: a resume)."""
-    for b in blocks:
-        end = b.pos + len(b)
-        if end <= start:
-            continue
-        if b.pos < start:
-            b = b.cut(start - b.pos, len(b))
-        yield b
-
-
-def rechunk(blocks: Iterator[Block], size: int) -> Iterator[Block]:
-    """Chunks of exactly ``size`` tokens (the last may be shorter), in order."""
-    buf: list[Block] = []
-    have = 0
-    for b in blocks:
-        buf.append(b)
-        have += len(b)
-        while have >= size:
-            whole = Block.join(buf)
-            yield whole.cut(0, size)
-            rest = whole.cut(size, len(whole))
-            buf = [rest] if len(rest) else []
-            have = len(rest)
-    if have:
-        yield Block.join(buf)
 
 
 def expand_inputs(paths: list[str], *, column: str | None = None,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,13 +35,15 @@ class RowBatch:
     """Rows ``rows`` (their numbers, int64) and their texts (a pyarrow string array,
     no nulls) or, for a column of token ids, ``ids`` (int32, every row's ids back
     to back) and ``lengths`` (ids per row); ``skipped``: the numbers of the bad
-    rows skipped among them."""
+    rows skipped among them, and ``why`` where the first is and what is wrong with
+    it ("line 7: invalid JSON (...)")."""
 
     rows: np.ndarray
     texts: object  # pa.Array of strings, or None
     skipped: list[int]
     ids: np.ndarray | None = None
     lengths: np.ndarray | None = None
+    why: str | None = None
 
 
 def field(obj, path: str):
@@ -106,11 +108,14 @@ def jsonl_batches(path: str, text_field: str, errors: str = "strict",
     size = 0
     row = 0
     skipped: list[int] = []
+    why: list[str] = []  # of the batch's first skipped row
 
     def bad(msg: str, line: int) -> None:
         if errors != "skip":
             raise InputError(msg, path=name, position=f"line {line}")
         skipped.append(row - 1)
+        if not why:
+            why.append(f"line {line}: {msg}")
 
     try:
         for lineno, raw in enumerate(_lines(f, name, meter, tell), 1):
@@ -141,13 +146,15 @@ def jsonl_batches(path: str, text_field: str, errors: str = "strict",
             size += len(text)
             if len(rows) >= batch_rows or size >= BATCH_BYTES:
                 yield RowBatch(np.array(rows, dtype=np.int64), pa.array(texts, pa.string()),
-                               skipped)
+                               skipped, why=why[0] if why else None)
                 rows, texts, size, skipped = [], [], 0, []
+                why.clear()
     finally:
         if os.fspath(path) != "-":
             f.close()
     if rows or skipped:
-        yield RowBatch(np.array(rows, dtype=np.int64), pa.array(texts, pa.string()), skipped)
+        yield RowBatch(np.array(rows, dtype=np.int64), pa.array(texts, pa.string()), skipped,
+                       why=why[0] if why else None)
 
 
 def table_schema(path: str):
@@ -212,19 +219,21 @@ def table_batches(path: str, column: str, errors: str = "strict",
             nul = pc.match_substring(col, "\x00").to_numpy(zero_copy_only=False)
             bad |= np.nan_to_num(nul.astype(np.float64)).astype(bool)
             skipped: list[int] = []
+            why = None
             if bad.any():
                 k = int(np.flatnonzero(bad)[0])
+                what = "null" if col.is_null().to_numpy(zero_copy_only=False)[k] else \
+                    "a NUL character"
                 if errors != "skip":
-                    what = "null" if col.is_null().to_numpy(zero_copy_only=False)[k] else \
-                        "a NUL character"
                     raise InputError(f"{what} in text column {column!r}", path=path,
                                      position=f"row {row + k}")
                 skipped = rows[bad].tolist()
+                why = f"row {row + k}: {what} in text column {column!r}"
                 rows, col = rows[~bad], pc.filter(col, pa.array(~bad))
             if meter is not None:
                 meter.done = row  # the rows before this batch are handed out
             row += len(b)
-            yield RowBatch(rows, col.cast(pa.string()), skipped)
+            yield RowBatch(rows, col.cast(pa.string()), skipped, why=why)
     except InputError:
         raise
     except (pa.ArrowException, OSError) as e:
@@ -284,25 +293,74 @@ def table_id_batches(path: str, column: str, V: int, errors: str = "strict",
                     for r, v in zip(parents[out][:1], a[out][:1]):
                         why.setdefault(int(r), f"token id {int(v)} outside [0, {V})")
             skipped: list[int] = []
+            first = None
             if bad.any():
                 k = int(np.flatnonzero(bad)[0])
+                msg = why.get(row + k, "a null document")
                 if errors != "skip":
-                    msg = why.get(row + k, "a null document")
                     raise InputError(f"{msg} in column {column!r}", path=path,
                                      position=f"row {row + k}")
                 skipped = rows[bad].tolist()
+                first = f"row {row + k}: {msg} in column {column!r}"
                 keep = ~bad[parents - row] if a.size else np.zeros(0, bool)
                 a, lengths, rows = a[keep], lengths[~bad], rows[~bad]
             if meter is not None:
                 meter.done = row
             row += len(col)
             yield RowBatch(rows, None, skipped, np.ascontiguousarray(a, dtype=np.int32),
-                           lengths.astype(np.int64))
+                           lengths.astype(np.int64), why=first)
     except InputError:
         raise
     except (pa.ArrowException, OSError) as e:
         raise InputError(f"cannot read (corrupt or truncated?): {str(e).splitlines()[0]}",
                          path=path) from None
+
+
+def check_keep(path: str, fmt: str, keep: Sequence[str]) -> None:
+    """Raise InputError naming the field and the file when some column or field of
+    ``keep`` is in no row of the input (a table: its schema; JSONL: read until every
+    field was seen in some record, to the end for one in none), before any output:
+    a field missing only in some records is null in theirs (:func:`keep_batches`)."""
+    if fmt != "jsonl":
+        names = table_schema(path)[1].names
+        missing = [k for k in keep if k not in names]
+        if missing:
+            raise InputError(f"no column {missing[0]!r} to keep; columns: {', '.join(names)}",
+                             path=path)
+        return
+    want = list(keep)
+    first: list[str] | None = None
+    f, _ = _open_jsonl(path)
+    try:
+        for raw in _lines(f, display_name(path)):
+            if not want:
+                return
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                continue  # a bad row: the read that scores says so (or skips it)
+            if not isinstance(obj, dict):
+                continue
+            if first is None:
+                first = list(obj)
+            want = [k for k in want if not _has(obj, k)]
+    finally:
+        f.close()
+    if want:
+        seen = "no record" if first is None else "fields of the first record: " + (
+            ", ".join(first) or "none")
+        raise InputError(f"no record has a field {want[0]!r} to keep ({seen})",
+                         path=display_name(path))
+
+
+def _has(obj, path: str) -> bool:
+    try:
+        field(obj, path)
+    except KeyError:
+        return False
+    return True
 
 
 def keep_batches(path: str, fmt: str, keep: list[str], column: str,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,19 +28,20 @@ import pyarrow.parquet as pq
 from pyarrow import ipc
 
 from streamlm.atomic import sha256_file
-from streamlm.errors import InputError, UsageError
+from streamlm.errors import InputError, UsageError, VocabularyMismatch
 from streamlm.formats import (
     ARROW_STREAM_MAGIC,
     FEATHER_V1_MAGIC,
     MANIFEST,
     SHARD_GLOB,
-    SHARDS_FORMAT,
-    SHARDS_VERSION,
     TABLE_SUFFIXES,
     VOCAB_FILE,
     table_kind,
 )
+from streamlm.manifest import _manifest_vocab, _read_manifest, _safe_name, vocab_differs
 from streamlm.vocab import Vocab
+
+log = logging.getLogger("streamlm.shards")
 
 _INT32_MAX = np.iinfo(np.int32).max
 
@@ -358,54 +360,22 @@ class Cursor:
 
 
 # ------------------------------------------------------------ open_dataset --
-def _safe_name(d: Path, name: object, what: str, manifest: Path) -> Path:
-    if (not isinstance(name, str) or not name or name != os.path.basename(name)
-            or name in (".", "..") or "/" in name or "\\" in name):
-        raise InputError(f"{what} {name!r} is not a plain file name inside the directory",
-                         path=manifest)
-    p = d / name
-    if p.resolve().parent != d.resolve():
-        raise InputError(f"{what} {name!r} escapes the directory", path=manifest)
-    return p
-
-
 def _open_prepared(d: Path, vocab: Vocab | None, vocab_size: int | None,
                    verify: bool) -> TokenDataset:
     mpath = d / MANIFEST
+    m = _read_manifest(mpath)
     try:
-        m = json.loads(mpath.read_text(encoding="utf-8"))
-        if not isinstance(m, dict):
-            raise TypeError("not a JSON object")
-    except (OSError, ValueError, TypeError) as e:
-        raise InputError(f"unreadable manifest: {e}", path=mpath) from None
-    if m.get("format") != SHARDS_FORMAT:
-        raise InputError(f"not a streamlm shard manifest (format {m.get('format')!r})",
-                         path=mpath)
-    if m.get("format_version") != SHARDS_VERSION:
-        raise InputError(f"unsupported format version {m.get('format_version')!r} "
-                         f"(this streamlm reads {SHARDS_VERSION})", path=mpath)
-    try:
-        vinfo = m["vocab"]
         shards = m["shards"]
         column = m.get("column", "token_id")
         docs = m.get("docs", "none")
-        vpath = _safe_name(d, vinfo["file"], "vocab file", mpath)
-        want_sha, want_size = vinfo["sha256"], int(vinfo["size"])
         if not isinstance(shards, list):
             raise TypeError("shards is not a list")
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"malformed manifest: {e!r}", path=mpath) from None
-    dvocab = Vocab.load(vpath)
-    if dvocab.sha256() != want_sha or len(dvocab) != want_size:
-        raise InputError(f"vocabulary does not match the manifest ({len(dvocab)} words, sha256 "
-                         f"{dvocab.sha256()[:12]}…; manifest says {want_size} words, "
-                         f"{str(want_sha)[:12]}…)", path=vpath)
-    if m.get("tokenizer") is not None:
-        dvocab = _prepared_tokenizer(d, m["tokenizer"], mpath, dvocab)
-    if vocab is not None and vocab.sha256() != dvocab.sha256():
-        raise InputError(f"the given vocabulary ({len(vocab)} words, sha256 "
-                         f"{vocab.sha256()[:12]}…) differs from the dataset's ({len(dvocab)} "
-                         f"words, {dvocab.sha256()[:12]}…)", path=vpath)
+    dvocab, vpath = _manifest_vocab(d, m)
+    differs = None if vocab is None else vocab_differs(vocab, dvocab)
+    if differs:
+        raise VocabularyMismatch(differs, path=vpath)
     if vocab_size is not None and vocab_size != len(dvocab):
         raise InputError(f"vocabulary size {vocab_size} differs from the dataset's "
                          f"{len(dvocab)}", path=vpath)
@@ -439,21 +409,6 @@ def _open_prepared(d: Path, vocab: Vocab | None, vocab_size: int | None,
                          f"{m.get('num_tokens')}", path=mpath)
     ds.manifest = m
     return ds
-
-
-def _prepared_tokenizer(d: Path, info: object, mpath: Path, words: Vocab) -> Vocab:
-    """The subword vocabulary of a prepared directory (its SentencePiece model), checked
-    against the manifest and the directory's vocab.txt."""
-    from streamlm.subword import KIND, SubwordVocab
-
-    try:
-        if not isinstance(info, dict) or info.get("kind") != KIND:
-            raise ValueError(f"unknown tokenizer {info!r}")
-        tpath = _safe_name(d, info["file"], "tokenizer file", mpath)
-        want = info["sha256"]
-    except (KeyError, TypeError, ValueError) as e:
-        raise InputError(f"malformed manifest: {e!r}", path=mpath) from None
-    return SubwordVocab.load(tpath, sha256=want, words=words)
 
 
 def _expand(paths: list[str]) -> list[str]:

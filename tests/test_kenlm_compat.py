@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import sys
 from collections import Counter
 
 import numpy as np
@@ -120,3 +121,81 @@ def test_the_two_apis_agree_in_shape(toy_model, kenlm_anchor):
         assert m.perplexity("the") == pytest.approx(10 ** (-m.score("the") / 2), rel=1e-5)
         assert "the" in m and "qqqq" not in m and "<unk>" not in m and "</s>" in m
         assert hash(copy.copy(out)) == hash(out)
+
+
+# the loading options of code written for KenLM: the same lines, only the import changes
+SNIPPET = """
+config = kenlm.Config()
+defaults = (config.load_method, config.show_progress, config.arpa_complain)
+config.load_method = kenlm.LoadMethod.LAZY
+config.arpa_complain = kenlm.ARPALoadComplain.NONE
+config.show_progress = False
+model = kenlm.Model(path, config)
+again = kenlm.Model(path, config=config)
+methods = [getattr(kenlm.LoadMethod, n) for n in
+           ("LAZY", "POPULATE_OR_LAZY", "POPULATE_OR_READ", "READ", "PARALLEL_READ")]
+complain = [kenlm.ARPALoadComplain.ALL, kenlm.ARPALoadComplain.EXPENSIVE,
+            kenlm.ARPALoadComplain.NONE]
+result = {
+    "defaults": defaults,
+    "set": (config.load_method, config.show_progress, config.arpa_complain),
+    "methods": methods, "complain": complain,
+    "order": model.order,
+    "score": model.score("the cat sat", bos=True, eos=True),
+    "again": again.score("the cat sat"),
+}
+try:
+    kenlm.Model(path, "lazy")
+except TypeError:
+    result["bad_config"] = "TypeError"
+"""
+
+
+def run_snippet(module, path) -> dict:
+    scope = {"kenlm": module, "path": str(path)}
+    exec(SNIPPET, scope)
+    return scope["result"]
+
+
+def test_config_and_load_method_run_unchanged_on_both(toy_model, kenlm_anchor):
+    kenlm = pytest.importorskip("kenlm")
+    theirs = run_snippet(kenlm, kenlm_anchor / "ptb.kn5.arpa.gz")
+    ours = run_snippet(streamlm, toy_model)
+    for k in ("defaults", "set", "methods", "complain", "bad_config"):
+        assert ours[k] == theirs[k], k
+    assert theirs["order"] == 5 and isinstance(ours["order"], int)
+    assert theirs["score"] == pytest.approx(theirs["again"])
+    # the settings change nothing for an RNN: the scores of a model loaded without them
+    plain = streamlm.Model(toy_model)
+    assert ours["score"] == ours["again"] == plain.score("the cat sat")
+    assert isinstance(plain.load_config, streamlm.Config)
+
+
+def test_a_kenlm_config_is_taken_too_and_kept(toy_model):
+    import pickle
+
+    kenlm = pytest.importorskip("kenlm")
+    c = kenlm.Config()
+    c.load_method = kenlm.LoadMethod.READ
+    lm = streamlm.Model(toy_model, c, engine="numpy")
+    assert lm.load_config.load_method == kenlm.LoadMethod.READ
+    back = pickle.loads(pickle.dumps(lm))
+    assert back.engine == "numpy" and back.load_config.load_method == kenlm.LoadMethod.READ
+    with pytest.raises(TypeError, match="engine='numpy'"):
+        streamlm.Model(toy_model, "numpy")  # the engine is no longer the second argument
+
+
+def test_order_is_unbounded_so_pyctcdecode_prunes_no_beam_the_rnn_tells_apart(toy_model):
+    """pyctcdecode's ``_prune_history`` keys a beam by its last ``max(1, order - 1)``
+    words and keeps one beam per key. Two beams that differ only in their first word
+    score differently on an RNN: they must keep different keys."""
+    lm = streamlm.Model(toy_model, engine="numpy")
+    assert lm.order == sys.maxsize
+
+    def key(text: str, order: int) -> tuple:  # pyctcdecode.decoder._prune_history
+        return tuple(text.split()[-max(1, order - 1):])
+
+    a, b = "the cat sat on the mat", "a cat sat on the mat"
+    assert lm.score(a) != lm.score(b)
+    assert key(a, lm.order) != key(b, lm.order)
+    assert key(a, 5) == key(b, 5)  # what a 5-gram order would have merged
