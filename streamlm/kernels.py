@@ -54,6 +54,7 @@ JIT = dict(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
 # cache (streamlm.numba_setup)
 VECTORS = numba_setup.wide_vectors()  # what was decided, for a bug report: numba's target is global
 CACHE_LOADS = numba_setup.light_cache_loads()  # what was decided, as VECTORS
+numba_setup.say_when_compiling()  # one line on stderr before a cold cache's ~24 s
 
 
 # ------------------------------------------------- vectorisable exp / tanh --
@@ -1256,15 +1257,15 @@ def word_table_fill(slots, keys, key_off):
 
 
 @njit(**JIT, inline="always")
-def _word_id(b, s, e, h, slots, keys, key_off, unk):
-    """Id of the word b[s:e] (h: its hash) in the table of word_table_fill; unk if absent."""
+def _word_id(b, s, e, h, slots, keys, key_off):
+    """Id of the word b[s:e] (h: its hash) in the table of word_table_fill; -1 if absent."""
     mask = slots.shape[0] - 1
     j = h & mask
     n = e - s
     while True:
         k = slots[j]
         if k < 0:
-            return unk
+            return -1
         a = key_off[k]
         if key_off[k + 1] - a == n:
             t = 0
@@ -1280,7 +1281,8 @@ def encode_lines(ids, counts, b, space, slots, keys, key_off, unk, eos, docs):
     """Writes ids: (>= n // 2 + L + 1,) int32, the tokens of the lines in b: (n,)
     uint8 (valid UTF-8, each line ending in b"\\n"): each line's word ids, then eos
     (with docs, a line without words gives no token); and counts: (L,) int64, the
-    tokens of each line. Returns (tokens, lines) written.
+    tokens of each line. Returns (tokens, lines) written, and how many of the words were
+    a literal unk word (found in the table as id unk: PTB's own marker), not absent.
 
     Words are str.split()'s: maximal runs of code points c with not space[c]
     (space: (65536,) bool, for the code points below U+10000; none above is a space).
@@ -1294,6 +1296,7 @@ def encode_lines(ids, counts, b, space, slots, keys, key_off, unk, eos, docs):
     k = 0  # tokens of the current line
     w = -1  # start of the current word, -1 between words
     h = _fnv_start()  # hash of the current word's bytes so far
+    literal = 0  # words that are the unk word itself
     while i < n:
         c = np.int64(b[i])
         m = 1  # bytes of the code point
@@ -1312,7 +1315,10 @@ def encode_lines(ids, counts, b, space, slots, keys, key_off, unk, eos, docs):
                     c = ((c & 0x1F) << 6) | (np.int64(b[i + 1]) & 0x3F)
         if space[c]:
             if w >= 0:
-                ids[nt] = _word_id(b, w, i, h, slots, keys, key_off, unk)
+                t = _word_id(b, w, i, h, slots, keys, key_off)
+                if t == unk:
+                    literal += 1
+                ids[nt] = unk if t < 0 else t
                 nt += 1
                 k += 1
                 w = -1
@@ -1334,6 +1340,9 @@ def encode_lines(ids, counts, b, space, slots, keys, key_off, unk, eos, docs):
                     h = _fnv_step(h, b[i])
                 i += 1
     if w >= 0 and nt < ids.shape[0]:  # a last word without a newline (not from the caller)
-        ids[nt] = _word_id(b, w, n, h, slots, keys, key_off, unk)
+        t = _word_id(b, w, n, h, slots, keys, key_off)
+        if t == unk:
+            literal += 1
+        ids[nt] = unk if t < 0 else t
         nt += 1
-    return nt, line
+    return nt, line, literal

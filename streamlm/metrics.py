@@ -68,7 +68,7 @@ def format_summary(summary: dict) -> str:
         return [
             title,
             f"  tokens                    {d['tokens']:,}",
-            f"  OOVs                      {d['oov']:,}",
+            f"  OOVs                      {d['oov']:,}{literal(d)}",
             f"  log-probability (ln)      {f(d['logprob'], '.4f')}",
             f"  log-probability (log10)   {f(d['log10prob'], '.4f')}",
             f"  perplexity incl. OOVs     {f(d['perplexity'], '.4f')}",
@@ -79,7 +79,13 @@ def format_summary(summary: dict) -> str:
             f"  perplexity per word       {f(d['word_perplexity'], '.4f')}",
             f"  bytes                     {d['bytes']:,}",
             f"  bits per byte             {f(d['bits_per_byte'], '.4f')}",
+        ]) + ([] if not d.get("skipped_rows") else [
+            f"  bad rows skipped          {d['skipped_rows']:,} (--errors skip)",
         ]) + mixed(d)
+
+    def literal(d: dict) -> str:  # OOVs that are a literal <unk> of the text (PTB's)
+        n = d.get("unk_literal")
+        return f" ({n:,} a literal <unk> of the text)" if n else ""
 
     def mixed(d: dict) -> list[str]:  # a mix with an n-gram model (streamlm.mix)
         m = d.get("mix")
@@ -106,4 +112,8 @@ def format_summary(summary: dict) -> str:
         lines += block(summary, "total")
     elif per:
         lines += block(summary, per[0]["path"])
+    if summary.get("seconds") is not None:  # the run's wall time, and its speed
+        tps = summary.get("tokens_per_second")
+        lines.append(f"{'wall time':<28}{summary['seconds']:.2f} s"
+                     + ("" if tps is None else f" ({tps:,.0f} tokens/s)"))
     return "\n".join(lines) + "\n"

@@ -81,3 +81,46 @@ def light_cache_loads() -> str:
     load_overload._streamlm = True
     cache.load_overload = load_overload
     return "runtime only"
+
+
+COMPILING = "streamlm: compiling kernels (once per machine; about 20 s)"
+_notice = None  # the listener of say_when_compiling, once registered
+
+
+def say_when_compiling() -> str:
+    """Log COMPILING once, when numba starts to compile one of streamlm's kernels
+    (not when it loads one from its cache); returns what was decided.
+
+    numba broadcasts a "numba:compile" event (``numba.core.event``, a documented
+    API) only after its cache had no entry for the signature, around the compile
+    itself: a warm cache never fires it, so a listener costs nothing at start-up
+    (no look at the cache's index files, no stamp of kernels.py). The first
+    compile of a kernel of ``streamlm.kernels`` logs the line; the rest of the
+    ~24 s of a cold cache passes silently.
+    """
+    import logging
+
+    from numba.core import event
+
+    global _notice
+    if _notice is not None:
+        return "registered"
+
+    class Notice(event.Listener):
+        said = False
+
+        def on_start(self, ev) -> None:
+            if self.said:
+                return
+            d = ev.data.get("dispatcher") if isinstance(ev.data, dict) else None
+            fn = getattr(d, "py_func", None)
+            if getattr(fn, "__module__", None) == "streamlm.kernels":
+                self.said = True
+                logging.getLogger("streamlm").info("%s", COMPILING)
+
+        def on_end(self, ev) -> None:
+            pass
+
+    _notice = Notice()
+    event.register("numba:compile", _notice)
+    return "registered"

@@ -48,12 +48,15 @@ class Totals:
     rows: int = 0
     skipped: list = field(default_factory=list)
     mix: dict | None = None  # a mix: each model's own sums (streamlm.mix.SUMS)
+    # once done: the OOVs that are a literal <unk> of the text (None: token ids, pieces)
+    unk_literal: int | None = None
 
     def to_json(self) -> dict:
         return {"scored": self.scored, "oov": self.oov, "logprob": self.logprob,
                 "logprob_oov": self.logprob_oov, "words": self.words, "bytes": self.nbytes,
                 "done": self.done, "records": self.records,
-                "unit": self.unit, "rows": self.rows, "skipped": self.skipped, "mix": self.mix}
+                "unit": self.unit, "rows": self.rows, "skipped": self.skipped, "mix": self.mix,
+                "unk_literal": self.unk_literal}
 
     @classmethod
     def from_json(cls, d: dict) -> Totals:
@@ -64,7 +67,8 @@ class Totals:
                    [int(u[0]), int(u[1]), int(u[2]), float(u[3]), float(u[4]), int(u[5]),
                     int(u[6])],
                    int(d["rows"]), [int(r) for r in d["skipped"]],
-                   None if d.get("mix") is None else dict(d["mix"]))
+                   None if d.get("mix") is None else dict(d["mix"]),
+                   None if d.get("unk_literal") is None else int(d["unk_literal"]))
 
 
 class Spool:

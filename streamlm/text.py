@@ -104,13 +104,16 @@ def display_name(path: str | os.PathLike) -> str:
 class Meter:
     """How far a reader has got through its input: ``done`` of ``total`` (bytes of
     the file on disk, rows, tokens: the reader's own unit; ``total`` None when
-    unknown, as for a pipe). Progress bars read it; readers set ``done``."""
+    unknown, as for a pipe). Progress bars read it; readers set ``done``. ``mark``
+    is (tokens handed out, where in the input they end), set as each block of
+    tokens is handed out (``Source.metered_blocks``): scoring runs behind reading."""
 
-    __slots__ = ("done", "total")
+    __slots__ = ("done", "total", "mark")
 
     def __init__(self, total: float | None = None):
         self.done = 0
         self.total = total
+        self.mark = (0, 0)
 
     def fraction(self) -> float | None:
         if not self.total:

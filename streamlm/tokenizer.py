@@ -38,7 +38,7 @@ from itertools import repeat
 import numpy as np
 
 from streamlm.text import LineBatch, LinePiece, Pieces
-from streamlm.vocab import Vocab
+from streamlm.vocab import UNK, Vocab
 
 BLOCK_TOKENS = 1 << 16  # tokens per block handed out (about; a block is never empty)
 # Whole lines go through the compiled kernel (kernels.encode_lines) once Numba is loaded
@@ -46,6 +46,20 @@ BLOCK_TOKENS = 1 << 16  # tokens per block handed out (about; a block is never e
 # it costs about 0.6 s, the kernel saves about 0.04 s a MB (bench/bench_tokenize.py),
 # so a small input stays in Python.
 COMPILED_AFTER_BYTES = 16 << 20
+
+
+class Tally:
+    """What the tokeniser notes beside the ids. ``unk``: the words of the text that are
+    a literal ``<unk>`` (PTB's marker for its rare words; None: not counted). They map
+    to ``<unk>`` and are OOVs, as KenLM counts them, but they are text normalised
+    already, not words the model lacks (token ids cannot tell the two apart). ``at``:
+    the stream offset the blocks handed out reach (about: a line), for progress."""
+
+    __slots__ = ("unk", "at")
+
+    def __init__(self, unk: int | None = 0):
+        self.unk = unk
+        self.at = 0
 
 
 class Block:
@@ -102,16 +116,17 @@ class Block:
 
 
 def encode(pieces: Iterable[LinePiece], vocab: Vocab, *, docs: bool, index: int = 0,
-           block_tokens: int = BLOCK_TOKENS) -> Iterator[Block]:
+           block_tokens: int = BLOCK_TOKENS, tally: Tally | None = None) -> Iterator[Block]:
     """Blocks of about ``block_tokens`` tokens of ONE input, by the rule above.
 
     ``pieces``: the input's lines as :class:`~streamlm.text.LinePiece` s (a long
     line may come in several pieces; ``last`` ends it). ``index`` is stored in
     each block's ``i``. A block ends after the first line (or piece) that brings it
     to ``block_tokens``. From :func:`~streamlm.text.iter_pieces`, whole lines are
-    taken a block of text at a time (:meth:`~streamlm.text.Pieces.batches`).
+    taken a block of text at a time (:meth:`~streamlm.text.Pieces.batches`). A word
+    vocabulary counts the literal ``<unk>`` words into ``tally`` (see :class:`Tally`).
     """
-    enc = _Encoder(vocab, docs, index, block_tokens)
+    enc = _Encoder(vocab, docs, index, block_tokens, tally)
     items = pieces.batches() if isinstance(pieces, Pieces) else pieces
     for item in items:
         if isinstance(item, LineBatch):
@@ -119,18 +134,22 @@ def encode(pieces: Iterable[LinePiece], vocab: Vocab, *, docs: bool, index: int 
         else:
             enc.add_piece(item)
             if enc.size() >= block_tokens:
-                yield enc.block()
+                yield enc.block(at=item.byte_offset)
     if enc.size():
-        yield enc.block()
+        yield enc.block(at=enc.end)
 
 
 class _Encoder:
     """The state of :func:`encode`: document count, the open line's counts, and tokens
     not yet in a block (array parts from whole lines, then lists from pieces)."""
 
-    def __init__(self, vocab: Vocab, docs: bool, index: int, block_tokens: int):
+    def __init__(self, vocab: Vocab, docs: bool, index: int, block_tokens: int,
+                 tally: Tally | None = None):
         self.vocab = vocab
         self.subword = vocab.tokenizer != "word"
+        self.tally = tally
+        self.count_unk = tally is not None and tally.unk is not None and not self.subword
+        self.end = 0  # stream offset of the end of the text seen (about, for pieces)
         self.table, self.unk, self.eos = vocab.index, vocab.unk_id, vocab.eos_id
         self.docs, self.index, self.block_tokens = docs, index, block_tokens
         self.pos = 0  # position of the next block
@@ -157,6 +176,7 @@ class _Encoder:
     def add_piece(self, piece: LinePiece) -> None:
         words = piece.words
         k = 0
+        self.end = max(self.end, piece.byte_offset)
         if words:
             if self.docs and self.new_doc:
                 self.doc += 1
@@ -168,6 +188,8 @@ class _Encoder:
             else:
                 self.ids.extend(map(self.table.get, words, repeat(self.unk)))
                 k = len(words)
+                if self.count_unk:
+                    self.tally.unk += words.count(UNK)
             self.line_has_words = True
             self.line_words += len(words)  # each word's bytes and its space (or newline)
             self.line_bytes += sum(len(w.encode("utf-8", "surrogatepass")) for w in words)
@@ -205,8 +227,11 @@ class _Encoder:
         self.parted += len(self.ids)
         self._lists()
 
-    def block(self) -> Block:
-        """All tokens not yet handed out, as one block."""
+    def block(self, at: int | None = None) -> Block:
+        """All tokens not yet handed out, as one block (``at``: the stream offset its
+        text ends at, for the tally)."""
+        if at is not None and self.tally is not None:
+            self.tally.at = at
         self._flush_lists()
         ps = self.parts
         b = Block(self.index, self.pos, *(np.concatenate([p[j] for p in ps])
@@ -219,16 +244,18 @@ class _Encoder:
     def add_lines(self, batch: LineBatch) -> Iterator[Block]:
         """A batch of whole lines; the blocks they complete."""
         self.text_bytes += len(batch.data)
+        self.end = batch.byte_offset + len(batch.data)
         if self.subword:
             ids, k, words, nbytes = _subword_lines(self.vocab, batch.lines(), self.docs)
         elif self.text_bytes < COMPILED_AFTER_BYTES and not _kernels_loaded():
             for piece in batch.pieces():
                 self.add_piece(piece)
                 if self.size() >= self.block_tokens:
-                    yield self.block()
+                    yield self.block(at=piece.byte_offset)
             return
         else:
-            ids, k = _word_table(self.vocab).encode_lines(batch.utf8, batch.count, self.docs)
+            ids, k = _word_table(self.vocab).encode_lines(batch.utf8, batch.count, self.docs,
+                                                          self.tally if self.count_unk else None)
             words, nbytes = _counts(k, _norm_bytes(batch.lines()), k)
         line = np.repeat(np.arange(batch.index, batch.index + batch.count, dtype=np.int64), k)
         doc = None
@@ -241,14 +268,16 @@ class _Encoder:
             self.doc = int(line_doc[-1])
             self.new_doc = not has[-1]
             doc = np.repeat(line_doc, k)
-        yield from self._add_part(ids, line, doc, words, nbytes, np.cumsum(k))
+        yield from self._add_part(ids, line, doc, words, nbytes, np.cumsum(k), batch)
 
     def _add_part(self, ids: np.ndarray, line: np.ndarray, doc: np.ndarray | None,
-                  words: np.ndarray, nbytes: np.ndarray, ends: np.ndarray) -> Iterator[Block]:
-        """Append tokens (``ends``: token count after each of their lines), cutting a
+                  words: np.ndarray, nbytes: np.ndarray, ends: np.ndarray,
+                  batch: LineBatch) -> Iterator[Block]:
+        """Append tokens (``ends``: token count after each of ``batch``'s lines), cutting a
         block after each line that fills one, as :meth:`add_piece` + :meth:`size` would."""
         self._flush_lists()
         a = 0  # tokens of ids already appended
+        nl = None  # where the batch's lines end (for the tally)
         while True:
             j = int(np.searchsorted(ends, a + self.block_tokens - self.parted))
             if j == len(ends):
@@ -257,7 +286,9 @@ class _Encoder:
             self.parts.append((ids[a:b], line[a:b], None if doc is None else doc[a:b],
                                words[a:b], nbytes[a:b]))
             self.parted += b - a
-            yield self.block()
+            if nl is None and self.tally is not None:
+                nl = np.flatnonzero(np.frombuffer(batch.data, dtype=np.uint8) == 10)
+            yield self.block(at=None if nl is None else batch.byte_offset + int(nl[j]) + 1)
             a = b
         if a < len(ids):
             self.parts.append((ids[a:], line[a:], None if doc is None else doc[a:],
@@ -307,11 +338,12 @@ def _subword_lines(vocab, lines: list[str], docs: bool):
 
 
 def encode_rows(texts, rows: np.ndarray, vocab: Vocab, *, index: int, pos: int,
-                line0: int) -> tuple[Block, np.ndarray, int]:
+                line0: int, tally: Tally | None = None) -> tuple[Block, np.ndarray, int]:
     """The tokens of a batch of documents (rows of JSONL or a table).
 
     ``texts``: a pyarrow string array, one document each, no nulls; ``rows``: their
-    row numbers. A document's lines (its text split at ``"\\n"``) each contribute
+    row numbers; a word vocabulary counts the literal ``<unk>`` words into ``tally``.
+    A document's lines (its text split at ``"\\n"``) each contribute
     their words plus ``<eos>``; a blank line contributes nothing (as between the
     documents of a text file). Returns the block (``doc`` = the row number of each
     token, ``line`` = a running line number from ``line0``, position ``pos``), the
@@ -324,13 +356,16 @@ def encode_rows(texts, rows: np.ndarray, vocab: Vocab, *, index: int, pos: int,
     import pyarrow.compute as pc
 
     nlines = pc.count_substring(texts, "\n").to_numpy(zero_copy_only=False) + 1
+    if tally is not None and tally.unk is None:
+        tally = None  # (nothing else of it is kept for documents)
     lines = "\n".join(texts.to_pylist()).split("\n")
     if vocab.tokenizer != "word":
         ids, k, words, nbytes = _subword_lines(vocab, lines, True)
     else:
         if _kernels_loaded():
             joined = pc.binary_join_element_wise(texts, "", "\n")  # every line ends in \n
-            ids, k = _word_table(vocab).encode_lines(_utf8(joined), int(nlines.sum()), True)
+            ids, k = _word_table(vocab).encode_lines(_utf8(joined), int(nlines.sum()), True,
+                                                     tally)
         else:
             table, unk, eos = vocab.index, vocab.unk_id, vocab.eos_id
             out: list[int] = []
@@ -340,6 +375,8 @@ def encode_rows(texts, rows: np.ndarray, vocab: Vocab, *, index: int, pos: int,
                 if words:
                     out.extend(map(table.get, words, repeat(unk)))
                     out.append(eos)
+                    if tally is not None:
+                        tally.unk += words.count(UNK)
                 counts.append(len(words) + 1 if words else 0)
             ids, k = np.array(out, dtype=np.int32), np.array(counts, dtype=np.int64)
         words, nbytes = _counts(k, _norm_bytes(lines), k)
@@ -400,16 +437,20 @@ class _WordTable:
         kernels.word_table_fill(self.slots, self.keys, self.key_off)
         self.unk, self.eos = vocab.unk_id, vocab.eos_id
 
-    def encode_lines(self, utf8: bytes, lines: int, docs: bool) -> tuple[np.ndarray, np.ndarray]:
+    def encode_lines(self, utf8: bytes, lines: int, docs: bool, tally: Tally | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
         """Token ids of ``lines`` whole lines (``utf8``: valid UTF-8, each line ending in
-        ``b"\\n"``) and the number of tokens of each line, by the module doc's rule."""
+        ``b"\\n"``) and the number of tokens of each line, by the module doc's rule; the
+        literal ``<unk>`` words counted into ``tally``."""
         from streamlm import kernels
 
         b = np.frombuffer(utf8, dtype=np.uint8)
         ids = np.empty(len(b) // 2 + lines + 1, dtype=np.int32)
         counts = np.empty(lines, dtype=np.int64)
-        nt, nl = kernels.encode_lines(ids, counts, b, _space_table(), self.slots, self.keys,
-                                      self.key_off, self.unk, self.eos, docs)
+        nt, nl, literal = kernels.encode_lines(ids, counts, b, _space_table(), self.slots,
+                                               self.keys, self.key_off, self.unk, self.eos, docs)
+        if tally is not None:
+            tally.unk += literal
         if nl != lines:  # cannot happen on valid UTF-8
             raise RuntimeError(f"encode_lines found {nl} lines, not {lines}")
         return ids[:nt], counts
