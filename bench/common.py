@@ -191,3 +191,41 @@ def clip_and_adam(p: dict, g: dict, st: AdamState) -> None:
         st.m[k] += (1 - BETA1) * (gk - st.m[k])
         st.v[k] += (1 - BETA2) * (gk ** 2 - st.v[k])
         p[k] -= lr_t * st.m[k] / (np.sqrt(st.v[k]) + EPS)
+
+
+# -------------------------------------------------------------- provenance --
+def provenance(command: list[str], threads: int | None) -> dict:
+    """Where a results file's figures came from: the commit (and whether the tree had
+    uncommitted changes), the date, the CPU, the CPUs this process may use, the
+    thread count (None: each command's default) and the command that made it."""
+    import datetime
+    import platform
+    import subprocess
+
+    def git(*args) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                       cpu)
+    except OSError:
+        pass
+    from streamlm import cpus
+
+    versions = {}
+    for mod in ("numpy", "numba", "pyarrow", "torch"):
+        m = sys.modules.get(mod)
+        if m is not None:
+            versions[mod] = getattr(m, "__version__", None)
+    return {"commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "cpu": cpu, "cpus_available": cpus.available_cpus(), "threads": threads,
+            "python": platform.python_version(), "versions": versions,
+            "command": " ".join(command)}

@@ -58,6 +58,24 @@ def _class_softmax_nll(p: Params, hs: np.ndarray, labels: np.ndarray, out: np.nd
         out[rows] += lse - z[np.arange(len(rows)), lab[rows] - s]
 
 
+_BLAS = []  # threadpoolctl's controller of numpy's BLAS, made once (it scans the libraries)
+
+
+def _blas_threads(n: int):
+    """A context holding numpy's BLAS at ``n`` threads (OpenBLAS starts one per CPU of the
+    machine, not of this process: a job pinned to 4 of 64 cores would run 64)."""
+    import contextlib
+
+    if not _BLAS:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS.append(ThreadpoolController().select(user_api="blas"))
+    ctl = _BLAS[0]
+    if not ctl.lib_controllers or all(c.num_threads <= n for c in ctl.lib_controllers):
+        return contextlib.nullcontext()
+    return ctl.limit(limits=n)
+
+
 class NumpyRNN:
     """Scoring only: ``nll(xs, ts, h0, reset, lengths) -> (nll, final state)``."""
 
@@ -65,6 +83,12 @@ class NumpyRNN:
         self.params = params
 
     def nll(self, xs, ts, h0=None, reset=None, lengths=None) -> tuple[np.ndarray, np.ndarray]:
+        from streamlm import cpus
+
+        with _blas_threads(cpus.threads()):
+            return self._nll(xs, ts, h0, reset, lengths)
+
+    def _nll(self, xs, ts, h0, reset, lengths) -> tuple[np.ndarray, np.ndarray]:
         p = self.params
         V, H = p.config.V, p.config.H
         xs, ts = np.asarray(xs), np.asarray(ts)

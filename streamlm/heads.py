@@ -23,7 +23,7 @@ import numpy as np
 from streamlm import blas
 from streamlm import kernels as K
 from streamlm.params import Params
-from streamlm.threads import Pool, Scratch, slices, split
+from streamlm.threads import RANGES_PER_THREAD, Pool, Scratch, parts, slices, split
 
 # When scoring, each thread projects at most PROJ_ROWS rows per GEMM (larger
 # slices pack W less often) and PROJ_BYTES of logits: the logits buffer does
@@ -123,7 +123,7 @@ class FullSoftmax:
         rows = self.row_limit(M)
         lgs = self.buf("proj", (P, rows, V)).reshape(P * rows, V)
         W, bias = p.affine_W, p.affine_b
-        cols = split(V, P)
+        cols = parts(V, P, 512)
         for a0, b0 in slices(0, M, P * rows):  # P * rows rows at a time
             lg = lgs[: b0 - a0]
 
@@ -134,7 +134,7 @@ class FullSoftmax:
                 K.softmax_ce_forward(out[a0 + i:a0 + j], lg[i:j], bias, labels[a0 + i:a0 + j])
 
             pool.map(by_cols, cols)
-            pool.map(by_rows, split(b0 - a0, P))
+            pool.map(by_rows, parts(b0 - a0, P, 64))
 
     # ------------------------------------------------------------ sampling --
     def logprobs(self, h: np.ndarray) -> np.ndarray:
@@ -249,13 +249,14 @@ class ClassSoftmax:
         perm, off = self._group(labels, buf)
         lab = labels[perm]
         nll = np.zeros(perm.shape[0])  # of the BLAS classes, in group order
-        plan = self._plan(off, pool.threads)
+        plan = self._plan(off, min(pool.threads * RANGES_PER_THREAD, max(1, M // 512))
+                          if pool.threads > 1 else 1)
         ntok = np.diff(off)
         step = {c: max(1, min(int(ntok[c]), CLASS_BLAS_LOGITS // int(self.sizes[c])))
                 for _, big in plan for c in big}  # tokens per GEMM of class c
         L = [buf(f"L{k}", (max([step[c] * int(self.sizes[c]) for c in big] or [0]),))
              for k, (_, big) in enumerate(plan)]
-        rows = split(M, pool.threads)
+        rows = parts(M, pool.threads, 256)
         cn = buf("cn", (M,), np.float64)  # the class factor's NLL
         out[:] = 0  # the word factor's, added token by token
 

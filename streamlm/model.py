@@ -32,13 +32,14 @@ from streamlm.heads import output_layer
 from streamlm.memory import aligned_empty
 from streamlm.params import Params
 from streamlm.recurrence import (
+    BACKOFF,
     recur_panels,
     rnn_backward_rows,
     rnn_recur_rows,
     rnn_recur_split,
     split_recurrence,
 )
-from streamlm.threads import Pool, Scratch, pool, split
+from streamlm.threads import Pool, Scratch, parts, pool, split, stream_parts
 
 # The H x H product of each recurrence step goes to BLAS (from Python) from this
 # many multiply-adds per step for one thread's streams (N/threads * H * H), and
@@ -144,7 +145,7 @@ class RNNLM:
                 blas.gemm(p.embed_W[i:j], p.rnn_Wx, t[i:j])
                 t[i:j] += p.rnn_b
 
-            pl.map(rows, split(self.config.V, pl.threads))
+            pl.map(rows, parts(self.config.V, pl.threads, 256))
             self._table = t
         return self._table
 
@@ -227,7 +228,7 @@ class RNNLM:
             blas.gemm(X[i:j], p.rnn_Wx, xw2[i:j])
             xw2[i:j] += p.rnn_b
 
-        pl.map(rows, split(M, pl.threads))
+        pl.map(rows, parts(M, pl.threads, 256))
         return xw, None
 
     def _run_rnn(self, xs, h0, reset, train: bool, pl: Pool, keep: bool = True):
@@ -251,7 +252,7 @@ class RNNLM:
         Wh = p.rnn_Wh
         P = None if use_blas else recur_panels(Wh)
         pl.map(lambda n0, n1: rnn_recur_rows(hs_full, xw, Wh, reset_tm, n0, n1, use_blas, P=P,
-                                             xid=xid), split(N, pl.threads))
+                                             xid=xid), stream_parts(N, pl.threads))
         return ids, X, hs_full, mask_x
 
     # training ------------------------------------------------------------
@@ -401,7 +402,7 @@ class RNNLM:
         # (the input terms on the calling thread: the other threads are the pipeline's)
         xw, xid, hs_full, reset_tm, use_blas = self.scoring_front(xs, h0, reset, pl.threads)
         P = None if use_blas else recur_panels(p.rnn_Wh)
-        if split_recurrence(N, H, pl.threads, use_blas):  # the recurrence on two threads
+        if split_recurrence(N, H, pl.threads, use_blas) and BACKOFF.allow():  # on two threads
             rnn_recur_split(hs_full, xw, P, reset_tm, pl, xid=xid)
             self.head.score(hs_full[1:].reshape(M, H), labels, out, pl)
             return hs_full
@@ -443,7 +444,8 @@ class RNNLM:
                     raise
             project(k)
 
-        pl.map(run, [(k,) for k in range(pl.threads)])
+        # the recurrence's thread, and no more scorers than there are segments
+        pl.map(run, [(k,) for k in range(min(pl.threads, 1 + len(segs)))])
         return hs_full
 
     # generation ------------------------------------------------------------

@@ -26,6 +26,7 @@ same segments (``segment_rows``).
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 
@@ -65,6 +66,16 @@ def worth_it(rnn: RNNLM, N: int, threads: int) -> bool:
     if split_recurrence(N, cfg.H, threads, rnn._use_blas(N, threads, 2)):
         return cfg.C + cfg.V / cfg.C >= cfg.H
     return True
+
+
+def helpers_needed(rnn: RNNLM, threads: int) -> int:
+    """Scoring threads beside one stream's recurrence: as many as keep up with it, no
+    more (a 64-core machine does not start 63 for a recurrence that one keeps busy).
+    Per token the recurrence costs about H^2 multiply-adds and a class output layer
+    H (C + V/C); one more helper covers the rest of a thread's time."""
+    cfg = rnn.config
+    head = cfg.C + cfg.V / cfg.C if rnn.classes is not None else cfg.V
+    return max(1, min(threads - 1, math.ceil(head / cfg.H) + 1))
 
 
 class _Job:

@@ -22,7 +22,51 @@ log = logging.getLogger("streamlm.recurrence")
 # below it a step is too short for the two threads' meeting per step to pay
 # (python bench/bench_split.py; bench/RESULTS.md, "one stream's recurrence").
 SPLIT_MIN_H = 256
-SPLIT_SPIN_MAX = 1 << 31  # spins (seconds) before a thread stops waiting for the other
+# How long a thread of the split waits for the other's half of a step before it goes
+# on alone, in microseconds. A step takes a few microseconds; a thread that waits
+# longer has a partner that another process took off its core (CFS slices are
+# milliseconds), and waiting for it would make every step as slow as the slowest
+# thread (a 5 MB line beside one busy process took 7.6x its time alone).
+SPLIT_WAIT_US = 30
+SPLIT_SPIN_MAX: int | None = None  # SPLIT_WAIT_US in spins (measured at first use)
+
+
+class _Backoff:
+    """After a split gave up, the next blocks run on one thread: 1, 2, 4 ... up to
+    BACKOFF_MAX blocks (about a second of a loaded machine's blocks), then the
+    split is tried again; a split that completes resets it. On an idle machine
+    nothing gives up, and every block is split; on a loaded one at most one block in
+    BACKOFF_MAX pays a wait of SPLIT_WAIT_US."""
+
+    MAX = 256
+
+    def __init__(self):
+        self.skip = 0  # blocks still to run on one thread
+        self.next = 1  # blocks to skip after the next give-up
+
+    def allow(self) -> bool:
+        if self.skip > 0:
+            self.skip -= 1
+            return False
+        return True
+
+    def gave_up(self) -> None:
+        self.skip, self.next = self.next, min(self.MAX, 2 * self.next)
+
+    def completed(self) -> None:
+        self.next = 1
+
+
+BACKOFF = _Backoff()
+
+
+def _split_spins() -> int:
+    global SPLIT_SPIN_MAX
+    if SPLIT_SPIN_MAX is None:
+        from streamlm.threads import _spins_per_us
+
+        SPLIT_SPIN_MAX = max(1, int(SPLIT_WAIT_US * _spins_per_us()))
+    return SPLIT_SPIN_MAX
 
 
 def recur_panels(W: np.ndarray) -> np.ndarray:
@@ -94,7 +138,8 @@ def rnn_backward_rows(dxw, dh0, dhs, hs, Wh, n0, n1, use_blas: bool, WhT=None, P
 
 
 def split_recurrence(N: int, H: int, threads: int, use_blas: bool) -> bool:
-    """Whether a block of N streams runs its recurrence on two threads."""
+    """Whether a block of N streams can run its recurrence on two threads (whether this
+    block does also depends on BACKOFF: see _Backoff)."""
     import numba
 
     return (N == 1 and threads >= 2 and not use_blas and H >= SPLIT_MIN_H
@@ -105,8 +150,11 @@ def rnn_recur_split(hs_full, xw, P, reset, pl, t0: int = 0, t1: int | None = Non
                     xid=None) -> None:
     """rnn_recur_rows for one stream (N == 1) on two of pl's threads: each computes
     half of Wh's panels P of every step (K.rnn_forward_split); bitwise the same
-    states. If a thread gives up waiting for the other (a pool busy elsewhere for
-    seconds), the block is redone on one thread. xw and xid as rnn_recur_rows's."""
+    states. A thread that waits more than SPLIT_WAIT_US for the other's half of a
+    step gives up, and the calling thread computes the rest of the block alone
+    from the first step not done by both (the other, when it runs again, writes at
+    most its half of one more step: the same values), so a taken core costs one
+    wait, not one per step. xw and xid as rnn_recur_rows's."""
     if xid is None:  # the input terms written out: row t of xw is step t's
         xid = np.arange(xw.shape[0], dtype=np.int64).reshape(-1, 1)
         xw = xw.reshape(xw.shape[0], -1)
@@ -114,14 +162,25 @@ def rnn_recur_split(hs_full, xw, P, reset, pl, t0: int = 0, t1: int | None = Non
     nb = P.shape[0]
     half = (nb + 1) // 2
     flags = np.zeros(48, dtype=np.int64)
-    res = [0, 0]
-    args = (hs_full[t0 + 1:T + 1], xw, xid[t0:T], hs_full[t0], P, reset[t0:T])
+    hs = hs_full[t0 + 1:T + 1]
+    args = (hs, xw, xid[t0:T], hs_full[t0], P, reset[t0:T])
+    spins = _split_spins()
 
     def part(me):
         b0, b1 = (0, half) if me == 0 else (half, nb)
-        res[me] = K.rnn_forward_split(*args, b0, b1, flags, me, SPLIT_SPIN_MAX)
+        if K.rnn_forward_split(*args, b0, b1, flags, me, spins) >= 0 or me != 0:
+            return
+        # the caller's thread goes on alone from the first step both did not finish
+        # (flags[16 * k]: the steps thread k completed)
+        t = int(min(flags[0], flags[16]))
+        h0 = hs_full[t0] if t == 0 else hs[t - 1]
+        K.rnn_forward_rows_x(hs[t:], xw, xid[t0 + t:T], h0.reshape(1, -1), P, reset[t0 + t:T],
+                             0, 1)
 
     pl.map(part, [(0,), (1,)])
-    if min(res) < 0:
-        log.debug("the split recurrence gave up waiting: block redone on one thread")
-        K.rnn_forward_rows_x(*args, 0, 1)
+    if flags[K.SPLIT_GAVE_UP]:
+        log.debug("the split recurrence gave up waiting: the rest of the block ran on one "
+                  "thread")
+        BACKOFF.gave_up()
+    else:
+        BACKOFF.completed()

@@ -26,9 +26,37 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from streamlm.inputs import Source, rechunk, skip
+from streamlm.inputs import Source
 from streamlm.records import Accumulator
 from streamlm.tokenizer import Block
+
+
+def skip(blocks: Iterator[Block], start: int) -> Iterator[Block]:
+    """Drop the first ``start`` tokens (read again but not scored: a resume)."""
+    for b in blocks:
+        end = b.pos + len(b)
+        if end <= start:
+            continue
+        if b.pos < start:
+            b = b.cut(start - b.pos, len(b))
+        yield b
+
+
+def rechunk(blocks: Iterator[Block], size: int) -> Iterator[Block]:
+    """Chunks of exactly ``size`` tokens (the last may be shorter), in order."""
+    buf: list[Block] = []
+    have = 0
+    for b in blocks:
+        buf.append(b)
+        have += len(b)
+        while have >= size:
+            whole = Block.join(buf)
+            yield whole.cut(0, size)
+            rest = whole.cut(size, len(whole))
+            buf = [rest] if len(rest) else []
+            have = len(rest)
+    if have:
+        yield Block.join(buf)
 
 
 def read_ahead(blocks: Iterator[Block], depth: int) -> Iterator[Block]:
@@ -199,7 +227,7 @@ class Scheduler:
         rnn = self.runner.rnn
         if not isinstance(rnn, pipeline.RNNLM) or not pipeline.worth_it(rnn, n, self.threads):
             return None
-        return pipeline.StreamPipeline(rnn, self.threads - 1)
+        return pipeline.StreamPipeline(rnn, pipeline.helpers_needed(rnn, self.threads))
 
     def _stream_calls(self, lanes: list[dict], open_lane, pipe) -> None:
         eos = self.eos
@@ -259,8 +287,8 @@ class Scheduler:
 
     def _blocks(self, s: Source, ahead: bool) -> Iterator[Block]:
         if ahead and self.threads > 1:
-            return read_ahead(s.blocks(), READ_AHEAD_BLOCKS)
-        return s.blocks()
+            return read_ahead(s.metered_blocks(), READ_AHEAD_BLOCKS)
+        return s.metered_blocks()
 
     def _close_stream(self, lane: dict) -> None:
         i = lane["i"]

@@ -38,7 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+from streamlm import cpus
 from streamlm import mix as M
+from streamlm.atomic import check_writable, writing
 from streamlm.checkpoint import ScoreCheckpoint
 from streamlm.engines import scoring_model
 from streamlm.errors import UsageError
@@ -127,7 +129,7 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
           output: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
           split_buckets: str | os.PathLike | None = None,
           progress: Callable[[dict], None] | None = None, _mixer=None,
-          **option_values) -> ScoreResult:
+          _vocab_warned: bool = False, **option_values) -> ScoreResult:
     """Score ``inputs`` with ``model`` (a path or a loaded :class:`~streamlm.params.Model`).
 
     ``options`` (a :class:`~streamlm.options.ScoreOptions`), or its fields as
@@ -144,7 +146,7 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
     when the inputs hold fewer than about NUMPY_MAX_TOKENS tokens, on the Numba
     kernels otherwise. ``progress``, if given, is called after each model call
     with a dict (``tokens``, ``logprob``, ``perplexity``, ``seconds``,
-    ``scored_this_run``, ``fraction``: of the inputs' bytes read, or None).
+    ``scored_this_run``, ``fraction``: of the inputs scored, by size, or None).
 
     With ``mix`` (a KenLM model) and ``mix_lambda`` L, every token is scored by
     ``L P_rnn + (1 - L) P_ngram`` (:mod:`streamlm.mix`); ``mix_lambda="auto"``
@@ -165,18 +167,25 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
     output = None if output is None else os.fspath(output)
     if output is not None:
         check_output(output, inputs)
+        check_writable(output, "--output")
     split_dir = None if split_buckets is None else os.fspath(split_buckets)
     if split_dir is not None:
         if opts.cutoffs is None:
             raise UsageError("--split-buckets needs --cutoffs (from streamlm report)")
         if os.path.exists(split_dir) and not os.path.isdir(split_dir):
             raise UsageError(f"{split_dir}: --split-buckets must be a directory")
+        check_writable(os.path.join(split_dir, "head.parquet"), "--split-buckets")
+    if checkpoint is not None:
+        check_writable(checkpoint, "--checkpoint")
 
-    m = model if isinstance(model, Model) else _load(model, _likely_numba(opts.engine, inputs))
+    m = model if isinstance(model, Model) else _load(
+        model, _likely_numba(opts.engine, inputs) and cpus.threads() > 1)
     vocab = m.vocabulary()  # a subword model's tokenises raw text itself
     opts = _resolve(opts, inputs, output, split_dir)
+    owner = f"the model {m.path}" if m.path else "the model"
     sources = [open_source(k, p, vocab, docs=opts.docs, errors=opts.errors, column=opts.column,
-                           text_column=opts.text_column, text_field=opts.text_field)
+                           text_column=opts.text_column, text_field=opts.text_field,
+                           owner=owner)
                for k, p in enumerate(inputs)]
     opts = _resolve_reset(opts, sources, output, split_dir)
     mixer, mix_info = _mixer, None
@@ -205,16 +214,20 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
         ckpt = ScoreCheckpoint(checkpoint, opts.checkpoint_every, fp)
         spool_dir = Path(checkpoint + ".spool")
     elif level is not None:
-        spool_dir = Path(_spool_dir(output))
+        with writing(output, "the records"):
+            spool_dir = Path(_spool_dir(output))
         tmp_spool = True
     spool = None
+    records_for = output if output is not None else split_dir
     if level is not None:
         word = MIX_WORD_DTYPE if mix_info is not None else WORD_DTYPE
-        spool = Spool(spool_dir, word if level == Level.word else UNIT_DTYPE)
+        with writing(records_for or checkpoint, "the records"):
+            spool = Spool(spool_dir, word if level == Level.word else UNIT_DTYPE)
     acc = Accumulator(len(sources), vocab.unk_id, level, spool, mixer)
 
-    def finished(i: int) -> None:  # a document input read to its end: keep its row count
+    def finished(i: int) -> None:  # an input read to its end: keep what its reader counted
         s = sources[i]
+        acc.t[i].unk_literal = s.unk_literal
         if isinstance(s, DocSource) and s.complete:
             acc.t[i].rows, acc.t[i].skipped = s.rows, list(s.skipped)
 
@@ -224,7 +237,8 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
 
     def after_call(n_tokens: int) -> None:
         if ckpt is not None and ckpt.due(n_tokens):
-            ckpt.save(acc, scheduler.state)
+            with writing(checkpoint, "the checkpoint"):
+                ckpt.save(acc, scheduler.state)
         if progress is not None:
             tok, lp = acc.running()
             progress({"tokens": tok, "logprob": lp, "seconds": time.monotonic() - t_start,
@@ -251,7 +265,8 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
                         spool.truncate(i, t.records)
                 log.info("resuming from %s: %s tokens already scored", checkpoint,
                          f"{sum(t.scored for t in acc.t):,}")
-        scheduler.run()
+        with writing(records_for, "the records"):  # (spooled beside it, or in the spool)
+            scheduler.run()
         for s in sources:  # inputs with no tokens at all
             acc.finish(s.index)
         for s, t in zip(sources, acc.t):  # scored before a resume: counts from the checkpoint
@@ -260,15 +275,18 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
         if spool is not None:
             spool.close_all()
         if ckpt is not None:
-            ckpt.save(acc, {})  # everything scored: a rerun only rewrites the outputs
+            with writing(checkpoint, "the checkpoint"):
+                ckpt.save(acc, {})  # everything scored: a rerun only rewrites the outputs
         cut = None if opts.cutoffs is None else (opts.cutoffs, opts.bucket_field)
         if split_dir is not None:
-            counts = write_split(split_dir, spool, sources, cut)
+            with writing(split_dir, "the buckets"):
+                counts = write_split(split_dir, spool, sources, cut)
             log.info("wrote %s: %s", split_dir, ", ".join(
                 f"{k} {v:,} rows" for k, v in counts.items()))
         if output is not None:
-            n = write_records(output, level, spool, sources, vocab, opts.docs,
-                              keep=opts.keep, cutoffs=cut)
+            with writing(output, "the records"):
+                n = write_records(output, level, spool, sources, vocab, opts.docs,
+                                  keep=opts.keep, cutoffs=cut)
             log.info("wrote %s: %s %s records", "stdout" if output == "-" else output,
                      f"{n:,}", level)
         ok = True
@@ -278,25 +296,35 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
             spool.close_all()
         if ok and ckpt is not None:
             ckpt.remove()  # before the spool: a checkpoint never outlives its spool
-        if (ok or tmp_spool) and spool_dir is not None:
+        # the spool goes with the run, unless a checkpoint written by it needs it
+        if spool_dir is not None and (ok or tmp_spool or not os.path.exists(checkpoint)):
             shutil.rmtree(spool_dir, ignore_errors=True)
 
+    unchecked = [u for s in sources for u in s.unchecked]  # token ids, once the job is done
+    if unchecked and not _vocab_warned:
+        from streamlm.manifest import warn_unchecked
+
+        warn_unchecked(unchecked, owner)
     per = []
     docs_in = [s for s in sources if isinstance(s, DocSource)]
     for s, t in zip(sources, acc.t):
         d = {"path": s.name}
         d.update(summarize(t.scored, t.oov, t.logprob, t.logprob_oov, t.words, t.nbytes))
         d["oov_rate"] = t.oov / t.scored if t.scored else None
+        d["unk_literal"] = t.unk_literal  # of the OOVs (None: token ids cannot tell)
         if isinstance(s, DocSource):
             d["rows"], d["skipped_rows"] = s.rows, len(s.skipped)
         if mix_info is not None:
             d["mix"] = M.summary(t.scored, t.mix, t.oov)
         per.append(d)
         _warn_oov(d, opts.max_oov_rate)
+        _warn_unscored(s, d)
     tot = summarize(sum(t.scored for t in acc.t), sum(t.oov for t in acc.t),
                     math.fsum(t.logprob for t in acc.t), math.fsum(t.logprob_oov for t in acc.t),
                     sum(t.words for t in acc.t), sum(t.nbytes for t in acc.t))
     tot["oov_rate"] = tot["oov"] / tot["tokens"] if tot["tokens"] else None
+    lits = [t.unk_literal for t in acc.t]
+    tot["unk_literal"] = None if None in lits else sum(lits)
     if docs_in:
         tot["rows"] = sum(s.rows for s in docs_in)
         tot["skipped_rows"] = sum(len(s.skipped) for s in docs_in)
@@ -380,6 +408,10 @@ def _resolve_reset(opts: ScoreOptions, sources: list, output: str | None,
         if bad is not None:
             raise UsageError(f"{bad.name}: --keep copies fields of JSONL or Parquet "
                              "documents; this input is text or token ids")
+        from streamlm.rows import check_keep
+
+        for s in sources:  # a field in no row (a typo): an error now, not a null column
+            check_keep(s.path, s.fmt, opts.keep)
     if opts.cutoffs is not None and level == Level.word:
         raise UsageError("--cutoffs adds a bucket to line or document records, not words")
     if level == Level.doc:
@@ -401,10 +433,11 @@ def _spool_dir(output: str | None) -> str:
 
 
 def _fraction(sources: list, acc: Accumulator) -> float | None:
-    """The share of the inputs scored so far, by their size on disk (None if unknown)."""
+    """The share of the inputs scored so far (not read: reading runs ahead), by their
+    size on disk (None if unknown)."""
     done = weight = 0.0
     for s, t in zip(sources, acc.t):
-        p = (1.0, float(s.size or 1)) if t.done else s.progress()
+        p = (1.0, float(s.size or 1)) if t.done else s.progress(t.scored)
         if p is None:
             return None
         done += p[0] * p[1]
@@ -412,14 +445,45 @@ def _fraction(sources: list, acc: Accumulator) -> float | None:
     return done / weight if weight > 0 else None
 
 
+def _warn_unscored(s, d: dict) -> None:
+    """One warning line each for what the input ``s`` (its summary ``d``) left unscored:
+    bad rows skipped (how many, and the first: where and why), and no tokens at all."""
+    n = d.get("skipped_rows") or 0
+    if n:
+        first = getattr(s, "why", None) or f"row {min(s.skipped)}"
+        log.warning("warning: %s: skipped %s bad row%s (first: %s)", d["path"], f"{n:,}",
+                    "" if n == 1 else "s", first)
+    if not d["tokens"]:
+        log.warning("warning: %s: no tokens to score", d["path"])
+
+
 def _warn_oov(d: dict, max_rate: float | None) -> None:
-    rate = d.get("oov_rate")
-    if max_rate is None or rate is None or rate <= max_rate:
+    """A warning when the input's OOVs, not counting a literal ``<unk>`` of the text
+    (normalised text, as PTB's: not a word the model lacks), are above ``max_rate``."""
+    literal = d.get("unk_literal") or 0
+    if max_rate is None or not d["tokens"] or (d["oov"] - literal) / d["tokens"] <= max_rate:
         return
+    rate = (d["oov"] - literal) / d["tokens"]
+    also = f"; {literal:,} more are a literal <unk> of the text" if literal else ""
     px = d.get("perplexity_excl_oov")
-    log.warning("warning: %s: %.1f%% of its %s tokens are OOVs (<unk>), above "
+    log.warning("warning: %s: %.1f%% of its %s tokens are OOVs (<unk>)%s, above "
                 "--max-oov-rate %.3g%%: its perplexity (%s) rewards them; the perplexity "
                 "excluding OOVs (%s) does not (a model with this text's vocabulary would "
-                "say more)", d["path"], 100 * rate, f"{d['tokens']:,}", 100 * max_rate,
+                "say more)", d["path"], 100 * rate, f"{d['tokens']:,}", also, 100 * max_rate,
                 "n/a" if d["perplexity"] is None else f"{d['perplexity']:.2f}",
                 "n/a" if px is None else f"{px:.2f}")
+
+
+def resume_advice(checkpoint: str | None, dask: str | None, output: str | None):
+    """A callable saying how to resume an interrupted score job (for the line the CLI
+    prints on SIGINT / SIGTERM), or None when there is nothing to resume from."""
+    def advice() -> str | None:
+        if dask is not None and output is not None:
+            return f"the same command scores only the inputs not finished in {output}"
+        if checkpoint is None:
+            return None
+        if os.path.exists(checkpoint):
+            return f"the same command resumes from {checkpoint}"
+        return f"no checkpoint was written yet ({checkpoint}): the same command starts again"
+
+    return advice

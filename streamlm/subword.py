@@ -56,10 +56,9 @@ def sentencepiece():
 
 
 def _threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    from streamlm import cpus
+
+    return cpus.threads()
 
 
 def normalise(words: Iterable[str]) -> str:

@@ -15,170 +15,221 @@ buffer, run on slices in the pool (same arguments as the kernels).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
 
 import numpy as np
 
-from streamlm import blas
+from streamlm import blas, cpus
 from streamlm import kernels as K
 from streamlm.memory import aligned_empty
 
 log = logging.getLogger(__name__)
 
 
-# Spins a waiting thread makes before it sleeps: 0.7 ms on the benchmark
-# machine, longer than the gaps between the parallel phases of a training step.
-# Spinning longer (2**24, 6 ms) took a core from the reader thread when scoring
-# (20 streams: 1.13x the time) for no clear gain in training.
-SPIN_MAX = 1 << 21
+# How long a waiting thread spins before it sleeps on a semaphore, in microseconds:
+# about what a wake-up costs on the VMs streamlm runs on (40-80 us, bench/NOTES.md
+# "Pool hand-offs"), so that a wait costs at most about twice the best choice made
+# in hindsight (the ski-rental rule), whatever else runs on the machine. A spinner
+# holds a core: spinning for longer (0.7 ms before) kept a core from this process's
+# own threads, and from other processes, whenever a core was taken. STREAMLM_SPIN_US
+# overrides it (0: never spin).
+SPIN_US = 100
 _FLAG_STRIDE = 8  # int64s per flag: one cache line each
+_GEN, _DONE, _CALLER_ASLEEP, _WORKER_ASLEEP = 0, 1, 2, 3  # flag k at k * _FLAG_STRIDE
+
+
+def _spins_per_us() -> float:
+    """pool_wait's spins per microsecond on this machine, measured once (about 1 ms)."""
+    import time
+
+    f = np.zeros(1, dtype=np.int64)
+    K.pool_wait(f, 0, 1, 1000)  # compiled or loaded before the clock starts
+    best = 0.0
+    for _ in range(3):
+        t = time.perf_counter()
+        K.pool_wait(f, 0, 1, 1 << 18)
+        best = max(best, (1 << 18) / max(1e-9, (time.perf_counter() - t) * 1e6))
+    return best
+
+
+class _Task:
+    """One map: ``fn`` over ``ranges``, claimed one range at a time by whichever thread
+    is free (the caller runs range 0 first). A thread that a busy machine has
+    descheduled holds up only the range it is running, never a share fixed in
+    advance. Claims and completions count with itertools.count, whose next() is
+    atomic under the GIL (every thread takes the GIL to call fn anyway)."""
+
+    __slots__ = ("fn", "ranges", "n", "gen", "claim", "finished", "error")
+
+    def __init__(self, fn, ranges: list, gen: int):
+        self.fn, self.ranges, self.n, self.gen = fn, ranges, len(ranges), gen
+        self.claim = itertools.count(1)  # range 0 is the caller's
+        self.finished = itertools.count(1)
+        self.error: BaseException | None = None
+
+    def run(self, k: int | None = None) -> bool:
+        """Run ranges (k first, then claimed ones) until none is left; True when this
+        thread finished the map's last range."""
+        last = False
+        if k is None:
+            k = next(self.claim)
+        while k < self.n:
+            if self.error is None:  # after an error the rest is skipped, but counted
+                try:
+                    self.fn(*self.ranges[k])
+                except BaseException as e:  # re-raised by the caller
+                    if self.error is None:
+                        self.error = e
+            if next(self.finished) == self.n:
+                last = True
+            k = next(self.claim)
+        return last
 
 
 class Pool:
-    """``threads`` workers (the calling thread is one of them).
+    """``threads`` threads for coarse tasks (the calling thread is one of them).
 
-    A worker waits for its next task, and the caller for the workers' results,
-    by spinning on a counter without the GIL (streamlm.kernels.pool_wait) for
-    up to SPIN_MAX spins, and only then sleeps on a semaphore. A sleeping thread
-    takes about 40 us to wake on the VMs streamlm runs on, and a class model's
-    training step hands work over about ten times in 5 ms (bench/NOTES.md,
-    "Pool hand-offs"). Spinning is off when there are more threads than cores
-    (a spinner would take the core of the thread it waits for) and without
-    the JIT (the loop would hold the GIL).
+    ``map(fn, ranges)`` runs fn over ranges, each range claimed by the next thread
+    that is free, so that a thread which another process's work has taken off its
+    core delays only the range it holds. A waiting thread (a worker for the next
+    map, the caller for the last range of this one) spins on a flag without the
+    GIL (streamlm.kernels.pool_wait) for SPIN_US, then sleeps on a semaphore.
+    Workers start when a map first has ranges for them, no more than it has.
+    Spinning is off when there are more threads than cores (a spinner would take
+    the core of the thread it waits for) and without the JIT (the loop would hold
+    the GIL).
     """
 
     def __init__(self, threads: int):
         self.threads = max(1, int(threads))
         self._limit = None
         self._workers: list = []
-        if self.threads > 1:
-            lib = blas.load()
-            if lib is None or lib.name != "mkl":  # MKL as streamlm loads it is sequential
-                self._limit = blas.single_thread_limit()
-                if self._limit is None:
-                    log.warning("cannot hold numpy's BLAS at one thread (threadpoolctl finds "
-                                "no BLAS library it can control): streamlm runs on one thread")
-                    self.threads = 1
+        self._pid = os.getpid()
+        # one thread included: --threads 1 is one thread, not one plus BLAS's own
+        lib = blas.load()
+        if lib is None or lib.name != "mkl":  # MKL as streamlm loads it is sequential
+            self._limit = blas.single_thread_limit()
+            if self._limit is None and self.threads > 1:
+                log.warning("cannot hold numpy's BLAS at one thread (threadpoolctl finds "
+                            "no BLAS library it can control): streamlm runs on one thread")
+                self.threads = 1
         self._busy = threading.Lock()  # one map at a time; others run serially
         self._local = threading.local()
+        self._spin: int | None = None  # spins before sleeping (set when workers start)
+        self._flags = np.zeros((_WORKER_ASLEEP + max(0, self.threads - 1)) * _FLAG_STRIDE,
+                               dtype=np.int64)
+        self._task: _Task | None = None
+        self._gen = 0
+        self._wake: list[threading.Semaphore] = []  # the workers'
+        self._back = threading.Semaphore(0)  # the caller's
 
-    def _start(self) -> None:
+    def _set_spin(self) -> None:
         from numba import config
 
-        W = self.threads - 1
-        self._pid = os.getpid()
         try:
             cores = len(os.sched_getaffinity(0))
         except (AttributeError, OSError):
             cores = os.cpu_count() or 1
-        self._spin = 0 if config.DISABLE_JIT or self.threads > cores else SPIN_MAX
-        # per worker w: post (its task count), done, and the two sleep flags
-        self._flags = np.zeros(4 * W * _FLAG_STRIDE, dtype=np.int64)
-        self._tasks: list = [None] * W
-        self._errs: list = [None] * W
-        self._seqs = [0] * W  # tasks posted to each worker
-        self._wake = [threading.Semaphore(0) for _ in range(W)]  # the worker's
-        self._back = [threading.Semaphore(0) for _ in range(W)]  # the caller's
-        self._workers = [threading.Thread(target=self._work, args=(w,), daemon=True,
-                                          name=f"streamlm-{w + 1}") for w in range(W)]
-        for t in self._workers:
+        us = float(os.environ.get("STREAMLM_SPIN_US", SPIN_US))
+        if config.DISABLE_JIT or self.threads > cores or us <= 0:
+            self._spin = 0
+        else:
+            self._spin = int(us * _spins_per_us())
+
+    def _grow(self, n: int) -> None:
+        """Have at least n workers (never more than threads - 1)."""
+        if self._pid != os.getpid():  # a forked child: the parent's workers are not here
+            self._workers, self._wake, self._pid = [], [], os.getpid()
+            self._flags[:] = 0
+            self._gen = 0
+            self._back = threading.Semaphore(0)
+        if self._spin is None:
+            self._set_spin()
+        while len(self._workers) < min(n, self.threads - 1):
+            w = len(self._workers)
+            self._wake.append(threading.Semaphore(0))
+            t = threading.Thread(target=self._work, args=(w, self._gen), daemon=True,
+                                 name=f"streamlm-{w + 1}")
+            self._workers.append(t)
             t.start()
 
-    def _idx(self, w: int, k: int) -> int:  # k: 0 post, 1 done, 2 worker asleep, 3 caller asleep
-        return (4 * w + k) * _FLAG_STRIDE
+    @staticmethod
+    def _idx(k: int) -> int:
+        return k * _FLAG_STRIDE
 
-    def _await(self, w: int, k: int, seq: int, sems) -> None:
-        """Wait until flag k of worker w reaches seq: spin, then sleep."""
-        if not K.pool_wait(self._flags, self._idx(w, k), seq, self._spin):
-            self._sleep(w, k, seq, sems)
+    def _wait(self, k: int, value: int, asleep: int, sem: threading.Semaphore) -> None:
+        """Wait until flag k reaches value: spin, then announce the sleep (flag asleep)
+        and sleep on sem unless the flag got there meanwhile with nobody to wake us."""
+        f = self._flags
+        if K.pool_wait(f, self._idx(k), value, self._spin):
+            return
+        if K.pool_announce_sleep(f, self._idx(asleep), self._idx(k), value) != 1:
+            sem.acquire()
 
-    def _sleep(self, w: int, k: int, seq: int, sems) -> None:
-        """After the spin gave up: announce the sleep (flag k + 2), and sleep on
-        sems[w] unless flag k reached seq meanwhile with nobody to wake us."""
-        if K.pool_announce_sleep(self._flags, self._idx(w, k + 2), self._idx(w, k), seq) != 1:
-            sems[w].acquire()
-
-    def _post(self, w: int) -> None:
-        """Hand worker w its task (self._tasks[w], None to stop)."""
-        self._seqs[w] += 1
-        if K.pool_signal(self._flags, self._idx(w, 0), self._seqs[w], self._idx(w, 2)):
-            self._wake[w].release()
-
-    def _work(self, w: int) -> None:
+    def _work(self, w: int, seen: int) -> None:
         self._local.worker = True
-        f, post = self._flags, self._idx(w, 0)
-        seq, spun = 1, K.pool_wait(f, post, 1, self._spin)
+        f = self._flags
         while True:
-            if not spun:
-                self._sleep(w, 0, seq, self._wake)
-            task, self._tasks[w] = self._tasks[w], None
+            self._wait(_GEN, seen + 1, _WORKER_ASLEEP + w, self._wake[w])
+            task = self._task
             if task is None:  # close()
                 return
-            err = None
-            try:
-                for fn, r in task:
-                    fn(*r)
-            except BaseException as e:  # re-raised by the caller
-                err = e
-            self._errs[w] = err
-            # done, and spin for the next task, without taking the GIL in between
-            code = K.pool_signal_wait(f, self._idx(w, 1), seq, self._idx(w, 3), post, seq + 1,
-                                      self._spin)
-            if code & 1:
-                self._back[w].release()
-            seq, spun = seq + 1, bool(code & 2)
+            seen = max(seen + 1, task.gen)
+            if task.run():  # the last range of the map: tell the caller
+                if K.pool_signal(f, self._idx(_DONE), task.gen, self._idx(_CALLER_ASLEEP)):
+                    self._back.release()
+
+    def _post(self, task: _Task, helpers: int) -> None:
+        """Publish ``task`` (flag _GEN = its generation) and wake the first ``helpers``
+        workers if they sleep; the others go on sleeping, or join if they spin."""
+        self._task = task
+        f, gen = self._flags, self._idx(_GEN)
+        for w in range(helpers):  # (the same store each time; each takes one sleep flag)
+            if K.pool_signal(f, gen, task.gen, self._idx(_WORKER_ASLEEP + w)):
+                self._wake[w].release()
 
     def map(self, fn, ranges) -> None:
         """fn(*r) for every r in ranges, concurrently; re-raises the first error.
 
-        The calling thread runs ranges[0], ranges[P], ...; worker w the ranges
-        w + 1, w + 1 + P, ... A map from inside a task, or while another
-        thread's map runs, runs serially on its caller."""
+        The calling thread runs ranges[0] first, then every thread takes the next
+        range not yet taken. A map from inside a task, or while another thread's
+        map runs, runs serially on its caller."""
         ranges = list(ranges)
-        P = self.threads
-        if len(ranges) == 1 or P == 1 or getattr(self._local, "worker", False) \
+        if len(ranges) <= 1 or self.threads == 1 or getattr(self._local, "worker", False) \
                 or not self._busy.acquire(blocking=False):
             for r in ranges:
                 fn(*r)
             return
         try:
-            if not self._workers or self._pid != os.getpid():  # (a forked child has none)
-                self._start()
-            used = [w for w in range(P - 1) if w + 1 < len(ranges)]
-            for w in used:
-                self._tasks[w] = [(fn, r) for r in ranges[w + 1::P]]
-                self._post(w)
-            mine = None
-            try:
-                for r in ranges[::P]:
-                    fn(*r)
-            except BaseException as e:
-                mine = e
-            for w in used:
-                self._await(w, 1, self._seqs[w], self._back)
-            errs = [self._errs[w] for w in used]
-            for w in used:
-                self._errs[w] = None
+            helpers = min(self.threads - 1, len(ranges) - 1)
+            self._grow(helpers)
+            self._gen += 1
+            task = _Task(fn, ranges, self._gen)
+            self._post(task, helpers)
+            if not task.run(0):
+                self._wait(_DONE, task.gen, _CALLER_ASLEEP, self._back)
         finally:
             self._busy.release()
-        if mine is not None:
-            raise mine
-        for e in errs:
-            if e is not None:
-                raise e
+        if task.error is not None:
+            raise task.error
 
     def close(self) -> None:
         """Stop the workers and give the BLAS libraries their thread counts back."""
         if self._workers and self._pid == os.getpid():
             with self._busy:
-                for w in range(self.threads - 1):
-                    self._tasks[w] = None
-                    self._post(w)
+                self._task = None
+                self._gen += 1
+                f = self._flags
+                for w in range(len(self._workers)):
+                    if K.pool_signal(f, self._idx(_GEN), self._gen,
+                                     self._idx(_WORKER_ASLEEP + w)):
+                        self._wake[w].release()
                 for t in self._workers:
                     t.join()
-                self._workers = []
+                self._workers, self._wake = [], []
         if self._limit is not None:
             self._limit.restore_original_limits()
             self._limit = None
@@ -188,12 +239,11 @@ _POOL: Pool | None = None
 
 
 def set_num_threads(n: int | None = None) -> None:
-    """Threads streamlm computes on (default: numba's NUMBA_NUM_THREADS, the cores)."""
+    """Threads streamlm computes on (default: streamlm.cpus.threads(): --threads,
+    STREAMLM_THREADS, else the CPUs this process may use)."""
     global _POOL
     if n is None:
-        from numba import config
-
-        n = config.NUMBA_NUM_THREADS
+        n = cpus.threads()
     shutdown()
     _POOL = Pool(n)
 
@@ -227,6 +277,29 @@ def split(n: int, parts: int) -> list[tuple[int, int]]:
         out.append((lo, hi))
         lo = hi
     return out
+
+
+# Ranges per thread a map is cut into, where work divides freely: threads take them as
+# they come free (Pool.map), so a thread that another process took off its core
+# delays at most one range, and the others do the rest.
+RANGES_PER_THREAD = 4
+
+
+def parts(n: int, threads: int, min_size: int = 1) -> list[tuple[int, int]]:
+    """[0, n) in near-equal ranges for ``threads`` threads to share: up to
+    RANGES_PER_THREAD per thread, none smaller than ``min_size`` (so a map of
+    little work wakes fewer threads: no more than help)."""
+    if n <= 0:
+        return []
+    k = min(RANGES_PER_THREAD * max(1, threads), max(1, n // max(1, min_size)))
+    return split(n, k)
+
+
+def stream_parts(N: int, threads: int) -> list[tuple[int, int]]:
+    """N streams' recurrence in ranges for ``threads`` threads: groups of 4 streams
+    where there are enough (the kernels step 4 streams at a time), fewer per range
+    when there are few streams per thread."""
+    return parts(N, threads, min(4, max(1, N // max(1, threads))))
 
 
 def slices(i: int, j: int, rows: int) -> list[tuple[int, int]]:

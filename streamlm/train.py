@@ -52,11 +52,13 @@ import numpy as np
 
 from streamlm import blas, plots, threads
 from streamlm import kernels as K
-from streamlm.atomic import atomic_open
+from streamlm.atomic import atomic_open, check_writable, writing
 from streamlm.batcher import Batcher
 from streamlm.checkpoint import TrainState, restore_train, save_train
 from streamlm.classes import WordClasses, frequency_classes
-from streamlm.errors import InputError, TrainingDiverged, UsageError
+from streamlm.errors import TrainingDiverged, UsageError
+from streamlm.evaluation import EVAL_CHUNK, evaluate  # noqa: F401 (EVAL_CHUNK: the API's)
+from streamlm.manifest import check_id_files, warn_unchecked
 from streamlm.model import RNNLM, warmup
 from streamlm.options import Anneal, Optimizer, Softmax
 from streamlm.params import ModelConfig, Params, save_model
@@ -70,7 +72,6 @@ ADAM_BETA2 = 0.999
 ADAM_EPS = 1e-7  # as the book's Adam
 CLIP_EPS = 1e-6  # as the book's clip_grads
 LR_DECAY = 4.0  # divide the lr by this when the valid ppl does not improve (ch. 6)
-EVAL_CHUNK = 4096  # tokens per nll() call when evaluating (bounds memory)
 EMA_EVERY = 4  # steps between updates of the weight average (decay ** EMA_EVERY each)
 
 
@@ -152,35 +153,6 @@ def _dropout_seed(seed: int) -> int:
     return int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
 
 
-# ------------------------------------------------------------ evaluation --
-def evaluate(params: Params, dataset: TokenDataset, chunk: int = EVAL_CHUNK) -> dict:
-    """Exact perplexity of ``dataset`` as ONE stream with carried state.
-
-    The state starts at zero and carries across the whole stream; token ``k``
-    is predicted from tokens ``0..k-1``, for ``k = 1..L-1`` (the book's
-    ``xs = corpus[:-1], ts = corpus[1:]``). Returns ``{"ppl", "nll", "tokens"}``
-    with ``ppl = exp(mean NLL)``. Uses its own RNNLM (no dropout), so the
-    caller's carried training state is untouched.
-    """
-    model = RNNLM(params, frozen=True)  # (a new model per evaluation: the weights move)
-    total, count = 0.0, 0
-    prev: np.ndarray | None = None
-    h = None
-    for c in dataset.iter_chunks(chunk):
-        seq = c.ids if prev is None else np.concatenate([prev, c.ids])
-        prev = seq[-1:]
-        if len(seq) < 2:
-            continue
-        nll, h = model.nll(seq[None, :-1], seq[None, 1:], h)
-        total += float(nll.sum())
-        count += len(seq) - 1
-    if count == 0:
-        raise InputError("the evaluation set needs at least 2 tokens",
-                         path=dataset.files[0].path if dataset.files else None)
-    mean = total / count
-    return {"ppl": math.exp(mean) if mean < 700 else math.inf, "nll": mean, "tokens": count}
-
-
 # --------------------------------------------------------------- the loop --
 class averaged:
     """``with averaged(run):`` the weights are the debiased weight average inside the
@@ -203,7 +175,6 @@ class averaged:
         if self.saved is not None:
             self.run.params.flat[...] = self.saved
             self.saved = None
-
 
 
 def _json_float(x: float | None) -> float | None:
@@ -275,7 +246,13 @@ def _open_data(train_paths, valid_paths, vocab_path):
     vds = None
     if valid_paths:
         vds = open_dataset(valid_paths, vocab=ds.vocab)
-    return ds, vds, ds.vocab
+    # raw shard files: their ids must index that vocabulary (a prepared directory's
+    # was checked by open_dataset); (files with none to check, owner) for one warning
+    owner = f"--vocab {vocab_path}" if vocab_path is not None else \
+        f"the training data {os.fspath(train_paths[0])}"
+    unchecked = [u for d in (ds, vds) if d is not None and d.manifest is None
+                 for u in check_id_files([f.path for f in d.files], ds.vocab, owner)]
+    return ds, vds, ds.vocab, (unchecked, owner)
 
 
 def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
@@ -308,8 +285,16 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
     if out_model.is_dir():
         raise UsageError(f"{out_model}: --out is a directory, expected a model file path")
     ckpt = checkpoint_path(out_model)
-    ds, vds, vocab = _open_data(train_paths, valid_paths, vocab_path)
+    # every output can be written, before any work (not at the first save, hours later)
+    check_writable(out_model, "--out")
+    if checkpoints:
+        check_writable(ckpt, "the checkpoint")
+    for path, what in ((log_path, "--log"), (plot_path, "--plot")):
+        if path is not None:
+            check_writable(path, what)
+    ds, vds, vocab, unchecked = _open_data(train_paths, valid_paths, vocab_path)
     batcher = Batcher(ds, cfg.batch, cfg.bptt)
+    warn_unchecked(*unchecked)  # once the data is known to be enough to train on
     V = len(vocab)
     classes = _word_classes(cfg, ds, V) if cfg.softmax == "class" else None
     model_cfg = ModelConfig(V=V, D=cfg.embed, H=cfg.hidden, tied=cfg.tie_weights,
@@ -357,17 +342,19 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
                "tokens_per_s": _json_float(tps), "elapsed_s": round(elapsed(), 3)}
         run.history.append(rec)
         if log_path is not None:
-            _write_log(log_path, run.history, whole=len(run.history) == n_resumed + 1)
+            with writing(log_path, "the training log"):
+                _write_log(log_path, run.history, whole=len(run.history) == n_resumed + 1)
         return rec
 
     def save_checkpoint() -> None:
         if checkpoints:
             _check_finite(run, batcher, ckpt)
-            save_train(ckpt, run, batcher, model_cfg, vocab, elapsed())
+            with writing(ckpt, "the checkpoint"):
+                save_train(ckpt, run, batcher, model_cfg, vocab, elapsed())
 
     def save_best() -> None:
         _check_finite(run, batcher, ckpt)
-        with averaged(run):
+        with averaged(run), writing(out_model, "the model"):
             save_model(out_model, params, vocab.words, train_config=train_meta,
                        extra_meta={"valid_ppl": _json_float(run.best_ppl),
                                    "step": batcher.batches_done},
@@ -472,7 +459,8 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
                 emit("epoch", record=rec)
                 save_checkpoint()
                 if plot_path is not None:
-                    plots.plot_history(run.history, plot_path)
+                    with writing(plot_path, "the plot"):
+                        plots.plot_history(run.history, plot_path)
             elif out_of_time or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                 save_checkpoint()
             if run.converged:
@@ -491,7 +479,8 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
                     emit("epoch", record=rec)
                     save_checkpoint()
                     if plot_path is not None:
-                        plots.plot_history(run.history, plot_path)
+                        with writing(plot_path, "the plot"):
+                            plots.plot_history(run.history, plot_path)
                 break
 
     if (vds is None and not checkpoints) or not out_model.exists():
@@ -518,3 +507,12 @@ def train(config: TrainConfig, train_paths: Sequence[str | os.PathLike] | str,
     log.info("done: %d steps (%.2f epochs)%s", step, step / ipe,
              f", best valid ppl {run.best_ppl:.2f}" if run.best_ppl is not None else "")
     return summary
+
+
+def resume_advice(out_model: str | os.PathLike) -> str:
+    """How to continue an interrupted training run (the line the CLI prints on SIGINT /
+    SIGTERM)."""
+    ck = checkpoint_path(out_model)
+    if ck.exists():
+        return f"the same command with --resume continues from {ck}"
+    return "no checkpoint was written yet: the same command starts again"

@@ -13,9 +13,19 @@ import time
 import numpy as np
 
 
-def command(*args) -> list[str]:
-    """``python -m streamlm ARGS`` as an argv list."""
+def script(*args) -> list[str]:
+    """The installed ``streamlm`` console script with ARGS as an argv list, as a user's
+    job runs it: the one beside this interpreter (``pip install -e .`` puts it there),
+    else ``python -m streamlm``."""
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("streamlm")
+    if exe.exists():
+        return [str(exe), *map(str, args)]
     return [sys.executable, "-m", "streamlm", *map(str, args)]
+
+
+command = script  # every CLI test runs the real executable
 
 
 def _env() -> dict:

@@ -178,12 +178,35 @@ def test_one_stream_on_two_threads_is_bitwise_the_one_thread_recurrence(nthreads
     for t0, t1 in ((0, T // 2 - 1), (T // 2 - 1, T)):
         R.rnn_recur_split(got, xw, P, reset, pl, t0, t1)
     assert got.tobytes() == want.tobytes()
-    monkeypatch.setattr(R, "SPLIT_SPIN_MAX", 0)
-    got = start.copy()
-    R.rnn_recur_split(got, xw, P, reset, pl)
-    assert got.tobytes() == want.tobytes()
+    for spins in (0, 3, 50):  # gives up at once, or somewhere inside the block
+        monkeypatch.setattr(R, "SPLIT_SPIN_MAX", spins)
+        for _ in range(5):
+            got = start.copy()
+            R.BACKOFF.skip = 0
+            R.rnn_recur_split(got, xw, P, reset, pl)
+            assert got.tobytes() == want.tobytes()
     flags = np.zeros(48, dtype=np.int64)
     xid = np.arange(T, dtype=np.int64).reshape(T, 1)
     assert K.rnn_forward_split(got[1:], xw.reshape(T, H), xid, got[0], P, reset, 0, 1, flags, 0,
                                1000) == -1
     assert flags[K.SPLIT_GAVE_UP] == 1 and flags[0] == 1  # gave up at step 1
+
+
+def test_a_split_that_gave_up_backs_off_for_more_blocks_each_time():
+    """After a give-up the next blocks run on one thread: 1, then 2, then 4...; a split
+    that completes resets the count (a loaded machine pays a wait once in many blocks,
+    an idle one never stops splitting)."""
+    b = R._Backoff()
+    assert b.allow()
+    b.gave_up()
+    assert [b.allow() for _ in range(2)] == [False, True]
+    b.gave_up()
+    assert [b.allow() for _ in range(3)] == [False, False, True]
+    b.gave_up()
+    assert [b.allow() for _ in range(5)] == [False] * 4 + [True]
+    b.completed()
+    b.gave_up()
+    assert [b.allow() for _ in range(2)] == [False, True]
+    for _ in range(20):
+        b.gave_up()
+    assert b.skip == R._Backoff.MAX

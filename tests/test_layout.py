@@ -8,14 +8,16 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "streamlm"
 
 FLOORS = [
-    {"errors", "atomic", "formats", "options", "metrics", "memory"},  # foundations
+    {"errors", "atomic", "formats", "options", "metrics", "memory", "cpus"},  # foundations
     {"kernels", "numba_setup", "blas", "threads", "store", "text", "vocab",  # compute, reading
      "subword", "classes", "buckets"},
     {"params", "heads", "recurrence", "model", "pipeline", "engines", "tokenizer", "shards",
-     "batcher", "rows", "inputs"},
-    {"schedule", "records", "mix", "checkpoint", "outputs", "report", "plots"},  # job parts
+     "batcher", "rows", "inputs", "manifest"},
+    {"schedule", "records", "mix", "checkpoint", "outputs", "report", "plots",  # job parts
+     "evaluation"},
     {"prepare", "train", "score", "generate", "distributed", "demo"},  # the jobs
-    {"api", "query", "cli", "console", "progress", "__init__", "__main__"},  # faces
+    {"api", "query", "cli", "cli_tools", "console", "progress", "kenlm_config", "__init__",
+     "__main__"},  # faces
 ]
 FLOOR = {m: k for k, mods in enumerate(FLOORS) for m in mods}
 

@@ -26,15 +26,44 @@ def pool(request):
     p.close()
 
 
-def test_every_range_runs_once_on_every_thread(pool):
+def test_every_range_runs_once(pool):
     for n in (2, 3, 7, 50):
         seen = [[] for _ in range(n)]
         pool.map(lambda i, seen=seen: seen[i].append(threading.get_ident()),
                  [(i,) for i in range(n)])
         assert all(len(s) == 1 for s in seen)
         threads = {s[0] for s in seen}
-        assert len(threads) == min(n, 3)
-        assert threading.get_ident() in threads  # the caller is one of them
+        assert 1 <= len(threads) <= min(n, 3)
+        assert seen[0][0] == threading.get_ident()  # the caller runs the first range
+
+
+def test_ranges_are_shared_by_every_thread_when_they_take_time(pool):
+    seen = [[] for _ in range(6)]
+
+    def slow(i):
+        seen[i].append(threading.get_ident())
+        time.sleep(0.05)
+
+    pool.map(slow, [(i,) for i in range(6)])
+    assert len({s[0] for s in seen}) == 3
+
+
+def test_a_thread_that_stalls_holds_up_only_its_own_range(pool):
+    # a worker taken off its core by another process (here: asleep in its range) must
+    # not hold a share of the map fixed in advance: the others take the rest
+    ran: dict[int, list[int]] = {}
+    lock = threading.Lock()
+
+    def task(i):
+        me = threading.get_ident()
+        with lock:
+            ran.setdefault(me, []).append(i)
+        time.sleep(0.3 if i == 1 else 0.005)
+
+    pool.map(task, [(i,) for i in range(40)])
+    assert sorted(i for rs in ran.values() for i in rs) == list(range(40))
+    stalled = next(t for t, rs in ran.items() if 1 in rs)
+    assert ran[stalled] == [1]
 
 
 def test_many_maps_in_a_row(pool):
