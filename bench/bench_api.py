@@ -2,7 +2,7 @@
 Python loop of ``streamlm.Model.score`` and against the ``kenlm`` module's
 ``Model.score`` loop (the PTB KN5 model), in one process.
 
-    python bench/bench_api.py MODEL.npz [--reps 3] [--threads 1] [--sentences N]
+    python -m bench.bench_api MODEL.npz [--reps 3] [--threads 1] [--sentences N]
 
 - Answers first: ``score_batch`` equals the ``score`` loop sentence by sentence
   within 1e-4 (log10) for each engine, and the ``kenlm`` module's sentence scores
@@ -15,9 +15,9 @@ Python loop of ``streamlm.Model.score`` and against the ``kenlm`` module's
   from the same run. Every library runs on ``--threads`` threads (the kenlm
   module has one). Model loading is outside the timings.
 
-Writes bench/results_api.json (bench/report.py turns it into a RESULTS.md
-section). Skips with a message when the ``kenlm`` module or the KenLM files are
-absent.
+Writes bench/results/api.json with its provenance (bench/report.py turns it into a
+section of bench/results/REPORT.md). Skips with a message when the ``kenlm`` module or
+the KenLM files are absent.
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from bench.common import RESULTS, provenance, this_command
 
 
 def main(argv=None):
@@ -42,14 +41,15 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sentences", type=int, default=0, help="the first N of PTB test (0: all)")
-    ap.add_argument("--out", default=str(HERE / "results_api.json"))
+    ap.add_argument("--out", default=str(RESULTS / "api.json"))
     args = ap.parse_args(argv)
     for k in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[k] = str(args.threads)
 
     import numpy as np
-    from bench_kenlm import KENLM, PTB_TEST, kn5_binary
-    from common import CACHE
+
+    from bench.bench_kenlm import KENLM, PTB_TEST, kn5_binary
+    from bench.common import CACHE
 
     try:
         import kenlm
@@ -122,7 +122,7 @@ def main(argv=None):
                      "query_total_log10": float(totals.sum())},
            "machine": {"cpu": platform.processor() or platform.machine(),
                        "cores": os.cpu_count(), "loadavg": os.getloadavg()[0]},
-           "peers": []}
+           "peers": [], "provenance": provenance(this_command("bench_api"), args.threads)}
     for name in names:
         s = med[name]
         row = {"name": name, "median_s": s, "walls": walls[name],

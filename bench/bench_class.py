@@ -1,6 +1,6 @@
 """The class-factored softmax against the full softmax, end to end.
 
-    python bench/bench_class.py [--reps 5] [--hidden 100,650] [--ptb-times 3]
+    python -m bench.bench_class [--reps 5] [--hidden 100,650] [--ptb-times 3]
                                 [--zipf] [--train]
 
 Every figure is a whole ``streamlm`` process as a user runs it: ``streamlm
@@ -18,7 +18,8 @@ Before any timing, each model scores PTB test through the CLI and must agree
 with the numpy engine (an independent implementation) to 1e-5. The peers of
 a comparison run in turn (A B A B ...), and the ratio is the median of the
 pairwise ratios. ``--zipf`` adds V=100,000, H=256 on a synthetic Zipf corpus
-(streamlm.demo.zipf_corpus), with peak RSS. Writes bench/results_class.json.
+(streamlm.demo.zipf_corpus), with peak RSS. Writes bench/results/class.json (with its
+provenance).
 """
 
 from __future__ import annotations
@@ -34,12 +35,18 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from bench.common import (
+    CACHE,
+    PTB_TRAIN,
+    RESULTS,
+    provenance,
+    ptb_ids,
+    ptb_text,
+    ptb_vocab,
+    this_command,
+    thread_env,
+)
 
-from common import CACHE, PTB_TRAIN, ptb_ids, ptb_text, ptb_vocab, thread_env  # noqa: E402
-
-REPO = HERE.parent
 PTB_TEST = PTB_TRAIN.parent / "ptb.test.txt"
 PTB_TOKENS = 929_589
 
@@ -165,14 +172,15 @@ def main(argv=None):
     ap.add_argument("--zipf-tokens", type=int, default=200_000,
                     help="Tokens of the Zipf test text to score (the full softmax at V=100k "
                          "scores a few thousand tokens/s).")
-    ap.add_argument("--out", default=str(HERE / "results_class.json"))
+    ap.add_argument("--out", default=str(RESULTS / "class.json"))
     args = ap.parse_args(argv)
     CACHE.mkdir(parents=True, exist_ok=True)
     vocab = ptb_vocab()
     counts = np.bincount(ptb_ids(), minlength=len(vocab))
     text = ptb_text(args.ptb_times)
     tokens = PTB_TOKENS * args.ptb_times
-    res = {"ptb_times": args.ptb_times, "tokens": tokens, "classes": args.classes, "runs": []}
+    res = {"ptb_times": args.ptb_times, "tokens": tokens, "classes": args.classes, "runs": [],
+           "provenance": provenance(this_command("bench_class"), 2)}
     modes = {"1 stream": [], "20 streams": ["--reset", "line", "--batch", "20"]}
 
     def save() -> None:  # after every size, so that a stopped run keeps what it measured

@@ -7,7 +7,7 @@ local ones (1e-9 relative), and only then reports wall times. The wall time
 includes the cluster start-up and each worker's model load; the `score` time
 excludes them (the slowest task's own seconds).
 
-    python bench/bench_dask.py [--shards 4] [--out bench/results_dask.json]
+    python -m bench.bench_dask [--shards 4] [--out bench/results/dask.json]
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-PTB = REPO.parent / "shared" / "data" / "ptb"
+from bench.common import RESULTS, SHARED, provenance, this_command
+
+PTB = SHARED / "ptb"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shards", type=int, default=4)
-    ap.add_argument("--out", default=str(REPO / "bench" / "results_dask.json"))
+    ap.add_argument("--out", default=str(RESULTS / "dask.json"))
     args = ap.parse_args()
 
     from streamlm.distributed import score_dask
@@ -71,6 +72,7 @@ def main() -> None:
     r1, r2 = results["runs"]
     results["speedup_2_over_1"] = round(r1["wall_s"] / r2["wall_s"], 2)
     results["cpu_count"] = os.cpu_count()
+    results["provenance"] = provenance(this_command("bench_dask"), 1)
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1))
 

@@ -1,6 +1,6 @@
 """Documents in Parquet against the same text as a plain file, and memory by rows.
 
-    python bench/bench_documents.py [--rows 1000000] [--small-rows 100000] [--reps 3]
+    python -m bench.bench_documents [--rows 1000000] [--small-rows 100000] [--reps 3]
 
 The corpus: PTB train's sentences, cycled, one sentence per document, as a
 Parquet file (``id``, ``text``; row groups of 64k rows) and the same
@@ -14,7 +14,7 @@ Before any timing, the two totals must agree (tokens equal, log-probability to
 1e-9). Speed: the runs alternate (text, Parquet, Parquet, text, ...), and the
 ratio is the median of the pairwise ratios of tokens/s. Memory: peak RSS of
 the 1M-row and of the 100k-row Parquet run, each a fresh process. Writes
-bench/results_documents.json.
+bench/results/documents.json (with its provenance).
 """
 
 from __future__ import annotations
@@ -31,11 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from bench_class import models, run  # noqa: E402
-from common import CACHE, PTB_TRAIN, ptb_ids, ptb_vocab  # noqa: E402
+from bench.bench_class import models, run
+from bench.common import CACHE, PTB_TRAIN, RESULTS, provenance, ptb_ids, ptb_vocab, this_command
 
 
 def corpus(rows: int) -> tuple[Path, Path]:
@@ -70,7 +67,7 @@ def main(argv=None):
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--small-rows", type=int, default=100_000)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--out", default=str(HERE / "results_documents.json"))
+    ap.add_argument("--out", default=str(RESULTS / "documents.json"))
     args = ap.parse_args(argv)
     CACHE.mkdir(parents=True, exist_ok=True)
     vocab = ptb_vocab()
@@ -124,6 +121,7 @@ def main(argv=None):
         "median_parquet_tokens_per_s": float(np.median([tokens / w for w in walls["parquet"]])),
         "ratio_parquet_over_text": ratio,
         "memory": mem, "rss_growth_small_to_large": growth,
+        "provenance": provenance(this_command("bench_documents"), 2),
     }
     print(f"{args.rows:,} documents, {tokens:,} tokens: Parquet/text = {ratio:.3f} (target "
           f">= 0.8); peak RSS {mem['small']['peak_rss_mb']:.0f} MB at "

@@ -1,7 +1,7 @@
 """streamlm against KenLM's ``query`` on the same text: tokens/s per core and PTB test
 perplexity, and the chart of one against the other.
 
-    python bench/bench_kenlm.py MODEL.npz [MODEL.npz ...] [--ptb-times 3] [--reps 3]
+    python -m bench.bench_kenlm MODEL.npz [MODEL.npz ...] [--ptb-times 3] [--reps 3]
 
 - KenLM: ``query -v summary`` of the PTB KN5 model (``../shared/anchors/kenlm``,
   made binary here with its ``build_binary``) pinned to one core; its PTB test
@@ -15,7 +15,8 @@ perplexity, and the chart of one against the other.
 - Speed: whole processes (start-up, reading, tokenising included) on PTB train
   repeated ``--ptb-times`` times; the peers in turn, median of ``--reps``.
 
-Writes bench/results_kenlm.json and the chart bench/kenlm_chart.png (tokens/s
+Writes bench/results/kenlm.json (with its provenance) and the chart
+bench/figures/kenlm_chart.png (tokens/s
 per core, log scale, against PTB test perplexity). Skips with a message when
 the KenLM files are absent.
 """
@@ -36,12 +37,19 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from bench.common import (
+    CACHE,
+    FIGURES,
+    PTB_TRAIN,
+    REPO,
+    RESULTS,
+    provenance,
+    ptb_text,
+    this_command,
+    thread_env,
+)
 
-from common import CACHE, PTB_TRAIN, ptb_text, thread_env  # noqa: E402
-
-KENLM = Path(os.environ.get("STREAMLM_KENLM", HERE.parents[1] / "shared" / "anchors" / "kenlm"))
+KENLM = Path(os.environ.get("STREAMLM_KENLM", REPO.parent / "shared" / "anchors" / "kenlm"))
 PTB_TEST = PTB_TRAIN.parent / "ptb.test.txt"
 PTB_TOKENS = 929_589
 
@@ -104,8 +112,8 @@ def main(argv=None):
     ap.add_argument("--ptb-times", type=int, default=3)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--out", default=str(HERE / "results_kenlm.json"))
-    ap.add_argument("--chart", default=str(HERE / "kenlm_chart.png"))
+    ap.add_argument("--out", default=str(RESULTS / "kenlm.json"))
+    ap.add_argument("--chart", default=str(FIGURES / "kenlm_chart.png"))
     args = ap.parse_args(argv)
     if not (KENLM / "bin" / "query").exists():
         print(f"KenLM not found under {KENLM}: skipped", file=sys.stderr)
@@ -153,7 +161,7 @@ def main(argv=None):
                 raise SystemExit(f"{name}: {n} tokens, expected {tokens}")
             walls[(name, t)].append(wall)
     res = {"tokens": tokens, "ptb_times": args.ptb_times, "kenlm_test_ppl": kn_ppl,
-           "peers": []}
+           "peers": [], "provenance": provenance(this_command("bench_kenlm"), None)}
     kn_rate = tokens / float(np.median(walls[("KenLM KN5", 1)]))
     for name, p in peers.items():
         row = {k: v for k, v in p.items() if k not in ("cmd", "stdin")}

@@ -1,7 +1,7 @@
 # ruff: noqa: B023  (the closures in loops are timed within their own iteration)
-"""Kernel-level choices, measured: writes bench/results_kernels.json.
+"""Kernel-level choices, measured: writes bench/results/kernels.json (with its provenance).
 
-    python bench/bench_kernels.py [--quick]
+    python -m bench.bench_kernels [--quick]
 
 1. The H x V output projection: numpy ``@`` between kernels (what streamlm
    does) versus ``np.dot`` inside an @njit function (numba's BLAS path,
@@ -28,10 +28,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
 os.environ["STREAMLM_NUMBA_BLAS"] = "1"  # keep numba's np.dot (streamlm hides SciPy otherwise)
@@ -39,6 +35,7 @@ os.environ["STREAMLM_NUMBA_BLAS"] = "1"  # keep numba's np.dot (streamlm hides S
 import numpy as np  # noqa: E402
 from numba import njit  # noqa: E402
 
+from bench.common import RESULTS, provenance, this_command  # noqa: E402
 from streamlm import blas as SB  # noqa: E402
 from streamlm import heads  # noqa: E402
 from streamlm import kernels as K  # noqa: E402
@@ -234,7 +231,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="Fewer repetitions.")
-    ap.add_argument("--out", default=str(HERE / "results_kernels.json"), help="JSON results.")
+    ap.add_argument("--out", default=str(RESULTS / "kernels.json"), help="JSON results.")
     args = ap.parse_args(argv)
     reps = 5 if args.quick else 15
     from threadpoolctl import threadpool_limits
@@ -251,7 +248,9 @@ def main(argv=None):
     from streamlm.atomic import atomic_path
 
     with atomic_path(args.out) as tmp:
-        tmp.write_text(json.dumps({"sections": sections}, indent=1))
+        tmp.write_text(json.dumps({"sections": sections,
+                                   "provenance": provenance(this_command("bench_kernels"), 1)},
+                                  indent=1))
     print(f"wrote {args.out}", file=sys.stderr)
 
 

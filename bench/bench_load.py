@@ -123,19 +123,20 @@ def command(model: Path, text: Path, mode: str, threads: int | None = None) -> l
 
 
 CODE: str | None = None  # --code: another checkout's streamlm (PYTHONPATH), for a before/after
+OTHER: str | None = None  # --idle-vs: the checkout timed alone beside this one
 
 
-def _env() -> dict:
+def _env(code: str | None = None) -> dict:
     e = dict(os.environ)
     e.pop("STREAMLM_THREADS", None)
-    if CODE:
-        e["PYTHONPATH"] = CODE
+    if code or CODE:
+        e["PYTHONPATH"] = code or CODE
     return e
 
 
-def start(cmd: list[str]) -> tuple[subprocess.Popen, float, object]:
+def start(cmd: list[str], code: str | None = None) -> tuple[subprocess.Popen, float, object]:
     out = tempfile.TemporaryFile("w+")
-    p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True, env=_env())
+    p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True, env=_env(code))
     return p, time.perf_counter(), out
 
 
@@ -149,10 +150,10 @@ def finish(run) -> tuple[dict, float]:
     return json.loads(out.read()), wall
 
 
-def timed(cmds: list[list[str]]) -> tuple[list[dict], float]:
+def timed(cmds: list[list[str]], code: str | None = None) -> tuple[list[dict], float]:
     """Start the commands together; their summaries and the time until all ended."""
     t0 = time.perf_counter()
-    runs = [start(c) for c in cmds]
+    runs = [start(c, code) for c in cmds]
     res = [finish(r)[0] for r in runs]
     return res, time.perf_counter() - t0
 
@@ -160,6 +161,8 @@ def timed(cmds: list[list[str]]) -> tuple[list[dict], float]:
 def condition(name: str, model: Path, text: Path, mode: str) -> tuple[list[dict], float]:
     if name == "alone":
         return timed([command(model, text, mode)])
+    if name == "alone_other":
+        return timed([command(model, text, mode)], OTHER)
     if name == "alone_t1":
         return timed([command(model, text, mode, 1)])
     if name == "pair":
@@ -210,11 +213,17 @@ def main(argv=None) -> None:
                          "e.g. a git worktree of the commit before a change.")
     ap.add_argument("--no-t1", action="store_true",
                     help="Skip the --threads 1 runs (code that has no --threads).")
+    ap.add_argument("--idle-vs", default=None, metavar="DIR",
+                    help="Only the idle machine: this checkout alone against DIR's streamlm "
+                         "alone (PYTHONPATH), in turn: the before/after of a change.")
     a = ap.parse_args(argv)
-    global CODE, CONDITIONS
+    global CODE, CONDITIONS, OTHER
     CODE = a.code
     if a.no_t1:
         CONDITIONS = ("alone", "busy", "pair")
+    if a.idle_vs:
+        OTHER = a.idle_vs
+        CONDITIONS = ("alone", "alone_other")
     vocab = ptb_vocab()
     lines = ptb_lines()
     from collections import Counter
@@ -263,6 +272,10 @@ def main(argv=None) -> None:
 
 def _summarise(r: dict) -> dict:
     med = {c: float(np.median(w)) for c, w in r["walls"].items()}
+    if "alone_other" in med:  # --idle-vs
+        return {"median_wall_s": med, "tokens_per_s_alone": r["tokens"] / med["alone"],
+                "tokens_per_s_other": r["tokens"] / med["alone_other"],
+                "speed_over_other": med["alone_other"] / med["alone"]}
     busy = med["busy"] / med["alone"]
     pair = med["pair"] / med["pair_t1"] if "pair_t1" in med else None
     return {"median_wall_s": med, "tokens_per_s_alone": r["tokens"] / med["alone"],
@@ -278,7 +291,7 @@ def _save(a, rows) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     data = {**provenance(["python", "-m", "bench.bench_load", *sys.argv[1:]], threads=None),
             "targets": {"busy_over_alone": TARGET_BUSY, "pair_over_pair_t1": TARGET_PAIR},
-            "code": CODE or "this checkout",
+            "code": CODE or "this checkout", "idle_vs": OTHER,
             "rows": [{k: v for k, v in r.items()} | _summarise(r) for r in rows
                      if all(c in r["walls"] for c in CONDITIONS)]}
     tmp = out.with_suffix(".tmp")
@@ -289,6 +302,16 @@ def _save(a, rows) -> None:
 def _table(rows) -> None:
     def f(x):
         return "-" if x is None else f"{x:.2f}"
+
+    if OTHER:
+        print(f"| H | softmax | mode | tokens | tok/s, this | tok/s, {OTHER} | this / that |")
+        print("|---:|---|---|---:|---:|---:|---:|")
+        for r in rows:
+            s = _summarise(r)
+            print(f"| {r['H']} | {r['softmax']} | {r['mode']} | {r['tokens']:,} | "
+                  f"{s['tokens_per_s_alone']:,.0f} | {s['tokens_per_s_other']:,.0f} | "
+                  f"{s['speed_over_other']:.3f} |")
+        return
 
     print("| H | softmax | mode | tokens | alone tok/s | busy/alone | pair/pair_t1 | "
           "pair/alone | alone_t1/alone |")

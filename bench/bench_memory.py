@@ -1,11 +1,11 @@
 """Peak RSS of ``streamlm score`` on a 1M- and a 10M-token input.
 
-    python bench/bench_memory.py [--sizes 1,11] [--extra "--reset line"]
+    python -m bench.bench_memory [--sizes 1,11] [--extra "--reset line"]
 
 Inputs are PTB train repeated k times (929,589 tokens each, so k=1 is about
 1M and k=11 about 10M tokens), written under /tmp. The model is V=10000,
 D=H=100 with PTB's vocabulary. Each run is a fresh process; its peak RSS is
-ru_maxrss of the child. Writes bench/results_memory.json.
+ru_maxrss of the child. Writes bench/results/memory.json (with its provenance).
 """
 
 from __future__ import annotations
@@ -18,10 +18,17 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from common import CACHE, Shape, load_weights, ptb_text, ptb_vocab, weights_file  # noqa: E402
+from bench.common import (
+    CACHE,
+    RESULTS,
+    Shape,
+    load_weights,
+    provenance,
+    ptb_text,
+    ptb_vocab,
+    this_command,
+    weights_file,
+)
 
 PTB_TOKENS = 929_589
 
@@ -58,7 +65,7 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1,11", help="Copies of PTB train per input.")
     ap.add_argument("--extra", default="", help="Extra options for streamlm score.")
-    ap.add_argument("--out", default=str(HERE / "results_memory.json"), help="JSON results.")
+    ap.add_argument("--out", default=str(RESULTS / "memory.json"), help="JSON results.")
     args = ap.parse_args(argv)
     model = ptb_model()
     rows = []
@@ -82,7 +89,8 @@ def main(argv=None):
     from streamlm.atomic import atomic_path
 
     with atomic_path(args.out) as tmp:
-        tmp.write_text(json.dumps({"rows": rows, "note": note}, indent=1))
+        tmp.write_text(json.dumps({"rows": rows, "note": note, "provenance": provenance(
+            this_command("bench_memory"), None)}, indent=1))
     print(f"wrote {args.out}", file=sys.stderr)
 
 

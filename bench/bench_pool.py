@@ -1,7 +1,7 @@
 """The cost of one hand-off to streamlm's threads: streamlm.threads.Pool against a
 ThreadPoolExecutor doing the same (what Pool used before it spun).
 
-    python bench/bench_pool.py [--rounds 7] [--maps 3000]
+    python -m bench.bench_pool [--rounds 7] [--maps 3000]
 
 - ``wake-up``: a round trip between two threads over two locks (each waits
   asleep): what waking a sleeping thread costs on this machine;
@@ -11,7 +11,7 @@ ThreadPoolExecutor doing the same (what Pool used before it spun).
   nogil, each thread on its own buffer).
 
 Rounds alternate the two pools (A B A B ...); the figures are medians of the
-rounds. Writes bench/results_pool.json.
+rounds. Writes bench/results/pool.json (with its provenance).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
+from bench.common import RESULTS, provenance, this_command
 
 
 class ExecutorPool:
@@ -95,7 +95,7 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--maps", type=int, default=3000)
-    ap.add_argument("--out", default=str(HERE / "results_pool.json"))
+    ap.add_argument("--out", default=str(RESULTS / "pool.json"))
     args = ap.parse_args(argv)
 
     from streamlm import kernels as K
@@ -126,7 +126,8 @@ def main(argv=None):
            "task_kernel_us": _time(kernel) * 1e6,
            "ratio_executor_over_pool": {
                "empty map": med["empty map, executor"] / med["empty map, Pool"],
-               "task map": med["task map, executor"] / med["task map, Pool"]}}
+               "task map": med["task map, executor"] / med["task map, Pool"]},
+           "provenance": provenance(this_command("bench_pool"), 2)}
     for k, v in med.items():
         print(f"{k:22s} {v:8.1f} us")
     print(f"one task's kernel      {res['task_kernel_us']:8.1f} us")

@@ -1,6 +1,6 @@
 """The recurrence kernels of this tree against those of another commit, interleaved.
 
-    python bench/bench_recurrence.py [--base REV] [--reps 9] [--steps 1000] [--quick]
+    python -m bench.bench_recurrence [--base REV] [--reps 9] [--steps 1000] [--quick]
 
 Loads ``streamlm/kernels.py`` as it is at REV (default 35405e7, before the
 panel kernels) as a second module, checks that both trees' kernels agree
@@ -21,18 +21,16 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from streamlm import kernels as K
+from streamlm import model as M
 
-from streamlm import kernels as K  # noqa: E402
-from streamlm import model as M  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_base(rev: str):

@@ -1,6 +1,6 @@
 """A word model against a subword model on tinyshakespeare, compared across tokenisers.
 
-    python bench/bench_shakespeare.py [--vocab 8000] [--minutes 4] [--size 256]
+    python -m bench.bench_shakespeare [--vocab 8000] [--minutes 4] [--size 256]
 
 tinyshakespeare's last 10% of lines are held out (both parts written to a temp
 directory). Two models of the same size (D=H=``--size``, class softmax, V =
@@ -14,7 +14,8 @@ depend on the tokens.
 
 Checked before anything is reported: both runs count the same words and bytes
 of the held-out text, the subword model has no OOV, and the word model's
-``word_perplexity`` is its ``perplexity``. Writes bench/results_shakespeare.json.
+``word_perplexity`` is its ``perplexity``. Writes bench/results/shakespeare.json (with its
+provenance).
 """
 
 from __future__ import annotations
@@ -29,9 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-SHARED = Path(os.environ.get("STREAMLM_SHARED_DATA", REPO.parent / "shared" / "data"))
+from bench.common import REPO, RESULTS, SHARED, provenance, this_command
+
 TEXT = SHARED / "tinyshakespeare" / "input.txt"
 
 
@@ -60,7 +60,7 @@ def main(argv=None):
     ap.add_argument("--minutes", type=float, default=4.0, help="training time of each model")
     ap.add_argument("--size", type=int, default=256, help="D = H")
     ap.add_argument("--dropout", type=float, default=None, help="(default: train's, 0.25)")
-    ap.add_argument("--out", default=str(HERE / "results_shakespeare.json"))
+    ap.add_argument("--out", default=str(RESULTS / "shakespeare.json"))
     args = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench-shakespeare-"))
     train, held = split(tmp)
@@ -70,7 +70,8 @@ def main(argv=None):
     res: dict = {"text": str(TEXT), "heldout_lines": len(held.read_text().splitlines()),
                  "size": args.size, "vocab": args.vocab, "minutes": args.minutes,
                  "dropout": 0.25 if args.dropout is None else args.dropout,
-                 "softmax": "class", "models": {}}
+                 "softmax": "class", "models": {},
+                 "provenance": provenance(this_command("bench_shakespeare"), None)}
     for name, opts in tok.items():
         prep = sl("prepare", train, "--out", tmp / name, *opts)
         t0 = time.monotonic()
@@ -109,5 +110,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     main()

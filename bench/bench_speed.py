@@ -1,7 +1,7 @@
 """Tokens/s of streamlm against PyTorch (CPU) and numpy, side by side.
 
-    python bench/bench_speed.py            # full run, writes bench/results_speed.json
-    python bench/bench_speed.py --quick    # fewer repetitions, D=H=100 only
+    python -m bench.bench_speed            # full run, writes bench/results/speed.json
+    python -m bench.bench_speed --quick    # fewer repetitions, D=H=100 only
 
 Each (task, shape, peer) runs in its own persistent subprocess with the
 same thread count for every library (NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS,
@@ -26,14 +26,22 @@ import platform
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from common import Shape, batches, load_weights, oracle_losses, ptb_ids, weights_file  # noqa: E402
+from bench.common import (
+    CACHE,
+    REPO,
+    RESULTS,
+    Shape,
+    batches,
+    load_weights,
+    oracle_losses,
+    provenance,
+    ptb_ids,
+    this_command,
+    weights_file,
+)
 
 TOL = 1e-4
 V = 10000
@@ -65,33 +73,47 @@ def block_shape(task: str, peer: str) -> tuple[int, int]:
     return (1, SINGLE_T[_peer_base(peer)])
 
 
-def thread_env(threads: int) -> dict:
+def worker_process(spec: dict, threads: int) -> dict:
+    """The worker's command, directory and environment (every library's thread count).
+
+    ``python -m`` puts its directory first on sys.path: the repository, for this tree's
+    streamlm. An A/B peer ('alt', 'alt2') runs from a directory that holds only this tree's
+    ``bench`` package, with the streamlm tree of $STREAMLM_BENCH_ALT / $STREAMLM_BENCH_ALT2
+    on PYTHONPATH: the peer code is this tree's, the streamlm it drives the other's."""
     env = dict(os.environ)
     for k in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[k] = str(threads)
-    env["PYTHONPATH"] = str(HERE) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    cwd = REPO
+    base = _peer_base(spec.get("peer", ""))
+    if base in ("alt", "alt2"):
+        cwd = CACHE / "bench_only"
+        cwd.mkdir(parents=True, exist_ok=True)
+        if not (cwd / "bench").exists():
+            (cwd / "bench").symlink_to(REPO / "bench")
+        env["PYTHONPATH"] = os.pathsep.join(
+            [os.environ["STREAMLM_BENCH_" + base.upper()], env.get("PYTHONPATH", "")])
+    return {"args": [sys.executable, "-m", "bench.bench_speed", "--worker", json.dumps(spec)],
+            "cwd": cwd, "env": env}
 
 
 # ------------------------------------------------------------------ worker --
 def make_peer(peer: str, task: str, weights):
     base = _peer_base(peer)
-    if base in ("alt", "alt2"):  # A/B runs: other streamlm trees, e.g. git archive of HEAD
-        sys.path.insert(0, os.environ["STREAMLM_BENCH_" + base.upper()])
-        base = "streamlm"
+    if base in ("alt", "alt2"):  # A/B runs: another streamlm tree, first on PYTHONPATH
+        base = "streamlm"  # (worker_process), e.g. a git archive of HEAD
     if base == "streamlm":
         # "streamlm" is the default install (numpy's OpenBLAS); "streamlm+mkl" the mkl extra
         os.environ["STREAMLM_BLAS"] = "mkl" if "+mkl" in peer else "numpy"
-        from streamlm_peer import StreamlmScorer, StreamlmTrainer
+        from bench.streamlm_peer import StreamlmScorer, StreamlmTrainer
         return StreamlmTrainer(weights) if task == "train" else StreamlmScorer(weights)
     if base == "torch":
         import torch
 
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-        from torch_ref import TorchScorer, TorchTrainer
+        from bench.torch_ref import TorchScorer, TorchTrainer
         return TorchTrainer(weights) if task == "train" else TorchScorer(weights)
     if base == "numpy":
-        from numpy_peer import NumpyScorer, NumpyTrainer
+        from bench.numpy_peer import NumpyScorer, NumpyTrainer
         return NumpyTrainer(weights) if task == "train" else NumpyScorer(weights)
     if base == "reference" and task == "train":  # tests/reference.py, float32 weights
         return ReferenceTrainer(weights)
@@ -103,15 +125,13 @@ class ReferenceTrainer:
     book's clipping and Adam from common.py: the issue-2 "numpy reference"."""
 
     def __init__(self, weights):
-        sys.path.insert(0, str(HERE.parent / "tests"))
-        from common import AdamState
-        from reference import NumpyRnnlm
+        from bench.common import AdamState, tests_module
 
-        self.m = NumpyRnnlm(weights)
+        self.m = tests_module("reference").NumpyRnnlm(weights)
         self.st = AdamState.for_arrays(self.m.params)
 
     def step(self, xs, ts):
-        from common import clip_and_adam
+        from bench.common import clip_and_adam
 
         loss, g = self.m.forward_backward(xs, ts)
         g.pop("h0")
@@ -209,8 +229,7 @@ def sgemm_worker(spec: dict) -> dict:
 
 # ------------------------------------------------------------ orchestrator --
 def call_worker(spec: dict, threads: int) -> dict:
-    r = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
-                       capture_output=True, text=True, env=thread_env(threads))
+    r = subprocess.run(**worker_process(spec, threads), capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"worker {spec.get('task')} failed:\n{r.stderr}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -221,9 +240,8 @@ class Peer:
 
     def __init__(self, spec: dict, threads: int):
         self.spec = spec
-        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     env=thread_env(threads))
+        self.proc = subprocess.Popen(**worker_process(spec, threads), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line:
             self.proc.wait()
@@ -255,7 +273,7 @@ def versions() -> dict:
     except ImportError:
         out["torch"] = None
     try:
-        rev = subprocess.run(["git", "-C", str(HERE), "describe", "--always", "--dirty"],
+        rev = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
                              capture_output=True, text=True).stdout.strip()
     except OSError:
         rev = ""
@@ -297,7 +315,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2, help="Threads for every library.")
     ap.add_argument("--pause", type=float, default=0.3,
                     help="Seconds of idle before each peer's repetition.")
-    ap.add_argument("--out", default=str(HERE / "results_speed.json"), help="JSON results file.")
+    ap.add_argument("--out", default=str(RESULTS / "speed.json"), help="JSON results file.")
     args = ap.parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
@@ -316,7 +334,8 @@ def main(argv=None):
     tasks = args.tasks.split(",")
     ids = ptb_ids()
     results = {"machine": machine(), "versions": versions(), "threads": args.threads,
-               "reps": reps, "tol": TOL, "runs": []}
+               "reps": reps, "tol": TOL, "runs": [],
+               "provenance": provenance(this_command("bench_speed"), args.threads)}
     print("sgemm rate ... ", end="", file=sys.stderr, flush=True)
     results["sgemm_gflops"] = call_worker({"task": "sgemm", "H": hidden}, args.threads)
     print(results["sgemm_gflops"], file=sys.stderr)

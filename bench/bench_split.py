@@ -1,13 +1,13 @@
 """One stream's recurrence on one thread against two (streamlm.recurrence.rnn_recur_split).
 
-    python bench/bench_split.py [--reps 9] [--steps 2048] [--hidden 100,192,256,384,512,650,1024]
+    python -m bench.bench_split [--reps 9] [--steps 2048] [--hidden 100,192,256,384,512,650,1024]
 
 For each H: checks that the two-thread recurrence writes the same bytes as the
 one-thread kernel (float32, with resets), then times both in turn (the order
 swapped every repetition; the median of --reps), each call a block of --steps
 steps of one stream, the panels of Wh made once outside. Prints microseconds
 per step and the ratio one thread / two threads, measured in the same run; the
-ratio is what sets SPLIT_MIN_H. Writes bench/results_split.json.
+ratio is what sets SPLIT_MIN_H. Writes bench/results/split.json (with its provenance).
 """
 
 from __future__ import annotations
@@ -20,12 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from streamlm import kernels as K  # noqa: E402
-from streamlm import recurrence as R  # noqa: E402
-from streamlm import threads  # noqa: E402
+from bench.common import RESULTS, provenance, this_command
+from streamlm import kernels as K
+from streamlm import recurrence as R
+from streamlm import threads
 
 
 def main() -> None:
@@ -33,7 +31,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--steps", type=int, default=2048)
     ap.add_argument("--hidden", default="100,192,256,384,512,650,1024")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results_split.json"))
+    ap.add_argument("--out", default=str(RESULTS / "split.json"))
     a = ap.parse_args()
     threads.set_num_threads(2)
     pl = threads.pool()
@@ -72,7 +70,8 @@ def main() -> None:
                      "wh_kb": H * H * 4 / 1024})
         print(f"H={H:5d} (Wh {H * H * 4 / 1024:6.0f} KB): one thread {us1:7.2f} us/step, two "
               f"{us2:7.2f} us/step, one/two {ratio:.2f}x", flush=True)
-    Path(a.out).write_text(json.dumps({"reps": a.reps, "rows": rows}, indent=1))
+    Path(a.out).write_text(json.dumps({"reps": a.reps, "rows": rows, "provenance": provenance(
+        this_command("bench_split"), 2)}, indent=1))
     print(f"wrote {a.out}", file=sys.stderr)
 
 

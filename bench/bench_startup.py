@@ -1,6 +1,6 @@
 """Start-up and compile time: wall time of whole processes.
 
-    python bench/bench_startup.py [--runs 5]
+    python -m bench.bench_startup [--runs 5]
 
 Rows (each a fresh process, median of --runs):
 - ``import streamlm.model; warmup()`` with a warm kernel cache, and cold
@@ -8,7 +8,7 @@ Rows (each a fresh process, median of --runs):
 - ``streamlm score MODEL one-line.txt`` warm and cold, when the score command
   exists (V=10000, D=H=100 model written under /tmp);
 - ``python -c "import streamlm.cli"`` and ``streamlm --help`` (import cost).
-Writes bench/results_startup.json.
+Writes bench/results/startup.json (with its provenance).
 """
 
 from __future__ import annotations
@@ -24,10 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from common import CACHE, Shape, load_weights, weights_file  # noqa: E402
+from bench.common import (
+    CACHE,
+    RESULTS,
+    Shape,
+    load_weights,
+    provenance,
+    this_command,
+    weights_file,
+)
 
 
 def model_file() -> Path:
@@ -65,7 +70,7 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5, help="Runs per row (median reported).")
     ap.add_argument("--cold-runs", type=int, default=2, help="Runs per cold-cache row.")
-    ap.add_argument("--out", default=str(HERE / "results_startup.json"), help="JSON results.")
+    ap.add_argument("--out", default=str(RESULTS / "startup.json"), help="JSON results.")
     args = ap.parse_args(argv)
     env = dict(os.environ)
     py = sys.executable
@@ -109,7 +114,8 @@ def main(argv=None):
         row("streamlm score --engine numba MODEL one-line.txt", cmd, "cold", args.cold_runs)
     else:
         note = "`streamlm score` not available yet: only warmup() measured."
-    out = {"rows": rows, "note": note, "threads": os.environ.get("NUMBA_NUM_THREADS", "default")}
+    out = {"rows": rows, "note": note, "threads": os.environ.get("NUMBA_NUM_THREADS", "default"),
+           "provenance": provenance(this_command("bench_startup"), None)}
     from streamlm.atomic import atomic_path
 
     with atomic_path(args.out) as tmp:

@@ -1,6 +1,6 @@
 """The share of ``streamlm score`` time that SentencePiece encoding takes.
 
-    python bench/bench_subword.py [TEXT] [--pieces 10000] [--size 256] [--reps 3]
+    python -m bench.bench_subword [TEXT] [--pieces 10000] [--size 256] [--reps 3]
 
 The model: a SentencePiece unigram model of ``--pieces`` pieces trained by
 ``streamlm prepare`` on PTB train, and an RNN of D=H=``--size`` with the class
@@ -19,7 +19,7 @@ streamlm score`` process is timed too, for the end-to-end wall.
 
 Checked first: the batch encoding gives each line's ``sp.encode`` ids, the
 in-process and the CLI summaries agree (tokens, log-probability to 1e-9) and
-there is no OOV. Prints medians; writes bench/results_subword.json.
+there is no OOV. Prints medians; writes bench/results/subword.json (with its provenance).
 """
 
 from __future__ import annotations
@@ -34,16 +34,10 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(HERE))
-
-from common import CACHE, ptb_text  # noqa: E402
-
-from streamlm import subword, tokenizer  # noqa: E402
-from streamlm.params import load_model  # noqa: E402
-from streamlm.score import score  # noqa: E402
+from bench.common import CACHE, REPO, RESULTS, provenance, ptb_text, this_command
+from streamlm import subword, tokenizer
+from streamlm.params import load_model
+from streamlm.score import score
 
 ENV = dict(os.environ, PYTHONPATH=str(REPO))
 
@@ -120,7 +114,7 @@ def main(argv=None):
     ap.add_argument("--pieces", type=int, default=10000)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--out", default=str(HERE / "results_subword.json"))
+    ap.add_argument("--out", default=str(RESULTS / "subword.json"))
     args = ap.parse_args(argv)
     text = Path(args.text) if args.text else ptb_text(1)
     model = the_model(args.pieces, args.size)
@@ -162,7 +156,8 @@ def main(argv=None):
     res = {"text": str(text), "lines": len(lines), "tokens": s["tokens"], "words": s["words"],
            "bytes": s["bytes"], "model": f"sentencepiece unigram {len(vocab)} pieces, class "
            f"softmax, D=H={args.size}", "threads": subword._threads(),
-           "cli_wall_s": cli_walls, "median_cli_wall_s": statistics.median(cli_walls)}
+           "cli_wall_s": cli_walls, "median_cli_wall_s": statistics.median(cli_walls),
+           "provenance": provenance(this_command("bench_subword"), None)}
     for k, xs in runs.items():
         res[k] = {"wall_s": [x["wall"] for x in xs], "encode_s": [x["encode"] for x in xs],
                   "tokenise_s": [x["tokenise"] for x in xs],

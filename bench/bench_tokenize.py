@@ -1,6 +1,6 @@
 """Reading + tokenising text, before and after the batch reader: an interleaved A/B.
 
-    python bench/bench_tokenize.py [TEXT] [--reps 7] [--base 35405e7]
+    python -m bench.bench_tokenize [TEXT] [--reps 7] [--base 35405e7]
 
 Times ``list(encode(iter_pieces(TEXT), vocab, docs=...))`` for docs=False and
 docs=True with three implementations, one call of each in turn (the order
@@ -36,15 +36,10 @@ from collections import Counter
 from pathlib import Path
 from unittest.mock import patch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from streamlm import kernels, tokenizer  # noqa: E402,F401  (kernels: loaded, as in score)
-from streamlm.text import iter_pieces  # noqa: E402
-from streamlm.vocab import Vocab  # noqa: E402
-
-SHARED = Path(os.environ.get("STREAMLM_SHARED_DATA", REPO.parent / "shared" / "data"))
-CACHE = Path(os.environ.get("STREAMLM_BENCH_CACHE", "/tmp/streamlm_bench"))
+from bench.common import CACHE, REPO, SHARED
+from streamlm import kernels, tokenizer  # noqa: F401  (kernels: loaded, as in score)
+from streamlm.text import iter_pieces
+from streamlm.vocab import Vocab
 
 
 def default_text() -> Path:

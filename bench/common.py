@@ -1,7 +1,9 @@
 """Shared pieces of the benchmarks: configurations, data, weights, the
 book-exact optimiser step and a numpy float64 oracle.
 
-Benchmarks are scripts, not tests (see bench/README in RESULTS.md). Every
+Benchmarks are scripts, not tests (see bench/README.md), run from the repository
+root as ``python -m bench.<script>``; each writes its results under bench/results/
+with :func:`provenance`. Every
 peer (streamlm, PyTorch, numpy) starts from the SAME weights (streamlm's
 seeded ``Params.init``, saved to an .npz) and the SAME token ids (PTB train,
 V=10000, encoded here by frequency rank), and must reproduce the oracle's
@@ -24,6 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("STREAMLM_SHARED_DATA", REPO.parent / "shared" / "data"))
 PTB_TRAIN = SHARED / "ptb" / "ptb.train.txt.gz"
 CACHE = Path(os.environ.get("STREAMLM_BENCH_CACHE", "/tmp/streamlm_bench"))
+RESULTS = REPO / "bench" / "results"  # the JSON each script writes
+FIGURES = REPO / "bench" / "figures"  # the charts
 
 # Optimiser settings shared by every peer (the book's Adam, with the book's
 # global-norm clipping as in ch6).
@@ -149,9 +153,7 @@ def oracle_losses(weights: dict, blocks, train: bool) -> list[float]:
     train=True: after each block, one Adam step (book form) with global-norm
     clipping; the loss list then shows the optimiser's effect too.
     """
-    sys.path.insert(0, str(REPO / "tests"))
-    import reference as ref
-
+    ref = tests_module("reference")
     p = {k: v.astype(np.float64) for k, v in weights.items()}
     st = AdamState.for_arrays(p) if train else None
     h = None
@@ -193,7 +195,27 @@ def clip_and_adam(p: dict, g: dict, st: AdamState) -> None:
         p[k] -= lr_t * st.m[k] / (np.sqrt(st.v[k]) + EPS)
 
 
+def tests_module(name: str):
+    """tests/<name>.py (a plain numpy reference) imported by its path: tests/ is not a
+    package, and the benchmarks change no sys.path."""
+    import importlib.util
+
+    mod = sys.modules.get(f"_tests_{name}")
+    if mod is None:
+        spec = importlib.util.spec_from_file_location(f"_tests_{name}",
+                                                      REPO / "tests" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod
+        spec.loader.exec_module(mod)
+    return mod
+
+
 # -------------------------------------------------------------- provenance --
+def this_command(module: str) -> list[str]:
+    """The command that is running: ``python -m bench.<module>`` and its arguments."""
+    return ["python", "-m", f"bench.{module}", *sys.argv[1:]]
+
+
 def provenance(command: list[str], threads: int | None) -> dict:
     """Where a results file's figures came from: the commit (and whether the tree had
     uncommitted changes), the date, the CPU, the CPUs this process may use, the

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from common import BETA1, BETA2, EPS, LR, MAX_GRAD
+
+from bench.common import BETA1, BETA2, EPS, LR, MAX_GRAD
 
 NAMES = ("embed_W", "rnn_Wx", "rnn_Wh", "rnn_b", "affine_W", "affine_b")
 

@@ -1,6 +1,6 @@
 """Where one training step / scoring call goes: per-phase wall and CPU time.
 
-    python bench/profile_step.py [--hidden 100] [--task train|score_many|score_single]
+    python -m bench.profile_step [--hidden 100] [--task train|score_many|score_single]
                                  [--torch] [--steps 20]
 
 streamlm: every parallel phase of streamlm.model (each ``threads.Pool.map`` call,
@@ -15,20 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from common import Shape, batches, load_weights, ptb_ids, weights_file  # noqa: E402
+from bench.common import Shape, batches, load_weights, ptb_ids, weights_file
 
 
 def profile_streamlm(weights, task, steps, N, T):
-    from streamlm_peer import StreamlmScorer, StreamlmTrainer
-
+    from bench.streamlm_peer import StreamlmScorer, StreamlmTrainer
     from streamlm import kernels as K
     from streamlm import model as Mm
     from streamlm.threads import Pool
@@ -89,7 +83,8 @@ def profile_streamlm(weights, task, steps, N, T):
 def profile_torch(weights, task, steps, N, T):
     import torch
     from torch.profiler import ProfilerActivity, profile
-    from torch_ref import TorchScorer, TorchTrainer
+
+    from bench.torch_ref import TorchScorer, TorchTrainer
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     obj = TorchTrainer(weights) if task == "train" else TorchScorer(weights)

@@ -1,16 +1,15 @@
-"""Write bench/RESULTS.md from the JSON files the bench scripts leave in bench/.
+"""Write bench/results/REPORT.md from the JSON files the bench scripts leave in bench/results/.
 
-    python bench/report.py
+    python -m bench.report
 
-Reads results_speed.json (bench_speed.py), results_startup.json
-(bench_startup.py), results_memory.json (bench_memory.py) and
-results_kernels.json (bench_kernels.py), results_class.json (bench_class.py),
-results_kenlm.json (bench_kenlm.py), results_documents.json
-(bench_documents.py), results_api.json (bench_api.py), results_subword.json
-(bench_subword.py) and results_shakespeare*.json (bench_shakespeare.py); any that is
-missing is skipped.
-Hand-written notes (profiles, analysis) live in bench/NOTES.md and are
-appended verbatim.
+Reads speed.json and speed_t1.json (bench_speed), startup.json (bench_startup),
+memory.json (bench_memory), kernels.json (bench_kernels), class.json
+(bench_class), split.json (bench_split), kenlm*.json (bench_kenlm),
+documents.json (bench_documents), api.json (bench_api), subword.json
+(bench_subword) and shakespeare*.json (bench_shakespeare); any that is missing is
+skipped. Each section ends with the file's provenance (commit, date, CPU, threads,
+command). The hand-written history (profiles, analysis, what each change bought) is
+bench/HISTORY.md.
 """
 
 from __future__ import annotations
@@ -21,10 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from common import Shape  # noqa: E402
+from bench.common import RESULTS, Shape
 
 TASK_TITLE = {"train": "training N=20, T=35", "score_many": "scoring N=20 streams, T=100",
               "score_single": "scoring 1 stream"}
@@ -34,8 +30,28 @@ TARGETS = {(100, "train"): 1.5, (100, "score_many"): 1.5, (100, "score_single"):
 
 
 def _load(name):
-    f = HERE / name
+    f = RESULTS / name
     return json.loads(f.read_text()) if f.exists() else None
+
+
+def provenance_lines(r: dict, name: str) -> list[str]:
+    """Where a section's figures came from: the file and its provenance."""
+    p = r.get("provenance") or {}
+    threads = p.get("threads")
+    threads = "each command's default" if threads is None else threads
+    parts = [f"commit {p.get('commit') or 'not recorded'}"
+             + (f" (committed in {p['committed_in']})" if p.get("committed_in") else "")
+             + (" with uncommitted changes" if p.get("dirty") else ""),
+             f"date {p.get('date') or 'not recorded'}",
+             f"CPU {p.get('cpu') or 'not recorded'}",
+             f"threads {threads}",
+             f"command `{p['command']}`" if p.get("command") else "command not recorded"]
+    out = [f"- Source: `bench/results/{name}`: " + "; ".join(parts) + "."]
+    if p.get("machine_note"):
+        out.append(f"- Run: {p['machine_note']}.")
+    if p.get("note"):
+        out.append(f"- Note: {p['note']}.")
+    return out + [""]
 
 
 def speed_section(r, title="## Speed (tokens/s, V=10000)") -> list[str]:
@@ -195,7 +211,7 @@ def class_section(r) -> list[str]:
 
 def split_section(r) -> list[str]:
     out = ["## One stream's recurrence on one thread and on two (kernel level)", "",
-           "- `python bench/bench_split.py`: a block of one stream, float32, Wh in panels made "
+           "- `python -m bench.bench_split`: a block of one stream, float32, Wh in panels made "
            "once; `K.rnn_forward_rows` on one thread against `recurrence.rnn_recur_split` on "
            "two (half of the panels each, meeting every step), in turn, median of "
            f"{r['reps']}; both write the same bytes (checked first). streamlm splits from "
@@ -215,7 +231,7 @@ def kenlm_section(r) -> list[str]:
            " of the PTB KN5 binary, one core; streamlm: `streamlm score MODEL TEXT --reset line "
            "--batch 64`, one core with one thread and two cores with two. Perplexity: PTB test, "
            "every sentence alone (`--reset line`, as `query`) and carried across sentences "
-           "(`--reset none`). The chart is `bench/kenlm_chart.png`.", "",
+           "(`--reset none`). The chart is `bench/figures/kenlm_chart.png`.", "",
            "| peer | PTB test ppl (line) | ppl (carried) | tok/s 1 thread | per core vs KenLM "
            "| tok/s 2 threads | per core vs KenLM |", "|---|---:|---:|---:|---:|---:|---:|"]
     for p in r["peers"]:
@@ -297,10 +313,13 @@ def shakespeare_section(r) -> list[str]:
 
 
 def main():
-    lines = ["# streamlm benchmarks", "",
-             "Written by `python bench/report.py` from the JSON the bench scripts leave in bench/ "
-             "(`bench/run_all.sh` runs them all). Scripts: bench_speed.py (tokens/s vs PyTorch and "
-             "numpy), bench_startup.py (start-up / compile), bench_memory.py (peak RSS), "
+    lines = ["# streamlm benchmarks: the tables of bench/results/", "",
+             "Written by `python -m bench.report` from the JSON the bench scripts leave in "
+             "bench/results/ (`bash bench/run_all.sh` runs them all; bench/README.md says which "
+             "claim comes from which file, bench/HISTORY.md what each change bought). Each "
+             "section names its source file and its provenance. Scripts: bench_speed.py "
+             "(tokens/s vs PyTorch and numpy), bench_startup.py (start-up / compile), "
+             "bench_memory.py (peak RSS), "
              "bench_kernels.py (kernel-level choices), bench_class.py (class against full "
              "softmax), bench_split.py (one stream's recurrence on two threads), "
              "bench_kenlm.py (against KenLM query), bench_documents.py (Parquet "
@@ -308,30 +327,32 @@ def main():
              "(SentencePiece encoding's share of scoring), bench_shakespeare.py (word against "
              "subword, by bits per byte).", ""]
     t1 = lambda r: speed_section(r, "## Speed with ONE thread per library (per-core efficiency)")  # noqa: E731
-    for name, fn in (("results_speed.json", speed_section),
-                     ("results_speed_t1.json", t1),
-                     ("results_startup.json", startup_section),
-                     ("results_memory.json", memory_section),
-                     ("results_kernels.json", kernels_section),
-                     ("results_class.json", class_section),
-                     ("results_split.json", split_section),
-                     ("results_kenlm.json", kenlm_section),
-                     ("results_documents.json", documents_section),
-                     ("results_api.json", api_section),
-                     ("results_subword.json", subword_section),
-                     ("results_shakespeare.json", shakespeare_section),
-                     ("results_shakespeare_dropout05.json", shakespeare_section)):
+    for name, fn in (("speed.json", speed_section),
+                     ("speed_t1.json", t1),
+                     ("startup.json", startup_section),
+                     ("memory.json", memory_section),
+                     ("kernels.json", kernels_section),
+                     ("class.json", class_section),
+                     ("split.json", split_section),
+                     ("kenlm_zen5.json", kenlm_section),
+                     ("kenlm.json", kenlm_section),
+                     ("kenlm_xeon.json", kenlm_section),
+                     ("kenlm_xeon_h224.json", kenlm_section),
+                     ("documents.json", documents_section),
+                     ("api.json", api_section),
+                     ("subword.json", subword_section),
+                     ("shakespeare.json", shakespeare_section),
+                     ("shakespeare_dropout05.json", shakespeare_section)):
         r = _load(name)
         if r is not None:
             lines += fn(r)
-    notes = HERE / "NOTES.md"
-    if notes.exists():
-        lines += [notes.read_text()]
+            lines += provenance_lines(r, name)
     from streamlm.atomic import atomic_path
 
-    with atomic_path(HERE / "RESULTS.md") as tmp:
+    out = RESULTS / "REPORT.md"
+    with atomic_path(out) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
-    print(f"wrote {HERE / 'RESULTS.md'}", file=sys.stderr)
+    print(f"wrote {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from common import BETA1, BETA2, EPS, LR, MAX_GRAD
 
+from bench.common import BETA1, BETA2, EPS, LR, MAX_GRAD
 from streamlm import model as Mm
 from streamlm.model import RNNLM
 from streamlm.params import ModelConfig, Params

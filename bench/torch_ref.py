@@ -20,8 +20,9 @@ import math
 
 import numpy as np
 import torch
-from common import BETA1, BETA2, EPS, LR, MAX_GRAD
 from torch import nn
+
+from bench.common import BETA1, BETA2, EPS, LR, MAX_GRAD
 
 
 class TorchRnnlm(nn.Module):

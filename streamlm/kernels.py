@@ -545,6 +545,35 @@ def _ov_store_release(a, i, v):
     return lambda a, i, v: _atomic_store(a, i, v)
 
 
+def _yield():
+    """Give the core to another runnable thread if its run queue has one (sched_yield:
+    at once on an idle core). A spinning waiter calls it every YIELD_EVERY spins, so
+    that it never holds a core that another thread, this process's or another's,
+    could run on: spinning then costs nothing when the machine is busy."""
+    import os
+
+    os.sched_yield()
+
+
+YIELD_EVERY = 1 << 12  # spins between yields (about a microsecond of spinning)
+
+
+@intrinsic
+def _sched_yield(typingctx):
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []),
+                                            "sched_yield")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@overload(_yield, inline="always")
+def _ov_yield():
+    return lambda: _sched_yield()
+
+
 def _exchange(a, i, v):
     """a[i] = v, returning the old a[i]: one sequentially consistent exchange when
     compiled (int64 a)."""
@@ -585,12 +614,15 @@ def _ov_load_seq_cst(a, i):
 # class model at H=100 has about ten hand-offs in 4.8 ms.
 @njit(**JIT)
 def pool_wait(flags, i, value, spin_max):
-    """Spin until flags[i] >= value: True; False after spin_max spins. flags: int64."""
+    """Spin until flags[i] >= value: True; False after spin_max spins. flags: int64.
+    Every YIELD_EVERY spins the core is offered to another runnable thread (_yield)."""
     n = 0
     while _load_acquire(flags, i) < value:
         n += 1
         if n >= spin_max:
             return False
+        if n % YIELD_EVERY == 0:
+            _yield()
     return True
 
 
@@ -627,7 +659,7 @@ SPLIT_GAVE_UP = 32  # flags[32] != 0: a thread stopped waiting (flags[16 * me]: 
 
 
 @njit(**JIT)
-def rnn_forward_split(hs, X, xid, h0, P, reset, b0, b1, flags, me, spin_max):
+def rnn_forward_split(hs, X, xid, h0, P, reset, b0, b1, flags, me, spin_max, step_spins):
     """Thread ``me`` (0 or 1) of the two that run one stream's recurrence: writes
     hs[t, 0, j] for the columns j of the panels b0 <= b < b1 of every step.
 
@@ -635,13 +667,16 @@ def rnn_forward_split(hs, X, xid, h0, P, reset, b0, b1, flags, me, spin_max):
     rnn_forward_rows_x); h0: (1, H); P: Wh in panels (see PANEL); reset: (T, 1).
     flags: (48,) int64, zero on entry, shared by the two threads. Every
     output is summed in the same order as rnn_forward_rows, so the result is
-    bitwise the same. Returns 0; or -1 when the other thread had not finished a
-    step after ``spin_max`` spins or gave up itself: then hs is incomplete and
-    the caller redoes the block on one thread.
+    bitwise the same. Returns 0; or -1 when this thread gave up waiting for the
+    other (after ``spin_max`` spins at once, or ``spin_max + t * step_spins`` spins
+    in all by step t) or the other gave up: then hs is incomplete, and the caller
+    finishes the block on one thread.
     """
     T, _, H = hs.shape
     z = hs.dtype.type(0)
     other = 16 * (1 - me)
+    waited = 0
+    allowed = spin_max
     hp = np.empty(H, dtype=hs.dtype)
     out = np.empty((b1 - b0) * 64, dtype=hs.dtype)  # this thread's panels of h @ Wh
     j0, j1 = b0 * 64, min(b1 * 64, H)
@@ -650,9 +685,14 @@ def rnn_forward_split(hs, X, xid, h0, P, reset, b0, b1, flags, me, spin_max):
             n = 0
             while _load_acquire(flags, other) < t:
                 n += 1
-                if n > spin_max or _load_acquire(flags, SPLIT_GAVE_UP) != 0:
+                if n > allowed or _load_acquire(flags, SPLIT_GAVE_UP) != 0:
                     _store_release(flags, SPLIT_GAVE_UP, 1)
                     return -1
+            waited += n
+            # the waits of the whole block so far may exceed spin_max only by what
+            # step_spins a step allows: two threads that take turns on one core (a
+            # busy machine) wait a little at every step, and are slower than one
+            allowed = spin_max + t * step_spins - waited
         for j in range(H):
             hp[j] = z if reset[t, 0] != 0 else (hs[t - 1, 0, j] if t > 0 else h0[0, j])
         _panel_mv1(out, hp, P[b0:b1])

@@ -28,7 +28,12 @@ SPLIT_MIN_H = 256
 # milliseconds), and waiting for it would make every step as slow as the slowest
 # thread (a 5 MB line beside one busy process took 7.6x its time alone).
 SPLIT_WAIT_US = 30
+# ... and how long in all, on average per step: two threads running side by side wait
+# a fraction of a microsecond per step; two that take turns on one core (a busy
+# machine) wait a context switch at every step and are slower than one thread.
+SPLIT_STEP_WAIT_US = 1.0
 SPLIT_SPIN_MAX: int | None = None  # SPLIT_WAIT_US in spins (measured at first use)
+SPLIT_STEP_SPINS: int | None = None
 
 
 class _Backoff:
@@ -60,13 +65,17 @@ class _Backoff:
 BACKOFF = _Backoff()
 
 
-def _split_spins() -> int:
-    global SPLIT_SPIN_MAX
-    if SPLIT_SPIN_MAX is None:
+def _split_spins() -> tuple[int, int]:
+    global SPLIT_SPIN_MAX, SPLIT_STEP_SPINS
+    if SPLIT_SPIN_MAX is None or SPLIT_STEP_SPINS is None:
         from streamlm.threads import _spins_per_us
 
-        SPLIT_SPIN_MAX = max(1, int(SPLIT_WAIT_US * _spins_per_us()))
-    return SPLIT_SPIN_MAX
+        rate = _spins_per_us()
+        if SPLIT_SPIN_MAX is None:
+            SPLIT_SPIN_MAX = max(1, int(SPLIT_WAIT_US * rate))
+        if SPLIT_STEP_SPINS is None:
+            SPLIT_STEP_SPINS = max(1, int(SPLIT_STEP_WAIT_US * rate))
+    return SPLIT_SPIN_MAX, SPLIT_STEP_SPINS
 
 
 def recur_panels(W: np.ndarray) -> np.ndarray:
@@ -164,11 +173,11 @@ def rnn_recur_split(hs_full, xw, P, reset, pl, t0: int = 0, t1: int | None = Non
     flags = np.zeros(48, dtype=np.int64)
     hs = hs_full[t0 + 1:T + 1]
     args = (hs, xw, xid[t0:T], hs_full[t0], P, reset[t0:T])
-    spins = _split_spins()
+    spins, step_spins = _split_spins()
 
     def part(me):
         b0, b1 = (0, half) if me == 0 else (half, nb)
-        if K.rnn_forward_split(*args, b0, b1, flags, me, spins) >= 0 or me != 0:
+        if K.rnn_forward_split(*args, b0, b1, flags, me, spins, step_spins) >= 0 or me != 0:
             return
         # the caller's thread goes on alone from the first step both did not finish
         # (flags[16 * k]: the steps thread k completed)

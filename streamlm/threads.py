@@ -30,13 +30,14 @@ log = logging.getLogger(__name__)
 
 
 # How long a waiting thread spins before it sleeps on a semaphore, in microseconds:
-# about what a wake-up costs on the VMs streamlm runs on (40-80 us, bench/NOTES.md
-# "Pool hand-offs"), so that a wait costs at most about twice the best choice made
-# in hindsight (the ski-rental rule), whatever else runs on the machine. A spinner
-# holds a core: spinning for longer (0.7 ms before) kept a core from this process's
-# own threads, and from other processes, whenever a core was taken. STREAMLM_SPIN_US
-# overrides it (0: never spin).
-SPIN_US = 100
+# longer than the gaps between the parallel phases of a training step (waking a
+# sleeping thread costs 40-80 us on the VMs streamlm runs on: bench/NOTES.md, "Pool
+# hand-offs"). The spin offers its core to any other runnable thread about every
+# microsecond (kernels._yield): on an idle core that returns at once, on a busy one
+# the other thread runs, so a spinner never keeps a core from this process's own
+# threads or from another process. 100 us spins took class D=H=100 training 0.94x
+# the speed; 0 (sleep at once) 0.91x. STREAMLM_SPIN_US overrides it (0: never spin).
+SPIN_US = 700
 _FLAG_STRIDE = 8  # int64s per flag: one cache line each
 _GEN, _DONE, _CALLER_ASLEEP, _WORKER_ASLEEP = 0, 1, 2, 3  # flag k at k * _FLAG_STRIDE
 
@@ -96,7 +97,8 @@ class Pool:
     that is free, so that a thread which another process's work has taken off its
     core delays only the range it holds. A waiting thread (a worker for the next
     map, the caller for the last range of this one) spins on a flag without the
-    GIL (streamlm.kernels.pool_wait) for SPIN_US, then sleeps on a semaphore.
+    GIL (streamlm.kernels.pool_wait) for SPIN_US, offering its core to any other
+    runnable thread about every microsecond, then sleeps on a semaphore.
     Workers start when a map first has ranges for them, no more than it has.
     Spinning is off when there are more threads than cores (a spinner would take
     the core of the thread it waits for) and without the JIT (the loop would hold
@@ -296,10 +298,16 @@ def parts(n: int, threads: int, min_size: int = 1) -> list[tuple[int, int]]:
 
 
 def stream_parts(N: int, threads: int) -> list[tuple[int, int]]:
-    """N streams' recurrence in ranges for ``threads`` threads: groups of 4 streams
-    where there are enough (the kernels step 4 streams at a time), fewer per range
-    when there are few streams per thread."""
-    return parts(N, threads, min(4, max(1, N // max(1, threads))))
+    """N streams' recurrence in ranges for ``threads`` threads: whole groups of 4
+    streams (the kernels step 4 streams at a time), up to RANGES_PER_THREAD ranges
+    per thread; fewer streams than 4 a thread are split as they come."""
+    if threads <= 1 or N <= 0:
+        return [(0, N)] if N > 0 else []
+    if N < 4 * threads:
+        return split(N, threads)
+    groups = -(-N // 4)
+    k = min(RANGES_PER_THREAD * threads, groups)
+    return [(4 * a, min(N, 4 * b)) for a, b in split(groups, k)]
 
 
 def slices(i: int, j: int, rows: int) -> list[tuple[int, int]]:

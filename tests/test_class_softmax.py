@@ -322,7 +322,7 @@ def test_model_file_holds_the_classes_and_numpy_alone_computes_p(tmp_path):
     assert meta["format_version"] == 2 and meta["softmax"] == "class" and meta["C"] == 4
     assert a["word_class"].dtype == np.int32 and a["word_class"].shape == (17,)
     assert a["class_W"].shape == (6, 4) and a["class_b"].shape == (4,)
-    # the README's recipe: P(w | h) from the file's arrays, numpy alone
+    # docs/format.md's recipe: P(w | h) from the file's arrays, numpy alone
     h = np.random.default_rng(0).standard_normal(6).astype(np.float32)
     zc = h @ a["class_W"] + a["class_b"]
     pc = np.exp(zc - zc.max())

@@ -180,6 +180,7 @@ def test_one_stream_on_two_threads_is_bitwise_the_one_thread_recurrence(nthreads
     assert got.tobytes() == want.tobytes()
     for spins in (0, 3, 50):  # gives up at once, or somewhere inside the block
         monkeypatch.setattr(R, "SPLIT_SPIN_MAX", spins)
+        monkeypatch.setattr(R, "SPLIT_STEP_SPINS", spins)
         for _ in range(5):
             got = start.copy()
             R.BACKOFF.skip = 0
@@ -188,7 +189,7 @@ def test_one_stream_on_two_threads_is_bitwise_the_one_thread_recurrence(nthreads
     flags = np.zeros(48, dtype=np.int64)
     xid = np.arange(T, dtype=np.int64).reshape(T, 1)
     assert K.rnn_forward_split(got[1:], xw.reshape(T, H), xid, got[0], P, reset, 0, 1, flags, 0,
-                               1000) == -1
+                               1000, 10) == -1
     assert flags[K.SPLIT_GAVE_UP] == 1 and flags[0] == 1  # gave up at step 1
 
 

@@ -410,7 +410,7 @@ def test_model_file_wrong_shape_extra_and_missing(tmp_path):
 
 def _write_version_1(path, arrays, vocab):
     """A version-1 model file as streamlm wrote them before the restructuring (79a6f8e),
-    by the README's description with numpy and hashlib alone: the six arrays, the
+    by docs/format.md's description with numpy and hashlib alone: the six arrays, the
     vocabulary, and meta with the sha256 over each array's name, dtype string, shape
     and bytes, then the vocabulary joined by newlines."""
     import hashlib
