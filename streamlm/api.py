@@ -151,7 +151,7 @@ class Stream:
 
     def reset(self) -> None:
         """Back to the start: zero state, previous token ``<eos>``, zero totals."""
-        self._h = np.zeros((1, self.lm.config.H), dtype=self.lm.model.params.dtype)
+        self._h = np.zeros((1, self._rnn.state_size), dtype=self.lm.model.params.dtype)
         self._prev = self.lm.vocab.eos_id
         self._start = True
         self.tokens = 0
@@ -393,7 +393,7 @@ class Model:
 
     # ----------------------------------------------------------------- core --
     def _zero(self, n: int) -> np.ndarray:
-        return np.zeros((n, self.config.H), dtype=self.model.params.dtype)
+        return np.zeros((n, self.rnn.state_size), dtype=self.model.params.dtype)
 
     def _null_logprobs(self) -> np.ndarray:
         """ln p(w | zero state) for every word id (float64, (V,)): the output layer on a

@@ -27,6 +27,7 @@ import numpy as np
 
 from streamlm import __version__, store
 from streamlm.errors import InputError, UsageError
+from streamlm.params import state_size as params_state_size
 from streamlm.records import Accumulator, Spool, Totals
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,8 @@ def restore_train(path: Path, run: TrainState, batcher, model_cfg, vocab) -> Non
             raise UsageError(f"cannot resume: the checkpoint was made with {flag} "
                              f"{saved.get(k)!r}, this run has {getattr(run.cfg, k)!r} "
                              f"({path})")
-    if state["model_config"] != dataclasses.asdict(model_cfg):
+    saved_cfg = {"cell": "rnn", "layers": 1, **state["model_config"]}  # (before cells)
+    if saved_cfg != dataclasses.asdict(model_cfg):
         raise UsageError(f"cannot resume: checkpoint model {state['model_config']} differs "
                          f"from {dataclasses.asdict(model_cfg)} ({path})")
     if state["vocab_sha256"] != vocab.sha256():
@@ -158,7 +160,7 @@ def restore_train(path: Path, run: TrainState, batcher, model_cfg, vocab) -> Non
         run.ema[...] = arrays["ema"]
         run.ema_n = int(state.get("ema_n", 0))
     run.h = arrays["h"].astype(run.params.dtype) if state["has_h"] else None
-    if run.h is not None and run.h.shape != (run.cfg.batch, model_cfg.H):
+    if run.h is not None and run.h.shape != (run.cfg.batch, params_state_size(model_cfg)):
         raise InputError("checkpoint state has the wrong shape", path=path)
     run.rng.bit_generator.state = state["rng"]
     run.lr = float(state["lr"])
@@ -232,14 +234,14 @@ class ScoreCheckpoint:
         self._since, self._last = 0, self._clock()
         log.debug("checkpoint: %s tokens", f"{sum(t.scored for t in acc.t):,}")
 
-    def restore(self, saved: dict, acc: Accumulator, state: dict, H: int, dtype) -> None:
+    def restore(self, saved: dict, acc: Accumulator, state: dict, S: int, dtype) -> None:
         """Put a loaded checkpoint back into the accumulator and the scheduler's state."""
         if len(saved["inputs"]) != len(acc.t):
             raise UsageError(f"{self.path}: checkpoint has a different number of inputs")
         acc.t = [Totals.from_json(d) for d in saved["inputs"]]
         for k, d in saved.get("state", {}).items():
             h = saved["_states"][f"h_{k}"]
-            if h.shape != (H,):
+            if h.shape != (S,):
                 raise UsageError(f"{self.path}: checkpoint state has the wrong shape")
             state[int(k)] = (h.astype(dtype), int(d["prev"]), int(d["seg_offset"]),
                              int(d["key"]))

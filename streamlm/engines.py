@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from streamlm.options import Engine
-from streamlm.params import Params
+from streamlm.params import Params, layer_names, state_size
 
 _PROJ_ROWS = 512
 
@@ -76,11 +76,28 @@ def _blas_threads(n: int):
     return ctl.limit(limits=n)
 
 
+def _tanh_rnn(xw: np.ndarray, h0: np.ndarray, Wh: np.ndarray, reset: np.ndarray,
+              hs: np.ndarray) -> None:
+    """hs[t] = tanh(hs[t-1] @ Wh + xw[t]) (hs: (T+1, N, H), h0 in hs[0]; reset (N, T))."""
+    hs[0] = h0
+    for t in range(xw.shape[0]):
+        hp = hs[t]
+        r = reset[:, t]
+        if r.any():
+            hp = hp * (r == 0)[:, None].astype(hs.dtype)
+        np.tanh(hp @ Wh + xw[t], out=hs[t + 1])
+
+
+# per cell kind: the numpy recurrence of a layer, (xw, h0, weights, reset, hs) -> None
+NUMPY_CELLS = {"rnn": _tanh_rnn}
+
+
 class NumpyRNN:
     """Scoring only: ``nll(xs, ts, h0, reset, lengths) -> (nll, final state)``."""
 
     def __init__(self, params: Params):
         self.params = params
+        self.state_size = state_size(params.config)
 
     def nll(self, xs, ts, h0=None, reset=None, lengths=None) -> tuple[np.ndarray, np.ndarray]:
         from streamlm import cpus
@@ -90,7 +107,8 @@ class NumpyRNN:
 
     def _nll(self, xs, ts, h0, reset, lengths) -> tuple[np.ndarray, np.ndarray]:
         p = self.params
-        V, H = p.config.V, p.config.H
+        cfg = p.config
+        V, H = cfg.V, cfg.H
         xs, ts = np.asarray(xs), np.asarray(ts)
         N, T = xs.shape
         if xs.size and (xs.min() < 0 or xs.max() >= V or ts.min() < -1 or ts.max() >= V):
@@ -98,23 +116,25 @@ class NumpyRNN:
         if p.classes is not None:  # the model's own (class) order
             xs, ts = p.classes.rank[xs], p.classes.to_internal(ts)
         reset = np.zeros((N, T), np.uint8) if reset is None else np.asarray(reset)
-        xw = p.embed_W[xs] @ p.rnn_Wx  # (N, T, H)
-        xw += p.rnn_b
-        hs = np.empty((T + 1, N, H), dtype=p.dtype)
-        hs[0] = 0.0 if h0 is None else h0
-        Wh = p.rnn_Wh
-        for t in range(T):
-            hp = hs[t]
-            r = reset[:, t]
-            if r.any():
-                hp = hp * (r == 0)[:, None].astype(p.dtype)
-            np.tanh(hp @ Wh + xw[:, t], out=hs[t + 1])
-        flat = hs[1:].reshape(T * N, H)  # time-major rows
+        state0 = np.zeros((N, self.state_size), p.dtype) if h0 is None else np.asarray(h0)
+        lengths = np.full(N, T) if lengths is None else np.asarray(lengths)
+        X = p.embed_W[xs].transpose(1, 0, 2)  # (T, N, D) time-major
+        finals, width = [], self.state_size // cfg.layers
+        step = NUMPY_CELLS[cfg.cell]
+        for layer in range(cfg.layers):
+            n = layer_names(cfg, layer)
+            xw = X @ p[n["Wx"]]  # (T, N, G H)
+            xw += p[n["b"]]
+            hs = np.empty((T + 1, N, width), dtype=p.dtype)
+            step(xw, state0[:, layer * width:(layer + 1) * width], p[n["Wh"]], reset, hs)
+            finals.append(hs[lengths, np.arange(N)])
+            X = hs[1:, :, :H]
+        flat = np.ascontiguousarray(X).reshape(T * N, H)  # time-major rows of the top h
         labels = np.ascontiguousarray(ts.T).reshape(-1)
         out = np.zeros(T * N, dtype=np.float64)
         (_full_softmax_nll if p.classes is None else _class_softmax_nll)(p, flat, labels, out)
-        lengths = np.full(N, T) if lengths is None else np.asarray(lengths)
-        return out.reshape(T, N).T.copy(), hs[lengths, np.arange(N)].copy()
+        final = finals[0] if len(finals) == 1 else np.concatenate(finals, axis=1)
+        return out.reshape(T, N).T.copy(), final.copy()
 
 
 def scoring_model(params: Params, engine: Engine | str):

@@ -1,22 +1,23 @@
 """Forward/backward orchestration of the RNN language model.
 
-Layers, in order: Embedding -> RNN (tanh) -> output layer (``streamlm.heads``)
--> cross-entropy, over a block of T steps for N parallel streams. The layer
-functions only call kernels (``streamlm.kernels``) and GEMMs
-(``streamlm.blas``), in order; ``RNNLM`` holds the weights' views and
-preallocated buffers and splits the work over streamlm's threads
-(``streamlm.threads``).
+Layers, in order: Embedding -> the recurrent layers (``streamlm.cells``: one or more
+cells, layer 0 reading the embedding, layer l the layer below) -> output layer
+(``streamlm.heads``) -> cross-entropy, over a block of T steps for N parallel
+streams. The layer functions only call kernels and GEMMs, in order; ``RNNLM`` holds
+the weights' views and preallocated buffers and splits the work over streamlm's
+threads (``streamlm.threads``), as ``streamlm.plan`` decides.
 
-The carried hidden state is not the model's: every call takes the state
-before the block, ``h0`` (N, H) (None = zeros), and returns the state after
-it, a new array the caller keeps (the trainer, the scorer's lanes, the API's
-states). Nothing about one stream survives a call inside the model.
+The carried state is not the model's: every call takes the state before the block,
+``h0`` (N, S) (None = zeros; S = ``state_size``, every layer's state side by side),
+and returns the state after it, a new array the caller keeps (the trainer, the
+scorer's lanes, the API's states). Nothing about one stream survives a call inside
+the model.
 
-Internally everything is time-major: token ``m = t * N + n``. The public
-methods take and return batch-major ``(N, T)`` arrays, like the book.
-Truncated BPTT: ``backward`` stops at the block start; the gradient w.r.t.
-``h0`` is returned (for tests) but never applied. A frozen model (scoring,
-generation, evaluation) looks the input term up in a table (``input_table``).
+Internally everything is time-major: token ``m = t * N + n``. The public methods take
+and return batch-major ``(N, T)`` arrays, like the book. Truncated BPTT: ``backward``
+stops at the block start; the gradient w.r.t. ``h0`` is returned (for tests) but
+never applied. A frozen model (scoring, generation, evaluation) looks layer 0's input
+term up in a table (``input_table``).
 """
 
 from __future__ import annotations
@@ -26,51 +27,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamlm import blas
 from streamlm import kernels as K
+from streamlm import plan
+from streamlm.cells import Block, Cell, cell_class
 from streamlm.heads import output_layer
-from streamlm.memory import aligned_empty
 from streamlm.params import Params
-from streamlm.recurrence import (
-    BACKOFF,
-    recur_panels,
-    rnn_backward_rows,
-    rnn_recur_rows,
-    rnn_recur_split,
-    split_recurrence,
-)
-from streamlm.threads import Pool, Scratch, parts, pool, split, stream_parts
-
-# The H x H product of each recurrence step goes to BLAS (from Python) from this
-# many multiply-adds per step for one thread's streams (N/threads * H * H), and
-# at least this many streams per thread; otherwise the whole block runs in one
-# Numba kernel (bench/RESULTS.md, "recurrence threshold"). Since the panel
-# kernels the kernel is the faster at every size measured there (up to 32
-# streams per thread at H=650, 1.35e7), so BLAS is left for larger work only.
-BLAS_RECUR_MIN_WORK = 16_000_000
-BLAS_RECUR_MIN_STREAMS = 4
-# A block of one step (generation) goes to BLAS from this H on: the kernel's
-# panels, a copy of Wh made per call (recur_panels), then cost more than BLAS's
-# overhead (one step, H=650: 175 us with the kernel, 130 with BLAS; H=256:
-# 69 and 73; H=100: 32 and 39, model.step in turn).
-BLAS_ONE_STEP_MIN_H = 256
-
-# Rows per segment of the single-stream pipeline (``_nll_pipelined``). Full
-# softmax: 1024 left the projecting thread idle for a quarter of a 4096-token
-# chunk. Class softmax: a segment is cheap to score, and its per-call work (the
-# grouping by class) wants long ones: 1024 rows scored 1.4x faster than 256.
-PIPE_ROWS = 256
-CLASS_PIPE_ROWS = 1024
+from streamlm.threads import Pool, Scratch, parts, pool
 
 _SERIAL = Pool(1)
-
-
-def final_states(hs_full: np.ndarray, lengths=None) -> np.ndarray:
-    """(N, H): row n's state after its last real step, ``lengths[n]`` of the block's
-    T (default all), from hs_full (T+1, N, H); a copy."""
-    if lengths is None:
-        return hs_full[-1].copy()
-    return hs_full[np.asarray(lengths), np.arange(hs_full.shape[1])].copy()
 
 
 def check_ids(ids: np.ndarray, V: int, what: str = "token ids", allow_ignore: bool = False):
@@ -95,14 +59,13 @@ class _Cache:
     N: int
     T: int
     ids: np.ndarray  # (M,) int32 time-major inputs
-    X: np.ndarray  # (M, D) embedding output (after dropout)
-    hs_full: np.ndarray  # (T+1, N, H)
-    mask_x: np.ndarray | None
-    mask_h: np.ndarray | None
+    blocks: list[Block]  # per layer, each with its input rows X
+    mask_x: np.ndarray | None  # the embedding's dropout
+    masks: list[np.ndarray | None]  # the dropout on layer l's output (the last: the head's)
 
 
 class RNNLM:
-    """SimpleRnnlm over blocks of N parallel streams, with preallocated buffers.
+    """The language model over blocks of N parallel streams, with preallocated buffers.
     ``forward(xs, ts, h0)`` returns the mean loss over the block and the final state
     and keeps what ``backward`` needs; ``nll(xs, ts, h0)`` keeps nothing."""
 
@@ -115,6 +78,11 @@ class RNNLM:
         self.params = params
         self.classes = params.classes  # a class model keeps its words in class order
         self.head = output_layer(params)
+        cls = cell_class(params.config.cell)
+        self.cells: list[Cell] = [cls(params, layer) for layer in range(params.config.layers)]
+        sizes = [c.state_size for c in self.cells]
+        self.state_size = int(sum(sizes))
+        self._slices = [slice(int(a), int(a + s)) for a, s in zip(np.cumsum([0, *sizes]), sizes)]
         self.dropout = float(dropout)
         self.rng = np.random.default_rng(seed)
         self.recur = recur
@@ -132,48 +100,39 @@ class RNNLM:
         return m
 
     def input_table(self) -> np.ndarray:
-        """(V, H) embed_W @ rnn_Wx + rnn_b in the model's word order, made once: a row
-        copy per token instead of a D x H product."""
+        """(V, G H): layer 0's input term of every word, embed_W @ Wx + b in the model's
+        word order, made once: a row copy per token instead of a D x GH product."""
         if self._table is None and self._table_of is not None:
             self._table = self._table_of.input_table()
         if self._table is None:
-            p = self.params
-            t = aligned_empty((self.config.V, self.config.H), p.dtype)
-            pl = pool()
-
-            def rows(i, j):
-                blas.gemm(p.embed_W[i:j], p.rnn_Wx, t[i:j])
-                t[i:j] += p.rnn_b
-
-            pl.map(rows, parts(self.config.V, pl.threads, 256))
-            self._table = t
+            self._table = self.cells[0].input_table(self.params.embed_W, pool())
         return self._table
 
     @property
     def config(self):
         return self.params.config
 
+    @property
+    def sizes(self) -> plan.Sizes:
+        cfg = self.config
+        return plan.Sizes(V=cfg.V, C=cfg.C, H=cfg.H, G=self.cells[-1].gates)
+
     def zero_state(self, N: int) -> np.ndarray:
-        return np.zeros((N, self.config.H), dtype=self.params.dtype)
+        return np.zeros((N, self.state_size), dtype=self.params.dtype)
+
+    def top(self, state: np.ndarray) -> np.ndarray:
+        """The top layer's output h (..., H) of states (..., S): what the head reads."""
+        s = self._slices[-1]
+        return state[..., s.start:s.start + self.config.H]
 
     def _h0(self, h0, N: int) -> np.ndarray:
         if h0 is None:
             return self.zero_state(N)
         h0 = np.asarray(h0)
-        if h0.shape != (N, self.config.H):
+        if h0.shape != (N, self.state_size):
             raise ValueError(f"state has shape {h0.shape}, the block needs ({N}, "
-                             f"{self.config.H})")
+                             f"{self.state_size})")
         return h0
-
-    def _use_blas(self, N: int, threads: int, T: int) -> bool:
-        """BLAS per step or the Numba kernel, by the work of one thread's streams
-        (and for a block of one step by H, BLAS_ONE_STEP_MIN_H)."""
-        if self.recur != "auto":
-            return self.recur == "blas"
-        if T == 1 and self.config.H >= BLAS_ONE_STEP_MIN_H:
-            return True
-        n = -(-N // threads)
-        return n >= BLAS_RECUR_MIN_STREAMS and n * self.config.H ** 2 >= BLAS_RECUR_MIN_WORK
 
     def _block(self, xs, ts) -> tuple[np.ndarray, np.ndarray]:
         """Check an (N, T) block, validated against V (-1 = ignore) before any kernel
@@ -203,20 +162,20 @@ class RNNLM:
         m = self.rng.random(shape, dtype=np.float32) < keep
         return m.astype(self.params.dtype) * self.params.dtype.type(1.0 / keep)
 
-    # shared front half ---------------------------------------------------
-    def _input_terms(self, ids, T: int, N: int, pl: Pool, use_blas: bool, table, X=None,
-                     mask_x=None):
-        """The input term x_t @ Wx + b of every token of a block, as (xw, xid) for
-        rnn_recur_rows: with ``table`` (a frozen model's input_table) and the kernel
-        recurrence, the table itself and the ids (the kernel reads its rows); else
-        (T, N, H) written out, from the table's rows or as X @ Wx + b (X: an (M, D)
-        buffer for the embedding, kept for the backward; mask_x: its dropout)."""
+    # the recurrent layers ---------------------------------------------------
+    def _layer0_terms(self, ids, T: int, N: int, pl: Pool, use_blas: bool, table, X=None,
+                      mask_x=None):
+        """Layer 0's input terms of a block, as (xw, xid) for its cell: with ``table``
+        (a frozen model's input_table) and the kernel recurrence, the table itself and
+        the ids (the kernel reads its rows); else (T, N, G H) written out, from the
+        table's rows or as X @ Wx + b (X: an (M, D) buffer for the embedding, kept for
+        the backward; mask_x: its dropout)."""
         if table is not None and not use_blas:
             return table, ids.reshape(T, N)
-        p = self.params
-        M, H = T * N, self.config.H
-        xw = self.buf("xw", (T, N, H))
-        xw2 = xw.reshape(M, H)
+        p, cell = self.params, self.cells[0]
+        M = T * N
+        xw = self.buf("xw0", (T, N, cell.gates * cell.H))
+        xw2 = xw.reshape(M, -1)
 
         def rows(i, j):
             if table is not None:
@@ -225,40 +184,93 @@ class RNNLM:
             K.embedding_forward(X[i:j], ids[i:j], p.embed_W)
             if mask_x is not None:
                 X[i:j] *= mask_x[i:j]
-            blas.gemm(X[i:j], p.rnn_Wx, xw2[i:j])
-            xw2[i:j] += p.rnn_b
+            cell.input_rows(X[i:j], xw2[i:j])
 
         pl.map(rows, parts(M, pl.threads, 256))
         return xw, None
 
-    def _run_rnn(self, xs, h0, reset, train: bool, pl: Pool, keep: bool = True):
-        """Embedding, input term and recurrence of an (N, T) block (threads: rows, streams).
-        keep=False (scoring): X is not needed, and a frozen model looks the input
-        term up in its table."""
-        p = self.params
+    def _front(self, xs, h0, reset, threads: int, pl: Pool, train: bool = False,
+               keep: bool = False, top=None):
+        """The blocks of every layer for xs (N, T) (model word order): layer 0's input
+        terms made (on ``pl``), each layer's state before the block set; layers above 0
+        get their input terms as the layer below advances (_advance). ``threads``: the
+        threads the recurrence will run on (it picks the kernel or BLAS); ``top``: a
+        (T+1, N, H) buffer for the top layer's states (a pipeline's own), else the
+        model's. Returns (ids, blocks, mask_x)."""
         N, T = xs.shape
-        H, D = self.config.H, self.config.D
         M = N * T
+        cfg = self.config
         ids = np.ascontiguousarray(xs.T, dtype=np.int32).reshape(M)
-        check_ids(ids, self.config.V, "input ids")
-        mask_x = self._dropout_mask((M, D)) if train and self.dropout > 0 else None
+        check_ids(ids, cfg.V, "input ids")
+        c0 = self.cells[0]
+        use_blas = plan.recurrence_blas(N, T, c0.H, c0.gates, threads, self.recur)
+        mask_x = self._dropout_mask((M, cfg.D)) if train and self.dropout > 0 else None
         table = self.input_table() if self.frozen and not keep and not train else None
-        X = self.buf("X", (M, D)) if table is None else None
-        use_blas = self._use_blas(N, pl.threads, T)
-        xw, xid = self._input_terms(ids, T, N, pl, use_blas, table, X, mask_x)
-        hs_full = self.buf("hs_full", (T + 1, N, H))
-        hs_full[0] = self._h0(h0, N)
+        X = self.buf("X", (M, cfg.D)) if table is None else None
+        xw, xid = self._layer0_terms(ids, T, N, pl, use_blas, table, X, mask_x)
+        h0 = self._h0(h0, N)
         reset_tm = self._reset_tm(reset, T, N)
-        Wh = p.rnn_Wh
-        P = None if use_blas else recur_panels(Wh)
-        pl.map(lambda n0, n1: rnn_recur_rows(hs_full, xw, Wh, reset_tm, n0, n1, use_blas, P=P,
-                                             xid=xid), stream_parts(N, pl.threads))
-        return ids, X, hs_full, mask_x
+        blocks = []
+        last = len(self.cells) - 1
+        for layer, cell in enumerate(self.cells):
+            if layer > 0:
+                xw, xid = self.buf(f"xw{layer}", (T, N, cell.gates * cell.H)), None
+            blocks.append(cell.begin(
+                N, T, xw, xid, h0[:, self._slices[layer]], reset_tm, threads, self.recur,
+                hs_full=top if layer == last else None, X=X if layer == 0 and keep else None,
+                tag=str(layer)))
+        return ids, blocks, mask_x
+
+    def _inputs_above(self, blocks: list[Block], layer: int, t0: int, t1: int, pl: Pool,
+                      masks=None, keep: bool = False) -> None:
+        """Layer ``layer`` (> 0)'s input terms for steps [t0, t1) from the layer below's
+        outputs (with its dropout mask, training)."""
+        below, blk, cell = blocks[layer - 1], blocks[layer], self.cells[layer]
+        N = blk.N
+        X = below.hs[t0:t1].reshape((t1 - t0) * N, -1)
+        if masks is not None and masks[layer - 1] is not None:
+            X = np.multiply(X, masks[layer - 1][t0 * N:t1 * N],
+                            out=self.buf(f"Xin{layer}", X.shape))
+        if keep:
+            blk.X = X
+        out = blk.xw[t0:t1].reshape((t1 - t0) * N, -1)
+        pl.map(lambda i, j: cell.input_rows(X[i:j], out[i:j]),
+               parts((t1 - t0) * N, pl.threads, 256))
+
+    def _run_layers(self, xs, h0, reset, train: bool, pl: Pool, keep: bool = True):
+        """Every layer's recurrence over an (N, T) block (threads: rows, streams).
+        keep=False (scoring): the input rows are not kept, and a frozen model looks
+        layer 0's input terms up in its table. Returns (ids, blocks, mask_x, masks)."""
+        N, T = xs.shape
+        ids, blocks, mask_x = self._front(xs, h0, reset, pl.threads, pl, train, keep)
+        M, H = N * T, self.config.H
+        drop = train and self.dropout > 0
+        masks: list[np.ndarray | None] = []
+        for layer, cell in enumerate(self.cells):
+            if layer > 0:
+                self._inputs_above(blocks, layer, 0, T, pl, masks, keep)
+            cell.run(blocks[layer], pl)
+            masks.append(self._dropout_mask((M, H)) if drop else None)
+        return ids, blocks, mask_x, masks
+
+    def _advance(self, blocks: list[Block], t0: int, t1: int, pl: Pool) -> None:
+        """Steps [t0, t1) of every layer of every stream, layer by layer, on pl's
+        threads (a pipeline's calling thread: _SERIAL)."""
+        for layer, cell in enumerate(self.cells):
+            if layer > 0:
+                self._inputs_above(blocks, layer, t0, t1, pl)
+            blk = blocks[layer]
+            cell.advance(blk, 0, blk.N, t0, t1)
+
+    def final_states(self, blocks: list[Block], lengths=None) -> np.ndarray:
+        """(N, S): every layer's state after each stream's last real step."""
+        states = [cell.final(blk, lengths) for cell, blk in zip(self.cells, blocks)]
+        return states[0] if len(states) == 1 else np.concatenate(states, axis=1)
 
     # training ------------------------------------------------------------
     def forward(self, xs: np.ndarray, ts: np.ndarray, h0: np.ndarray | None = None,
                 train: bool = False) -> tuple[float, np.ndarray]:
-        """(mean NLL over the non-ignored targets, final state (N, H)) of one block.
+        """(mean NLL over the non-ignored targets, final state (N, S)) of one block.
 
         xs: (N, T) int input ids; ts: (N, T) int targets (-1 = ignore); h0: the
         state before the block (None: zeros). Keeps the activations for
@@ -268,73 +280,45 @@ class RNNLM:
         N, T = xs.shape
         M, H = N * T, self.config.H
         pl = pool()
-        ids, X, hs_full, mask_x = self._run_rnn(xs, h0, None, train, pl)
-        hs_in = hs_full[1:].reshape(M, H)
-        mask_h = None
-        if train and self.dropout > 0:
-            mask_h = self._dropout_mask((M, H))
-            hs_in = np.multiply(hs_in, mask_h, out=self.buf("hs_in", (M, H)))
+        ids, blocks, mask_x, masks = self._run_layers(xs, h0, None, train, pl)
+        hs_in = blocks[-1].hs.reshape(M, H)
+        if masks[-1] is not None:
+            hs_in = np.multiply(hs_in, masks[-1], out=self.buf("hs_in", (M, H)))
         count = int((labels >= 0).sum())
         dt = self.params.dtype.type
         scale = dt(1.0 / count) if count else dt(0.0)
         nll = self.head.forward(hs_in, labels, scale, pl)
-        self._cache = _Cache(N, T, ids, X, hs_full, mask_x, mask_h)
+        self._cache = _Cache(N, T, ids, blocks, mask_x, masks)
         self._touched = None
         loss = float(nll.sum() / count) if count else 0.0
-        return loss, hs_full[T].copy()
+        return loss, self.final_states(blocks)
 
     def backward(self, grads: Params) -> np.ndarray:
         """Accumulate the gradients of the last ``forward``'s mean loss into ``grads``.
 
-        The caller zeroes ``grads``. Returns dL/dh0 (N, H) (tests only: truncated
+        The caller zeroes ``grads``. Returns dL/dh0 (N, S) (tests only: truncated
         BPTT drops it).
         """
         c = self._cache
         if c is None:
             raise RuntimeError("backward() without forward()")
-        p = self.params
-        N, T, M = c.N, c.T, c.N * c.T
-        H, D = self.config.H, self.config.D
         pl = pool()
-        P = pl.threads
-        rows = split(M, P)
-        use_blas = self._use_blas(N, P, T)
-        dxw = self.buf("dxw", (T, N, H))
-        dxw2 = dxw.reshape(M, H)
-        dh0 = np.empty((N, H), dtype=p.dtype)
-        dX = self.buf("dX", (M, D))
-        gWx = self.buf("gWx", (P, D, H))
-        gWh = self.buf("gWh", (P, H, H))
-        gb = self.buf("gb", (P, H))
-        hprev = c.hs_full[:-1].reshape(M, H)
-        hs = c.hs_full[1:]
-        Wx, Wh = p.rnn_Wx, p.rnn_Wh
-
-        def input_back(k, i, j):
-            blas.gemm(c.X[i:j].T, dxw2[i:j], gWx[k])
-            blas.gemm(hprev[i:j].T, dxw2[i:j], gWh[k])
-            gb[k] = dxw2[i:j].sum(axis=0)
-            blas.gemm(dxw2[i:j], Wx.T, dX[i:j])
-            if c.mask_x is not None:
-                dX[i:j] *= c.mask_x[i:j]
-
         dhs = self.head.backward(grads, pl)
-        if c.mask_h is not None:
-            dhs *= c.mask_h
-        WhT = np.ascontiguousarray(Wh.T) if use_blas else None
-        PT = None if use_blas else recur_panels(Wh.T)
-        pl.map(lambda n0, n1: rnn_backward_rows(dxw, dh0, dhs.reshape(T, N, H), hs, Wh,
-                                                n0, n1, use_blas, WhT, PT), split(N, P))
-        pl.map(input_back, [(k, i, j) for k, (i, j) in enumerate(rows)])
-        nr = len(rows)
-        grads["rnn_Wx"] += gWx[:nr].sum(axis=0)
-        grads["rnn_Wh"] += gWh[:nr].sum(axis=0)
-        grads["rnn_b"] += gb[:nr].sum(axis=0)
-        K.embedding_backward(grads["embed_W"], c.ids, dX)
+        dh0 = []
+        for layer in range(len(self.cells) - 1, -1, -1):
+            mask = c.masks[layer]
+            if mask is not None:
+                dhs *= mask
+            dX, d = self.cells[layer].backward(c.blocks[layer], dhs, grads, pl)
+            dh0.append(d)
+            dhs = dX
+        if c.mask_x is not None:
+            dhs *= c.mask_x
+        K.embedding_backward(grads["embed_W"], c.ids, dhs)
         self._cache = None
         if self.classes is not None:
             self._touched = (c.ids, self.head.touched_ranges)
-        return dh0
+        return dh0[0] if len(dh0) == 1 else np.concatenate(dh0[::-1], axis=1)
 
     def touched(self) -> np.ndarray | None:
         """After ``backward``: the ranges (K, 2) of the flat gradient buffer that can be
@@ -350,7 +334,7 @@ class RNNLM:
     def nll(self, xs: np.ndarray, ts: np.ndarray, h0: np.ndarray | None = None,
             reset: np.ndarray | None = None, lengths: np.ndarray | None = None
             ) -> tuple[np.ndarray, np.ndarray]:
-        """(per-token NLL (natural log) as float64 (N, T), final state (N, H)).
+        """(per-token NLL (natural log) as float64 (N, T), final state (N, S)).
 
         Targets of -1 are ignored (NLL 0). ``h0``: the state before the block
         (None: zeros). ``reset`` (N, T): where nonzero, the state before that
@@ -363,59 +347,53 @@ class RNNLM:
         M = N * T
         pl = pool()
         out = np.empty(M, dtype=np.float64)
-        if N >= pl.threads or pl.threads == 1:
-            _, _, hs_full, _ = self._run_rnn(xs, h0, reset, False, pl, keep=False)
-            self.head.score(hs_full[1:].reshape(M, self.config.H), labels, out, pl)
+        if plan.within_block(N, pl.threads):
+            blocks = self._nll_pipelined(xs, h0, reset, labels, out, pl)
         else:
-            hs_full = self._nll_pipelined(xs, h0, reset, labels, out, pl)
-        return out.reshape(T, N).T.copy(), final_states(hs_full, lengths)
+            _, blocks, _, _ = self._run_layers(xs, h0, reset, False, pl, keep=False)
+            self.head.score(blocks[-1].hs.reshape(M, self.config.H), labels, out, pl)
+        return out.reshape(T, N).T.copy(), self.final_states(blocks, lengths)
 
-    def scoring_front(self, xs, h0, reset, threads: int, hs_full=None):
-        """What the recurrence of a scoring block xs (N, T) (model word order) needs,
-        its input terms made on the calling thread: (xw, xid, hs_full with the
-        state before the block in hs_full[0], reset (T, N), use_blas). ``threads``:
-        the threads the recurrence will run on (it picks the kernel or BLAS);
-        hs_full: a (T+1, N, H) buffer, else the model's own."""
-        N, T = xs.shape
-        M = N * T
-        ids = np.ascontiguousarray(xs.T, dtype=np.int32).reshape(M)
-        check_ids(ids, self.config.V, "input ids")
-        use_blas = self._use_blas(N, threads, T)
-        table = self.input_table() if self.frozen else None
-        X = self.buf("X", (M, self.config.D)) if table is None else None
-        xw, xid = self._input_terms(ids, T, N, _SERIAL, use_blas, table, X)
-        if hs_full is None:
-            hs_full = self.buf("hs_full", (T + 1, N, self.config.H))
-        hs_full[0] = self._h0(h0, N)
-        return xw, xid, hs_full, self._reset_tm(reset, T, N), use_blas
+    def scoring_front(self, xs, h0, reset, threads: int, top=None) -> list[Block]:
+        """The blocks of a scoring block xs (N, T) (model word order), layer 0's input
+        terms made on the calling thread (a pipeline's other threads score); advance
+        them with ``advance``. ``threads``: the threads the recurrence will run on;
+        ``top``: a (T+1, N, H) buffer for the top layer's states, else the model's."""
+        _, blocks, _ = self._front(xs, h0, reset, threads, _SERIAL, top=top)
+        return blocks
 
-    def _nll_pipelined(self, xs, h0, reset, labels, out, pl: Pool):
+    def advance(self, blocks: list[Block], t0: int, t1: int) -> None:
+        """Steps [t0, t1) of every layer of a scoring_front's blocks, on this thread."""
+        self._advance(blocks, t0, t1, _SERIAL)
+
+    def _nll_pipelined(self, xs, h0, reset, labels, out, pl: Pool) -> list[Block]:
         """Fewer streams than threads: while the calling thread runs the
         recurrence segment by segment, the other threads score the segments
         already done; then the calling thread joins the scoring. One stream at
         large H instead runs its recurrence on two threads, then the scoring on
-        all of them (streamlm.recurrence.split_recurrence)."""
-        p = self.params
+        all of them (streamlm.plan.can_split)."""
         N, T = xs.shape
         M = N * T
         H = self.config.H
         # (the input terms on the calling thread: the other threads are the pipeline's)
-        xw, xid, hs_full, reset_tm, use_blas = self.scoring_front(xs, h0, reset, pl.threads)
-        P = None if use_blas else recur_panels(p.rnn_Wh)
-        if split_recurrence(N, H, pl.threads, use_blas) and BACKOFF.allow():  # on two threads
-            rnn_recur_split(hs_full, xw, P, reset_tm, pl, xid=xid)
-            self.head.score(hs_full[1:].reshape(M, H), labels, out, pl)
-            return hs_full
+        blocks = self.scoring_front(xs, h0, reset, pl.threads)
+        hs = blocks[-1].hs.reshape(M, H)
+        if all(plan.can_split(N, c.H, pl.threads, b.use_blas)
+               for c, b in zip(self.cells, blocks)) and plan.SPLIT_BACKOFF.allow():
+            for layer, cell in enumerate(self.cells):  # each layer on two threads
+                if layer > 0:
+                    self._inputs_above(blocks, layer, 0, T, pl)
+                cell.advance_split(blocks[layer], pl)
+            self.head.score(hs, labels, out, pl)
+            return blocks
         rows = self.head.row_limit(M)
         work = self.head.scratch(pl.threads, rows)
         # steps per segment: small segments balance the two threads at the end
-        pipe = PIPE_ROWS if self.classes is None else CLASS_PIPE_ROWS
-        seg_t = max(1, min(rows, pipe) // N)
+        seg_t = max(1, min(rows, plan.pipe_rows(self.sizes)) // N)
         segs = [(t, min(T, t + seg_t)) for t in range(0, T, seg_t)]
         ready = [threading.Event() for _ in segs]
         nxt = iter(range(len(segs)))
         lock = threading.Lock()
-        hs = hs_full[1:].reshape(M, H)
         failed = []
 
         def project(k):
@@ -434,8 +412,7 @@ class RNNLM:
             if k == 0:
                 try:
                     for s, (t0, t1) in enumerate(segs):
-                        rnn_recur_rows(hs_full, xw, p.rnn_Wh, reset_tm, 0, N, use_blas, t0, t1,
-                                       P, xid)
+                        self._advance(blocks, t0, t1, _SERIAL)
                         ready[s].set()
                 except BaseException:
                     failed.append(True)
@@ -446,26 +423,27 @@ class RNNLM:
 
         # the recurrence's thread, and no more scorers than there are segments
         pl.map(run, [(k,) for k in range(min(pl.threads, 1 + len(segs)))])
-        return hs_full
+        return blocks
 
     # generation ------------------------------------------------------------
     def step(self, ids: np.ndarray, h0: np.ndarray | None = None) -> np.ndarray:
-        """Feed one token per row (ids: (N,)); return the new state (N, H)."""
+        """Feed one token per row (ids: (N,)); return the new state (N, S)."""
         ids = np.asarray(ids, dtype=np.int32).reshape(-1, 1)
         check_ids(ids, self.config.V, "input ids")
         if self.classes is not None:
             ids = self.classes.rank[ids]
-        _, _, hs_full, _ = self._run_rnn(ids, h0, None, False, _SERIAL, keep=False)
-        return hs_full[1].copy()
+        _, blocks, _, _ = self._run_layers(ids, h0, None, False, _SERIAL, keep=False)
+        return self.final_states(blocks)
 
-    def logprobs(self, h: np.ndarray) -> np.ndarray:
-        """log p(next word) for every word id: (N, V) from states h: (N, H)."""
-        lp = self.head.logprobs(np.asarray(h, dtype=self.params.dtype))
+    def logprobs(self, state: np.ndarray) -> np.ndarray:
+        """log p(next word) for every word id: (N, V) from states (N, S)."""
+        lp = self.head.logprobs(np.asarray(self.top(state), dtype=self.params.dtype))
         return lp if self.classes is None else lp[:, self.classes.rank]
 
-    def sample(self, h: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
-        """The next word id drawn from p(w | h) ** (1/temperature); h: (H,)."""
-        k = self.head.sample(np.asarray(h, dtype=self.params.dtype), temperature, rng)
+    def sample(self, state: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
+        """The next word id drawn from p(w | state) ** (1/temperature); state: (S,)."""
+        h = np.ascontiguousarray(self.top(state), dtype=self.params.dtype)
+        k = self.head.sample(h, temperature, rng)
         return k if self.classes is None else int(self.classes.order[k])
 
 

@@ -3,7 +3,11 @@
 The parameters live in one flat buffer (so that gradient clipping and the
 optimisers are one kernel call each) and are exposed as named views:
 
-    embed_W (V, D)   rnn_Wx (D, H)   rnn_Wh (H, H)   rnn_b (H,)
+    embed_W (V, D)
+    the recurrent layers' arrays (streamlm.cells.layer_shapes): for layer l,
+        layer{l}_Wx (D_l, G H)   layer{l}_Wh (H, G H)   layer{l}_b (G H,)
+        (D_0 = D, D_l = H above; G the cell's gates; a one-layer tanh RNN's are
+        rnn_Wx (D, H), rnn_Wh (H, H), rnn_b (H,), as in the first model files)
     affine_W (H, V)  affine_b (V,)
     class_W (H, C)   class_b (C,)    (class-factored softmax only)
 
@@ -26,7 +30,9 @@ object; see :func:`save_model` and :mod:`streamlm.store`). Format version 1
 is the full softmax; version 2 adds the class softmax; version 3 is either
 with its tokeniser: ``tokenizer_model`` (uint8, the serialised SentencePiece
 model, whose pieces are ``vocab``) and ``"tokenizer": "sentencepiece"`` in
-meta. A word-level model is still written as version 1 or 2.
+meta. Version 4 is a model of another cell or of stacked layers: ``"cell"`` and
+``"layers"`` in meta and the arrays ``layer{l}_*``. A one-layer tanh RNN is still
+written as version 1, 2 or 3.
 """
 
 from __future__ import annotations
@@ -46,18 +52,51 @@ from streamlm.errors import InputError, ModelFileError
 from streamlm.memory import aligned_empty
 
 FORMAT = "streamlm-model"
-FORMAT_VERSION = 3  # the newest this streamlm reads; a full-softmax file is written as 1
+FORMAT_VERSION = 4  # the newest this streamlm reads; a full-softmax file is written as 1
 TOKENIZER_ARRAY = "tokenizer_model"  # version 3: the SentencePiece model, as uint8
 TOKENIZERS = ("sentencepiece",)
-PARAM_NAMES = ("embed_W", "rnn_Wx", "rnn_Wh", "rnn_b", "affine_W", "affine_b")
+PARAM_NAMES = ("embed_W", "rnn_Wx", "rnn_Wh", "rnn_b", "affine_W", "affine_b")  # format 1
 CLASS_NAMES = ("class_W", "class_b")
 WORD_INDEXED = {"embed_W": 0, "affine_W": 1, "affine_b": 0}  # name -> axis of the words
 LOAD_BLOCK = 1024  # words per block of the transposed copy of affine_W at load
 
 
+# The recurrent cells (streamlm.cells) by kind: (G, the gates: Wx, Wh and b have G * H
+# columns; the vectors of H a layer carries from step to step). Here, not in cells.py,
+# so that reading a model file does not import numba (the numpy engine's fast start).
+CELL_KINDS = {"rnn": (1, 1)}
+
+
+def layer_names(cfg: ModelConfig, layer: int) -> dict[str, str]:
+    """The parameter names of a recurrent layer: ``layer{l}_Wx``, ``_Wh``, ``_b``
+    (``rnn_*`` for the one layer of a tanh RNN, the names of the first model files)."""
+    if cfg.legacy:
+        return {"Wx": "rnn_Wx", "Wh": "rnn_Wh", "b": "rnn_b"}
+    return {k: f"layer{layer}_{k}" for k in ("Wx", "Wh", "b")}
+
+
+def layer_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every recurrent layer's parameter shapes, in storage (and file) order."""
+    G = CELL_KINDS[cfg.cell][0]
+    out = {}
+    for layer in range(cfg.layers):
+        n = layer_names(cfg, layer)
+        D = cfg.D if layer == 0 else cfg.H
+        out[n["Wx"]] = (D, G * cfg.H)
+        out[n["Wh"]] = (cfg.H, G * cfg.H)
+        out[n["b"]] = (G * cfg.H,)
+    return out
+
+
+def state_size(cfg: ModelConfig) -> int:
+    """Floats of carried state per stream of a model: every layer's, side by side."""
+    return cfg.layers * CELL_KINDS[cfg.cell][1] * cfg.H
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """The shape of a model: vocabulary V, embedding D, hidden H, and its output layer
+    """The shape of a model: vocabulary V, embedding D, hidden H, its recurrent layers
+    (``cell``: a kind of streamlm.cells, ``layers`` of them stacked) and its output layer
     (``softmax``: "full", or "class" with C classes)."""
 
     V: int
@@ -66,11 +105,16 @@ class ModelConfig:
     tied: bool = False
     softmax: str = "full"
     C: int = 0
+    cell: str = "rnn"
+    layers: int = 1
 
     def __post_init__(self):
-        for name in ("V", "D", "H"):
+        for name in ("V", "D", "H", "layers"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.cell not in CELL_KINDS:
+            raise ValueError(f"cell must be one of {', '.join(CELL_KINDS)}, got "
+                             f"{self.cell!r}")
         if self.tied and self.D != self.H:
             raise ValueError("weight tying needs embed size == hidden size")
         if self.softmax not in ("full", "class"):
@@ -81,23 +125,34 @@ class ModelConfig:
             raise ValueError("C is for the class softmax")
 
     @property
+    def legacy(self) -> bool:
+        """A one-layer tanh RNN: the model files of format 1 to 3 (its arrays ``rnn_*``)."""
+        return self.cell == "rnn" and self.layers == 1
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        """The recurrent layers' arrays, layer by layer (layer_shapes)."""
+        return tuple(layer_shapes(self))
+
+    @property
     def names(self) -> tuple[str, ...]:
         """Every parameter array, in file (and checksum) order."""
-        return PARAM_NAMES + (CLASS_NAMES if self.softmax == "class" else ())
+        return (("embed_W", *self.layer_names, "affine_W", "affine_b")
+                + (CLASS_NAMES if self.softmax == "class" else ()))
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        V, D, H = self.V, self.D, self.H
-        out = {"embed_W": (V, D), "rnn_Wx": (D, H), "rnn_Wh": (H, H), "rnn_b": (H,),
-               "affine_W": (H, V), "affine_b": (V,)}
+        V, H = self.V, self.H
+        out = {"embed_W": (V, self.D), **layer_shapes(self), "affine_W": (H, V),
+               "affine_b": (V,)}
         if self.softmax == "class":
             out.update(class_W=(H, self.C), class_b=(self.C,))
         return out
 
     def storage_names(self) -> tuple[str, ...]:
         """The arrays that own storage in the flat buffer, in buffer order: a class
-        model's class arrays sit right after the RNN's, so that all its dense
-        (not word-indexed) parameters are one contiguous range."""
-        order = ("embed_W", "rnn_Wx", "rnn_Wh", "rnn_b", *CLASS_NAMES, "affine_W", "affine_b")
+        model's class arrays sit right after the recurrent layers', so that all its
+        dense (not word-indexed) parameters are one contiguous range."""
+        order = ("embed_W", *self.layer_names, *CLASS_NAMES, "affine_W", "affine_b")
         return tuple(n for n in order if n in self.names
                      and not (self.tied and n == "affine_W"))
 
@@ -212,7 +267,7 @@ class Params:
             in_ranges = np.concatenate([np.arange(a, b) for a, b in word_ranges] or [rows[:0]])
             rows = np.union1d(rows, in_ranges)
         end = off["affine_b"] if cfg.tied else off["affine_W"]
-        segs = [np.array([[off["rnn_Wx"], end]], dtype=np.int64)]
+        segs = [np.array([[off[cfg.layer_names[0]], end]], dtype=np.int64)]
         runs = _merge(np.stack([rows, rows + 1], axis=1)) if rows.size else rows.reshape(0, 2)
         segs.append(off["embed_W"] + runs * cfg.D)
         if not cfg.tied:  # stored (V, H): a word range is one range of rows
@@ -234,10 +289,12 @@ class Params:
         p = cls(config, dtype, classes=classes)
         rng = np.random.default_rng(seed)
         V, D, H = config.V, config.D, config.H
-        arrays = {"embed_W": rng.standard_normal((V, D)) * 0.01,
-                  "rnn_Wx": rng.standard_normal((D, H)) / np.sqrt(D),
-                  "rnn_Wh": rng.standard_normal((H, H)) / np.sqrt(H),
-                  "rnn_b": np.zeros(H), "affine_b": np.zeros(V)}
+        arrays = {"embed_W": rng.standard_normal((V, D)) * 0.01}
+        for name, shape in config.shapes().items():  # every layer, in order
+            if name in config.layer_names:
+                arrays[name] = (rng.standard_normal(shape) / np.sqrt(shape[0])
+                                if len(shape) == 2 else np.zeros(shape))
+        arrays["affine_b"] = np.zeros(V)
         if not config.tied:
             arrays["affine_W"] = rng.standard_normal((H, V)) / np.sqrt(H)
         if config.softmax == "class":
@@ -351,6 +408,9 @@ def save_model(path: str | os.PathLike, params: Params, vocab: Sequence[str],
         arrays[TOKENIZER_ARRAY] = np.frombuffer(bytes(tokenizer), dtype=np.uint8).copy()
         meta.update(tokenizer=TOKENIZERS[0])
         version = 3
+    if not cfg.legacy:  # another cell, or stacked layers: their arrays layer{l}_*
+        meta.update(cell=cfg.cell, layers=cfg.layers)
+        version = 4
     digest = checksum(arrays, vocab, _checksummed(cfg, tokenizer is not None))
     meta.update(train_config=train_config or {}, sha256=digest)
     if extra_meta:
@@ -374,7 +434,8 @@ def load_model(path: str | os.PathLike, dtype=np.float32) -> Model:
     try:
         cfg = ModelConfig(V=int(meta["V"]), D=int(meta["D"]), H=int(meta["H"]),
                           tied=bool(meta.get("tied", False)), softmax=softmax,
-                          C=int(meta.get("C", 0)) if softmax == "class" else 0)
+                          C=int(meta.get("C", 0)) if softmax == "class" else 0,
+                          cell=str(meta.get("cell", "rnn")), layers=int(meta.get("layers", 1)))
     except (KeyError, TypeError, ValueError) as e:
         raise ModelFileError(f"bad model dimensions in meta ({e})", path) from None
     kind = meta.get("tokenizer")

@@ -8,7 +8,8 @@ starts with the helpers idle until its first segment is done, and ends with the
 caller idle or scoring while the helpers finish. At V=100k, H=256 (an output
 layer twice the recurrence's work) one stream instead ran its recurrence on two
 threads, then the output layer on both: R/2 + sync, then S/2, where this gives
-(R + S) / 2. The scorer uses it for class models (:func:`worth_it`).
+(R + S) / 2. The scorer uses it where streamlm.plan.stream_pipeline says (class
+models), with the helpers it says.
 
 Here a block's segments go into a queue as the recurrence finishes them. The
 helpers take segments from the oldest block first. The caller, once its block's
@@ -21,61 +22,19 @@ segments are done.
 
 Each segment is scored alone, on one thread, so the numbers do not depend on
 which thread scored it or when: they are the same as ``RNNLM.nll``'s for the
-same segments (``segment_rows``).
+same segments (``plan.segment_rows``).
 """
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import deque
 
 import numpy as np
 
+from streamlm import plan
 from streamlm.memory import aligned_empty
-from streamlm.model import RNNLM, final_states
-from streamlm.recurrence import recur_panels, rnn_recur_rows, split_recurrence
-
-# Rows per segment: larger than within a block (model.CLASS_PIPE_ROWS), since no
-# thread waits for the first segment here; a class head groups a segment's
-# tokens by class, and its large classes' GEMMs want many tokens (V=100k, H=256,
-# whole process: 2.83-2.97 s at 8192 rows, 2.87-3.10 at 4096, 3.19-3.92 at 2048;
-# D=H=100 the same at 1024 to 8192).
-CLASS_SEGMENT_ROWS = 8192
-FULL_SEGMENT_ROWS = 256  # (a full softmax only when called directly: see worth_it)
-
-
-def segment_rows(rnn: RNNLM) -> int:
-    return CLASS_SEGMENT_ROWS if rnn.classes is not None else FULL_SEGMENT_ROWS
-
-
-def worth_it(rnn: RNNLM, N: int, threads: int) -> bool:
-    """Whether N streams on ``threads`` threads score faster through the pipeline than
-    through ``RNNLM.nll``: a class model with fewer streams than threads, unless
-    the recurrence of one stream runs on two threads (recurrence.split_recurrence)
-    and outweighs the output layer (per token H^2 against H (C + V/C)): class
-    D=H=650 at V=10k (200 < 650) took 1.85x the time through the pipeline.
-
-    Not a full softmax: its output layer on two threads splits W by columns (each
-    thread packs half of it), where a segment here is one thread's whole W. D=H=100
-    one stream took 1.00x the time through the pipeline, D=H=650 1.05x (farm-bench,
-    4 and 3 pairs)."""
-    if N >= threads or threads < 2 or rnn.classes is None:
-        return False
-    cfg = rnn.config
-    if split_recurrence(N, cfg.H, threads, rnn._use_blas(N, threads, 2)):
-        return cfg.C + cfg.V / cfg.C >= cfg.H
-    return True
-
-
-def helpers_needed(rnn: RNNLM, threads: int) -> int:
-    """Scoring threads beside one stream's recurrence: as many as keep up with it, no
-    more (a 64-core machine does not start 63 for a recurrence that one keeps busy).
-    Per token the recurrence costs about H^2 multiply-adds and a class output layer
-    H (C + V/C); one more helper covers the rest of a thread's time."""
-    cfg = rnn.config
-    head = cfg.C + cfg.V / cfg.C if rnn.classes is not None else cfg.V
-    return max(1, min(threads - 1, math.ceil(head / cfg.H) + 1))
+from streamlm.model import RNNLM
 
 
 class _Job:
@@ -98,10 +57,9 @@ class StreamPipeline:
 
     def __init__(self, rnn: RNNLM, helpers: int):
         self.rnn = rnn
-        self.rows = segment_rows(rnn)
+        self.rows = plan.segment_rows(rnn.sizes)
         self.helpers = max(1, int(helpers))
         self._work = rnn.head.scratch(self.helpers + 1, self.rows)
-        self._P = None
         self._cv = threading.Condition()
         self._queue: deque = deque()  # (job, a, b): rows a:b of job
         self._jobs: deque = deque()  # in submission order
@@ -153,30 +111,27 @@ class StreamPipeline:
 
     def submit(self, xs, ts, h0, reset=None, lengths=None, key=None) -> np.ndarray:
         """Run the recurrence of an (N, T) block (as ``RNNLM.nll`` takes it) on this
-        thread, queue its output layer, and return its final states (N, H)."""
+        thread, queue its output layer, and return its final states (N, S)."""
         self._raise()
         rnn = self.rnn
         xs, labels = rnn._block(xs, ts)
         N, T = xs.shape
         M, H = N * T, rnn.config.H
         flat = self._buffer((T + 1) * N * H)
-        xw, xid, hs_full, reset_tm, use_blas = rnn.scoring_front(  # the whole recurrence
-            xs, h0, reset, 1, flat[:(T + 1) * N * H].reshape(T + 1, N, H))  # on this thread
-        if not use_blas and self._P is None:
-            self._P = recur_panels(rnn.params.rnn_Wh)
+        blocks = rnn.scoring_front(  # the whole recurrence on this thread; the top layer's
+            xs, h0, reset, 1, top=flat[:(T + 1) * N * H].reshape(T + 1, N, H))  # states own
         seg_t = max(1, self.rows // N)
         segs = [(t, min(T, t + seg_t)) for t in range(0, T, seg_t)]
-        job = _Job(key, flat, hs_full[1:].reshape(M, H), np.array(labels, dtype=np.int32),
+        job = _Job(key, flat, blocks[-1].hs.reshape(M, H), np.array(labels, dtype=np.int32),
                    N, T, len(segs))  # (labels copied: kept until the job is done)
         with self._cv:
             self._jobs.append(job)
         for t0, t1 in segs:
-            rnn_recur_rows(hs_full, xw, rnn.params.rnn_Wh, reset_tm, 0, N, use_blas, t0, t1,
-                           self._P, xid)
+            rnn.advance(blocks, t0, t1)
             with self._cv:
                 self._queue.append((job, t0 * N, t1 * N))
                 self._cv.notify()
-        job.hT = hT = final_states(hs_full, lengths)
+        job.hT = hT = rnn.final_states(blocks, lengths)
         self._steal(older_than=job)
         return hT
 

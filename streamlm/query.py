@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from streamlm import plan
 from streamlm.api import Model
 from streamlm.metrics import LN10
 from streamlm.options import Engine, Verbosity
@@ -41,7 +42,6 @@ from streamlm.text import Line, iter_lines, preread
 
 LINES_PER_CALL = 1024  # lines read, scored and printed at a time
 TOKENS_PER_CALL = 1 << 16
-NUMPY_MAX_TOKENS = 20_000  # engine auto: an input this small starts on numpy
 
 
 def number(x: float, single: bool = False) -> str:
@@ -163,7 +163,7 @@ def query(model, path: str = "-", levels: Iterable[Verbosity | str] | None = Non
     if not isinstance(model, Model):
         if engine == Engine.auto:
             head, ended = preread(path, 1 << 16)  # a small input starts without numba
-            engine = Engine.numpy if ended and len(head) // 2 <= NUMPY_MAX_TOKENS else \
+            engine = Engine.numpy if ended and len(head) // 2 <= plan.NUMPY_MAX_TOKENS else \
                 Engine.numba
         model = Model(model, engine=engine.value if engine != Engine.auto else "numba")
     q = Query(model, levels, sentence_context, carry)

@@ -160,8 +160,8 @@ class Scheduler:
     ``after_call(tokens)`` is called (checkpoints and progress).
     """
 
-    def __init__(self, sources: list[Source], rnn, *, eos: int, H: int, dtype, reset: str,
-                 batch: int, chunk_tokens: int, acc: Accumulator,
+    def __init__(self, sources: list[Source], rnn, *, eos: int, state_size: int, dtype,
+                 reset: str, batch: int, chunk_tokens: int, acc: Accumulator,
                  after_call: Callable[[int], None] | None = None, threads: int = 1):
         self.sources = sources
         self.threads = threads  # from 2: inputs are read ahead by a thread (read_ahead)
@@ -169,7 +169,7 @@ class Scheduler:
         self.batch = batch
         self.T = chunk_tokens
         self.acc = acc
-        self.H = H
+        self.S = state_size  # floats of carried state per stream (every layer's)
         self.eos = eos
         self.runner = Runner(rnn, eos)
         self.dtype = dtype
@@ -206,7 +206,7 @@ class Scheduler:
             for s in pending:
                 i = s.index
                 start = self.acc.t[i].scored
-                h, prev, _, _ = self.state.get(i, (np.zeros(self.H, self.dtype), eos, 0, -1))
+                h, prev, _, _ = self.state.get(i, (np.zeros(self.S, self.dtype), eos, 0, -1))
                 return {"i": i, "it": rechunk(skip(self._blocks(s, ahead), start), T),
                         "h": h, "prev": prev, "start": start}
             return None
@@ -219,15 +219,20 @@ class Scheduler:
                 pipe.close()
 
     def _pipeline(self, n: int):
-        """A StreamPipeline for n streams at a time, when it pays (pipeline.worth_it)."""
-        if self.threads < 2 or n >= self.threads:
-            return None
-        from streamlm import pipeline  # (threads > 1: the Numba engine, numba imported)
-
+        """A StreamPipeline for n streams at a time, when the plan says it pays."""
         rnn = self.runner.rnn
-        if not isinstance(rnn, pipeline.RNNLM) or not pipeline.worth_it(rnn, n, self.threads):
+        sizes = getattr(rnn, "sizes", None)  # (the numpy engine has no pipeline)
+        if sizes is None or self.threads < 2:
             return None
-        return pipeline.StreamPipeline(rnn, pipeline.helpers_needed(rnn, self.threads))
+        from streamlm import plan
+
+        use_blas = plan.recurrence_blas(n, 2, sizes.H, sizes.G, self.threads, rnn.recur)
+        helpers = plan.stream_pipeline(sizes, n, self.threads, use_blas)
+        if not helpers:
+            return None
+        from streamlm.pipeline import StreamPipeline
+
+        return StreamPipeline(rnn, helpers)
 
     def _stream_calls(self, lanes: list[dict], open_lane, pipe) -> None:
         eos = self.eos
@@ -389,7 +394,7 @@ class Scheduler:
                     ids = pieces[0].ids if len(pieces) == 1 else np.concatenate(
                         [pc.ids for pc in pieces])
                     rows.append(_row(ids, eos, np.array(starts, dtype=np.int64), eos))
-                nll, _ = self.runner.run(rows, np.zeros((len(rows), self.H), self.dtype))
+                nll, _ = self.runner.run(rows, np.zeros((len(rows), self.S), self.dtype))
                 n_tok = 0
                 for n, pieces in enumerate(window):
                     off = 0
@@ -436,7 +441,7 @@ class Scheduler:
             flush_window()
             i = blk.i
             if first:
-                h, prev, seg_off = np.zeros(self.H, self.dtype), eos, 0
+                h, prev, seg_off = np.zeros(self.S, self.dtype), eos, 0
                 starts = np.array([0], dtype=np.int64)
             else:
                 h, prev, seg_off, _ = self.state[i]

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamlm import cpus
+from streamlm import cpus, plan
 from streamlm import mix as M
 from streamlm.atomic import check_writable, writing
 from streamlm.checkpoint import ScoreCheckpoint
@@ -63,7 +63,6 @@ from streamlm.vocab import Vocab
 
 log = logging.getLogger("streamlm.score")
 
-NUMPY_MAX_TOKENS = 20_000  # engine="auto": inputs estimated below this skip numba
 
 
 @dataclass
@@ -73,21 +72,6 @@ class ScoreResult:
     summary: dict
     final_states: dict[int, np.ndarray]  # input index -> (H,) state after its last token
     seconds: float
-
-
-def _likely_numba(engine: Engine, inputs: list[str]) -> bool:
-    """Whether the job will most likely score on the Numba kernels: ``--engine numba``,
-    or ``auto`` with regular files of more than about NUMPY_MAX_TOKENS tokens (at
-    two bytes a token: the same bound as TextSource.estimate_tokens). A guess made
-    before the model is loaded; only what runs while it loads depends on it."""
-    if engine != Engine.auto:
-        return engine == Engine.numba
-    size = 0
-    for p in inputs:
-        if p == "-" or not os.path.isfile(p):
-            return os.path.isdir(p)  # token shards: many tokens; a stream: unknown
-        size += os.path.getsize(p)
-    return size * 0.5 > NUMPY_MAX_TOKENS
 
 
 def _load(path, prefetch: bool) -> Model:
@@ -143,7 +127,7 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
     ``reset="doc"``, else ``line``), once the whole run succeeded. With
     ``split_buckets`` (a directory) and ``cutoffs``, the input rows are copied,
     unchanged, into one file per bucket. The engine ``auto`` scores on numpy
-    when the inputs hold fewer than about NUMPY_MAX_TOKENS tokens, on the Numba
+    when the inputs hold fewer than about plan.NUMPY_MAX_TOKENS tokens, on the Numba
     kernels otherwise. ``progress``, if given, is called after each model call
     with a dict (``tokens``, ``logprob``, ``perplexity``, ``seconds``,
     ``scored_this_run``, ``fraction``: of the inputs scored, by size, or None).
@@ -179,7 +163,7 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
         check_writable(checkpoint, "--checkpoint")
 
     m = model if isinstance(model, Model) else _load(
-        model, _likely_numba(opts.engine, inputs) and cpus.threads() > 1)
+        model, plan.likely_numba(opts.engine.value, inputs) and cpus.threads() > 1)
     vocab = m.vocabulary()  # a subword model's tokenises raw text itself
     opts = _resolve(opts, inputs, output, split_dir)
     owner = f"the model {m.path}" if m.path else "the model"
@@ -198,7 +182,7 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
     engine = opts.engine
     if engine == Engine.auto:
         est = sum(s.estimate_tokens() for s in sources)
-        engine = Engine.numpy if est <= NUMPY_MAX_TOKENS else Engine.numba
+        engine = Engine(plan.engine_for("auto", est))
 
     ckpt = None
     spool_dir: Path | None = None
@@ -245,8 +229,9 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
                       "perplexity": math.exp(-lp / tok) if tok else None,
                       "scored_this_run": acc.total_scored, "fraction": _fraction(sources, acc)})
 
-    scheduler = Scheduler(sources, scoring_model(m.params, engine), eos=vocab.eos_id,
-                          H=m.config.H, dtype=m.params.dtype, reset=opts.reset,
+    rnn = scoring_model(m.params, engine)
+    scheduler = Scheduler(sources, rnn, eos=vocab.eos_id,
+                          state_size=rnn.state_size, dtype=m.params.dtype, reset=opts.reset,
                           batch=opts.batch, chunk_tokens=opts.chunk_tokens, acc=acc,
                           after_call=after_call, threads=_threads(engine))
     ok = False
@@ -259,7 +244,7 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
                 for i in range(len(sources)):
                     spool.truncate(i, 0)
             if saved is not None:
-                ckpt.restore(saved, acc, scheduler.state, m.config.H, m.params.dtype)
+                ckpt.restore(saved, acc, scheduler.state, rnn.state_size, m.params.dtype)
                 if spool is not None:
                     for i, t in enumerate(acc.t):
                         spool.truncate(i, t.records)

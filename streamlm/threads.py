@@ -42,7 +42,7 @@ _FLAG_STRIDE = 8  # int64s per flag: one cache line each
 _GEN, _DONE, _CALLER_ASLEEP, _WORKER_ASLEEP = 0, 1, 2, 3  # flag k at k * _FLAG_STRIDE
 
 
-def _spins_per_us() -> float:
+def spins_per_us() -> float:
     """pool_wait's spins per microsecond on this machine, measured once (about 1 ms)."""
     import time
 
@@ -139,7 +139,7 @@ class Pool:
         if config.DISABLE_JIT or self.threads > cores or us <= 0:
             self._spin = 0
         else:
-            self._spin = int(us * _spins_per_us())
+            self._spin = int(us * spins_per_us())
 
     def _grow(self, n: int) -> None:
         """Have at least n workers (never more than threads - 1)."""

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import reference as ref
 
+from streamlm import cells as C
 from streamlm import heads, threads
 from streamlm import kernels as K
-from streamlm import model as M
-from streamlm import recurrence as R
+from streamlm import plan as PL
 from streamlm.model import RNNLM
 from streamlm.params import PARAM_NAMES, ModelConfig, Params
 
@@ -63,10 +63,10 @@ def test_nll_any_thread_count_and_pipelined_single_stream(nthreads_of, monkeypat
     path at large H, here for every H)."""
     nthreads_of(nthreads)
     if split_h is not None:
-        monkeypatch.setattr(R, "SPLIT_MIN_H", split_h)
+        monkeypatch.setattr(PL, "SPLIT_MIN_H", split_h)
     monkeypatch.setattr(heads, "PROJ_ROWS", 4)  # many projection slices / pipeline segments
-    monkeypatch.setattr(M, "PIPE_ROWS", 3)
-    monkeypatch.setattr(M, "CLASS_PIPE_ROWS", 3)
+    monkeypatch.setattr(PL, "PIPE_ROWS", 3)
+    monkeypatch.setattr(PL, "CLASS_PIPE_ROWS", 3)
     p, xs, ts, h0 = _setup(N, 37)
     rng = np.random.default_rng(5)
     reset = (rng.random(xs.shape) < 0.1).astype(np.uint8)
@@ -150,41 +150,47 @@ def test_a_blas_nobody_can_hold_means_one_thread_and_says_so(nthreads_of, monkey
     assert "one thread" in caplog.text
 
 
+def _split(hs_full, xw, P, reset, pl, t0=0, t1=None):
+    """A tanh cell's advance_split of one stream over steps [t0, t1) of hs_full."""
+    T, _, H = xw.shape
+    blk = C.Block(1, T, xw, None, hs_full, reset, False, P)
+    C.TanhRNN.advance_split(None, blk, pl, t0, t1)
+
+
 @pytest.mark.parametrize("H", [70, 300])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_one_stream_on_two_threads_is_bitwise_the_one_thread_recurrence(nthreads_of, monkeypatch,
                                                                        H, dtype):
-    """rnn_recur_split (half of Wh's panels per thread, meeting every step) writes the
+    """advance_split (half of Wh's panels per thread, meeting every step) writes the
     same bytes as rnn_forward_rows, with resets, whole or by segments; a thread that
     stops waiting (spin limit 0) leaves the block to one thread, same bytes again;
     and a thread whose partner never comes returns -1 and says so in the flags."""
     nthreads_of(2)
     rng = np.random.default_rng(H)
-    T = 60 if R.split_recurrence(1, 512, 2, False) else 12  # (no JIT: plain Python, slow)
+    T = 60 if PL.can_split(1, 512, 2, False) else 12  # (no JIT: plain Python, slow)
     Wh = (rng.standard_normal((H, H)) / np.sqrt(H)).astype(dtype)
     xw = rng.standard_normal((T, 1, H)).astype(dtype)
     reset = np.zeros((T, 1), dtype=np.uint8)
     reset[[0, T // 3]] = 1
     start = np.empty((T + 1, 1, H), dtype=dtype)
     start[0] = rng.standard_normal(H)
-    P = M.recur_panels(Wh)
+    P = C.panels(Wh)
     want = start.copy()
     K.rnn_forward_rows(want[1:], xw, want[0], P, reset, 0, 1)
     pl = threads.pool()
     got = start.copy()
-    R.rnn_recur_split(got, xw, P, reset, pl)
+    _split(got, xw, P, reset, pl)
     assert got.tobytes() == want.tobytes()
     got = start.copy()
     for t0, t1 in ((0, T // 2 - 1), (T // 2 - 1, T)):
-        R.rnn_recur_split(got, xw, P, reset, pl, t0, t1)
+        _split(got, xw, P, reset, pl, t0, t1)
     assert got.tobytes() == want.tobytes()
     for spins in (0, 3, 50):  # gives up at once, or somewhere inside the block
-        monkeypatch.setattr(R, "SPLIT_SPIN_MAX", spins)
-        monkeypatch.setattr(R, "SPLIT_STEP_SPINS", spins)
+        monkeypatch.setattr(C, "SPLIT_SPIN_MAX", spins)
+        monkeypatch.setattr(C, "SPLIT_STEP_SPINS", spins)
         for _ in range(5):
             got = start.copy()
-            R.BACKOFF.skip = 0
-            R.rnn_recur_split(got, xw, P, reset, pl)
+            _split(got, xw, P, reset, pl)
             assert got.tobytes() == want.tobytes()
     flags = np.zeros(48, dtype=np.int64)
     xid = np.arange(T, dtype=np.int64).reshape(T, 1)
@@ -197,7 +203,7 @@ def test_a_split_that_gave_up_backs_off_for_more_blocks_each_time():
     """After a give-up the next blocks run on one thread: 1, then 2, then 4...; a split
     that completes resets the count (a loaded machine pays a wait once in many blocks,
     an idle one never stops splitting)."""
-    b = R._Backoff()
+    b = PL.Backoff()
     assert b.allow()
     b.gave_up()
     assert [b.allow() for _ in range(2)] == [False, True]
@@ -210,4 +216,4 @@ def test_a_split_that_gave_up_backs_off_for_more_blocks_each_time():
     assert [b.allow() for _ in range(2)] == [False, True]
     for _ in range(20):
         b.gave_up()
-    assert b.skip == R._Backoff.MAX
+    assert b.skip == PL.Backoff.MAX

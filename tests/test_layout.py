@@ -9,9 +9,9 @@ PKG = Path(__file__).resolve().parents[1] / "streamlm"
 
 FLOORS = [
     {"errors", "atomic", "formats", "options", "metrics", "memory", "cpus"},  # foundations
-    {"kernels", "numba_setup", "blas", "threads", "store", "text", "vocab",  # compute, reading
+    {"kernels", "numba_setup", "blas", "threads", "plan", "store", "text", "vocab",  # compute
      "subword", "classes", "buckets"},
-    {"params", "heads", "recurrence", "model", "pipeline", "engines", "tokenizer", "shards",
+    {"params", "heads", "cells", "model", "pipeline", "engines", "tokenizer", "shards",
      "batcher", "rows", "inputs", "manifest"},
     {"schedule", "records", "mix", "checkpoint", "outputs", "report", "plots",  # job parts
      "evaluation"},

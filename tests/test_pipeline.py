@@ -9,6 +9,7 @@ import pytest
 import reference as ref
 
 from streamlm import pipeline as PL
+from streamlm import plan
 from streamlm.classes import WordClasses, frequency_classes
 from streamlm.model import RNNLM
 from streamlm.params import ModelConfig, Params
@@ -35,8 +36,8 @@ def test_blocks_equal_nll_in_order_with_carried_state(kind, N, monkeypatch):
     """Six blocks of several segments each (8 rows a segment), resets and a short
     last row: per block the NLL of RNNLM.nll (float64, 1e-12) and its final
     states bitwise, delivered in order; float64 also against the reference."""
-    monkeypatch.setattr(PL, "CLASS_SEGMENT_ROWS", 8)
-    monkeypatch.setattr(PL, "FULL_SEGMENT_ROWS", 8)
+    monkeypatch.setattr(plan, "CLASS_SEGMENT_ROWS", 8)
+    monkeypatch.setattr(plan, "FULL_SEGMENT_ROWS", 8)
     rnn = model(kind)
     V, H = rnn.config.V, rnn.config.H
     rng = np.random.default_rng(1)
@@ -93,7 +94,7 @@ def test_a_helpers_error_reaches_the_caller(monkeypatch):
         real(*a)
 
     monkeypatch.setattr(rnn.head, "score_rows", flaky)
-    monkeypatch.setattr(PL, "CLASS_SEGMENT_ROWS", 4)
+    monkeypatch.setattr(plan, "CLASS_SEGMENT_ROWS", 4)
     xs = np.ones((1, 40), np.int32)
     with pytest.raises(ArithmeticError, match="boom"):
         with PL.StreamPipeline(rnn, helpers=1) as pipe:
@@ -112,15 +113,20 @@ def test_bad_ids_refused_before_any_kernel():
                         np.zeros((1, rnn.config.H), np.float32))
 
 
+def worth_it(rnn: RNNLM, N: int, threads: int) -> bool:
+    """Whether the plan puts N streams on ``threads`` threads through the pipeline."""
+    return plan.stream_pipeline(rnn.sizes, N, threads, False) > 0
+
+
 def test_worth_it():
     rnn = model("class", np.float32, V=40, H=8)
-    assert PL.worth_it(rnn, 1, 2) and not PL.worth_it(rnn, 2, 2)
-    assert not PL.worth_it(rnn, 1, 1)
+    assert worth_it(rnn, 1, 2) and not worth_it(rnn, 2, 2)
+    assert not worth_it(rnn, 1, 1)
     from numba import config
 
     big = model("class", np.float32, V=400, H=256)  # split recurrence, head C + V/C < H
-    assert PL.worth_it(big, 1, 2) == bool(config.DISABLE_JIT)  # (no split without the JIT)
-    assert not PL.worth_it(model("full", np.float32), 1, 2)  # (its head splits W instead)
+    assert worth_it(big, 1, 2) == bool(config.DISABLE_JIT)  # (no split without the JIT)
+    assert not worth_it(model("full", np.float32), 1, 2)  # (its head splits W instead)
 
 
 def test_the_scorer_pipelines_one_stream(tmp_path, monkeypatch):
@@ -145,7 +151,7 @@ def test_the_scorer_pipelines_one_stream(tmp_path, monkeypatch):
         return real(self, *a, **k)
 
     monkeypatch.setattr(PL.StreamPipeline, "submit", counted)
-    monkeypatch.setattr(PL, "CLASS_SEGMENT_ROWS", 64)
+    monkeypatch.setattr(plan, "CLASS_SEGMENT_ROWS", 64)
     old = threads.get_num_threads()
     try:
         threads.set_num_threads(2)

@@ -360,16 +360,16 @@ def test_model_loaded_beside_the_kernels_import(lm, tmp_path):
     kernels import: the same figures, and a bad file's error comes out as it would."""
     from streamlm.errors import ModelFileError
     from streamlm.options import Engine
-    from streamlm.score import NUMPY_MAX_TOKENS, _likely_numba
+    from streamlm.plan import NUMPY_MAX_TOKENS, likely_numba
 
     big = tmp_path / "big.txt"
     big.write_text("the cat sat on the mat\n" * (NUMPY_MAX_TOKENS // 5))
     small = tmp_path / "small.txt"
     small.write_text("the cat\n")
-    assert _likely_numba(Engine.numba, [str(small)])
-    assert not _likely_numba(Engine.numpy, [str(big)])
-    assert _likely_numba(Engine.auto, [str(big)]) and not _likely_numba(Engine.auto, [str(small)])
-    assert not _likely_numba(Engine.auto, ["-"]) and _likely_numba(Engine.auto, [str(tmp_path)])
+    assert likely_numba(Engine.numba, [str(small)])
+    assert not likely_numba(Engine.numpy, [str(big)])
+    assert likely_numba(Engine.auto, [str(big)]) and not likely_numba(Engine.auto, [str(small)])
+    assert not likely_numba(Engine.auto, ["-"]) and likely_numba(Engine.auto, [str(tmp_path)])
     a = score(lm["path"], [lm["text"]], engine="numba").summary
     b = score(load_model(lm["path"]), [lm["text"]], engine="numba").summary
     assert a["logprob"] == b["logprob"] and a["tokens"] == b["tokens"]
