@@ -11,7 +11,7 @@
    panels, up to 4 streams per Wh load) versus one BLAS call per step from
    Python, by streams per thread
    and H, on one thread (streamlm runs one stream group per thread). This
-   sets streamlm.model.BLAS_RECUR_MIN_WORK.
+   sets streamlm.plan.BLAS_RECUR_MIN_WORK.
 3. Rows per projection slice when scoring (PROJ_ROWS), one thread.
 4. The class softmax's word factor, per class: one GEMM of the class's tokens
    (gathered) by its words, then softmax_ce_forward, versus the dot-product
@@ -37,9 +37,10 @@ from numba import njit  # noqa: E402
 
 from bench.common import RESULTS, provenance, this_command  # noqa: E402
 from streamlm import blas as SB  # noqa: E402
-from streamlm import heads  # noqa: E402
+from streamlm import heads, plan  # noqa: E402
 from streamlm import kernels as K  # noqa: E402
-from streamlm import model as M  # noqa: E402
+from streamlm.cells import TanhRNN, panels  # noqa: E402
+from streamlm.params import ModelConfig, Params  # noqa: E402
 
 V = 10000
 
@@ -114,6 +115,21 @@ def projection_table(reps, blas_threads):
             "rows": rows}
 
 
+def recurrence_backward(dxw, dh0, dhs, hs, Wh, use_blas: bool) -> None:
+    """The backward of the recurrence alone (TanhRNN.backward's, before the weight
+    gradients): the kernel over Wh^T's panels, or one BLAS call per step."""
+    N, H = dh0.shape
+    if not use_blas:
+        K.rnn_backward_rows(dxw, dh0, dhs, hs, panels(Wh.T), 0, N)
+        return
+    dh = np.zeros((N, H), dtype=dxw.dtype)
+    WhT = np.ascontiguousarray(Wh.T)
+    for t in range(hs.shape[0] - 1, -1, -1):
+        K.tanh_backward_(dxw[t], dhs[t], dh, hs[t])
+        SB.gemm(dxw[t], WhT, dh)
+    dh0[...] = dh
+
+
 def recurrence_table(reps):
     rows = []
     rng = np.random.default_rng(1)
@@ -128,10 +144,15 @@ def recurrence_table(reps):
             dhs = rng.standard_normal((T, N, H)).astype(np.float32)
             dxw = np.empty_like(dhs)
             dh0 = np.empty((N, H), np.float32)
+            params = Params.init(ModelConfig(V=2, D=H, H=H), dtype=np.float32)
+            params["rnn_Wh"][...] = Wh
+            cell = TanhRNN(params, 0)
 
             def fwd_bwd(use_blas):
-                M.rnn_recur_rows(hs, xw, Wh, reset, 0, N, use_blas)
-                M.rnn_backward_rows(dxw, dh0, dhs, hs[1:], Wh, 0, N, use_blas)
+                blk = cell.begin(N, T, xw, None, hs[0], reset, 1,
+                                 forced="blas" if use_blas else "kernel", hs_full=hs)
+                cell.advance(blk, 0, N)  # (the kernel's panels made in begin, every call)
+                recurrence_backward(dxw, dh0, dhs, hs[1:], Wh, use_blas)
 
             r = interleaved({"kernel": lambda: fwd_bwd(False), "blas": lambda: fwd_bwd(True)},
                             reps)
@@ -145,7 +166,7 @@ def recurrence_table(reps):
                      "call per step",
             "note": f"T={T} steps; N = streams handled by one thread; work = N*H*H multiply-adds "
                     f"per step. streamlm picks BLAS when N*H*H >= BLAS_RECUR_MIN_WORK "
-                    f"(now {M.BLAS_RECUR_MIN_WORK}) and N >= {M.BLAS_RECUR_MIN_STREAMS}.",
+                    f"(now {plan.BLAS_RECUR_MIN_WORK}) and N >= {plan.BLAS_RECUR_MIN_STREAMS}.",
             "columns": ["H", "N", "N*H*H", "kernel ms", "BLAS ms", "kernel GFLOP/s",
                         "BLAS GFLOP/s", "faster"],
             "rows": rows}

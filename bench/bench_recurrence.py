@@ -12,8 +12,8 @@ group of N streams and GFLOP/s (2 N H^2 per step). The machine is shared:
 only the ratio of interleaved timings means something.
 
 The new kernels are timed with their panels of Wh (Wh^T for the backward)
-made inside the timed call, as streamlm.model does once per call
-(recur_panels).
+made inside the timed call, as streamlm.cells does once per block
+(streamlm.cells.panels).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from streamlm import kernels as K
-from streamlm import model as M
+from streamlm.cells import panels
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,7 +77,7 @@ def calls(B, H, N, T, dtype):
             B.rnn_forward_rows(hs, xw, h0, Wh, reset, 0, N)
 
     def fwd_new():
-        K.rnn_forward_rows(hs, xw, h0, M.recur_panels(Wh), reset, 0, N)
+        K.rnn_forward_rows(hs, xw, h0, panels(Wh), reset, 0, N)
 
     def bwd_base():
         if hasattr(B, "rnn_panels"):
@@ -88,9 +88,9 @@ def calls(B, H, N, T, dtype):
             B.rnn_backward_rows(dxw, dh0, dhs, hs_in, Wh, 0, N)
 
     def bwd_new():
-        K.rnn_backward_rows(dxw, dh0, dhs, hs_in, M.recur_panels(Wh.T), 0, N)
+        K.rnn_backward_rows(dxw, dh0, dhs, hs_in, panels(Wh.T), 0, N)
 
-    K.rnn_forward_rows(hs_in, xw, h0, M.recur_panels(Wh), reset, 0, N)
+    K.rnn_forward_rows(hs_in, xw, h0, panels(Wh), reset, 0, N)
     return {"fwd": (fwd_base, fwd_new), "bwd": (bwd_base, bwd_new)}, (hs, dxw, dh0)
 
 

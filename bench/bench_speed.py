@@ -60,7 +60,7 @@ def mkl_available() -> bool:
     """Whether streamlm finds Intel MKL (pip install 'streamlm[mkl]')."""
     from streamlm import blas
 
-    return blas._mkl() is not None
+    return blas.mkl_blas() is not None
 
 
 def block_shape(task: str, peer: str) -> tuple[int, int]:
@@ -131,12 +131,9 @@ class ReferenceTrainer:
         self.st = AdamState.for_arrays(self.m.params)
 
     def step(self, xs, ts):
-        from bench.common import clip_and_adam
+        from bench.common import reference_step
 
-        loss, g = self.m.forward_backward(xs, ts)
-        g.pop("h0")
-        clip_and_adam(self.m.params, g, self.st)
-        return loss
+        return reference_step(self.m, self.st, xs, ts)
 
 
 def run_block(obj, task, xs, ts) -> float:

@@ -1,4 +1,4 @@
-"""One stream's recurrence on one thread against two (streamlm.recurrence.rnn_recur_split).
+"""One stream's recurrence on one thread against two (streamlm.cells.TanhRNN.advance_split).
 
     python -m bench.bench_split [--reps 9] [--steps 2048] [--hidden 100,192,256,384,512,650,1024]
 
@@ -7,7 +7,8 @@ one-thread kernel (float32, with resets), then times both in turn (the order
 swapped every repetition; the median of --reps), each call a block of --steps
 steps of one stream, the panels of Wh made once outside. Prints microseconds
 per step and the ratio one thread / two threads, measured in the same run; the
-ratio is what sets SPLIT_MIN_H. Writes bench/results/split.json (with its provenance).
+ratio is what sets streamlm.plan.SPLIT_MIN_H. Writes bench/results/split.json (with its
+provenance).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import numpy as np
 
 from bench.common import RESULTS, provenance, this_command
 from streamlm import kernels as K
-from streamlm import recurrence as R
 from streamlm import threads
+from streamlm.cells import Block, TanhRNN, panels
+from streamlm.params import ModelConfig, Params
 
 
 def main() -> None:
@@ -43,15 +45,17 @@ def main() -> None:
         xw = rng.standard_normal((T, 1, H)).astype(np.float32)
         reset = np.zeros((T, 1), dtype=np.uint8)
         reset[::500] = 1
-        P = R.recur_panels(Wh)
+        P = panels(Wh)
         hs1 = np.zeros((T + 1, 1, H), np.float32)
         hs2 = np.zeros((T + 1, 1, H), np.float32)
+        cell = TanhRNN(Params.init(ModelConfig(V=2, D=H, H=H), dtype=np.float32), 0)
+        blk = Block(1, T, xw, None, hs2, reset, False, P)  # (the cell reads only the block)
 
         def one(hs1=hs1, xw=xw, P=P, reset=reset):
             K.rnn_forward_rows(hs1[1:], xw, hs1[0], P, reset, 0, 1)
 
-        def two(hs2=hs2, xw=xw, P=P, reset=reset):
-            R.rnn_recur_split(hs2, xw, P, reset, pl)
+        def two(cell=cell, blk=blk):
+            cell.advance_split(blk, pl)
 
         one()
         two()

@@ -148,28 +148,26 @@ def batches(ids: np.ndarray, N: int, T: int, count: int, start: int = 0):
 
 # ------------------------------------------------------------ numpy oracle --
 def oracle_losses(weights: dict, blocks, train: bool) -> list[float]:
-    """float64 losses of consecutive blocks with a carried state.
+    """float64 losses of consecutive blocks with a carried state: tests/reference.py's
+    NumpyRnnlm, the one numpy reference of tests and benchmarks.
 
     train=True: after each block, one Adam step (book form) with global-norm
     clipping; the loss list then shows the optimiser's effect too.
     """
-    ref = tests_module("reference")
-    p = {k: v.astype(np.float64) for k, v in weights.items()}
-    st = AdamState.for_arrays(p) if train else None
-    h = None
-    losses = []
-    for xs, ts in blocks:
-        N = xs.shape[0]
-        h0 = np.zeros((N, p["rnn_Wh"].shape[0])) if h is None else h
-        if train:
-            loss, g = ref.model_grads(p, xs, ts, h0)
-            h = g.pop("h_last")
-            g.pop("h0")
-            clip_and_adam(p, g, st)
-        else:
-            loss, h, _ = ref.model_loss(p, xs, ts, h0)
-        losses.append(float(loss))
-    return losses
+    m = tests_module("reference").NumpyRnnlm(
+        {k: v.astype(np.float64) for k, v in weights.items()})
+    st = AdamState.for_arrays(m.params) if train else None
+    return [float(reference_step(m, st, xs, ts) if train else m.loss(xs, ts))
+            for xs, ts in blocks]
+
+
+def reference_step(m, st: AdamState, xs, ts) -> float:
+    """One training step of tests/reference.py's NumpyRnnlm ``m`` on the block (xs, ts):
+    its loss and gradients, then the book's clipping and Adam (``st``)."""
+    loss, g = m.forward_backward(xs, ts)
+    g.pop("h0")
+    clip_and_adam(m.params, g, st)
+    return loss
 
 
 class AdamState:

@@ -212,8 +212,9 @@ def class_section(r) -> list[str]:
 def split_section(r) -> list[str]:
     out = ["## One stream's recurrence on one thread and on two (kernel level)", "",
            "- `python -m bench.bench_split`: a block of one stream, float32, Wh in panels made "
-           "once; `K.rnn_forward_rows` on one thread against `recurrence.rnn_recur_split` on "
-           "two (half of the panels each, meeting every step), in turn, median of "
+           "once; `K.rnn_forward_rows` on one thread against `TanhRNN.advance_split` "
+           "(streamlm.cells) on two (half of the panels each, meeting every step), in turn, "
+           "median of "
            f"{r['reps']}; both write the same bytes (checked first). streamlm splits from "
            "H=256 (SPLIT_MIN_H).", "",
            "| H | Wh KB | one thread us/step | two threads us/step | one / two |",

@@ -5,7 +5,8 @@ The peer also drives an older streamlm tree (the ``alt`` peer of an A/B run):
 before the restructuring (79a6f8e) the model carried its state itself, the
 optimisers lived in ``streamlm.model`` and the jobs held numpy's OpenBLAS at
 one thread with ``model.hold_blas()``; now the caller carries the state,
-``streamlm.threads`` has the optimisers and its pool holds BLAS itself.
+``streamlm.threads`` (later ``streamlm.optim``) has the optimisers and the pool
+holds BLAS itself.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ if OLD_API:
     ops = Mm
 else:
     from streamlm import threads as ops
+    if not hasattr(ops, "adam_update"):  # since the optimiser got its module
+        from streamlm import optim as ops
 
 
 def params_from(weights: dict[str, np.ndarray]) -> Params:

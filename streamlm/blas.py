@@ -8,7 +8,8 @@ ctypes rather than numpy's ``@``, for two reasons:
 - the library: numpy's own bundled OpenBLAS by default, or Intel MKL when it
   is installed (``pip install 'streamlm[mkl]'``). On this project's AVX-512
   benchmark machine MKL's SGEMM runs 10-25% faster at H=650, which is what
-  PyTorch uses (bench/RESULTS.md).
+  PyTorch uses (bench/HISTORY.md, "What changed in this round, and what each
+  change bought", item 3; bench/results/REPORT.md, "Speed (tokens/s, V=10000)").
 
 Choose with ``STREAMLM_BLAS``: ``auto`` (default: MKL if found, else numpy's
 OpenBLAS), ``numpy``, ``mkl``, or the path of any library exporting
@@ -65,7 +66,7 @@ _FLAVOURS = [("scipy_cblas_", "64_", ctypes.c_int64), ("scipy_cblas_", "", ctype
              ("cblas_", "64_", ctypes.c_int64), ("cblas_", "", ctypes.c_int)]
 
 
-def _numpy_blas() -> Library | None:
+def numpy_blas() -> Library | None:
     """The CBLAS of the BLAS library numpy itself loaded (as threadpoolctl finds it:
     numpy's bundled OpenBLAS, a conda or system OpenBLAS, BLIS...), or None."""
     from threadpoolctl import threadpool_info
@@ -98,7 +99,7 @@ def _mkl_candidates() -> list[str]:
     return out
 
 
-def _mkl(path: str | None = None) -> Library | None:
+def mkl_blas(path: str | None = None) -> Library | None:
     """Intel MKL's single dynamic library (libmkl_rt), LP64, sequential; or None."""
     for p in ([path] if path else _mkl_candidates()):
         try:
@@ -145,20 +146,20 @@ def load(choice: str | None = None) -> Library | None:
     if choice == "off":
         lib = None
     elif choice == "numpy":
-        lib = _numpy_blas()
+        lib = numpy_blas()
     elif choice == "mkl":
-        lib = _mkl()
+        lib = mkl_blas()
         if lib is None:
             log.warning("STREAMLM_BLAS=mkl but libmkl_rt was not found "
                         "(pip install 'streamlm[mkl]'); using numpy's OpenBLAS")
-            lib = _numpy_blas()
+            lib = numpy_blas()
     elif choice == "auto":
-        lib = _mkl() or _numpy_blas()
+        lib = mkl_blas() or numpy_blas()
     else:
-        lib = (_mkl(choice) or _custom(choice)) if os.path.exists(choice) else None
+        lib = (mkl_blas(choice) or _custom(choice)) if os.path.exists(choice) else None
         if lib is None:
             log.warning("STREAMLM_BLAS=%s: not a CBLAS library; using numpy's OpenBLAS", choice)
-            lib = _numpy_blas()
+            lib = numpy_blas()
     if lib is None and choice != "off":
         log.debug("no CBLAS library found: matrix products go through numpy")
     _LIB, _LOADED = lib, True

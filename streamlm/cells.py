@@ -88,11 +88,15 @@ class Block:
     input rows (M, D_l), kept for the backward (training only).
     """
 
-    __slots__ = ("N", "T", "xw", "xid", "hs_full", "reset", "use_blas", "P", "X")
+    __slots__ = ("N", "T", "xw", "xid", "hs_full", "reset", "use_blas", "P", "X", "cs_full",
+                 "G")
 
-    def __init__(self, N, T, xw, xid, hs_full, reset, use_blas, P, X=None):
+    def __init__(self, N, T, xw, xid, hs_full, reset, use_blas, P, X=None, cs_full=None,
+                 G=None):
         self.N, self.T, self.xw, self.xid = N, T, xw, xid
         self.hs_full, self.reset, self.use_blas, self.P, self.X = hs_full, reset, use_blas, P, X
+        self.cs_full = cs_full  # (T+1, N, H): an LSTM's c, as hs_full its h
+        self.G = G  # (T, N, 4H): a gated cell's gates, kept for the backward (training)
 
     @property
     def hs(self) -> np.ndarray:
@@ -106,6 +110,7 @@ class Cell:
     kind: ClassVar[str]
     gates: ClassVar[int]  # G: Wx, Wh and b have G * H columns
     carries: ClassVar[int] = 1  # vectors of H carried from step to step (h; the LSTM: h, c)
+    splits: ClassVar[bool] = False  # has a kernel for one stream on two threads
 
     def __init__(self, params, layer: int):
         cfg = params.config
@@ -123,13 +128,6 @@ class Cell:
     def W(self, part: str) -> np.ndarray:
         return self.params[self.names[part]]
 
-
-class TanhRNN(Cell):
-    """The Elman RNN of the book's chapter 5: ``h_t = tanh(h_{t-1} Wh + x_t Wx + b)``."""
-
-    kind = "rnn"
-    gates = 1
-
     # ------------------------------------------------------------ input terms --
     def input_rows(self, X: np.ndarray, out: np.ndarray) -> None:
         """out = X @ Wx + b for some rows X (m, D_l) -> out (m, G H)."""
@@ -143,11 +141,25 @@ class TanhRNN(Cell):
         pool.map(lambda i, j: self.input_rows(embed_W[i:j], t[i:j]), parts(V, pool.threads, 256))
         return t
 
+    def run(self, blk: Block, pool: Pool) -> None:
+        """The whole block on the pool's threads, the streams in ranges."""
+        pool.map(lambda n0, n1: self.advance(blk, n0, n1), stream_parts(blk.N, pool.threads))
+
+
+class TanhRNN(Cell):
+    """The Elman RNN of the book's chapter 5: ``h_t = tanh(h_{t-1} Wh + x_t Wx + b)``."""
+
+    kind = "rnn"
+    gates = 1
+    splits = True
+
     # ------------------------------------------------------------- the block --
     def begin(self, N: int, T: int, xw, xid, h0: np.ndarray, reset: np.ndarray, threads: int,
-              forced: str = "auto", hs_full=None, X=None, tag: str = "") -> Block:
+              forced: str = "auto", hs_full=None, X=None, tag: str = "",
+              keep: bool = False) -> Block:
         """A block of N streams and T steps whose input terms are ``xw`` (and ``xid``),
-        state before it ``h0`` (N, state_size), on ``threads`` threads."""
+        state before it ``h0`` (N, state_size), on ``threads`` threads; ``keep``: it
+        will be trained (a gated cell keeps its gates)."""
         if hs_full is None:
             hs_full = self.buf("hs_full" + tag, (T + 1, N, self.H))
         hs_full[0] = h0
@@ -182,15 +194,6 @@ class TanhRNN(Cell):
             out = hs_full[t + 1, n0:n1]
             blas.gemm(hp, Wh, out)
             K.tanh_add_(out, xw[t, n0:n1])
-
-    def run(self, blk: Block, pool: Pool) -> None:
-        """The whole block on the pool's threads: streams in ranges, or one stream on
-        two threads (advance_split) when the plan says so."""
-        if plan.can_split(blk.N, self.H, pool.threads, blk.use_blas) \
-                and plan.SPLIT_BACKOFF.allow():
-            self.advance_split(blk, pool)
-            return
-        pool.map(lambda n0, n1: self.advance(blk, n0, n1), stream_parts(blk.N, pool.threads))
 
     def advance_split(self, blk: Block, pool: Pool, t0: int = 0, t1: int | None = None) -> None:
         """advance for one stream (N == 1) on two of the pool's threads: each computes
@@ -294,7 +297,172 @@ class TanhRNN(Cell):
         return dX, dh0
 
 
-CELLS: dict[str, type[Cell]] = {"rnn": TanhRNN}
+class _Gated(Cell):
+    """What the LSTM and the GRU share: the input terms as (X, xid) rows for the kernels,
+    the gates kept for the backward, and the per-step BLAS path for large blocks."""
+
+    def begin(self, N: int, T: int, xw, xid, h0: np.ndarray, reset: np.ndarray, threads: int,
+              forced: str = "auto", hs_full=None, X=None, tag: str = "",
+              keep: bool = False) -> Block:
+        H, GH = self.H, self.gates * self.H
+        if hs_full is None:
+            hs_full = self.buf("hs_full" + tag, (T + 1, N, H))
+        hs_full[0] = h0[:, :H]
+        use_blas = plan.recurrence_blas(N, T, H, self.gates, threads, forced)
+        if xid is None:  # the input terms written out: row t*N + n is stream n's at step t
+            xid = self.buf("xid" + tag, (T, N), np.int64)
+            xid[...] = np.arange(T * N, dtype=np.int64).reshape(T, N)
+            xw = xw.reshape(T * N, GH)
+        cs_full = None
+        if self.carries == 2:
+            cs_full = self.buf("cs_full" + tag, (T + 1, N, H))
+            cs_full[0] = h0[:, H:]
+        G = self.buf("G" + tag, (T, N, 4 * H)) if keep else self.buf("G0", (0, 0, 0))
+        P = None if use_blas else self.panels()
+        return Block(N, T, xw, xid, hs_full, reset, use_blas, P, X, cs_full, G)
+
+    def panels(self) -> np.ndarray:
+        return panels(self.W("Wh"))
+
+    def advance_split(self, blk: Block, pool: Pool, t0: int = 0, t1: int | None = None) -> None:
+        self.advance(blk, 0, blk.N, t0, t1)  # (no two-thread kernel: the plan asks splits)
+
+    def final(self, blk: Block, lengths=None) -> np.ndarray:
+        idx = (-1 if lengths is None else np.asarray(lengths), np.arange(blk.N))
+        h = blk.hs_full[idx]
+        if blk.cs_full is None:
+            return h.copy()
+        return np.concatenate([h, blk.cs_full[idx]], axis=1)
+
+    def _hprev(self, blk: Block) -> np.ndarray:
+        """(M, H): the state h before each step, zero where a step resets."""
+        N, T, H = blk.N, blk.T, self.H
+        hprev = blk.hs_full[:-1].reshape(N * T, H)
+        r = blk.reset.reshape(N * T)
+        if r.any():
+            hprev = hprev * (r == 0)[:, None].astype(hprev.dtype)
+        return hprev
+
+    def _input_back(self, blk: Block, dAx, dAh, grads, pool: Pool) -> np.ndarray:
+        """The parameter gradients from dL/d(input pre-activations) dAx and dL/d(hidden
+        pre-activations) dAh (M, G H) (one array for the LSTM); returns dX (M, D_l)."""
+        M, D, H = blk.N * blk.T, self.D_in, self.H
+        GH = self.gates * H
+        rows = split(M, pool.threads)
+        nr = len(rows)
+        gWx = self.buf("gWx", (nr, D, GH))
+        gWh = self.buf("gWh", (nr, H, GH))
+        gb = self.buf("gb", (nr, GH))
+        gbh = self.buf("gbh", (nr, GH)) if "bh" in self.names else None
+        dX = self.buf("dX", (M, D))
+        hprev, X, Wx = self._hprev(blk), blk.X, self.W("Wx")
+
+        def input_back(k, i, j):
+            blas.gemm(X[i:j].T, dAx[i:j], gWx[k])
+            blas.gemm(hprev[i:j].T, dAh[i:j], gWh[k])
+            gb[k] = dAx[i:j].sum(axis=0)
+            if gbh is not None:
+                gbh[k] = dAh[i:j].sum(axis=0)
+            blas.gemm(dAx[i:j], Wx.T, dX[i:j])
+
+        pool.map(input_back, [(k, i, j) for k, (i, j) in enumerate(rows)])
+        grads[self.names["Wx"]] += gWx.sum(axis=0)
+        grads[self.names["Wh"]] += gWh.sum(axis=0)
+        grads[self.names["b"]] += gb.sum(axis=0)
+        if gbh is not None:
+            grads[self.names["bh"]] += gbh.sum(axis=0)
+        return dX
+
+    def _keep(self, blk: Block, t0: int, T: int):
+        G = blk.G
+        return G[t0:T] if G.shape[0] else G
+
+
+class LSTM(_Gated):
+    """The book's TimeLSTM (chapter 6), gates f, g, i, o: ``A = x Wx + h Wh + b``;
+    ``f = s(A_f)``, ``g = tanh(A_g)``, ``i = s(A_i)``, ``o = s(A_o)``; ``c' = f c + g i``;
+    ``h' = o tanh(c')``. It carries h and c: its state is [h, c] (2H)."""
+
+    kind = "lstm"
+    gates = 4
+    carries = 2
+
+    def advance(self, blk: Block, n0: int, n1: int, t0: int = 0, t1: int | None = None) -> None:
+        T = blk.T if t1 is None else t1
+        hs_full, cs_full, reset = blk.hs_full, blk.cs_full, blk.reset
+        G = self._keep(blk, t0, T)
+        if not blk.use_blas:
+            K.lstm_forward_rows_x(hs_full[t0 + 1:T + 1], cs_full[t0 + 1:T + 1], G, blk.xw,
+                                  blk.xid[t0:T], hs_full[t0], cs_full[t0], blk.P, reset[t0:T],
+                                  n0, n1)
+            return
+        Wh = self.W("Wh")
+        A = np.empty((n1 - n0, self.gates * self.H), dtype=hs_full.dtype)
+        for t in range(t0, T):
+            hp, cp = hs_full[t, n0:n1], cs_full[t, n0:n1]
+            if reset[t, n0:n1].any():
+                keep = (reset[t, n0:n1] == 0)[:, None].astype(hp.dtype)
+                hp, cp = hp * keep, cp * keep
+            blas.gemm(hp, Wh, A)
+            K.lstm_gates_(A, blk.xw, blk.xid[t, n0:n1], cp, hs_full[t + 1, n0:n1],
+                          cs_full[t + 1, n0:n1], G[t - t0, n0:n1] if G.shape[0] else G)
+
+    def backward(self, blk: Block, dhs: np.ndarray, grads, pool: Pool
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        N, T, H = blk.N, blk.T, self.H
+        M, GH = N * T, self.gates * self.H
+        dA = self.buf("dA", (T, N, GH))
+        dh0 = np.empty((N, H), dtype=self.params.dtype)
+        dc0 = np.empty((N, H), dtype=self.params.dtype)
+        PT = panels(self.W("Wh").T)
+        pool.map(lambda n0, n1: K.lstm_backward_rows(
+            dA, dh0, dc0, dhs.reshape(T, N, H), blk.cs_full[1:], blk.G, blk.cs_full[0], PT,
+            blk.reset, n0, n1), stream_parts(N, pool.threads))
+        dX = self._input_back(blk, dA.reshape(M, GH), dA.reshape(M, GH), grads, pool)
+        return dX, np.concatenate([dh0, dc0], axis=1)
+
+class GRU(_Gated):
+    """PyTorch's ``nn.GRU`` (so weights move to and from torch unchanged), gates r, z, n:
+    ``ax = x Wx + b``, ``ah = h Wh + bh``; ``r = s(ax_r + ah_r)``, ``z = s(ax_z + ah_z)``;
+    ``n = tanh(ax_n + r ah_n)``; ``h' = (1 - z) n + z h``."""
+
+    kind = "gru"
+    gates = 3
+
+    def advance(self, blk: Block, n0: int, n1: int, t0: int = 0, t1: int | None = None) -> None:
+        T = blk.T if t1 is None else t1
+        hs_full, reset, bh = blk.hs_full, blk.reset, self.W("bh")
+        G = self._keep(blk, t0, T)
+        if not blk.use_blas:
+            K.gru_forward_rows_x(hs_full[t0 + 1:T + 1], G, blk.xw, blk.xid[t0:T], hs_full[t0],
+                                 blk.P, bh, reset[t0:T], n0, n1)
+            return
+        Wh = self.W("Wh")
+        A = np.empty((n1 - n0, self.gates * self.H), dtype=hs_full.dtype)
+        for t in range(t0, T):
+            hp = hs_full[t, n0:n1]
+            if reset[t, n0:n1].any():
+                hp = hp * (reset[t, n0:n1] == 0)[:, None].astype(hp.dtype)
+            blas.gemm(hp, Wh, A)
+            K.gru_gates_(A, blk.xw, blk.xid[t, n0:n1], bh, hp, hs_full[t + 1, n0:n1],
+                         G[t - t0, n0:n1] if G.shape[0] else G)
+
+    def backward(self, blk: Block, dhs: np.ndarray, grads, pool: Pool
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        N, T, H = blk.N, blk.T, self.H
+        M, GH = N * T, self.gates * self.H
+        dAx = self.buf("dAx", (T, N, GH))
+        dAh = self.buf("dAh", (T, N, GH))
+        dh0 = np.empty((N, H), dtype=self.params.dtype)
+        PT = panels(self.W("Wh").T)
+        pool.map(lambda n0, n1: K.gru_backward_rows(
+            dAx, dAh, dh0, dhs.reshape(T, N, H), blk.hs_full[1:], blk.G, blk.hs_full[0], PT,
+            blk.reset, n0, n1), stream_parts(N, pool.threads))
+        dX = self._input_back(blk, dAx.reshape(M, GH), dAh.reshape(M, GH), grads, pool)
+        return dX, dh0
+
+
+CELLS: dict[str, type[Cell]] = {"rnn": TanhRNN, "lstm": LSTM, "gru": GRU}
 
 
 def cell_class(kind: str) -> type[Cell]:

@@ -8,10 +8,10 @@ new one, never a torn file.
   step, the carried hidden state, the batcher position, the dropout
   generator's state, the learning rate, the best validation perplexity and
   the log history. Restoring continues the exact same computation.
-* Scoring (``--checkpoint FILE``): per input the position, running sums and
-  spooled record count, and the state of every open stream or long segment,
-  with a fingerprint of the run (model, inputs, options) that a resume must
-  match.
+* Scoring (``--checkpoint FILE``): per input the position, running sums,
+  spooled record count and (documents) rows counted, and the state of every
+  open stream or long segment, with a fingerprint of the run (model, inputs,
+  options) that a resume must match.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import numpy as np
 
 from streamlm import __version__, store
 from streamlm.errors import InputError, UsageError
+from streamlm.optim import DEFAULT_DECAY
 from streamlm.params import state_size as params_state_size
 from streamlm.records import Accumulator, Spool, Totals
 
@@ -36,36 +37,30 @@ TRAIN_FORMAT = "streamlm-checkpoint"
 TRAIN_VERSION = 2  # 2: the JSON object under "meta" (was "state")
 SCORE_FORMAT = "streamlm-score-checkpoint"
 SCORE_VERSION = 4  # 2: "format_version" (was "version"); 3: OOVs' logprob, rows, skipped;
-# 4: words and bytes (sums and spooled records)
+# 4: words and bytes (sums and spooled records); later 4s: a skipped row's "why" too
 
 # TrainConfig fields that shape the trajectory: a resume needs the same values
 TRAJECTORY = ("embed", "hidden", "batch", "bptt", "optimizer", "lr", "clip", "seed",
               "dropout", "tie_weights", "softmax", "classes", "old_classes", "ema",
-              "anneal", "min_improvement")
-DEFAULTS = {"ema": 0.0, "anneal": "plateau", "min_improvement": 1.003}  # older checkpoints
+              "anneal", "min_improvement", "cell", "layers", "variational", "lr_decay",
+              "decay_after")
+DEFAULTS = {"ema": 0.0, "anneal": "plateau", "min_improvement": 1.003, "cell": "rnn",
+            "layers": 1, "variational": False, "decay_after": None}  # older checkpoints
 
 
 # ================================================================ training ==
 class TrainState:
     """The mutable state of one training run: what a training checkpoint holds."""
 
-    def __init__(self, cfg, params, rng: np.random.Generator):
+    def __init__(self, cfg, params, rng: np.random.Generator, opt, schedule):
         self.cfg = cfg
         self.params = params
         self.rng = rng  # the dropout generator (the model's)
         self.grads = params.zeros_like()
-        adam = cfg.optimizer == "adam"
-        self.m = np.zeros_like(params.flat) if adam else None
-        self.v = np.zeros_like(params.flat) if adam else None
-        self.adam_t = 0
-        # the weight average (train --ema) and how many updates it has had
-        self.ema = np.zeros_like(params.flat) if getattr(cfg, "ema", 0.0) > 0 else None
-        self.ema_n = 0
+        self.opt = opt  # streamlm.optim.Optimizer: its state (Adam's, the weight average)
+        self.schedule = schedule  # streamlm.optim.Schedule: the lr and its state
         self.h: np.ndarray | None = None  # the carried hidden state (N, H)
-        self.lr = float(cfg.lr)
         self.best_ppl: float | None = None
-        self.last_ppl: float | None = None  # the previous epoch's (--anneal mikolov)
-        self.halving = False  # --anneal mikolov: the lr halves after every epoch now
         self.converged = False  # --anneal mikolov: training has ended
         self.history: list[dict] = []
         self.elapsed_before = 0.0  # wall seconds spent by earlier invocations
@@ -76,6 +71,11 @@ class TrainState:
         self.ep_loss = 0.0
         self.ep_steps = 0
         self.have_ckpt = False  # a checkpoint of this run exists (written or resumed)
+
+    @property
+    def lr(self) -> float:
+        """The learning rate in force (the schedule's)."""
+        return self.schedule.lr
 
 
 def save_train(path: Path, run: TrainState, batcher, model_cfg, vocab, elapsed: float) -> None:
@@ -88,11 +88,10 @@ def save_train(path: Path, run: TrainState, batcher, model_cfg, vocab, elapsed: 
         "vocab_sha256": vocab.sha256(),
         "batcher": batcher.state(),
         "rng": run.rng.bit_generator.state,
-        "adam_t": run.adam_t,
-        "ema_n": run.ema_n,
-        "lr": run.lr,
+        **run.opt.state_meta(),  # adam_t, ema_n
+        **run.schedule.state(),  # lr (--anneal mikolov: last_ppl, halving)
         "best_ppl": run.best_ppl,
-        "last_ppl": run.last_ppl, "halving": run.halving, "converged": run.converged,
+        "converged": run.converged,
         "history": run.history,
         "elapsed_s": elapsed,
         "int_loss": run.int_loss, "int_steps": run.int_steps,
@@ -102,10 +101,8 @@ def save_train(path: Path, run: TrainState, batcher, model_cfg, vocab, elapsed: 
     empty = np.zeros(0, dtype=run.params.dtype)
     arrays = {
         "params": run.params.flat,
-        "adam_m": run.m if run.m is not None else empty,
-        "adam_v": run.v if run.v is not None else empty,
+        **run.opt.state_arrays(),  # adam_m, adam_v, ema (empty when not in use)
         "h": run.h if run.h is not None else empty,
-        "ema": run.ema if run.ema is not None else empty,
     }
     if run.params.classes is not None:
         arrays["word_class"] = run.params.classes.word_class
@@ -125,9 +122,10 @@ def restore_train(path: Path, run: TrainState, batcher, model_cfg, vocab) -> Non
     for k in ("params", "adam_m", "adam_v", "h"):
         if k not in arrays:
             raise InputError(f"checkpoint lacks the array {k!r}", path=path)
-    saved = state["train_config"]
+    saved = state["train_config"]  # (older checkpoints: --lr-decay was --anneal's default)
+    saved = {**DEFAULTS, "lr_decay": DEFAULT_DECAY.get(saved.get("anneal", "plateau")), **saved}
     for k in TRAJECTORY:
-        if saved.get(k, DEFAULTS.get(k)) != getattr(run.cfg, k):
+        if saved.get(k) != getattr(run.cfg, k):
             flag = "--" + k.replace("_", "-")
             raise UsageError(f"cannot resume: the checkpoint was made with {flag} "
                              f"{saved.get(k)!r}, this run has {getattr(run.cfg, k)!r} "
@@ -148,24 +146,13 @@ def restore_train(path: Path, run: TrainState, batcher, model_cfg, vocab) -> Non
         raise InputError("checkpoint parameter buffer has the wrong size or dtype", path=path)
     batcher.restore(state["batcher"])
     run.params.flat[...] = p
-    if run.m is not None:
-        if arrays["adam_m"].shape != p.shape or arrays["adam_v"].shape != p.shape:
-            raise InputError("checkpoint lacks the Adam moments", path=path)
-        run.m[...] = arrays["adam_m"]
-        run.v[...] = arrays["adam_v"]
-    run.adam_t = int(state["adam_t"])
-    if run.ema is not None:
-        if arrays.get("ema") is None or arrays["ema"].shape != p.shape:
-            raise InputError("checkpoint lacks the weight average", path=path)
-        run.ema[...] = arrays["ema"]
-        run.ema_n = int(state.get("ema_n", 0))
+    run.opt.load_state(arrays, state, path)
     run.h = arrays["h"].astype(run.params.dtype) if state["has_h"] else None
     if run.h is not None and run.h.shape != (run.cfg.batch, params_state_size(model_cfg)):
         raise InputError("checkpoint state has the wrong shape", path=path)
     run.rng.bit_generator.state = state["rng"]
-    run.lr = float(state["lr"])
+    run.schedule.load(state)
     run.best_ppl = state["best_ppl"]
-    run.last_ppl, run.halving = state.get("last_ppl"), bool(state.get("halving", False))
     run.converged = bool(state.get("converged", False))
     run.history = list(state["history"])
     run.elapsed_before = float(state["elapsed_s"])
@@ -178,9 +165,10 @@ def restore_train(path: Path, run: TrainState, batcher, model_cfg, vocab) -> Non
 class ScoreCheckpoint:
     """The scoring checkpoint at ``path`` for one run's ``fingerprint`` (the model's
     checksum, the inputs and the result options), written every ``every``: a token
-    count (500000) or a duration ("60s", "5m"; see options.parse_every)."""
+    count (500000) or a duration ("60s", "5m"; see options.parse_every), by ``clock``
+    (seconds; default time.monotonic)."""
 
-    def __init__(self, path: str, every, fingerprint: dict):
+    def __init__(self, path: str, every, fingerprint: dict, clock=None):
         import time
 
         from streamlm.options import parse_every
@@ -189,7 +177,7 @@ class ScoreCheckpoint:
         self.every_tokens, self.every_s = parse_every(every)
         self.fingerprint = fingerprint
         self.spool: Spool | None = None
-        self._clock = time.monotonic
+        self._clock = clock or time.monotonic
         self._since = 0  # tokens since the last save
         self._last = self._clock()
 
@@ -222,20 +210,25 @@ class ScoreCheckpoint:
         return meta
 
     def save(self, acc: Accumulator, state: dict) -> None:
-        """Sync the spool, then write the sums, positions and open states."""
+        """Sync the spool, then write the sums, positions and open states (``state``:
+        input -> streamlm.schedule.Carried)."""
         if self.spool is not None:
             self.spool.sync()
         meta = {"fingerprint": self.fingerprint,
                 "inputs": [t.to_json() for t in acc.t],
-                "state": {str(i): {"prev": int(prev), "seg_offset": int(so), "key": int(k)}
-                          for i, (h, prev, so, k) in state.items()}}
-        arrays = {f"h_{i}": np.asarray(h) for i, (h, prev, so, k) in state.items()}
+                "state": {str(i): {"prev": int(c.prev), "seg_offset": int(c.seg_offset),
+                                   "key": int(c.key)}
+                          for i, c in state.items()}}
+        arrays = {f"h_{i}": np.asarray(c.h) for i, c in state.items()}
         store.save(self.path, SCORE_FORMAT, SCORE_VERSION, meta, arrays)
         self._since, self._last = 0, self._clock()
         log.debug("checkpoint: %s tokens", f"{sum(t.scored for t in acc.t):,}")
 
     def restore(self, saved: dict, acc: Accumulator, state: dict, S: int, dtype) -> None:
-        """Put a loaded checkpoint back into the accumulator and the scheduler's state."""
+        """Put a loaded checkpoint back into the accumulator and the scheduler's state
+        (input -> streamlm.schedule.Carried; ``S`` floats of state each)."""
+        from streamlm.schedule import Carried
+
         if len(saved["inputs"]) != len(acc.t):
             raise UsageError(f"{self.path}: checkpoint has a different number of inputs")
         acc.t = [Totals.from_json(d) for d in saved["inputs"]]
@@ -243,8 +236,8 @@ class ScoreCheckpoint:
             h = saved["_states"][f"h_{k}"]
             if h.shape != (S,):
                 raise UsageError(f"{self.path}: checkpoint state has the wrong shape")
-            state[int(k)] = (h.astype(dtype), int(d["prev"]), int(d["seg_offset"]),
-                             int(d["key"]))
+            state[int(k)] = Carried(h.astype(dtype), int(d["prev"]), int(d["seg_offset"]),
+                                    int(d["key"]))
 
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -27,6 +27,7 @@ from streamlm.options import (
     Reset,
     Softmax,
 )
+from streamlm.options import Cell as CellKind
 
 flags_look_like_flags()
 
@@ -316,6 +317,11 @@ def train_cmd(
                                                   rich_help_panel="Model")] = 256,
     hidden: Annotated[int, typer.Option("--hidden", help="Hidden size H.",
                                                     rich_help_panel="Model")] = 256,
+    cell: Annotated[CellKind, typer.Option(
+        "--cell", help="The recurrent cell: rnn (tanh, the book's ch. 5), lstm (ch. 6) or gru "
+                       "(PyTorch's).", rich_help_panel="Model")] = CellKind.rnn,
+    layers: Annotated[int, typer.Option(
+        "--layers", help="Stacked recurrent layers.", rich_help_panel="Model")] = 1,
     batch: Annotated[int, typer.Option("--batch", help="Parallel streams N per batch.",
                                                   rich_help_panel="Training")] = 32,
     bptt: Annotated[int, typer.Option("--bptt", help="Time steps T per truncated-BPTT block.",
@@ -328,19 +334,23 @@ def train_cmd(
                               " saved first.", rich_help_panel="Training")] = None,
     optimizer: Annotated[Optimizer, typer.Option(
         "--optimizer", help="The book's SGD or Adam.",
-                       rich_help_panel="Training")] = Optimizer.adam,
+                       rich_help_panel="Optimisation")] = Optimizer.adam,
     lr: Annotated[float, typer.Option("--lr", help="Initial learning rate.",
-                                              rich_help_panel="Training")] = 0.002,
+                                              rich_help_panel="Optimisation")] = 0.002,
     clip: Annotated[float, typer.Option(
         "--clip", help="Clip the gradient's global norm to this (0: no clipping).",
-                  rich_help_panel="Training")] = 1.0,
+                  rich_help_panel="Optimisation")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights and dropout.",
                                                 rich_help_panel="Training")
     ] = 0,
     dropout: Annotated[float, typer.Option(
-        "--dropout", help="Dropout on the embedding and RNN outputs (not recurrent).",
-                     rich_help_panel="Model")
+        "--dropout", help="Dropout after the embedding, between layers and before the output "
+                          "layer (not recurrent).", rich_help_panel="Model")
     ] = 0.25,
+    variational: Annotated[bool, typer.Option(
+        "--variational/--no-variational",
+        help="The same dropout mask at every step of a stream (Gal and Ghahramani).",
+        rich_help_panel="Model")] = False,
     tie_weights: Annotated[bool, typer.Option(
         "--tie-weights/--no-tie-weights",
         help="Share the embedding with the output layer (--embed == --hidden).",
@@ -358,15 +368,26 @@ def train_cmd(
                          rich_help_panel="Model")] = False,
     ema: Annotated[float, typer.Option(
         "--ema", help="Average the weights with this decay per step (0.999; 0: off) for validation"
-                      " and the model file.", rich_help_panel="Training")
+                      " and the model file.", rich_help_panel="Optimisation")
     ] = 0.0,
     anneal: Annotated[Anneal, typer.Option(
-        "--anneal", help="plateau: lr / 4 when the valid ppl does not improve; mikolov: rnnlm's "
-                         "halving (--min-improvement).", rich_help_panel="Training")
+        "--anneal", help="plateau: lr x --lr-decay when the valid ppl does not improve; step: "
+                         "lr x --lr-decay after every epoch from --decay-after on (Zaremba); "
+                         "mikolov: rnnlm's halving (--min-improvement).",
+        rich_help_panel="Optimisation")
     ] = Anneal.plateau,
+    lr_decay: Annotated[Optional[float], typer.Option(
+        "--lr-decay", help="The factor in (0, 1] --anneal multiplies the lr by (default: "
+                           "plateau 0.25, step 0.5, mikolov 0.5).",
+        rich_help_panel="Optimisation")
+    ] = None,
+    decay_after: Annotated[Optional[int], typer.Option(
+        "--decay-after", help="--anneal step: epochs at the initial lr (default 4; medium "
+                              "model: 6).", rich_help_panel="Optimisation")
+    ] = None,
     min_improvement: Annotated[float, typer.Option(
         "--min-improvement", help="--anneal mikolov's threshold (rnnlm's -min-improvement).",
-                             rich_help_panel="Training")
+                             rich_help_panel="Optimisation")
     ] = 1.003,
     log_interval: Annotated[int, typer.Option(
         "--log-interval", help="Steps between progress lines / log records.")] = 100,
@@ -394,10 +415,12 @@ def train_cmd(
 
     cfg = TrainConfig(embed=embed, hidden=hidden, batch=batch, bptt=bptt, epochs=epochs,
                       max_minutes=max_minutes, optimizer=optimizer, lr=lr, clip=clip, seed=seed,
-                      dropout=dropout, tie_weights=tie_weights, softmax=softmax,
+                      dropout=dropout, variational=variational, cell=cell, layers=layers,
+                      tie_weights=tie_weights, softmax=softmax,
                       classes=classes, old_classes=old_classes, log_interval=log_interval,
                       checkpoint_every=checkpoint_every, ema=ema, anneal=anneal,
-                      min_improvement=min_improvement)
+                      min_improvement=min_improvement, lr_decay=lr_decay,
+                      decay_after=decay_after)
     from streamlm.train import resume_advice
 
     doing("training", lambda: resume_advice(out))

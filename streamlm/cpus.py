@@ -18,7 +18,7 @@ ENV = "STREAMLM_THREADS"
 _requested: int | None = None  # set_threads(); None: ENV, then available_cpus()
 
 
-def _cgroup_quota(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgroup") -> float | None:
+def cgroup_quota(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgroup") -> float | None:
     """The CPU quota of this process's cgroup in CPUs (quota / period), or None when there
     is none: cgroup v2's ``cpu.max``, else v1's ``cpu.cfs_quota_us`` / ``cfs_period_us``,
     along the process's cgroup path and its parents (the tightest wins)."""
@@ -79,7 +79,7 @@ def available_cpus() -> int:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
         n = os.cpu_count() or 1
-    q = _cgroup_quota()
+    q = cgroup_quota()
     if q is not None:
         n = min(n, max(1, math.ceil(q - 1e-9)))
     return max(1, n)

@@ -88,8 +88,40 @@ def _tanh_rnn(xw: np.ndarray, h0: np.ndarray, Wh: np.ndarray, reset: np.ndarray,
         np.tanh(hp @ Wh + xw[t], out=hs[t + 1])
 
 
-# per cell kind: the numpy recurrence of a layer, (xw, h0, weights, reset, hs) -> None
-NUMPY_CELLS = {"rnn": _tanh_rnn}
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 + 0.5 * np.tanh(0.5 * x)  # (the kernels' form: exp overflows nowhere)
+
+
+def _lstm(xw, h0, Wh, reset, hs, H):
+    """The LSTM (gates f, g, i, o): hs (T+1, N, 2H) holds [h, c] of each step."""
+    hs[0] = h0
+    for t in range(xw.shape[0]):
+        h, c = hs[t, :, :H], hs[t, :, H:]
+        r = reset[:, t]
+        if r.any():
+            keep = (r == 0)[:, None].astype(hs.dtype)
+            h, c = h * keep, c * keep
+        A = h @ Wh + xw[t]
+        f, g = _sigmoid(A[:, :H]), np.tanh(A[:, H:2 * H])
+        i, o = _sigmoid(A[:, 2 * H:3 * H]), _sigmoid(A[:, 3 * H:])
+        c = f * c + g * i
+        hs[t + 1, :, H:] = c
+        hs[t + 1, :, :H] = o * np.tanh(c)
+
+
+def _gru(xw, h0, Wh, reset, hs, H, bh):
+    """PyTorch's GRU (gates r, z, n): hs (T+1, N, H)."""
+    hs[0] = h0
+    for t in range(xw.shape[0]):
+        h = hs[t]
+        rs = reset[:, t]
+        if rs.any():
+            h = h * (rs == 0)[:, None].astype(hs.dtype)
+        ax, ah = xw[t], h @ Wh + bh
+        r = _sigmoid(ax[:, :H] + ah[:, :H])
+        z = _sigmoid(ax[:, H:2 * H] + ah[:, H:2 * H])
+        n = np.tanh(ax[:, 2 * H:] + r * ah[:, 2 * H:])
+        hs[t + 1] = (1 - z) * n + z * h
 
 
 class NumpyRNN:
@@ -120,13 +152,18 @@ class NumpyRNN:
         lengths = np.full(N, T) if lengths is None else np.asarray(lengths)
         X = p.embed_W[xs].transpose(1, 0, 2)  # (T, N, D) time-major
         finals, width = [], self.state_size // cfg.layers
-        step = NUMPY_CELLS[cfg.cell]
         for layer in range(cfg.layers):
             n = layer_names(cfg, layer)
             xw = X @ p[n["Wx"]]  # (T, N, G H)
             xw += p[n["b"]]
             hs = np.empty((T + 1, N, width), dtype=p.dtype)
-            step(xw, state0[:, layer * width:(layer + 1) * width], p[n["Wh"]], reset, hs)
+            h0 = state0[:, layer * width:(layer + 1) * width]
+            if cfg.cell == "rnn":
+                _tanh_rnn(xw, h0, p[n["Wh"]], reset, hs)
+            elif cfg.cell == "lstm":
+                _lstm(xw, h0, p[n["Wh"]], reset, hs, H)
+            else:
+                _gru(xw, h0, p[n["Wh"]], reset, hs, H, p[n["bh"]])
             finals.append(hs[lengths, np.arange(N)])
             X = hs[1:, :, :H]
         flat = np.ascontiguousarray(X).reshape(T * N, H)  # time-major rows of the top h

@@ -27,7 +27,8 @@ from streamlm.threads import RANGES_PER_THREAD, Pool, Scratch, parts, slices, sp
 
 # When scoring, each thread projects at most PROJ_ROWS rows per GEMM (larger
 # slices pack W less often) and PROJ_BYTES of logits: the logits buffer does
-# not grow with a chunk's length (bench/RESULTS.md, "Rows per GEMM slice when scoring").
+# not grow with a chunk's length (bench/results/REPORT.md, "Rows per GEMM slice when
+# scoring"; bench/HISTORY.md, "What changed in this round...", item 8).
 PROJ_ROWS = 1024
 PROJ_BYTES = 48 << 20
 
@@ -37,7 +38,8 @@ class FullSoftmax:
 
     The products are split over threads by columns of ``affine_W`` (each thread
     packs only its block of W, once per call), the softmax by rows
-    (bench/NOTES.md, item 7, "The output layer split by columns of W").
+    (bench/HISTORY.md, "What changed in this round, and what each change bought",
+    item 7, "The output layer split by columns of W").
     """
 
     def __init__(self, params: Params):
@@ -153,7 +155,7 @@ class FullSoftmax:
 
 # A class with at least this many tokens in a call has its word logits done as
 # one GEMM; classes with fewer go to one kernel call that does them all
-# (bench/RESULTS.md, "class softmax: BLAS or kernel per class").
+# (bench/HISTORY.md, "Large classes of a large vocabulary: BLAS, not the kernel").
 CLASS_BLAS_MIN_TOKENS = 256
 # ... and so does a class whose weights are larger than a core's L2 once it has
 # CLASS_BLAS_MIN_TOKENS_LARGE tokens, in a model whose output weights do not fit

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
+from typing import Protocol
 
 import numpy as np
 
@@ -46,6 +47,15 @@ from streamlm.tokenizer import BLOCK_TOKENS, Block, Tally, encode, id_counts
 from streamlm.vocab import Vocab
 
 STREAM_PREREAD = 1 << 16  # bytes of a stream read ahead to judge its size (engine auto)
+
+
+class RowCounts(Protocol):
+    """Where a source of rows (:class:`DocSource`) notes its rows once it has read them
+    all: in a scoring job the input's :class:`~streamlm.records.Totals`, their owner."""
+
+    rows: int  # the rows of the input
+    skipped: list[int]  # the numbers of the rows skipped as bad (errors="skip")
+    why: str | None  # where the first of them is and what is wrong with it
 
 
 def check_readable(path: str | os.PathLike) -> None:
@@ -88,8 +98,9 @@ class Source:
             f = min(1.0, at / self.meter.total * min(1.0, scored / tokens)) if tokens else 0.0
         return f, float(self.size)
 
-    def blocks(self) -> Iterator[Block]:
-        """Blocks of about BLOCK_TOKENS tokens, in order, from the input's start."""
+    def blocks(self, counts: RowCounts | None = None) -> Iterator[Block]:
+        """Blocks of about BLOCK_TOKENS tokens, in order, from the input's start;
+        a source of rows notes them in ``counts`` once it has read every row."""
         raise NotImplementedError
 
     @property
@@ -105,10 +116,10 @@ class Source:
         self.tally = Tally(0 if words else None)
         return self.tally
 
-    def metered_blocks(self) -> Iterator[Block]:
+    def metered_blocks(self, counts: RowCounts | None = None) -> Iterator[Block]:
         """:meth:`blocks`, each noted on the meter as it is handed out (``mark``)."""
         m = self.meter
-        for b in self.blocks():
+        for b in self.blocks(counts):
             m.mark = (b.pos + len(b), self._reached())
             yield b
 
@@ -143,7 +154,7 @@ class TextSource(Source):
     def pieces(self, meter: Meter | None = None) -> Pieces:
         return iter_pieces(self.path, self.errors, meter=meter)
 
-    def blocks(self) -> Iterator[Block]:
+    def blocks(self, counts: RowCounts | None = None) -> Iterator[Block]:
         if self.size is not None:  # the tally's offsets are the file's own when not packed
             with open(self.path, "rb") as f:
                 self.plain = compression(f.read(8)) is None
@@ -214,7 +225,7 @@ class ShardSource(Source):
                              "other than doc")
         self.dataset = ds
 
-    def blocks(self) -> Iterator[Block]:
+    def blocks(self, counts: RowCounts | None = None) -> Iterator[Block]:
         eos = self.vocab.eos_id
         lines = 0
         docs = -1
@@ -249,9 +260,9 @@ class DocSource(Source):
     Parquet / Arrow file. Every row is a document; ``doc`` of a token is its row's
     number, and a document's lines each contribute their words plus ``<eos>``.
 
-    After :meth:`blocks` has run to the end, ``rows`` is the number of rows,
-    ``skipped`` the numbers of the rows skipped as bad (``errors="skip"``) and
-    ``why`` where the first of them is and what is wrong with it.
+    Once :meth:`blocks` has read every row, its ``counts`` (:class:`RowCounts`: in a
+    scoring job the input's Totals) hold the number of rows, the rows skipped as bad
+    (``errors="skip"``) and why the first of them was.
     """
 
     kind = "docs"
@@ -264,10 +275,6 @@ class DocSource(Source):
         self.text = text
         self.errors = str(errors)
         self.docs = True
-        self.rows = 0
-        self.skipped: list[int] = []
-        self.why: str | None = None  # of the first skipped row: "line 7: invalid JSON (...)"
-        self.complete = False  # blocks() read every row (rows, skipped are known)
         if fmt == "jsonl":
             check_readable(self.path)
             self.meter.total = self.size
@@ -307,7 +314,7 @@ class DocSource(Source):
                                          meter=meter)
         return rows.table_batches(self.path, self.text, self.errors, meter=meter)
 
-    def blocks(self) -> Iterator[Block]:
+    def blocks(self, counts: RowCounts | None = None) -> Iterator[Block]:
         from streamlm.tokenizer import encode_rows
 
         pos = line = 0
@@ -332,10 +339,9 @@ class DocSource(Source):
             if len(blk):
                 pos += len(blk)
                 yield blk
-        self.skipped = skipped
-        self.why = why
-        self.rows = max([last, *skipped], default=-1) + 1
-        self.complete = True
+        if counts is not None:  # (a reader thread's: three assignments, after its last block)
+            counts.rows = max([last, *skipped], default=-1) + 1
+            counts.skipped, counts.why = skipped, why
 
     def surface_words(self) -> Iterator[str]:
         """The documents' own words, one per token (ids: their vocabulary words)."""

@@ -44,17 +44,14 @@ from streamlm import numba_setup
 # a diverged loss. ``error_model="numpy"``: a float division by zero gives
 # inf/NaN as in numpy instead of raising; Python's model puts a zero check
 # before every division, which stops LLVM from vectorising any loop with a
-# division in it (Adam's update and the float32 tanh ran scalar: Adam 2.6x
-# slower, bench/RESULTS.md).
+# division in it (Adam's update and the float32 tanh ran scalar: Adam took 17.6 ms
+# instead of 7.6, bench/HISTORY.md, "What changed in this round...", item 2).
 _FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
 JIT = dict(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
 
-
-# numba's target and registries, before any kernel compiles or loads from the
-# cache (streamlm.numba_setup)
-VECTORS = numba_setup.wide_vectors()  # what was decided, for a bug report: numba's target is global
-CACHE_LOADS = numba_setup.light_cache_loads()  # what was decided, as VECTORS
-numba_setup.say_when_compiling()  # one line on stderr before a cold cache's ~24 s
+# numba builds its CPU target at the first @njit below: streamlm's set-up goes first
+# (CPU features, cache loads, the compile notice; decisions in numba_setup.SETUP)
+numba_setup.configure()
 
 
 # ------------------------------------------------- vectorisable exp / tanh --
@@ -1386,3 +1383,286 @@ def encode_lines(ids, counts, b, space, slots, keys, key_off, unk, eos, docs):
         ids[nt] = unk if t < 0 else t
         nt += 1
     return nt, line, literal
+
+
+# ------------------------------------------------------------ gated cells --
+# The LSTM (the book's TimeLSTM, gates f, g, i, o) and the GRU (PyTorch's nn.GRU,
+# gates r, z, n) as the tanh RNN's kernels are: groups of up to 4 streams share each
+# panel row of Wh (H, G*H) (one pass over Wh per step, _panel_mv), the gates are
+# applied in the same loop, and what the backward needs is kept when asked
+# (``G`` of shape (T, N, 4H); an empty array when scoring). The input terms
+# x @ Wx + b of stream n at step t are the row X[xid[t, n]] (a frozen layer 0's
+# input table, or the block's terms written out). sigmoid(x) = (1 + tanh(x/2)) / 2:
+# one vectorisable tanh, exact in float64.
+
+
+def _sigmoid(x):
+    """1 / (1 + exp(-x)) as (1 + tanh(x / 2)) / 2: vectorisable in float32, exact in
+    float64 (this body runs only under NUMBA_DISABLE_JIT)."""
+    return 0.5 + 0.5 * math.tanh(0.5 * x)
+
+
+@overload(_sigmoid, inline="always")
+def _ov_sigmoid(x):
+    if x == types.float32:
+        def impl(x):
+            h = np.float32(0.5)
+            return h + h * vtanh(h * x)
+        return impl
+    return lambda x: 0.5 + 0.5 * math.tanh(0.5 * x)
+
+
+@njit(**JIT)
+def lstm_forward_rows_x(hs, cs, G, X, xid, h0, c0, P, reset, n0, n1):
+    """The LSTM recurrence for streams n0 <= n < n1 of a block of T steps.
+
+    hs, cs: (T, N, H) float, output: h and c after each step; G: (T, N, 4H) float,
+    output when G.shape[0] == T (the activated gates f, g, i, o, for the backward),
+    else ignored; X: (R, 4H) float, xid: (T, N) int: the input terms;
+    h0, c0: (N, H) float, the state before the block; P: Wh (H, 4H) in panels
+    (see PANEL); reset: (T, N) uint8 (nonzero: the state before step t is zero).
+    A = x Wx + h Wh + b; f = s(A[0:H]), g = tanh(A[H:2H]), i = s(A[2H:3H]),
+    o = s(A[3H:4H]); c' = f c + g i; h' = o tanh(c').
+    """
+    T, N, H = hs.shape
+    keep = G.shape[0] == T
+    z = hs.dtype.type(0)
+    hp = np.empty((4, H), dtype=hs.dtype)
+    cp = np.empty((4, H), dtype=hs.dtype)
+    out = np.empty((4, P.shape[0] * 64), dtype=hs.dtype)
+    for g in range(n0, n1, 4):
+        ng = min(4, n1 - g)
+        for r in range(ng):
+            for j in range(H):
+                hp[r, j] = h0[g + r, j]
+                cp[r, j] = c0[g + r, j]
+        for t in range(T):
+            for r in range(ng):
+                if reset[t, g + r] != 0:
+                    for j in range(H):
+                        hp[r, j] = z
+                        cp[r, j] = z
+            _panel_mv(out, hp, P, ng)
+            for r in range(ng):
+                x = X[xid[t, g + r]]
+                o_ = out[r]
+                for j in range(H):
+                    f = _sigmoid(o_[j] + x[j])
+                    gg = vtanh(o_[H + j] + x[H + j])
+                    i = _sigmoid(o_[2 * H + j] + x[2 * H + j])
+                    o = _sigmoid(o_[3 * H + j] + x[3 * H + j])
+                    c = f * cp[r, j] + gg * i
+                    h = o * vtanh(c)
+                    cs[t, g + r, j] = c
+                    hs[t, g + r, j] = h
+                    cp[r, j] = c
+                    hp[r, j] = h
+                    if keep:
+                        G[t, g + r, j] = f
+                        G[t, g + r, H + j] = gg
+                        G[t, g + r, 2 * H + j] = i
+                        G[t, g + r, 3 * H + j] = o
+
+
+@njit(**JIT)
+def lstm_backward_rows(dA, dh0, dc0, dhs, cs, G, c0, PT, reset, n0, n1):
+    """Truncated BPTT through the LSTM recurrence of a block, streams n0 <= n < n1.
+
+    dA: (T, N, 4H) float, output: dL/dA (A the gates' pre-activations), from which
+    the caller makes dWx = X^T dA, dWh = Hprev^T dA, db = sum dA, dX = dA Wx^T;
+    dh0, dc0: (N, H) float, output: dL/d(the state before the block);
+    dhs: (T, N, H) float: dL/dh from above, per step; cs, G: the forward's c and
+    gates; c0: (N, H) the c before the block; PT: Wh^T (4H, H) in panels; reset:
+    (T, N) uint8 as the forward's (a reset cuts the gradient into the step before).
+    """
+    T, N, H = dhs.shape
+    one = dhs.dtype.type(1)
+    z = dhs.dtype.type(0)
+    d = np.empty((4, 4 * H), dtype=dhs.dtype)  # dA of the group at step t
+    dh = np.empty((4, PT.shape[0] * 64), dtype=dhs.dtype)  # dL/dh(t) from step t + 1
+    dc = np.empty((4, H), dtype=dhs.dtype)
+    for g in range(n0, n1, 4):
+        ng = min(4, n1 - g)
+        dh[:] = 0
+        dc[:] = 0
+        for t in range(T - 1, -1, -1):
+            for r in range(ng):
+                n = g + r
+                cut = reset[t, n] != 0
+                for j in range(H):
+                    f = G[t, n, j]
+                    gg = G[t, n, H + j]
+                    i = G[t, n, 2 * H + j]
+                    o = G[t, n, 3 * H + j]
+                    c = cs[t, n, j]
+                    cprev = z if cut else (cs[t - 1, n, j] if t > 0 else c0[n, j])
+                    tc = vtanh(c)
+                    dht = dhs[t, n, j] + dh[r, j]
+                    dct = dc[r, j] + dht * o * (one - tc * tc)
+                    d[r, j] = dct * cprev * f * (one - f)
+                    d[r, H + j] = dct * i * (one - gg * gg)
+                    d[r, 2 * H + j] = dct * gg * i * (one - i)
+                    d[r, 3 * H + j] = dht * tc * o * (one - o)
+                    dc[r, j] = z if cut else dct * f
+                for k in range(4 * H):
+                    dA[t, n, k] = d[r, k]
+            _panel_mv(dh, d, PT, ng)
+            for r in range(ng):
+                if reset[t, g + r] != 0:
+                    for j in range(H):
+                        dh[r, j] = z
+        for r in range(ng):
+            for j in range(H):
+                dh0[g + r, j] = dh[r, j]
+                dc0[g + r, j] = dc[r, j]
+
+
+@njit(**JIT)
+def gru_forward_rows_x(hs, G, X, xid, h0, P, bh, reset, n0, n1):
+    """The GRU recurrence (PyTorch's nn.GRU) for streams n0 <= n < n1 of a block.
+
+    hs: (T, N, H) float, output; G: (T, N, 4H) float, output when G.shape[0] == T
+    (r, z, n and the hidden part of n's pre-activation, for the backward);
+    X: (R, 3H), xid: (T, N): the input terms ax = x Wx + b; h0: (N, H);
+    P: Wh (H, 3H) in panels; bh: (3H,) the hidden bias; reset as lstm's.
+    ah = h Wh + bh; r = s(ax_r + ah_r); z = s(ax_z + ah_z);
+    n = tanh(ax_n + r ah_n); h' = (1 - z) n + z h.
+    """
+    T, N, H = hs.shape
+    keep = G.shape[0] == T
+    zero = hs.dtype.type(0)
+    one = hs.dtype.type(1)
+    hp = np.empty((4, H), dtype=hs.dtype)
+    out = np.empty((4, P.shape[0] * 64), dtype=hs.dtype)
+    for g in range(n0, n1, 4):
+        ng = min(4, n1 - g)
+        for r in range(ng):
+            for j in range(H):
+                hp[r, j] = h0[g + r, j]
+        for t in range(T):
+            for r in range(ng):
+                if reset[t, g + r] != 0:
+                    for j in range(H):
+                        hp[r, j] = zero
+            _panel_mv(out, hp, P, ng)
+            for r in range(ng):
+                x = X[xid[t, g + r]]
+                o_ = out[r]
+                for j in range(H):
+                    rr = _sigmoid(x[j] + o_[j] + bh[j])
+                    zz = _sigmoid(x[H + j] + o_[H + j] + bh[H + j])
+                    ahn = o_[2 * H + j] + bh[2 * H + j]
+                    nn = vtanh(x[2 * H + j] + rr * ahn)
+                    h = (one - zz) * nn + zz * hp[r, j]
+                    hs[t, g + r, j] = h
+                    hp[r, j] = h
+                    if keep:
+                        G[t, g + r, j] = rr
+                        G[t, g + r, H + j] = zz
+                        G[t, g + r, 2 * H + j] = nn
+                        G[t, g + r, 3 * H + j] = ahn
+
+
+@njit(**JIT)
+def gru_backward_rows(dAx, dAh, dh0, dhs, hs, G, h0, PT, reset, n0, n1):
+    """Truncated BPTT through the GRU recurrence of a block, streams n0 <= n < n1.
+
+    dAx, dAh: (T, N, 3H) float, output: dL/d(ax) and dL/d(ah) (the input and hidden
+    pre-activations, biases included), from which the caller makes dWx = X^T dAx,
+    db = sum dAx, dX = dAx Wx^T, dWh = Hprev^T dAh, dbh = sum dAh; dh0: (N, H)
+    output; dhs: (T, N, H): dL/dh from above; hs, G: the forward's outputs and
+    kept gates; h0: (N, H); PT: Wh^T (3H, H) in panels; reset as the forward's.
+    """
+    T, N, H = dhs.shape
+    one = dhs.dtype.type(1)
+    z = dhs.dtype.type(0)
+    d = np.empty((4, 3 * H), dtype=dhs.dtype)  # dAh of the group at step t
+    dh = np.empty((4, PT.shape[0] * 64), dtype=dhs.dtype)  # dL/dh(t) from step t + 1
+    tmp = np.empty((4, PT.shape[0] * 64), dtype=dhs.dtype)
+    for g in range(n0, n1, 4):
+        ng = min(4, n1 - g)
+        dh[:] = 0
+        for t in range(T - 1, -1, -1):
+            for r in range(ng):
+                n = g + r
+                cut = reset[t, n] != 0
+                for j in range(H):
+                    rr = G[t, n, j]
+                    zz = G[t, n, H + j]
+                    nn = G[t, n, 2 * H + j]
+                    ahn = G[t, n, 3 * H + j]
+                    hprev = z if cut else (hs[t - 1, n, j] if t > 0 else h0[n, j])
+                    dht = dhs[t, n, j] + dh[r, j]
+                    dnp = dht * (one - zz) * (one - nn * nn)
+                    dzp = dht * (hprev - nn) * zz * (one - zz)
+                    drp = dnp * ahn * rr * (one - rr)
+                    dAx[t, n, j] = drp
+                    dAx[t, n, H + j] = dzp
+                    dAx[t, n, 2 * H + j] = dnp
+                    dAh[t, n, j] = drp
+                    dAh[t, n, H + j] = dzp
+                    dAh[t, n, 2 * H + j] = dnp * rr
+                    d[r, j] = drp
+                    d[r, H + j] = dzp
+                    d[r, 2 * H + j] = dnp * rr
+                    dh[r, j] = dht * zz  # the direct path, before the product below
+            # dh(t-1) = dht * z + dAh @ Wh^T, zero where step t reset
+            _panel_mv(tmp, d, PT, ng)
+            for r in range(ng):
+                if reset[t, g + r] != 0:
+                    for j in range(H):
+                        dh[r, j] = z
+                else:
+                    for j in range(H):
+                        dh[r, j] += tmp[r, j]
+        for r in range(ng):
+            for j in range(H):
+                dh0[g + r, j] = dh[r, j]
+
+
+@njit(**JIT)
+def lstm_gates_(A, X, xrow, cp, h, c, G):
+    """The LSTM's elementwise half of one step when the matrix half runs in BLAS:
+    A: (n, 4H) = hprev @ Wh on entry (overwritten); the input terms of stream r are
+    X[xrow[r]] (n,) int; cp: (n, H) c before the step; h, c: (n, H) outputs; G: (n, 4H)
+    the gates, written when G.shape[0] == n."""
+    n, H = h.shape
+    keep = G.shape[0] == n
+    for r in range(n):
+        x = X[xrow[r]]
+        for j in range(H):
+            f = _sigmoid(A[r, j] + x[j])
+            gg = vtanh(A[r, H + j] + x[H + j])
+            i = _sigmoid(A[r, 2 * H + j] + x[2 * H + j])
+            o = _sigmoid(A[r, 3 * H + j] + x[3 * H + j])
+            cc = f * cp[r, j] + gg * i
+            c[r, j] = cc
+            h[r, j] = o * vtanh(cc)
+            if keep:
+                G[r, j] = f
+                G[r, H + j] = gg
+                G[r, 2 * H + j] = i
+                G[r, 3 * H + j] = o
+
+
+@njit(**JIT)
+def gru_gates_(A, X, xrow, bh, hp, h, G):
+    """The GRU's elementwise half of one step when the matrix half runs in BLAS:
+    A: (n, 3H) = hprev @ Wh; X[xrow[r]]: stream r's input terms; bh: (3H,); hp: (n, H)
+    the state before the step; h: (n, H) output; G: (n, 4H) as gru_forward_rows_x's."""
+    n, H = h.shape
+    keep = G.shape[0] == n
+    one = h.dtype.type(1)
+    for r in range(n):
+        x = X[xrow[r]]
+        for j in range(H):
+            rr = _sigmoid(x[j] + A[r, j] + bh[j])
+            zz = _sigmoid(x[H + j] + A[r, H + j] + bh[H + j])
+            ahn = A[r, 2 * H + j] + bh[2 * H + j]
+            nn = vtanh(x[2 * H + j] + rr * ahn)
+            h[r, j] = (one - zz) * nn + zz * hp[r, j]
+            if keep:
+                G[r, j] = rr
+                G[r, H + j] = zz
+                G[r, 2 * H + j] = nn
+                G[r, 3 * H + j] = ahn

@@ -4,7 +4,7 @@ numpy aligns its buffers to 16 bytes. A kernel's 64-byte vector load of a row
 that starts off a cache line touches two lines: for the recurrence's panels of
 Wh, read once per step, that made the single-stream recurrence 1.5x slower in
 the processes where numpy happened to put them off a line (H=100: 0.59 against
-0.38 us per step; streamlm.recurrence.recur_panels). Nothing here imports numba.
+0.38 us per step; streamlm.cells.panels). Nothing here imports numba.
 """
 
 from __future__ import annotations

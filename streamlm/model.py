@@ -70,7 +70,7 @@ class RNNLM:
     and keeps what ``backward`` needs; ``nll(xs, ts, h0)`` keeps nothing."""
 
     def __init__(self, params: Params, dropout: float = 0.0, seed: int = 0,
-                 recur: str = "auto", frozen: bool = False):
+                 recur: str = "auto", frozen: bool = False, variational: bool = False):
         if not 0.0 <= dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
         if recur not in ("auto", "kernel", "blas"):
@@ -84,6 +84,7 @@ class RNNLM:
         self.state_size = int(sum(sizes))
         self._slices = [slice(int(a), int(a + s)) for a, s in zip(np.cumsum([0, *sizes]), sizes)]
         self.dropout = float(dropout)
+        self.variational = bool(variational)  # Gal's: one mask per stream for every step
         self.rng = np.random.default_rng(seed)
         self.recur = recur
         self._cache: _Cache | None = None
@@ -157,10 +158,15 @@ class RNNLM:
             return r
         return np.ascontiguousarray(np.asarray(reset, dtype=np.uint8).T)
 
-    def _dropout_mask(self, shape) -> np.ndarray:
+    def _dropout_mask(self, shape, N: int) -> np.ndarray:
+        """An inverted-dropout mask for (M, width) time-major rows of N streams: drawn
+        per row, or (variational) per stream and the same at every step."""
         keep = 1.0 - self.dropout
-        m = self.rng.random(shape, dtype=np.float32) < keep
-        return m.astype(self.params.dtype) * self.params.dtype.type(1.0 / keep)
+        M, width = shape
+        draw = (N, width) if self.variational else shape
+        m = self.rng.random(draw, dtype=np.float32) < keep
+        m = m.astype(self.params.dtype) * self.params.dtype.type(1.0 / keep)
+        return np.tile(m, (M // N, 1)) if self.variational else m
 
     # the recurrent layers ---------------------------------------------------
     def _layer0_terms(self, ids, T: int, N: int, pl: Pool, use_blas: bool, table, X=None,
@@ -204,7 +210,7 @@ class RNNLM:
         check_ids(ids, cfg.V, "input ids")
         c0 = self.cells[0]
         use_blas = plan.recurrence_blas(N, T, c0.H, c0.gates, threads, self.recur)
-        mask_x = self._dropout_mask((M, cfg.D)) if train and self.dropout > 0 else None
+        mask_x = self._dropout_mask((M, cfg.D), N) if train and self.dropout > 0 else None
         table = self.input_table() if self.frozen and not keep and not train else None
         X = self.buf("X", (M, cfg.D)) if table is None else None
         xw, xid = self._layer0_terms(ids, T, N, pl, use_blas, table, X, mask_x)
@@ -218,7 +224,7 @@ class RNNLM:
             blocks.append(cell.begin(
                 N, T, xw, xid, h0[:, self._slices[layer]], reset_tm, threads, self.recur,
                 hs_full=top if layer == last else None, X=X if layer == 0 and keep else None,
-                tag=str(layer)))
+                tag=str(layer), keep=keep))
         return ids, blocks, mask_x
 
     def _inputs_above(self, blocks: list[Block], layer: int, t0: int, t1: int, pl: Pool,
@@ -233,7 +239,7 @@ class RNNLM:
                             out=self.buf(f"Xin{layer}", X.shape))
         if keep:
             blk.X = X
-        out = blk.xw[t0:t1].reshape((t1 - t0) * N, -1)
+        out = blk.xw.reshape(blk.T * N, -1)[t0 * N:t1 * N]  # (time-major rows)
         pl.map(lambda i, j: cell.input_rows(X[i:j], out[i:j]),
                parts((t1 - t0) * N, pl.threads, 256))
 
@@ -250,7 +256,7 @@ class RNNLM:
             if layer > 0:
                 self._inputs_above(blocks, layer, 0, T, pl, masks, keep)
             cell.run(blocks[layer], pl)
-            masks.append(self._dropout_mask((M, H)) if drop else None)
+            masks.append(self._dropout_mask((M, H), N) if drop else None)
         return ids, blocks, mask_x, masks
 
     def _advance(self, blocks: list[Block], t0: int, t1: int, pl: Pool) -> None:
@@ -378,7 +384,7 @@ class RNNLM:
         # (the input terms on the calling thread: the other threads are the pipeline's)
         blocks = self.scoring_front(xs, h0, reset, pl.threads)
         hs = blocks[-1].hs.reshape(M, H)
-        if all(plan.can_split(N, c.H, pl.threads, b.use_blas)
+        if all(plan.can_split(N, c.H, pl.threads, b.use_blas, c.gates)
                for c, b in zip(self.cells, blocks)) and plan.SPLIT_BACKOFF.allow():
             for layer, cell in enumerate(self.cells):  # each layer on two threads
                 if layer > 0:
@@ -449,7 +455,7 @@ class RNNLM:
 
 def warmup(dtype=np.float32) -> None:
     """Compile (or load from cache) every kernel for ``dtype`` on tiny arrays."""
-    from streamlm import threads
+    from streamlm import optim
     from streamlm.classes import WordClasses
     from streamlm.params import ModelConfig
 
@@ -468,15 +474,15 @@ def warmup(dtype=np.float32) -> None:
         h = m.step(np.array([0, 1]))
         m.sample(h[0], 1.0, np.random.default_rng(0))
     seg = np.array([[0, 3], [5, 9]], dtype=np.int64)
-    threads.sum_squares(g.flat, seg)
-    threads.sgd_update(p.flat, g.flat, p.dtype.type(0.0), seg=seg)
-    threads.zero(g.flat, seg)
-    threads.sum_squares(g.flat)
-    threads.sgd_update(p.flat, g.flat, p.dtype.type(0.0))
+    optim.sum_squares(g.flat, seg)
+    optim.sgd_update(p.flat, g.flat, p.dtype.type(0.0), seg=seg)
+    optim.zero(g.flat, seg)
+    optim.sum_squares(g.flat)
+    optim.sgd_update(p.flat, g.flat, p.dtype.type(0.0))
     mm, vv = np.zeros_like(p.flat), np.zeros_like(p.flat)
     one = p.dtype.type
-    threads.adam_update(p.flat, g.flat, mm, vv, one(0.0), one(0.9), one(0.999), one(1e-8),
-                        one(1.0))
-    threads.adam_update(p.flat, g.flat, mm, vv, one(0.0), one(0.9), one(0.999), one(1e-8),
-                        one(1.0), seg)
+    optim.adam_update(p.flat, g.flat, mm, vv, one(0.0), one(0.9), one(0.999), one(1e-8),
+                      one(1.0))
+    optim.adam_update(p.flat, g.flat, mm, vv, one(0.0), one(0.9), one(0.999), one(1e-8),
+                      one(1.0), seg)
     K.all_finite(p.flat)

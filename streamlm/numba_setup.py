@@ -1,11 +1,37 @@
-"""numba's set-up for streamlm's kernels, done once when streamlm.kernels is imported.
+"""numba's set-up for streamlm's kernels: :func:`configure`, called once, by
+streamlm.kernels before its first ``@njit``.
 
 Not kernels themselves (those all live in streamlm.kernels, where numba's cache
 sees their changes): the CPU features numba compiles for, and, for the
-``streamlm`` command only, lighter loads from numba's cache.
+``streamlm`` command only, lighter loads from numba's cache, and the line said
+when the kernels compile.
+
+Why there: numba builds its CPU target, and with it the features the code is
+compiled for, when the process creates its first ``@njit`` dispatcher
+(``Dispatcher.__init__`` asks for the target context), long before any kernel
+compiles or loads. Every module that computes (cells, heads, model, threads,
+train, the tokenizer's batch path), the tests and the benchmarks import
+streamlm.kernels; a set-up that each of them had to call first would, once
+forgotten, compile silently for the other target (a second set of cache
+entries, 256-bit vectors).
 """
 
 from __future__ import annotations
+
+SETUP: dict[str, str] | None = None  # what configure() decided (for a bug report)
+
+
+def configure() -> dict[str, str]:
+    """Set numba up for streamlm's kernels, once per process (later calls return the
+    first's decisions): 512-bit vectors where the CPU has them (:func:`wide_vectors`),
+    the command's light cache loads (:func:`light_cache_loads`) and the line said
+    when the kernels compile (:func:`say_when_compiling`). Returns what was decided,
+    also kept in ``SETUP``: numba's target is global, a bug report wants it."""
+    global SETUP
+    if SETUP is None:
+        SETUP = {"vectors": wide_vectors(), "cache_loads": light_cache_loads(),
+                 "compile_notice": say_when_compiling()}
+    return SETUP
 
 
 def wide_vectors() -> str:

@@ -93,10 +93,19 @@ class Softmax(Choice):
     class_ = "class"
 
 
+class Cell(Choice):
+    """The recurrent cell (streamlm.cells): the tanh RNN, the LSTM or the GRU."""
+
+    rnn = "rnn"
+    lstm = "lstm"
+    gru = "gru"
+
+
 class Anneal(Choice):
     """When training lowers the learning rate."""
 
-    plateau = "plateau"  # divide by 4 when the valid ppl does not improve (the book)
+    plateau = "plateau"  # x --lr-decay (1/4) when the valid ppl does not improve (the book)
+    step = "step"  # x --lr-decay at each epoch end from --decay-after on (Zaremba et al.)
     mikolov = "mikolov"  # rnnlm: halve every epoch once the gain is small, then stop
 
 

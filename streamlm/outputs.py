@@ -40,7 +40,7 @@ from streamlm.buckets import assign, bucket_labels, buckets
 from streamlm.errors import UsageError
 from streamlm.inputs import DocSource, Source
 from streamlm.metrics import LN2, LN10
-from streamlm.records import UNIT_DTYPE, Spool
+from streamlm.records import UNIT_DTYPE, Spool, Totals
 from streamlm.vocab import Vocab
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -100,16 +100,17 @@ def open_output(path: str) -> Iterator[object]:
 ROW_BLOCK = 1 << 16  # rows per block of the records of rows with none
 
 
-def write_records(path: str, level: str, spool: Spool, sources: list[Source], vocab: Vocab,
-                  docs: bool, keep: Sequence[str] = (),
+def write_records(path: str, level: str, spool: Spool, sources: list[Source],
+                  totals: list[Totals], vocab: Vocab, docs: bool, keep: Sequence[str] = (),
                   cutoffs: tuple[Sequence[float], str] | None = None) -> int:
     """Convert the spooled records into ``path``; returns the number of records.
+    ``totals``: the sources' (their rows, for a record of every row);
     ``cutoffs``: (values, field) of the buckets, for a ``bucket`` column."""
     fmt = output_format(path)
     n = 0
     with open_output(path) as f, _Writer(f, fmt) as w:
-        for s in sources:
-            for cols in _records(s, level, spool, vocab, docs, keep, cutoffs):
+        for s, t in zip(sources, totals):
+            for cols in _records(s, t, level, spool, vocab, docs, keep, cutoffs):
                 w.write(cols)
                 n += len(next(iter(cols.values())))
         if n == 0 and fmt == "parquet":  # no records: an empty table that has the schema
@@ -177,8 +178,9 @@ def _arrow(v):
 
 
 # --------------------------------------------------------------- records --
-def _records(s: Source, level: str, spool: Spool, vocab: Vocab, docs: bool, keep, cutoffs):
-    """Column batches of one input's records, in order."""
+def _records(s: Source, t: Totals, level: str, spool: Spool, vocab: Vocab, docs: bool, keep,
+             cutoffs):
+    """Column batches of one input's records (``t``: its totals), in order."""
     recs = spool.read(s.index)
     if level == "word":
         surface = _Surface(s.surface_words()) if hasattr(s, "surface_words") else None
@@ -188,8 +190,8 @@ def _records(s: Source, level: str, spool: Spool, vocab: Vocab, docs: bool, keep
         return
     rowwise = isinstance(s, DocSource) and level == "doc"
     if rowwise:
-        recs = _every_row(recs, s)
-    kept = _kept(s, keep) if keep else None
+        recs = _every_row(recs, t, s.index)
+    kept = _kept(s, t.skipped, keep) if keep else None
     for r in recs:
         cols = _unit_columns(r, s.name, "row" if rowwise else "index", cutoffs)
         if kept is not None:
@@ -197,11 +199,12 @@ def _records(s: Source, level: str, spool: Spool, vocab: Vocab, docs: bool, keep
         yield cols
 
 
-def _every_row(recs: Iterator[np.ndarray], s: DocSource) -> Iterator[np.ndarray]:
-    """The records of a document input with a record for every row that has none
-    (an empty document), skipped rows left out: one per row, in row order. Rows
-    are made a block at a time: memory does not grow with the input's rows."""
-    skipped = np.unique(np.asarray(s.skipped, dtype=np.int64))
+def _every_row(recs: Iterator[np.ndarray], t: Totals, i: int) -> Iterator[np.ndarray]:
+    """The records of document input ``i`` (``t``: its totals, its rows) with a record
+    for every row that has none (an empty document), skipped rows left out: one per
+    row, in row order. Rows are made a block at a time: memory does not grow with the
+    input's rows."""
+    skipped = np.unique(np.asarray(t.skipped, dtype=np.int64))
 
     def rows(lo: int, hi: int) -> np.ndarray:  # the rows lo <= row < hi not skipped
         out = np.arange(lo, hi, dtype=np.int64)
@@ -212,10 +215,10 @@ def _every_row(recs: Iterator[np.ndarray], s: DocSource) -> Iterator[np.ndarray]
         if not len(r):
             continue
         upto = int(r["index"][-1]) + 1
-        yield _fill(rows(at, upto), r, s.index)
+        yield _fill(rows(at, upto), r, i)
         at = upto
-    for lo in range(at, s.rows, ROW_BLOCK):
-        yield _fill(rows(lo, min(s.rows, lo + ROW_BLOCK)), np.zeros(0, UNIT_DTYPE), s.index)
+    for lo in range(at, t.rows, ROW_BLOCK):
+        yield _fill(rows(lo, min(t.rows, lo + ROW_BLOCK)), np.zeros(0, UNIT_DTYPE), i)
 
 
 def _fill(rows: np.ndarray, r: np.ndarray, i: int) -> np.ndarray:
@@ -228,8 +231,9 @@ def _fill(rows: np.ndarray, r: np.ndarray, i: int) -> np.ndarray:
     return out
 
 
-def _kept(s: Source, keep: list[str]):
-    """A function giving the kept columns of the next k rows (a second read of the input)."""
+def _kept(s: Source, skipped: list[int], keep: list[str]):
+    """A function giving the kept columns of the next k rows (a second read of the input,
+    the rows ``skipped`` left out)."""
     if not isinstance(s, DocSource):
         raise UsageError(f"{s.name}: --keep copies fields of JSONL or Parquet documents; "
                          "this input is text or token ids")
@@ -237,7 +241,7 @@ def _kept(s: Source, keep: list[str]):
 
     from streamlm import rows as R
 
-    it = R.keep_batches(s.path, s.fmt, keep, s.text, s.skipped)
+    it = R.keep_batches(s.path, s.fmt, keep, s.text, skipped)
     buf: list = []
     have = 0
 
@@ -287,12 +291,13 @@ def _unit_columns(r: np.ndarray, name: str, index_name: str,
 
 
 # ----------------------------------------------------------- split buckets --
-def write_split(directory: str, spool: Spool, sources: list[Source],
+def write_split(directory: str, spool: Spool, sources: list[Source], totals: list[Totals],
                 cutoffs: tuple[Sequence[float], str]) -> dict[str, int]:
     """Copy every scored input row, unchanged (all its columns; a JSONL line as it
     was), into ``directory/<bucket>.parquet`` (or ``.jsonl``), one file per bucket,
     rows in input order; returns the rows per bucket. All the files are written to
-    temp files and renamed at the end, together. Skipped bad rows go nowhere."""
+    temp files and renamed at the end, together. Skipped bad rows (in ``totals``, the
+    sources' own) go nowhere."""
     import pyarrow as pa
 
     from streamlm import rows as R
@@ -328,9 +333,9 @@ def write_split(directory: str, spool: Spool, sources: list[Source],
 
             writers = {lab: stack.enter_context(pq.ParquetWriter(f, schema, compression="zstd"))
                        for lab, f in outs.items()}
-        for s in sources:
-            bucket = np.full(s.rows, -1, dtype=np.int16)  # -1: a skipped row
-            for r in _every_row(spool.read(s.index), s):
+        for s, tot in zip(sources, totals):
+            bucket = np.full(tot.rows, -1, dtype=np.int16)  # -1: a skipped row
+            for r in _every_row(spool.read(s.index), tot, s.index):
                 bucket[r["index"]] = assign(_figures(r)[field], values)
             if jsonl:
                 f, _ = R._open_jsonl(s.path)

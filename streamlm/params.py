@@ -64,7 +64,7 @@ LOAD_BLOCK = 1024  # words per block of the transposed copy of affine_W at load
 # The recurrent cells (streamlm.cells) by kind: (G, the gates: Wx, Wh and b have G * H
 # columns; the vectors of H a layer carries from step to step). Here, not in cells.py,
 # so that reading a model file does not import numba (the numpy engine's fast start).
-CELL_KINDS = {"rnn": (1, 1)}
+CELL_KINDS = {"rnn": (1, 1), "lstm": (4, 2), "gru": (3, 1)}
 
 
 def layer_names(cfg: ModelConfig, layer: int) -> dict[str, str]:
@@ -72,7 +72,8 @@ def layer_names(cfg: ModelConfig, layer: int) -> dict[str, str]:
     (``rnn_*`` for the one layer of a tanh RNN, the names of the first model files)."""
     if cfg.legacy:
         return {"Wx": "rnn_Wx", "Wh": "rnn_Wh", "b": "rnn_b"}
-    return {k: f"layer{layer}_{k}" for k in ("Wx", "Wh", "b")}
+    parts = ("Wx", "Wh", "b", "bh") if cfg.cell == "gru" else ("Wx", "Wh", "b")
+    return {k: f"layer{layer}_{k}" for k in parts}
 
 
 def layer_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -85,6 +86,8 @@ def layer_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         out[n["Wx"]] = (D, G * cfg.H)
         out[n["Wh"]] = (cfg.H, G * cfg.H)
         out[n["b"]] = (G * cfg.H,)
+        if "bh" in n:  # the GRU's hidden bias (PyTorch's bias_hh)
+            out[n["bh"]] = (G * cfg.H,)
     return out
 
 

@@ -67,12 +67,12 @@ def recurrence_blas(N: int, T: int, H: int, G: int, threads: int, forced: str = 
     return n >= BLAS_RECUR_MIN_STREAMS and n * H * H * G >= BLAS_RECUR_MIN_WORK
 
 
-def can_split(N: int, H: int, threads: int, use_blas: bool) -> bool:
+def can_split(N: int, H: int, threads: int, use_blas: bool, G: int = 1) -> bool:
     """Whether one stream's recurrence can run on two threads (whether a block does also
-    depends on SPLIT_BACKOFF)."""
+    depends on SPLIT_BACKOFF): a tanh RNN's (G = 1: the one cell with such a kernel)."""
     import numba
 
-    return (N == 1 and threads >= 2 and not use_blas and H >= SPLIT_MIN_H
+    return (N == 1 and G == 1 and threads >= 2 and not use_blas and H >= SPLIT_MIN_H
             and not numba.config.DISABLE_JIT)
 
 
@@ -156,6 +156,6 @@ def stream_pipeline(sizes: Sizes, N: int, threads: int, use_blas: bool) -> int:
     if N >= threads or threads < 2 or not sizes.C:
         return 0
     head = sizes.C + sizes.V / sizes.C
-    if can_split(N, sizes.H, threads, use_blas) and head < sizes.G * sizes.H:
+    if can_split(N, sizes.H, threads, use_blas, sizes.G) and head < sizes.G * sizes.H:
         return 0
     return max(1, min(threads - 1, math.ceil(head / (sizes.G * sizes.H)) + 1))

@@ -70,6 +70,7 @@ from streamlm.inputs import (
     text_errors,
 )
 from streamlm.options import Docs, Errors, PieceModel
+from streamlm.records import Totals
 from streamlm.subword import SAMPLE_LINES, SubwordVocab, sentencepiece, train_model
 from streamlm.text import LineBatch, display_name
 from streamlm.tokenizer import encode
@@ -361,8 +362,9 @@ def prepare(inputs: Sequence[str], out_dir: str | os.PathLike, *, vocab_size: in
             log.info("encoding %s", display_name(name))
             before = writer.tokens
             src.vocab = vocab
+            counts = Totals()  # a document input's rows, once read
             if isinstance(src, DocSource):
-                blocks = src.blocks()
+                blocks = src.blocks(counts)
             else:
                 pieces = src.pieces()
                 blocks = encode(pieces, vocab, docs=blank_docs)
@@ -381,7 +383,7 @@ def prepare(inputs: Sequence[str], out_dir: str | os.PathLike, *, vocab_size: in
                 writer.add(blk.ids, ds)
             info = {"path": display_name(name), "tokens": writer.tokens - before}
             if isinstance(src, DocSource):
-                info.update(rows=src.rows, skipped_rows=len(src.skipped))
+                info.update(rows=counts.rows, skipped_rows=len(counts.skipped))
             else:
                 info["lines"] = pieces.lines
             src_info.append(info)

@@ -32,7 +32,9 @@ MIX_WORD_DTYPE = np.dtype(WORD_DTYPE.descr + [("rnn_logprob", "<f8"), ("ngram_lo
 
 @dataclass
 class Totals:
-    """Running sums of one input (float64), its position, and its open unit."""
+    """Running sums of one input (float64), its position, its open unit and (documents)
+    its rows: all a job counts of the input, owned here, and what a score checkpoint
+    keeps of it."""
 
     scored: int = 0  # tokens of this input scored so far (= its position)
     oov: int = 0
@@ -44,9 +46,12 @@ class Totals:
     records: int = 0  # per-unit records spooled
     # the open unit: index, tokens, oov, logprob, logprob of its OOVs, words, bytes
     unit: list = field(default_factory=lambda: [-1, 0, 0, 0.0, 0.0, 0, 0])
-    # a document input, once read to its end: its rows, and the bad rows skipped
+    # a document input, once read to its end (streamlm.inputs.DocSource.blocks): its
+    # rows, the numbers of the bad rows skipped, and where the first of them is and
+    # what is wrong with it ("line 7: invalid JSON (...)"; None: not known)
     rows: int = 0
     skipped: list = field(default_factory=list)
+    why: str | None = None
     mix: dict | None = None  # a mix: each model's own sums (streamlm.mix.SUMS)
     # once done: the OOVs that are a literal <unk> of the text (None: token ids, pieces)
     unk_literal: int | None = None
@@ -55,20 +60,23 @@ class Totals:
         return {"scored": self.scored, "oov": self.oov, "logprob": self.logprob,
                 "logprob_oov": self.logprob_oov, "words": self.words, "bytes": self.nbytes,
                 "done": self.done, "records": self.records,
-                "unit": self.unit, "rows": self.rows, "skipped": self.skipped, "mix": self.mix,
-                "unk_literal": self.unk_literal}
+                "unit": self.unit, "rows": self.rows, "skipped": self.skipped, "why": self.why,
+                "mix": self.mix, "unk_literal": self.unk_literal}
 
     @classmethod
     def from_json(cls, d: dict) -> Totals:
+        """The Totals of :meth:`to_json`; of an older checkpoint too (no ``why``, ``mix``
+        or ``unk_literal``: None)."""
         u = d["unit"]
-        return cls(int(d["scored"]), int(d["oov"]), float(d["logprob"]),
-                   float(d["logprob_oov"]), int(d["words"]), int(d["bytes"]), bool(d["done"]),
-                   int(d["records"]),
-                   [int(u[0]), int(u[1]), int(u[2]), float(u[3]), float(u[4]), int(u[5]),
-                    int(u[6])],
-                   int(d["rows"]), [int(r) for r in d["skipped"]],
-                   None if d.get("mix") is None else dict(d["mix"]),
-                   None if d.get("unk_literal") is None else int(d["unk_literal"]))
+        return cls(scored=int(d["scored"]), oov=int(d["oov"]), logprob=float(d["logprob"]),
+                   logprob_oov=float(d["logprob_oov"]), words=int(d["words"]),
+                   nbytes=int(d["bytes"]), done=bool(d["done"]), records=int(d["records"]),
+                   unit=[int(u[0]), int(u[1]), int(u[2]), float(u[3]), float(u[4]), int(u[5]),
+                         int(u[6])],
+                   rows=int(d["rows"]), skipped=[int(r) for r in d["skipped"]],
+                   why=d.get("why"),
+                   mix=None if d.get("mix") is None else dict(d["mix"]),
+                   unk_literal=None if d.get("unk_literal") is None else int(d["unk_literal"]))
 
 
 class Spool:

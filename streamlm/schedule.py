@@ -23,6 +23,8 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -107,6 +109,47 @@ def read_ahead(blocks: Iterator[Block], depth: int) -> Iterator[Block]:
 READ_AHEAD_BLOCKS = 2  # blocks (tokenizer.BLOCK_TOKENS each) read ahead of the model
 
 
+class Carried(NamedTuple):
+    """What an input's next model call needs, carried from its last one (and what a
+    score checkpoint saves: ``streamlm.checkpoint.ScoreCheckpoint``)."""
+
+    h: np.ndarray  # (S,) the state after its last token (every layer's)
+    prev: int  # its last token: the input of the next step
+    seg_offset: int = 0  # tokens done of the long segment it is inside (0: none)
+    key: int = -1  # that segment's line or document
+
+
+@dataclass
+class _Lane:
+    """A row of ``reset="none"`` calls: one input streamed through it."""
+
+    i: int  # the input
+    it: Iterator[Block]  # its chunks still to score
+    h: np.ndarray  # (S,) its carried state
+    prev: int  # its last token scored
+
+
+class _Segments(NamedTuple):
+    """An item of Scheduler._items: a run of consecutive whole segments of at most
+    ``chunk_tokens`` tokens each."""
+
+    blk: Block
+
+
+class _Chunk(NamedTuple):
+    """An item of Scheduler._items: a ``chunk_tokens``-aligned chunk of a longer
+    segment (``first``: the segment's first), streamed with its state carried."""
+
+    blk: Block
+    first: bool
+
+
+class _End(NamedTuple):
+    """An item of Scheduler._items: input ``i`` has no more tokens."""
+
+    i: int
+
+
 class Runner:
     """Calls the model on (N, T) blocks built from rows of different lengths."""
 
@@ -154,8 +197,7 @@ def _row(ids: np.ndarray, prev: int, starts: np.ndarray, eos: int):
 class Scheduler:
     """Scores ``sources`` with ``rnn`` (an RNNLM or a NumpyRNN) into ``acc``.
 
-    ``state`` maps an input to what its next call needs: (state (H,), previous
-    token, tokens of its current long segment done, that segment's key); a
+    ``state`` maps an input to what its next call needs (:class:`Carried`); a
     checkpoint saves it with the accumulator. After each model call,
     ``after_call(tokens)`` is called (checkpoints and progress).
     """
@@ -174,8 +216,7 @@ class Scheduler:
         self.runner = Runner(rnn, eos)
         self.dtype = dtype
         self.after_call = after_call
-        # input -> (h, previous token, tokens of the current long segment done, its key)
-        self.state: dict[int, tuple[np.ndarray, int, int, int]] = {}
+        self.state: dict[int, Carried] = {}  # input -> what its next call needs
         self.final_states: dict[int, np.ndarray] = {}
 
     def _after_call(self, n_tokens: int) -> None:
@@ -198,17 +239,16 @@ class Scheduler:
         todo = [s for s in self.sources if not self.acc.t[s.index].done]
         # inputs resumed mid-way first (they hold state), then the rest in order
         todo.sort(key=lambda s: (s.index not in self.state, s.index))
-        lanes: list[dict] = []
+        lanes: list[_Lane] = []
         pending = iter(todo)
         ahead = min(self.batch, len(todo)) < self.threads  # (then the model is pipelined)
 
-        def open_lane() -> dict | None:
+        def open_lane() -> _Lane | None:
             for s in pending:
                 i = s.index
-                start = self.acc.t[i].scored
-                h, prev, _, _ = self.state.get(i, (np.zeros(self.S, self.dtype), eos, 0, -1))
-                return {"i": i, "it": rechunk(skip(self._blocks(s, ahead), start), T),
-                        "h": h, "prev": prev, "start": start}
+                c = self.state.get(i) or Carried(np.zeros(self.S, self.dtype), eos)
+                it = rechunk(skip(self._blocks(s, ahead), self.acc.t[i].scored), T)
+                return _Lane(i, it, c.h, c.prev)
             return None
 
         pipe = self._pipeline(min(self.batch, len(todo)))
@@ -234,7 +274,7 @@ class Scheduler:
 
         return StreamPipeline(rnn, helpers)
 
-    def _stream_calls(self, lanes: list[dict], open_lane, pipe) -> None:
+    def _stream_calls(self, lanes: list[_Lane], open_lane, pipe) -> None:
         eos = self.eos
         while True:
             rows, blks, hs = [], [], []
@@ -245,7 +285,7 @@ class Scheduler:
                         lane = open_lane()
                         if lane is None:
                             break
-                    blk = next(lane["it"], None)
+                    blk = next(lane.it, None)
                     if blk is not None:
                         break
                     if pipe is not None:  # the stream's last blocks are booked first
@@ -257,13 +297,13 @@ class Scheduler:
                     continue
                 keep.append(lane)
                 starts = np.array([0] if blk.pos == 0 else [], dtype=np.int64)
-                rows.append(_row(blk.ids, lane["prev"], starts, eos))
+                rows.append(_row(blk.ids, lane.prev, starts, eos))
                 blks.append(blk)
-                hs.append(lane["h"])
+                hs.append(lane.h)
             lanes[:] = keep
             if not lanes:
                 break
-            inputs = [lane["i"] for lane in lanes]
+            inputs = [lane.i for lane in lanes]
             if pipe is None:
                 nll, hN = self.runner.run(rows, np.stack(hs))
             else:  # this block's output layer is scored while the next one's recurrence runs
@@ -271,8 +311,8 @@ class Scheduler:
                 hN = pipe.submit(xs, ts, np.stack(hs), reset=rs, lengths=lengths,
                                  key=(inputs, blks))
             for n, (lane, blk) in enumerate(zip(lanes, blks)):
-                lane["h"] = hN[n]
-                lane["prev"] = int(blk.ids[-1])
+                lane.h = hN[n]
+                lane.prev = int(blk.ids[-1])
             if pipe is None:
                 self._book(inputs, blks, hN, nll)
             else:
@@ -286,26 +326,28 @@ class Scheduler:
         n_tok = 0
         for n, (i, blk) in enumerate(zip(inputs, blks)):
             self.acc.add(blk, nll[n, :len(blk)])
-            self.state[i] = (hN[n], int(blk.ids[-1]), 0, -1)
+            self.state[i] = Carried(hN[n], int(blk.ids[-1]))
             n_tok += len(blk)
         self._after_call(n_tok)
 
     def _blocks(self, s: Source, ahead: bool) -> Iterator[Block]:
+        """The blocks of ``s``, read into its Totals (a document input's rows)."""
+        blocks = s.metered_blocks(self.acc.t[s.index])
         if ahead and self.threads > 1:
-            return read_ahead(s.metered_blocks(), READ_AHEAD_BLOCKS)
-        return s.metered_blocks()
+            return read_ahead(blocks, READ_AHEAD_BLOCKS)
+        return blocks
 
-    def _close_stream(self, lane: dict) -> None:
-        i = lane["i"]
+    def _close_stream(self, lane: _Lane) -> None:
+        i = lane.i
         self.acc.finish(i)
-        self.final_states[i] = np.array(lane["h"], copy=True)
+        self.final_states[i] = np.array(lane.h, copy=True)
         self.state.pop(i, None)
 
     # ----------------------------------------- reset line/doc: segments --
-    def _items(self) -> Iterator[tuple]:
-        """('segs', blk) for runs of consecutive whole segments of <= T tokens each;
-        ('chunk', blk, first) for T-aligned chunks of longer segments; ('end', i)
-        after each input. A segment is a line or a document: a run of one key."""
+    def _items(self) -> Iterator[_Segments | _Chunk | _End]:
+        """_Segments for runs of consecutive whole segments of <= T tokens each; _Chunk
+        for T-aligned chunks of longer segments; _End after each input. A segment is a
+        line or a document: a run of one key."""
         T = self.T
         keyname = "line" if self.reset == "line" else "doc"
         for s in self.sources:
@@ -313,7 +355,8 @@ class Scheduler:
             if self.acc.t[i].done:
                 continue
             start = self.acc.t[i].scored
-            _, _, seg_off, key0 = self.state.get(i, (None, None, 0, -1))
+            carried = self.state.get(i)
+            seg_off, key0 = (0, -1) if carried is None else (carried.seg_offset, carried.key)
             cur: list[Block] = []  # the segment still open at the end of the last block
             have = 0
             # resumed inside a long segment: it continues if the next token has its key
@@ -326,7 +369,7 @@ class Scheduler:
                 have += len(piece)
                 while have > T or (long_seg and have >= T):
                     whole = Block.join(cur)
-                    yield ("chunk", whole.cut(0, T), not long_seg)
+                    yield _Chunk(whole.cut(0, T), not long_seg)
                     long_seg = True
                     rest = whole.cut(T, len(whole))
                     cur = [rest] if len(rest) else []
@@ -336,7 +379,7 @@ class Scheduler:
                 nonlocal cur, have, long_seg
                 if cur:
                     blk = Block.join(cur)
-                    yield ("chunk", blk, not long_seg) if long_seg else ("segs", blk)
+                    yield _Chunk(blk, not long_seg) if long_seg else _Segments(blk)
                 cur, have, long_seg = [], 0, False
 
             for b in skip(self._blocks(s, True), start):
@@ -357,15 +400,15 @@ class Scheduler:
                 for j in np.flatnonzero(lens > T).tolist():
                     c = int(cuts[j])
                     if c > a:
-                        yield ("segs", b.cut(a, c))
+                        yield _Segments(b.cut(a, c))
                     yield from grow(b.cut(c, int(cuts[j + 1])))
                     yield from close()
                     a = int(cuts[j + 1])
                 if int(cuts[-1]) > a:
-                    yield ("segs", b.cut(a, int(cuts[-1])))
+                    yield _Segments(b.cut(a, int(cuts[-1])))
                 yield from grow(b.cut(int(cuts[-1]), len(b)))  # the last one stays open
             yield from close()
-            yield ("end", i)
+            yield _End(i)
 
     def _run_segments(self) -> None:
         eos, T, N = self.eos, self.T, self.batch
@@ -409,14 +452,13 @@ class Scheduler:
             finish_ends()
 
         for item in self._items():
-            kind = item[0]
-            if kind == "end":
-                ends.append(item[1])
+            if isinstance(item, _End):
+                ends.append(item.i)
                 if not window:
                     finish_ends()
                 continue
-            blk = item[1]
-            if kind == "segs":  # pack its segments into rows, in order, next-fit
+            blk = item.blk
+            if isinstance(item, _Segments):  # pack its segments into rows, in order, next-fit
                 self.state.pop(blk.i, None)  # a long segment before it has ended
                 key = getattr(blk, keyname)
                 starts = np.flatnonzero(key[1:] != key[:-1]) + 1
@@ -437,20 +479,20 @@ class Scheduler:
                 window[-1].append(blk.cut(a, len(blk)))
                 continue
             # a chunk of a long segment: alone in its call, its state carried
-            first = item[2]
             flush_window()
             i = blk.i
-            if first:
+            if item.first:
                 h, prev, seg_off = np.zeros(self.S, self.dtype), eos, 0
                 starts = np.array([0], dtype=np.int64)
             else:
-                h, prev, seg_off, _ = self.state[i]
+                c = self.state[i]
+                h, prev, seg_off = c.h, c.prev, c.seg_offset
                 starts = np.zeros(0, dtype=np.int64)
             nll, hN = self.runner.run([_row(blk.ids, prev, starts, eos)], h[None, :])
             self.acc.add(blk, nll[0, :len(blk)])
             key = int(getattr(blk, keyname)[-1])
             if len(blk) == T:  # the segment may go on: keep its state
-                self.state[i] = (hN[0], int(blk.ids[-1]), seg_off + len(blk), key)
+                self.state[i] = Carried(hN[0], int(blk.ids[-1]), seg_off + len(blk), key)
             else:
                 self.state.pop(i, None)
             self._after_call(len(blk))

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from streamlm import cpus, plan
-from streamlm import mix as M
+from streamlm import mix as mixing
 from streamlm.atomic import check_writable, writing
 from streamlm.checkpoint import ScoreCheckpoint
 from streamlm.engines import scoring_model
@@ -56,7 +56,7 @@ from streamlm.metrics import summarize
 from streamlm.options import Engine, Level, Reset, ScoreOptions
 from streamlm.outputs import check_output, is_special, write_records, write_split
 from streamlm.params import Model, load_model
-from streamlm.records import MIX_WORD_DTYPE, UNIT_DTYPE, WORD_DTYPE, Accumulator, Spool
+from streamlm.records import MIX_WORD_DTYPE, UNIT_DTYPE, WORD_DTYPE, Accumulator, Spool, Totals
 from streamlm.schedule import Scheduler
 from streamlm.text import forget_preread
 from streamlm.vocab import Vocab
@@ -210,10 +210,7 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
     acc = Accumulator(len(sources), vocab.unk_id, level, spool, mixer)
 
     def finished(i: int) -> None:  # an input read to its end: keep what its reader counted
-        s = sources[i]
-        acc.t[i].unk_literal = s.unk_literal
-        if isinstance(s, DocSource) and s.complete:
-            acc.t[i].rows, acc.t[i].skipped = s.rows, list(s.skipped)
+        acc.t[i].unk_literal = sources[i].unk_literal
 
     acc.on_finish = finished
     if ckpt is not None:
@@ -254,9 +251,6 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
             scheduler.run()
         for s in sources:  # inputs with no tokens at all
             acc.finish(s.index)
-        for s, t in zip(sources, acc.t):  # scored before a resume: counts from the checkpoint
-            if isinstance(s, DocSource) and not s.complete:
-                s.rows, s.skipped = t.rows, list(t.skipped)
         if spool is not None:
             spool.close_all()
         if ckpt is not None:
@@ -265,12 +259,12 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
         cut = None if opts.cutoffs is None else (opts.cutoffs, opts.bucket_field)
         if split_dir is not None:
             with writing(split_dir, "the buckets"):
-                counts = write_split(split_dir, spool, sources, cut)
+                counts = write_split(split_dir, spool, sources, acc.t, cut)
             log.info("wrote %s: %s", split_dir, ", ".join(
                 f"{k} {v:,} rows" for k, v in counts.items()))
         if output is not None:
             with writing(output, "the records"):
-                n = write_records(output, level, spool, sources, vocab, opts.docs,
+                n = write_records(output, level, spool, sources, acc.t, vocab, opts.docs,
                                   keep=opts.keep, cutoffs=cut)
             log.info("wrote %s: %s %s records", "stdout" if output == "-" else output,
                      f"{n:,}", level)
@@ -291,19 +285,19 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
 
         warn_unchecked(unchecked, owner)
     per = []
-    docs_in = [s for s in sources if isinstance(s, DocSource)]
+    docs_in = [t for s, t in zip(sources, acc.t) if isinstance(s, DocSource)]
     for s, t in zip(sources, acc.t):
         d = {"path": s.name}
         d.update(summarize(t.scored, t.oov, t.logprob, t.logprob_oov, t.words, t.nbytes))
         d["oov_rate"] = t.oov / t.scored if t.scored else None
         d["unk_literal"] = t.unk_literal  # of the OOVs (None: token ids cannot tell)
         if isinstance(s, DocSource):
-            d["rows"], d["skipped_rows"] = s.rows, len(s.skipped)
+            d["rows"], d["skipped_rows"] = t.rows, len(t.skipped)
         if mix_info is not None:
-            d["mix"] = M.summary(t.scored, t.mix, t.oov)
+            d["mix"] = mixing.summary(t.scored, t.mix, t.oov)
         per.append(d)
         _warn_oov(d, opts.max_oov_rate)
-        _warn_unscored(s, d)
+        _warn_unscored(t, d)
     tot = summarize(sum(t.scored for t in acc.t), sum(t.oov for t in acc.t),
                     math.fsum(t.logprob for t in acc.t), math.fsum(t.logprob_oov for t in acc.t),
                     sum(t.words for t in acc.t), sum(t.nbytes for t in acc.t))
@@ -311,11 +305,11 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
     lits = [t.unk_literal for t in acc.t]
     tot["unk_literal"] = None if None in lits else sum(lits)
     if docs_in:
-        tot["rows"] = sum(s.rows for s in docs_in)
-        tot["skipped_rows"] = sum(len(s.skipped) for s in docs_in)
+        tot["rows"] = sum(t.rows for t in docs_in)
+        tot["skipped_rows"] = sum(len(t.skipped) for t in docs_in)
     if mix_info is not None:
-        sums = {k: math.fsum(t.mix[k] for t in acc.t if t.mix) for k in M.SUMS}
-        tot["mix"] = {**mix_info, **M.summary(tot["tokens"], sums, tot["oov"])}
+        sums = {k: math.fsum(t.mix[k] for t in acc.t if t.mix) for k in mixing.SUMS}
+        tot["mix"] = {**mix_info, **mixing.summary(tot["tokens"], sums, tot["oov"])}
     seconds = time.monotonic() - t_start
     tot["inputs"] = per
     tot["model"] = m.path
@@ -339,17 +333,17 @@ def _setup_mix(m: Model, vocab: Vocab, opts: ScoreOptions, inputs: list[str]):
             what = "stdin ('-')" if p == "-" else f"a pipe ({p})"
             raise UsageError(f"--mix reads every input twice (once for each model); {what} "
                              "can be read once: give a file")
-    ngram = M.load_ngram(opts.mix)
+    ngram = mixing.load_ngram(opts.mix)
     info = {"ngram_model": os.fspath(opts.mix), "lambda": opts.mix_lambda, "tuned_on": None}
     if opts.mix_lambda == "auto":
-        collect = M.Mixer(ngram, None, vocab)
+        collect = mixing.Mixer(ngram, None, vocab)
         tune_opts = ScoreOptions(reset=opts.reset, chunk_tokens=opts.chunk_tokens,
                                  batch=opts.batch, errors=opts.errors, column=opts.column,
                                  text_field=opts.text_field, text_column=opts.text_column,
                                  engine=opts.engine, max_oov_rate=None)
         score(m, [opts.tune_on], tune_opts, _mixer=collect)
         rnn, ng = collect.collected()
-        lam, ppl = M.best_lambda(rnn, ng)
+        lam, ppl = mixing.best_lambda(rnn, ng)
         info.update({"lambda": lam, "tuned_on": os.fspath(opts.tune_on),
                      "tune_tokens": len(rnn), "tune_perplexity": ppl,
                      "tune_perplexity_rnn": math.exp(-rnn.mean()),
@@ -358,7 +352,7 @@ def _setup_mix(m: Model, vocab: Vocab, opts: ScoreOptions, inputs: list[str]):
                  "%.2f the n-gram alone)", lam, opts.tune_on, ppl,
                  info["tune_perplexity_rnn"], info["tune_perplexity_ngram"])
         opts = opts.replace(mix_lambda=lam, tune_on=None)
-    return M.Mixer(ngram, opts.mix_lambda, vocab), opts, info
+    return mixing.Mixer(ngram, opts.mix_lambda, vocab), opts, info
 
 
 def _resolve(opts: ScoreOptions, inputs: list[str], output: str | None,
@@ -430,12 +424,13 @@ def _fraction(sources: list, acc: Accumulator) -> float | None:
     return done / weight if weight > 0 else None
 
 
-def _warn_unscored(s, d: dict) -> None:
-    """One warning line each for what the input ``s`` (its summary ``d``) left unscored:
-    bad rows skipped (how many, and the first: where and why), and no tokens at all."""
+def _warn_unscored(t: Totals, d: dict) -> None:
+    """One warning line each for what an input (its Totals ``t``, its summary ``d``) left
+    unscored: bad rows skipped (how many, and the first: where and why), and no tokens
+    at all."""
     n = d.get("skipped_rows") or 0
     if n:
-        first = getattr(s, "why", None) or f"row {min(s.skipped)}"
+        first = t.why or f"row {min(t.skipped)}"
         log.warning("warning: %s: skipped %s bad row%s (first: %s)", d["path"], f"{n:,}",
                     "" if n == 1 else "s", first)
     if not d["tokens"]:

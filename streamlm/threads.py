@@ -7,10 +7,9 @@ exists, the process's BLAS libraries (numpy's) are held at one thread with
 threadpoolctl; :func:`set_num_threads` (or :func:`shutdown`) gives them back.
 The hold lasts as long as the pool, not one call: restoring OpenBLAS's thread
 count after every call woke its workers, which then spun on the cores
-streamlm computes on (bench/RESULTS.md).
-
-Also here: the optimisers and the gradient norm over the flat parameter
-buffer, run on slices in the pool (same arguments as the kernels).
+streamlm computes on (bench/HISTORY.md, "What changed in this round, and what
+each change bought", item 5). (The optimisers' maps over the flat
+parameter buffer are in :mod:`streamlm.optim`.)
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # How long a waiting thread spins before it sleeps on a semaphore, in microseconds:
 # longer than the gaps between the parallel phases of a training step (waking a
-# sleeping thread costs 40-80 us on the VMs streamlm runs on: bench/NOTES.md, "Pool
+# sleeping thread costs 40-80 us on the VMs streamlm runs on: bench/HISTORY.md, "Pool
 # hand-offs"). The spin offers its core to any other runnable thread about every
 # microsecond (kernels._yield): on an idle core that returns at once, on a busy one
 # the other thread runs, so a spinner never keeps a core from this process's own
@@ -319,15 +318,6 @@ def slices(i: int, j: int, rows: int) -> list[tuple[int, int]]:
     return [(i + a, i + b) for a, b in split(n, -(-n // max(1, rows)))]
 
 
-def flat_chunks(P: int, threads: int) -> list[tuple[int, int]]:
-    """Slices of a flat buffer of P elements for the optimisers: multiples of 4096."""
-    if threads == 1 or P < 65536:
-        return [(0, P)]
-    step = -(-P // threads)
-    step = -(-step // 4096) * 4096
-    return [(i, min(P, i + step)) for i in range(0, P, step)]
-
-
 class Scratch:
     """Named work buffers, reused from call to call (one per name: a new shape
     replaces the old buffer)."""
@@ -342,78 +332,3 @@ class Scratch:
         if b is None or b.shape != shape or b.dtype != dtype:
             b = self._bufs[name] = aligned_empty(shape, dtype)
         return b
-
-
-# ------------------------------------------------------------ optimisers --
-# Each takes ``seg``: None for the whole flat buffer, or (K, 2) int64 ranges
-# [a, b) of it, the only elements a row-sparse step touches (a class model's
-# touched rows and columns; streamlm.params.Params.segments). With ``seg`` the
-# updates also zero the gradient there, in the same pass.
-def _segment_parts(seg: np.ndarray, threads: int) -> list[np.ndarray]:
-    """The segments split into at most ``threads`` groups of near-equal length."""
-    if threads == 1 or seg.shape[0] < 2:
-        return [seg]
-    ends = np.cumsum(seg[:, 1] - seg[:, 0])
-    cuts = np.searchsorted(ends, ends[-1] * np.arange(1, threads) / threads)
-    return [g for g in np.split(seg, np.unique(cuts)) if len(g)]
-
-
-def sum_squares(g: np.ndarray, seg: np.ndarray | None = None) -> float:
-    """sum(g**2) in float64 of a flat buffer g: (P,) (or of its segments)."""
-    p = pool()
-    if seg is not None:
-        parts = _segment_parts(seg, p.threads)
-        sums = [0.0] * len(parts)
-
-        def run_seg(k):
-            sums[k] = K.sum_squares_segments(g, parts[k])
-
-        p.map(run_seg, [(k,) for k in range(len(parts))])
-        return float(sum(sums))
-    parts = flat_chunks(g.shape[0], p.threads)
-    out = [0.0] * len(parts)
-
-    def run(k, i, j):
-        out[k] = K.sum_squares(g[i:j])
-
-    p.map(run, [(k, i, j) for k, (i, j) in enumerate(parts)])
-    return float(sum(out))
-
-
-def sgd_update(p: np.ndarray, g: np.ndarray, lr, gscale=None,
-               seg: np.ndarray | None = None) -> None:
-    """p -= lr * (g * gscale) (lr, gscale: scalars of p's dtype; gscale default 1);
-    with ``seg``, only on the segments, and g = 0 there afterwards."""
-    gs = p.dtype.type(1) if gscale is None else gscale
-    pl = pool()
-    if seg is not None:
-        pl.map(lambda s: K.sgd_segments(p, g, s, lr, gs),
-               [(s,) for s in _segment_parts(seg, pl.threads)])
-        return
-    pl.map(lambda i, j: K.sgd_update(p[i:j], g[i:j], lr, gs), flat_chunks(p.shape[0],
-                                                                          pl.threads))
-
-
-def adam_update(p, g, m, v, lr_t, beta1, beta2, eps, gscale=None,
-                seg: np.ndarray | None = None) -> None:
-    """The book's Adam step on g * gscale (see kernels.adam_update), on all threads;
-    with ``seg``, lazily: only the segments' weights and moments move, and g = 0
-    there afterwards."""
-    gs = p.dtype.type(1) if gscale is None else gscale
-    pl = pool()
-    if seg is not None:
-        pl.map(lambda s: K.adam_segments(p, g, m, v, s, lr_t, beta1, beta2, eps, gs),
-               [(s,) for s in _segment_parts(seg, pl.threads)])
-        return
-    pl.map(lambda i, j: K.adam_update(p[i:j], g[i:j], m[i:j], v[i:j], lr_t, beta1, beta2,
-                                      eps, gs),
-           flat_chunks(p.shape[0], pl.threads))
-
-
-def zero(g: np.ndarray, seg: np.ndarray | None = None) -> None:
-    """g = 0 (or only its segments)."""
-    if seg is None:
-        g.fill(0)
-        return
-    pl = pool()
-    pl.map(lambda s: K.zero_segments(g, s), [(s,) for s in _segment_parts(seg, pl.threads)])

@@ -254,7 +254,7 @@ class _Encoder:
                     yield self.block(at=piece.byte_offset)
             return
         else:
-            ids, k = _word_table(self.vocab).encode_lines(batch.utf8, batch.count, self.docs,
+            ids, k = word_table(self.vocab).encode_lines(batch.utf8, batch.count, self.docs,
                                                           self.tally if self.count_unk else None)
             words, nbytes = _counts(k, _norm_bytes(batch.lines()), k)
         line = np.repeat(np.arange(batch.index, batch.index + batch.count, dtype=np.int64), k)
@@ -364,7 +364,7 @@ def encode_rows(texts, rows: np.ndarray, vocab: Vocab, *, index: int, pos: int,
     else:
         if _kernels_loaded():
             joined = pc.binary_join_element_wise(texts, "", "\n")  # every line ends in \n
-            ids, k = _word_table(vocab).encode_lines(_utf8(joined), int(nlines.sum()), True,
+            ids, k = word_table(vocab).encode_lines(_utf8(joined), int(nlines.sum()), True,
                                                      tally)
         else:
             table, unk, eos = vocab.index, vocab.unk_id, vocab.eos_id
@@ -420,7 +420,7 @@ def _utf8(arr) -> bytes:
     return bytes(memoryview(data)[int(offsets[0]):int(offsets[-1])])
 
 
-class _WordTable:
+class WordTable:
     """A vocabulary as the compiled kernels see it: its words' UTF-8 bytes in id order
     and an open-addressing hash table of them (see ``kernels.word_table_fill``)."""
 
@@ -447,7 +447,7 @@ class _WordTable:
         b = np.frombuffer(utf8, dtype=np.uint8)
         ids = np.empty(len(b) // 2 + lines + 1, dtype=np.int32)
         counts = np.empty(lines, dtype=np.int64)
-        nt, nl, literal = kernels.encode_lines(ids, counts, b, _space_table(), self.slots,
+        nt, nl, literal = kernels.encode_lines(ids, counts, b, space_table(), self.slots,
                                                self.keys, self.key_off, self.unk, self.eos, docs)
         if tally is not None:
             tally.unk += literal
@@ -460,15 +460,15 @@ def _kernels_loaded() -> bool:
     return "streamlm.kernels" in sys.modules
 
 
-def _word_table(vocab: Vocab) -> _WordTable:
-    """The vocabulary's :class:`_WordTable`, built on first use and kept with it."""
+def word_table(vocab: Vocab) -> WordTable:
+    """The vocabulary's :class:`WordTable`, built on first use and kept with it."""
     if vocab._word_table is None:
-        vocab._word_table = _WordTable(vocab)
+        vocab._word_table = WordTable(vocab)
     return vocab._word_table
 
 
 @functools.cache
-def _space_table() -> np.ndarray:
+def space_table() -> np.ndarray:
     """``chr(c).isspace()`` for each code point ``c`` below U+10000: where ``str.split()``
     splits (no code point above is a space: tests check)."""
     return np.array([chr(c).isspace() for c in range(0x10000)], dtype=np.bool_)

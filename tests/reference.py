@@ -107,8 +107,10 @@ def class_softmax_ce(hs, ts, class_W, class_b, W, b, word_class):
     return nll.reshape(N, T), nll.sum() / count, g
 
 
-def _output(params, hs, ts, word_class):
-    """(nll, loss, dhs, output-layer grads) of the full or the class softmax."""
+def output_layer(params, hs, ts, word_class=None):
+    """The output layer of the model's arrays ``params`` (word-id order) on hidden states
+    hs (N, T, H), targets ts (N, T) (-1 ignored): the full softmax, or with ``word_class``
+    the class softmax. Returns (nll (N, T), mean loss, dhs, its parameters' grads)."""
     if word_class is None:
         scores = hs @ params["affine_W"] + params["affine_b"]
         nll, loss, dscores = softmax_ce(scores, ts)
@@ -125,7 +127,7 @@ def model_loss(params, xs, ts, h0, word_class=None):
     order); word_class: the class of each word for a class softmax, else None."""
     x = embedding_forward(params["embed_W"], xs)
     hs = rnn_forward(x, h0, params["rnn_Wx"], params["rnn_Wh"], params["rnn_b"])
-    nll, loss, _, _ = _output(params, hs, ts, word_class)
+    nll, loss, _, _ = output_layer(params, hs, ts, word_class)
     return loss, hs[:, -1], nll
 
 
@@ -133,7 +135,7 @@ def model_grads(params, xs, ts, h0, word_class=None):
     """Loss and analytic gradients (dict, plus 'h0', and the final state 'h_last')."""
     x = embedding_forward(params["embed_W"], xs)
     hs = rnn_forward(x, h0, params["rnn_Wx"], params["rnn_Wh"], params["rnn_b"])
-    _, loss, dhs, g = _output(params, hs, ts, word_class)
+    _, loss, dhs, g = output_layer(params, hs, ts, word_class)
     dx, dh0, g["rnn_Wx"], g["rnn_Wh"], g["rnn_b"] = rnn_backward(
         dhs, x, h0, hs, params["rnn_Wx"], params["rnn_Wh"])
     g["embed_W"] = np.zeros_like(params["embed_W"])
@@ -144,16 +146,103 @@ def model_grads(params, xs, ts, h0, word_class=None):
 
 
 class NumpyRnnlm:
-    """Stateful reference model (the book's SimpleRnnlm), for benchmarks and tests."""
+    """Stateful reference model (the book's SimpleRnnlm), for benchmarks and tests: the
+    state carried from block to block (zero before the first)."""
 
     def __init__(self, params):
         self.params = {k: np.array(v) for k, v in params.items()}
         self.h = None
 
-    def forward_backward(self, xs, ts):
-        N = xs.shape[0]
+    def _h0(self, N):
         H = self.params["rnn_Wh"].shape[0]
-        h0 = np.zeros((N, H), self.params["rnn_Wh"].dtype) if self.h is None else self.h
-        loss, g = model_grads(self.params, xs, ts, h0)
+        return np.zeros((N, H), self.params["rnn_Wh"].dtype) if self.h is None else self.h
+
+    def loss(self, xs, ts):
+        """The mean loss of the block (xs, ts) (N, T), from the carried state."""
+        loss, self.h, _ = model_loss(self.params, xs, ts, self._h0(xs.shape[0]))
+        return loss
+
+    def forward_backward(self, xs, ts):
+        """The mean loss and gradients of the block (dict, plus 'h0': of the state
+        before it), from the carried state."""
+        loss, g = model_grads(self.params, xs, ts, self._h0(xs.shape[0]))
         self.h = g.pop("h_last")
         return loss, g
+
+
+# ------------------------------------------------------------ gated cells --
+# The book's TimeLSTM (common/time_layers.py: gates f, g, i, o) and PyTorch's nn.GRU
+# (gates r, z, n), batch-major, each step written out as the book writes it.
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def lstm_forward(xs, h0, c0, Wx, Wh, b, reset=None):
+    """xs: (N, T, D) -> hs, cs: (N, T, H)."""
+    N, T, _ = xs.shape
+    H = Wh.shape[0]
+    hs = np.empty((N, T, H), dtype=xs.dtype)
+    cs = np.empty((N, T, H), dtype=xs.dtype)
+    h, c = h0, c0
+    for t in range(T):
+        if reset is not None:
+            keep = (reset[:, t] == 0)[:, None]
+            h, c = h * keep, c * keep
+        A = xs[:, t] @ Wx + h @ Wh + b
+        f, g = sigmoid(A[:, :H]), np.tanh(A[:, H:2 * H])
+        i, o = sigmoid(A[:, 2 * H:3 * H]), sigmoid(A[:, 3 * H:])
+        c = f * c + g * i
+        h = o * np.tanh(c)
+        hs[:, t], cs[:, t] = h, c
+    return hs, cs
+
+
+def gru_forward(xs, h0, Wx, Wh, b, bh, reset=None):
+    """xs: (N, T, D) -> hs: (N, T, H) (PyTorch's nn.GRU equations)."""
+    N, T, _ = xs.shape
+    H = Wh.shape[0]
+    hs = np.empty((N, T, H), dtype=xs.dtype)
+    h = h0
+    for t in range(T):
+        if reset is not None:
+            h = h * (reset[:, t] == 0)[:, None]
+        ax = xs[:, t] @ Wx + b
+        ah = h @ Wh + bh
+        r = sigmoid(ax[:, :H] + ah[:, :H])
+        z = sigmoid(ax[:, H:2 * H] + ah[:, H:2 * H])
+        n = np.tanh(ax[:, 2 * H:] + r * ah[:, 2 * H:])
+        h = (1 - z) * n + z * h
+        hs[:, t] = h
+    return hs
+
+
+def model_nll(P: dict, cfg, xs, ts, state0, word_class=None, reset=None):
+    """Per-token NLL (N, T) and the state after the block (N, S) of a model of any cell
+    and depth (``cfg``: its ModelConfig; P: its arrays in word-id order, as the model
+    file has them; ``word_class`` for a class softmax); every layer's state side by
+    side in state0 ([h, c] for an LSTM)."""
+    from streamlm.params import layer_names
+
+    X = P["embed_W"][xs]
+    H = cfg.H
+    width = (2 if cfg.cell == "lstm" else 1) * H
+    finals = []
+    for layer in range(cfg.layers):
+        n = layer_names(cfg, layer)
+        s = state0[:, layer * width:(layer + 1) * width]
+        if cfg.cell == "rnn":
+            X = rnn_forward(X, s, P[n["Wx"]], P[n["Wh"]], P[n["b"]], reset=reset)
+            finals.append(X[:, -1])
+        elif cfg.cell == "lstm":
+            X, cs = lstm_forward(X, s[:, :H], s[:, H:], P[n["Wx"]], P[n["Wh"]], P[n["b"]],
+                                 reset=reset)
+            finals.append(np.concatenate([X[:, -1], cs[:, -1]], axis=1))
+        else:
+            X = gru_forward(X, s, P[n["Wx"]], P[n["Wh"]], P[n["b"]], P[n["bh"]], reset=reset)
+            finals.append(X[:, -1])
+    if word_class is not None:
+        nll, _, _ = class_softmax_ce(X, ts, P["class_W"], P["class_b"], P["affine_W"],
+                                     P["affine_b"], word_class)
+    else:
+        nll, _, _ = softmax_ce(X @ P["affine_W"] + P["affine_b"], ts)
+    return nll, np.concatenate(finals, axis=1)

@@ -21,7 +21,7 @@ import reference as ref
 import streamlm
 from streamlm import api
 from streamlm.classes import WordClasses
-from streamlm.params import ModelConfig, Params, load_model, save_model
+from streamlm.params import ModelConfig, Params, load_model, save_model, state_size
 from streamlm.score import score
 from streamlm.vocab import Vocab
 
@@ -29,14 +29,16 @@ TRAIN = "the cat sat on the mat\nthe dog sat on the log\n"
 ENGINES = ["numba", "numpy"]
 
 
-@pytest.fixture(scope="module", params=["full", "class"])
+@pytest.fixture(scope="module", params=["full", "class", "full-lstm2", "class-gru2"])
 def path(request, tmp_path_factory):
     d = tmp_path_factory.mktemp("api")
     vocab = Vocab.build(Counter(TRAIN.split()))
-    classes, cfg = None, ModelConfig(len(vocab), 3, 4)
-    if request.param == "class":
+    softmax, _, cell = request.param.partition("-")
+    kind = dict(cell=cell[:-1], layers=int(cell[-1])) if cell else {}
+    classes, cfg = None, ModelConfig(len(vocab), 3, 4, **kind)
+    if softmax == "class":
         classes = WordClasses(np.arange(len(vocab), dtype=np.int32) % 3)
-        cfg = ModelConfig(len(vocab), 3, 4, softmax="class", C=3)
+        cfg = ModelConfig(len(vocab), 3, 4, softmax="class", C=3, **kind)
     p = Params.init(cfg, seed=7, classes=classes)
     a = p.file_arrays()
     a["affine_b"] = np.linspace(-1, 1, len(vocab))
@@ -52,16 +54,17 @@ def ref_log10(path, ids, bos=True, eos_id=1):
     m = load_model(path, dtype=np.float64)
     wc = None if m.params.classes is None else m.params.classes.word_class
     arrays = m.params.file_arrays()
-    H = m.config.H
+    H, S = m.config.H, state_size(m.config)
     ids = np.asarray(ids)
     if bos:
         xs = np.concatenate([[eos_id], ids[:-1]])[None, :]
-        _, _, nll = ref.model_loss(arrays, xs, ids[None, :], np.zeros((1, H)), wc)
+        nll, _ = ref.model_nll(arrays, m.config, xs, ids[None, :], np.zeros((1, S)), wc)
         return -nll[0] / math.log(10)
-    first, _, _, _ = ref._output(arrays, np.zeros((1, 1, H)), ids[None, :1], wc)
+    first, _, _, _ = ref.output_layer(arrays, np.zeros((1, 1, H)), ids[None, :1], wc)
     out = [-first[0, 0]]
     if len(ids) > 1:
-        _, _, nll = ref.model_loss(arrays, ids[None, :-1], ids[None, 1:], np.zeros((1, H)), wc)
+        nll, _ = ref.model_nll(arrays, m.config, ids[None, :-1], ids[None, 1:],
+                               np.zeros((1, S)), wc)
         out += list(-nll[0])
     return np.array(out) / math.log(10)
 

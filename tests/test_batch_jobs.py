@@ -207,10 +207,10 @@ def test_an_output_that_cannot_be_written_fails_at_once_with_1(job, tmp_path):
 
 
 def test_a_full_disk_names_the_users_file_and_leaves_no_spool(job, tmp_path):
-    from test_faults import _fill, small_tmpfs
+    from test_faults import fill_disk, small_tmpfs
 
     with small_tmpfs(tmp_path / "disk", "2m") as disk:
-        _fill(disk, 8192)
+        fill_disk(disk, 8192)
         for extra in ([], ["--checkpoint", disk / "c.ckpt"]):
             out = disk / "lines.jsonl"
             r = subprocess.run(script("score", job / "model.npz", job / "big.txt", "--output",
@@ -275,7 +275,7 @@ def test_default_threads_follow_the_cgroup_quota(tmp_path, v2):
         (root / "cpu.max").write_text("max 100000\n")
         (root / "job" / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs
         proc.write_text("0::/job\n")
-        assert cpus._cgroup_quota(str(root), str(proc)) == 1.5
+        assert cpus.cgroup_quota(str(root), str(proc)) == 1.5
     else:
         d = root / "cpu,cpuacct" / "slice"
         d.mkdir(parents=True)
@@ -284,6 +284,6 @@ def test_default_threads_follow_the_cgroup_quota(tmp_path, v2):
         (root / "cpu,cpuacct" / "cpu.cfs_quota_us").write_text("-1\n")
         (root / "cpu,cpuacct" / "cpu.cfs_period_us").write_text("100000\n")
         proc.write_text("5:cpu,cpuacct:/slice\n4:memory:/x\n")
-        assert cpus._cgroup_quota(str(root), str(proc)) == 3.0
+        assert cpus.cgroup_quota(str(root), str(proc)) == 3.0
     proc.write_text("0::/\n" if v2 else "5:cpu,cpuacct:/\n")
-    assert cpus._cgroup_quota(str(root), str(proc)) is None
+    assert cpus.cgroup_quota(str(root), str(proc)) is None

@@ -97,7 +97,7 @@ def _assert_sgemm_multiplies(lib, m, k, n, seed):
 
 
 def test_mkl_when_installed():
-    lib = blas._mkl()
+    lib = blas.mkl_blas()
     if lib is None:
         pytest.skip("MKL not installed (pip install 'streamlm[mkl]')")
     _assert_sgemm_multiplies(lib, 30, 20, 50, seed=3)
@@ -118,7 +118,7 @@ def test_numpys_blas_is_found_wherever_it_lives(monkeypatch, tmp_path):
     shutil.copy(real[0]["filepath"], elsewhere)
     fake = [dict(real[0], filepath=str(elsewhere), prefix="libopenblas")]
     monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: fake)
-    lib = blas._numpy_blas()
+    lib = blas.numpy_blas()
     assert lib is not None and lib.path == str(elsewhere) and lib.name == "openblas"
     _assert_sgemm_multiplies(lib, 7, 5, 3, seed=4)
 
@@ -127,4 +127,4 @@ def test_no_blas_library_found_means_numpy_matmul(monkeypatch):
     import threadpoolctl
 
     monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: [])
-    assert blas._numpy_blas() is None
+    assert blas.numpy_blas() is None

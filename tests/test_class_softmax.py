@@ -11,7 +11,7 @@ import reference as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamlm import heads, threads
+from streamlm import heads, optim
 from streamlm.classes import WordClasses, frequency_classes
 from streamlm.errors import ModelFileError
 from streamlm.model import RNNLM
@@ -279,13 +279,13 @@ def test_sparse_step_touches_only_its_rows_and_sgd_equals_dense():
         inside[a:b] = True
     assert not g.flat[~inside].any()  # the gradient lives inside the segments
     assert inside.sum() < 0.7 * inside.size
-    assert threads.sum_squares(g.flat, seg) == pytest.approx(
+    assert optim.sum_squares(g.flat, seg) == pytest.approx(
         float(np.sum(g.flat.astype(np.float64) ** 2)), rel=1e-12)
     dense, sparse = p.flat.copy(), p.flat.copy()
     lr, one = np.float32(0.1), np.float32(1)
-    threads.sgd_update(dense, g.flat, lr, one)
+    optim.sgd_update(dense, g.flat, lr, one)
     g2 = g.flat.copy()
-    threads.sgd_update(sparse, g2, lr, one, seg)
+    optim.sgd_update(sparse, g2, lr, one, seg)
     np.testing.assert_array_equal(dense, sparse)
     assert not g2.any()  # the sparse step zeroes the gradient it used
     # lazy Adam: untouched weights and moments stay, touched ones move as dense Adam
@@ -294,14 +294,14 @@ def test_sparse_step_touches_only_its_rows_and_sgd_equals_dense():
     lazy, full = p.flat.copy(), p.flat.copy()
     f = np.float32
     args = (f(1e-3), f(0.9), f(0.999), f(1e-8), one)
-    threads.adam_update(full, g.flat, md, vd, *args)
-    threads.adam_update(lazy, g.flat, mo, vo, *args, seg)
+    optim.adam_update(full, g.flat, md, vd, *args)
+    optim.adam_update(lazy, g.flat, mo, vo, *args, seg)
     np.testing.assert_array_equal(lazy[inside], full[inside])
     np.testing.assert_array_equal(lazy[~inside], p.flat[~inside])
     assert not mo[~inside].any()
     assert not g.flat.any()
     g.flat[:] = 1
-    threads.zero(g.flat, seg)
+    optim.zero(g.flat, seg)
     assert not g.flat[inside].any() and g.flat[~inside].all()
 
 

@@ -276,16 +276,6 @@ def _vocab_file(env, tmp_path):
     return p
 
 
-def test_a_checkpoint_keeps_the_literal_count():
-    from streamlm.records import Totals
-
-    t = Totals(scored=9, oov=3, done=True, unk_literal=2)
-    assert Totals.from_json(json.loads(json.dumps(t.to_json()))).unk_literal == 2
-    old = t.to_json()
-    del old["unk_literal"]  # a checkpoint of an older streamlm
-    assert Totals.from_json(old).unk_literal is None
-
-
 # -------------------------------------------------------------------- help --
 COMMANDS = ["prepare", "demo-corpus", "score", "query", "report", "train", "generate"]
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import threading
 from collections import Counter
 from pathlib import Path
 
@@ -236,37 +234,7 @@ def test_word_records_keep_the_surface_word_and_positions(corpus, tmp_path):
     assert [r["position"] for r in recs] == list(range(7))
 
 
-def test_output_dash_is_jsonl_on_stdout_and_the_summary_on_stderr(corpus):
-    rc, out, err = cli("score", corpus["model"], corpus["dir"] / "c.jsonl", "--output", "-")
-    assert rc == 0, err
-    recs = [json.loads(line) for line in out.splitlines()]
-    assert len(recs) == 40 and "perplexity incl. OOVs" in err
-    rc, out, err = cli("score", corpus["model"], corpus["dir"] / "c.jsonl", "-o", "-",
-                       "--json")
-    assert rc == 0 and len(out.splitlines()) == 40  # records only: no summary object
-    assert not Path("-").exists()
-
-
-def test_special_outputs_are_written_not_replaced(corpus, tmp_path):
-    link = tmp_path / "null-link"
-    link.symlink_to("/dev/null")
-    score(corpus["model"], [corpus["dir"] / "c.jsonl"], output=link)
-    assert link.is_symlink() and os.readlink(link) == "/dev/null"
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    got = {}
-
-    def reader():
-        with open(fifo, "rb") as f:
-            got["data"] = f.read()
-
-    th = threading.Thread(target=reader)
-    th.start()
-    score(corpus["model"], [corpus["dir"] / "c.jsonl"], output=fifo)
-    th.join(30)
-    assert len(got["data"].decode().splitlines()) == 40
-    assert fifo.is_fifo()
-    assert not [p for p in tmp_path.iterdir() if ".spool" in p.name or ".tmp" in p.name]
+# (standard output and special files: tests/test_outputs.py)
 
 
 # ------------------------------------------------------- buckets and report --
@@ -370,10 +338,8 @@ def test_progress_lines_give_percent_and_eta(corpus, tmp_path, caplog):
 def test_checkpoints_by_time(corpus, tmp_path, monkeypatch):
     from streamlm.checkpoint import ScoreCheckpoint
 
-    ck = ScoreCheckpoint(str(tmp_path / "c.npz"), "5m", {})
     now = [0.0]
-    ck._clock = lambda: now[0]
-    ck._last = 0.0
+    ck = ScoreCheckpoint(str(tmp_path / "c.npz"), "5m", {}, clock=lambda: now[0])
     assert not ck.due(10**9)  # tokens do not matter
     now[0] = 299.0
     assert not ck.due(1)

@@ -7,7 +7,7 @@ import pytest
 import reference as ref
 
 from streamlm import cells as C
-from streamlm import heads, threads
+from streamlm import heads, optim, threads
 from streamlm import kernels as K
 from streamlm import plan as PL
 from streamlm.model import RNNLM
@@ -88,9 +88,9 @@ def test_optimiser_wrappers_match_kernels(nthreads_of, nthreads):
     p = rng.standard_normal(P).astype(np.float32)
     g = rng.standard_normal(P).astype(np.float32)
     want = np.sum(g.astype(np.float64) ** 2)
-    np.testing.assert_allclose(threads.sum_squares(g), want, rtol=1e-12)
+    np.testing.assert_allclose(optim.sum_squares(g), want, rtol=1e-12)
     a, b = p.copy(), p.copy()
-    threads.sgd_update(a, g, np.float32(0.1), np.float32(0.5))
+    optim.sgd_update(a, g, np.float32(0.1), np.float32(0.5))
     K.sgd_update(b, g, np.float32(0.1), np.float32(0.5))
     np.testing.assert_array_equal(a, b)
     a, b = p.copy(), p.copy()
@@ -98,7 +98,7 @@ def test_optimiser_wrappers_match_kernels(nthreads_of, nthreads):
     mb, vb = np.zeros_like(p), np.zeros_like(p)
     f = np.float32
     for _ in range(3):
-        threads.adam_update(a, g, ma, va, f(1e-3), f(0.9), f(0.999), f(1e-8), f(0.5))
+        optim.adam_update(a, g, ma, va, f(1e-3), f(0.9), f(0.999), f(1e-8), f(0.5))
         K.adam_update(b, g, mb, vb, f(1e-3), f(0.9), f(0.999), f(1e-8), f(0.5))
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(ma, mb)

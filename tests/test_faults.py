@@ -229,7 +229,7 @@ def small_tmpfs(path: Path, size: str):
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-def _fill(path: Path, leave: int):
+def fill_disk(path: Path, leave: int):
     """Fill the filesystem at ``path`` until about ``leave`` bytes are free."""
     st = os.statvfs(path)
     free = st.f_bavail * st.f_frsize
@@ -252,7 +252,7 @@ def test_full_disk_keeps_previous_outputs(corpus, tmp_path):
         before_model = model.read_bytes()
         ckpt = model.with_name("m.ckpt.npz")
         before_ckpt = ckpt.read_bytes() if ckpt.exists() else None
-        _fill(disk, 2048)
+        fill_disk(disk, 2048)
 
         r = run("score", corpus / "model.npz", corpus / "train.txt", "--output", out,
                 "--level", "line")

@@ -71,17 +71,19 @@ PTB_LATTICE = [["the", "a"], ["company", "market", "zyzzyva"], ["said", "said", 
                ["in"], ["the", "tokyo", "<unk>"]]
 
 
-@pytest.fixture(scope="module", params=["full", "class"])
+@pytest.fixture(scope="module", params=["full", "class", "full-lstm2", "class-gru2"])
 def toy_model(request, tmp_path_factory):
     from streamlm.classes import WordClasses
 
     vocab = Vocab.build(Counter("the cat sat on the mat a dog ran to the log".split()))
     V = len(vocab)
-    if request.param == "class":
-        cfg, cl = ModelConfig(V, 4, 5, softmax="class", C=3), WordClasses(
+    softmax, _, cell = request.param.partition("-")
+    kind = dict(cell=cell[:-1], layers=int(cell[-1])) if cell else {}
+    if softmax == "class":
+        cfg, cl = ModelConfig(V, 4, 5, softmax="class", C=3, **kind), WordClasses(
             np.arange(V, dtype=np.int32) % 3)
     else:
-        cfg, cl = ModelConfig(V, 4, 5), None
+        cfg, cl = ModelConfig(V, 4, 5, **kind), None
     p = Params.init(cfg, seed=3, classes=cl)
     p.flat[...] *= 4  # a sharper model: paths far apart
     path = tmp_path_factory.mktemp("toy") / "toy.npz"

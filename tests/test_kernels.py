@@ -353,8 +353,8 @@ def test_light_cache_loads_in_the_command():
 
     prog = (
         "import numpy as np, sys\n"
-        "from streamlm import kernels as K\n"
-        "print(K.CACHE_LOADS)\n"
+        "from streamlm import kernels as K, numba_setup\n"
+        "print(numba_setup.SETUP['cache_loads'])\n"
         "z = np.array([[0.5, -1.0, 2.0], [3.0, 0.0, -2.0]], dtype=np.float32)\n"
         "out = np.empty(2); K.softmax_ce_forward(out, z, np.zeros(3, np.float32),"
         " np.array([2, 0], np.int32))\n"  # allocates inside: needs NRT
@@ -371,3 +371,29 @@ def test_light_cache_loads_in_the_command():
                            text=True, timeout=600)
         assert r.returncode == 0, r.stderr
         assert r.stdout.split("\n")[:2] == [want, "ok"]
+
+
+def test_numba_is_set_up_before_the_first_kernel():
+    """numba_setup.configure() runs before numba builds its CPU target (at the first
+    @njit of streamlm.kernels): the features decided are the ones the kernels compile
+    for (512-bit vectors on AVX-512), and a second call changes nothing."""
+    import os
+    import subprocess
+    import sys
+
+    prog = (
+        "import streamlm.kernels\n"
+        "from numba.core import config\n"
+        "from streamlm import numba_setup\n"
+        "first = dict(numba_setup.SETUP)\n"
+        "assert numba_setup.configure() == first\n"
+        "print(first['vectors'])\n"
+        "print((config.CPU_FEATURES or '').endswith('-prefer-256-bit'))\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES")}
+    r = subprocess.run([sys.executable, "-c", prog], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    vectors, wide = r.stdout.split("\n")[:2]
+    assert vectors in ("512-bit vectors", "no AVX-512"), vectors  # not "too late"
+    assert wide == str(vectors == "512-bit vectors")

@@ -11,8 +11,8 @@ FLOORS = [
     {"errors", "atomic", "formats", "options", "metrics", "memory", "cpus"},  # foundations
     {"kernels", "numba_setup", "blas", "threads", "plan", "store", "text", "vocab",  # compute
      "subword", "classes", "buckets"},
-    {"params", "heads", "cells", "model", "pipeline", "engines", "tokenizer", "shards",
-     "batcher", "rows", "inputs", "manifest"},
+    {"params", "heads", "cells", "model", "optim", "pipeline", "engines", "tokenizer",
+     "shards", "batcher", "rows", "inputs", "manifest"},
     {"schedule", "records", "mix", "checkpoint", "outputs", "report", "plots",  # job parts
      "evaluation"},
     {"prepare", "train", "score", "generate", "distributed", "demo"},  # the jobs

@@ -113,20 +113,21 @@ def test_bad_ids_refused_before_any_kernel():
                         np.zeros((1, rnn.config.H), np.float32))
 
 
-def worth_it(rnn: RNNLM, N: int, threads: int) -> bool:
-    """Whether the plan puts N streams on ``threads`` threads through the pipeline."""
+def pipelined(rnn: RNNLM, N: int, threads: int) -> bool:
+    """Whether the plan puts N streams on ``threads`` threads through the pipeline
+    (plan.stream_pipeline)."""
     return plan.stream_pipeline(rnn.sizes, N, threads, False) > 0
 
 
-def test_worth_it():
+def test_the_plan_pipelines_fewer_streams_than_threads_of_a_class_model():
     rnn = model("class", np.float32, V=40, H=8)
-    assert worth_it(rnn, 1, 2) and not worth_it(rnn, 2, 2)
-    assert not worth_it(rnn, 1, 1)
+    assert pipelined(rnn, 1, 2) and not pipelined(rnn, 2, 2)
+    assert not pipelined(rnn, 1, 1)
     from numba import config
 
     big = model("class", np.float32, V=400, H=256)  # split recurrence, head C + V/C < H
-    assert worth_it(big, 1, 2) == bool(config.DISABLE_JIT)  # (no split without the JIT)
-    assert not worth_it(model("full", np.float32), 1, 2)  # (its head splits W instead)
+    assert pipelined(big, 1, 2) == bool(config.DISABLE_JIT)  # (no split without the JIT)
+    assert not pipelined(model("full", np.float32), 1, 2)  # (its head splits W instead)
 
 
 def test_the_scorer_pipelines_one_stream(tmp_path, monkeypatch):

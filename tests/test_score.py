@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from streamlm.classes import WordClasses, frequency_classes
 from streamlm.engines import NumpyRNN
 from streamlm.errors import InputError, UsageError
-from streamlm.params import ModelConfig, Params, load_model, save_model
+from streamlm.params import ModelConfig, Params, load_model, save_model, state_size
 from streamlm.prepare import prepare
 from streamlm.score import score
 from streamlm.text import iter_pieces
@@ -46,24 +46,28 @@ the mat"""
 ENGINES = ["numpy", "numba"]
 
 
-@pytest.fixture(scope="module", params=["full", "class"])
+@pytest.fixture(scope="module", params=["full", "class", "full-lstm2", "class-gru2"])
 def lm(request, tmp_path_factory):
     """A small model with nonzero biases, with a full softmax and with a class-factored
-    one (3 classes by Mikolov's binning of the training counts): every test below
-    runs on both."""
+    one (3 classes by Mikolov's binning of the training counts), a tanh RNN, and two
+    layers of LSTM or GRU: every test below runs on each."""
     d = tmp_path_factory.mktemp("model")
     counts = Counter(TRAIN.split())
     vocab = Vocab.build(counts)
     V = len(vocab)
     classes = None
-    cfg = ModelConfig(V, 5, 6)
-    if request.param == "class":
+    softmax, _, cell = request.param.partition("-")
+    kind = dict(cell=cell[:-1], layers=int(cell[-1])) if cell else {}
+    cfg = ModelConfig(V, 5, 6, **kind)
+    if softmax == "class":
         wc = frequency_classes(np.array([counts.get(w, 1) for w in vocab.words]), 3)
         classes = WordClasses(wc)
-        cfg = ModelConfig(V, 5, 6, softmax="class", C=classes.C)
+        cfg = ModelConfig(V, 5, 6, softmax="class", C=classes.C, **kind)
     p = Params.init(cfg, seed=3, classes=classes)
     a = p.file_arrays()
-    a["rnn_b"] = np.linspace(-0.3, 0.3, 6)  # nonzero biases: exercise them
+    for name in cfg.layer_names:  # nonzero biases: exercise them
+        if name.endswith("b") or name.endswith("bh"):
+            a[name] = np.linspace(-0.3, 0.3, a[name].shape[0])
     a["affine_b"] = np.linspace(-0.5, 0.5, V)
     if classes is not None:
         a["class_b"] = np.linspace(0.4, -0.4, classes.C)
@@ -71,7 +75,7 @@ def lm(request, tmp_path_factory):
     save_model(d / "m.npz", p, vocab.words)
     (d / "text.txt").write_text(TEXT)
     return {"path": str(d / "m.npz"), "vocab": vocab, "dir": d, "text": str(d / "text.txt"),
-            "softmax": request.param}
+            "softmax": softmax}
 
 
 def ref_nll(model_path, ids, eos, segment_starts=(0,)):
@@ -88,7 +92,8 @@ def ref_nll(model_path, ids, eos, segment_starts=(0,)):
         if not len(seg):
             continue
         xs = np.concatenate([[eos], seg[:-1]])[None, :]
-        _, _, nll = ref.model_loss(P, xs, seg[None, :], np.zeros((1, m.config.H)), wc)
+        nll, _ = ref.model_nll(P, m.config, xs, seg[None, :],
+                               np.zeros((1, state_size(m.config))), wc)
         out.append(nll[0])
     return np.concatenate(out) if out else np.zeros(0)
 
@@ -446,35 +451,3 @@ def test_checkpoint_mismatch_refused(lm, tmp_path):
         score(lm["path"], [other], checkpoint=ck)
     with pytest.raises(UsageError, match="stdin"):
         score(lm["path"], ["-"], checkpoint=tmp_path / "x.npz")
-
-
-def test_read_ahead_keeps_order_raises_where_the_error_was_and_stops_when_closed():
-    """The reader thread (schedule.read_ahead): the same blocks in the same order; an
-    input error comes out after the blocks before it, not earlier; closing the
-    consumer stops the reader and closes the source."""
-    import threading
-
-    from streamlm.schedule import read_ahead
-
-    def gen(n, fail_at=None, closed=None):
-        try:
-            for i in range(n):
-                if i == fail_at:
-                    raise InputError("bad line", path="f.txt", position="line 5")
-                yield i
-        finally:
-            if closed is not None:
-                closed.append(True)
-
-    assert list(read_ahead(gen(50), 2)) == list(range(50))
-    got = []
-    with pytest.raises(InputError, match="bad line"):
-        for b in read_ahead(gen(10, fail_at=4), 2):
-            got.append(b)
-    assert got == [0, 1, 2, 3]
-    closed = []
-    it = read_ahead(gen(10_000, closed=closed), 2)
-    assert next(it) == 0
-    it.close()
-    assert closed == [True]
-    assert not [t for t in threading.enumerate() if t.name == "streamlm-reader"]

@@ -203,8 +203,8 @@ def test_compiled_path_after_enough_text(tmp_path, docs):
     vocab = Vocab.from_words(["<unk>", "<eos>", "a", "\u00e9", "zz"])
     block = 1 << 14
     with patch.object(tokenizer, "_kernels_loaded", return_value=False), \
-         patch.object(tokenizer._WordTable, "encode_lines", autospec=True,
-                      side_effect=tokenizer._WordTable.encode_lines) as spy:
+         patch.object(tokenizer.WordTable, "encode_lines", autospec=True,
+                      side_effect=tokenizer.WordTable.encode_lines) as spy:
         _compare(p, vocab, docs, block, 5000, after=half)
     batches = sum(isinstance(x, LineBatch) for x in iter_pieces(p, block_size=block).batches())
     assert 2 <= spy.call_count <= batches // 2 + 1  # the second half only
@@ -213,7 +213,7 @@ def test_compiled_path_after_enough_text(tmp_path, docs):
 def test_space_table_is_str_split():
     """The kernel splits where space[c] (c < U+10000); str.split() must agree for every
     code point, and no code point above U+FFFF may be a space."""
-    space = tokenizer._space_table()
+    space = tokenizer.space_table()
     split_at = np.array([len(("a" + chr(c) + "b").split()) == 2 for c in range(0x10000)])
     assert (space == split_at).all()
     assert not any(chr(c).isspace() for c in range(0x10000, 0x110000))
@@ -224,8 +224,8 @@ def test_word_table_finds_every_word():
     letters = list("abcdefgh\u00e9\u65e5") + ["\U0001d11e"]
     words = sorted({"".join(rng.choice(letters, rng.integers(1, 6))) for _ in range(6000)})
     vocab = Vocab.from_words(["<unk>", "<eos>"] + words)
-    table = tokenizer._word_table(vocab)
-    assert tokenizer._word_table(vocab) is table  # built once per vocabulary
+    table = tokenizer.word_table(vocab)
+    assert tokenizer.word_table(vocab) is table  # built once per vocabulary
     text = " ".join(words + ["notaword", "\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9"]) + "\n"
     ids, counts = table.encode_lines(text.encode(), 1, docs=False)
     assert ids.tolist() == list(range(2, len(vocab))) + [0, 0, 1]

@@ -174,7 +174,7 @@ def test_mikolov_anneal_rule():
     the halving, which then goes on every epoch; the next small gain stops."""
     from types import SimpleNamespace
 
-    from streamlm.train import _mikolov_anneal
+    from streamlm.optim import _mikolov_anneal
 
     run = SimpleNamespace(lr=1.0, last_ppl=None, halving=False)
     steps = [(200.0, False, 1.0), (150.0, False, 1.0), (149.0, False, 0.5), (100.0, False, 0.25),
@@ -309,7 +309,7 @@ def test_weight_average_is_what_validation_and_the_model_file_use(corpus, tmp_pa
     """--ema: the model file holds the debiased average of the weights (updated every
     EMA_EVERY steps), not the last weights; and a resume continues it bitwise."""
     from streamlm import kernels as K
-    from streamlm.train import EMA_EVERY
+    from streamlm.optim import EMA_EVERY
 
     x = np.arange(6, dtype=np.float64)
     avg = np.ones(6)
