@@ -131,7 +131,7 @@ def main(argv=None):
         res["peers"].append(row)
         print(f"{name:32s} {s:7.3f} s  {n_sent / s:9,.0f} sent/s  {n_tok / s:10,.0f} tok/s  "
               f"{kn_s / s:6.3f}x kenlm loop  {loop_s / s:6.2f}x streamlm loop", file=sys.stderr)
-    from streamlm.atomic import atomic_path
+    from streamlm.data.atomic import atomic_path
 
     with atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps(res, indent=1))

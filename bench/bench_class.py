@@ -18,7 +18,7 @@ Before any timing, each model scores PTB test through the CLI and must agree
 with the numpy engine (an independent implementation) to 1e-5. The peers of
 a comparison run in turn (A B A B ...), and the ratio is the median of the
 pairwise ratios. ``--zipf`` adds V=100,000, H=256 on a synthetic Zipf corpus
-(streamlm.demo.zipf_corpus), with peak RSS. Writes bench/results/class.json (with its
+(streamlm.jobs.demo.zipf_corpus), with peak RSS. Writes bench/results/class.json (with its
 provenance).
 """
 
@@ -59,8 +59,8 @@ def env(threads: int = 2) -> dict:
 
 def models(H: int, V_vocab: list[str], counts: np.ndarray, C: int, tag: str) -> dict:
     """{"full": path, "class": path}: the same seeded weights, class_W added."""
-    from streamlm.classes import WordClasses, frequency_classes
-    from streamlm.params import ModelConfig, Params, save_model
+    from streamlm.nn.classes import WordClasses, frequency_classes
+    from streamlm.nn.params import ModelConfig, Params, save_model
 
     V = len(V_vocab)
     out = {}
@@ -114,7 +114,7 @@ def score_cmd(model: Path, text: Path, mode: list[str]) -> list[str]:
 
 def check(model: Path, text: Path) -> float:
     """The CLI's logprob of text equals the numpy engine's (1e-5): returns it."""
-    from streamlm.score import score
+    from streamlm.jobs.score import score
 
     cli, _, _ = run(score_cmd(model, text, ["--engine", "numba"]))
     ref = score(str(model), [str(text)], engine="numpy").summary
@@ -184,7 +184,7 @@ def main(argv=None):
     modes = {"1 stream": [], "20 streams": ["--reset", "line", "--batch", "20"]}
 
     def save() -> None:  # after every size, so that a stopped run keeps what it measured
-        from streamlm.atomic import atomic_path
+        from streamlm.data.atomic import atomic_path
 
         with atomic_path(args.out) as tmp:
             tmp.write_text(json.dumps(res, indent=1))
@@ -218,7 +218,7 @@ def main(argv=None):
                   f"{r['ratio_class_over_full']:.2f}x", file=sys.stderr, flush=True)
         save()
     if args.zipf:
-        from streamlm.demo import zipf_corpus
+        from streamlm.jobs.demo import zipf_corpus
 
         zdir = CACHE / "zipf100k"
         info = zipf_corpus(zdir, V=100_000, tokens=2_000_000, seed=0)

@@ -33,11 +33,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "dask.json"))
     args = ap.parse_args()
 
-    from streamlm.distributed import score_dask
-    from streamlm.params import ModelConfig, Params, save_model
-    from streamlm.prepare import prepare
-    from streamlm.score import score
-    from streamlm.vocab import Vocab
+    from streamlm.data.vocab import Vocab
+    from streamlm.jobs.distributed import score_dask
+    from streamlm.jobs.prepare import prepare
+    from streamlm.jobs.score import score
+    from streamlm.nn.params import ModelConfig, Params, save_model
 
     tmp = Path(tempfile.mkdtemp(prefix="streamlm-dask-bench-"))
     lines = gzip.open(PTB / "ptb.train.txt.gz", "rt").read().splitlines(keepends=True)

@@ -128,7 +128,7 @@ def main(argv=None):
           f"{mem['small']['rows']:,} rows, {mem['large']['peak_rss_mb']:.0f} MB at "
           f"{mem['large']['rows']:,} rows ({100 * growth:+.1f}%, target within 10%)",
           file=sys.stderr)
-    from streamlm.atomic import atomic_path
+    from streamlm.data.atomic import atomic_path
 
     with atomic_path(args.out) as t:
         t.write_text(json.dumps(res, indent=1))

@@ -97,7 +97,7 @@ def streamlm_cmd(model: Path, text: Path, reset: str, extra=()) -> list[str]:
 
 
 def describe(model: Path) -> dict:
-    from streamlm.params import load_model
+    from streamlm.nn.params import load_model
 
     m = load_model(model)
     c = m.config
@@ -128,7 +128,7 @@ def main(argv=None):
     text = ptb_text(args.ptb_times)
     tokens = PTB_TOKENS * args.ptb_times
 
-    from streamlm.score import score
+    from streamlm.jobs.score import score
 
     peers = {"KenLM KN5": {"cmd": query, "stdin": text, "threads": [1], "ppl_line": kn_ppl,
                            "ppl_stream": None, "kind": "kenlm"}}
@@ -175,7 +175,7 @@ def main(argv=None):
         print(f"{name:32s} ppl line {p['ppl_line']:7.2f}  " + "  ".join(
             f"{t}t {row[f'tokens_per_s_{t}t']:10,.0f} tok/s ({row[f'per_core_vs_kenlm_{t}t']:.3f}"
             f"x KenLM/core)" for t in p["threads"]), file=sys.stderr)
-    from streamlm.atomic import atomic_path
+    from streamlm.data.atomic import atomic_path
 
     with atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps(res, indent=1))
@@ -208,7 +208,7 @@ def chart(res: dict, path: str) -> None:
     ax.set_title(f"Speed against quality: {res['tokens']:,} PTB tokens, --reset line", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    from streamlm.atomic import atomic_path
+    from streamlm.data.atomic import atomic_path
 
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")

@@ -11,12 +11,12 @@
    panels, up to 4 streams per Wh load) versus one BLAS call per step from
    Python, by streams per thread
    and H, on one thread (streamlm runs one stream group per thread). This
-   sets streamlm.plan.BLAS_RECUR_MIN_WORK.
+   sets streamlm.compute.plan.BLAS_RECUR_MIN_WORK.
 3. Rows per projection slice when scoring (PROJ_ROWS), one thread.
 4. The class softmax's word factor, per class: one GEMM of the class's tokens
    (gathered) by its words, then softmax_ce_forward, versus the dot-product
    kernel class_words_nll, by tokens in the class; this sets
-   streamlm.heads.CLASS_BLAS_MIN_TOKENS.
+   streamlm.nn.heads.CLASS_BLAS_MIN_TOKENS.
 Every timing is the median of repeated calls on one thread unless stated;
 the variants of one table are interleaved call by call.
 """
@@ -36,11 +36,12 @@ import numpy as np  # noqa: E402
 from numba import njit  # noqa: E402
 
 from bench.common import RESULTS, provenance, this_command  # noqa: E402
-from streamlm import blas as SB  # noqa: E402
-from streamlm import heads, plan  # noqa: E402
-from streamlm import kernels as K  # noqa: E402
-from streamlm.cells import TanhRNN, panels  # noqa: E402
-from streamlm.params import ModelConfig, Params  # noqa: E402
+from streamlm.compute import blas as SB  # noqa: E402
+from streamlm.compute import kernels as K  # noqa: E402
+from streamlm.compute import plan  # noqa: E402
+from streamlm.nn import heads
+from streamlm.nn.cells import TanhRNN, panels  # noqa: E402
+from streamlm.nn.params import ModelConfig, Params  # noqa: E402
 
 V = 10000
 
@@ -199,7 +200,7 @@ def slices_table(reps):
         rows.append([rws, f"{Mrows / r[rws]:,.0f}"])
     return {"title": f"Rows per GEMM slice when scoring (one thread, H={H}, V=10000, "
                      f"{Mrows} rows)",
-            "note": "GEMM (streamlm.blas) into a reused slice buffer + softmax_ce_forward. "
+            "note": "GEMM (streamlm.compute.blas) into a reused slice buffer + softmax_ce_forward. "
                     f"Now PROJ_ROWS={heads.PROJ_ROWS} (capped at {heads.PROJ_BYTES >> 20} MB of "
                     "logits per thread).",
             "columns": ["rows", "score rows/s"], "rows": rows}
@@ -241,7 +242,7 @@ def class_table(reps):
                              f"{r['kernel'] / r['gemm']:.2f}"])
     return {"title": "class softmax: BLAS or kernel per class (one thread)",
             "note": "Tokens/s of one class's word factor: the dot-product kernel "
-                    "class_words_nll against a GEMM of the gathered tokens (streamlm.blas) plus "
+                    "class_words_nll against a GEMM of the gathered tokens (compute.blas) plus "
                     "softmax_ce_forward; 'kernel/GEMM' > 1 means the GEMM is faster. Now "
                     f"CLASS_BLAS_MIN_TOKENS={heads.CLASS_BLAS_MIN_TOKENS}.",
             "columns": ["H", "words in class", "tokens", "kernel tok/s", "GEMM tok/s",
@@ -257,7 +258,7 @@ def main(argv=None):
     reps = 5 if args.quick else 15
     from threadpoolctl import threadpool_limits
 
-    def blas_threads(n):  # numpy's BLAS, as streamlm.threads holds it
+    def blas_threads(n):  # numpy's BLAS, as streamlm.compute.threads holds it
         threadpool_limits(limits=n, user_api="blas")
 
     sections = [projection_table(reps, blas_threads)]
@@ -266,7 +267,7 @@ def main(argv=None):
     sections.append(slices_table(reps))
     sections.append(class_table(reps))
     blas_threads(2)
-    from streamlm.atomic import atomic_path
+    from streamlm.data.atomic import atomic_path
 
     with atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps({"sections": sections,

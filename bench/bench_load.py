@@ -62,8 +62,8 @@ _BUSY = "import time\nwhile True:\n    pass\n"
 
 def models(H: int, vocab: list[str], counts: np.ndarray) -> dict[str, Path]:
     """{"full": path, "class": path}: the same seeded weights (class_W added, C=100)."""
-    from streamlm.classes import WordClasses, frequency_classes
-    from streamlm.params import ModelConfig, Params, save_model
+    from streamlm.nn.classes import WordClasses, frequency_classes
+    from streamlm.nn.params import ModelConfig, Params, save_model
 
     V = len(vocab)
     out = {}
@@ -185,7 +185,7 @@ CONDITIONS = ("alone", "busy", "pair", "pair_t1", "alone_t1")
 
 def check(model: Path, text: Path, mode: str, lines: list[str]) -> None:
     """The CLI's figures on a 20k-token prefix equal the numpy engine's (1e-5)."""
-    from streamlm.score import score
+    from streamlm.jobs.score import score
 
     small = text_for(mode, 20_000, lines)
     cli, _ = timed([command(model, small, mode) + ["--engine", "numba"]])

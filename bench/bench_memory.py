@@ -34,7 +34,7 @@ PTB_TOKENS = 929_589
 
 
 def ptb_model() -> Path:
-    from streamlm.params import ModelConfig, Params, save_model
+    from streamlm.nn.params import ModelConfig, Params, save_model
 
     f = CACHE / "ptb_model_V10000_H100.npz"
     if not f.exists():
@@ -86,7 +86,7 @@ def main(argv=None):
     if len(rows) >= 2:
         a, b = rows[0]["rss_mb"], rows[-1]["rss_mb"]
         note += f" Peak RSS ratio largest/smallest input: {b / a:.3f}."
-    from streamlm.atomic import atomic_path
+    from streamlm.data.atomic import atomic_path
 
     with atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps({"rows": rows, "note": note, "provenance": provenance(

@@ -1,4 +1,4 @@
-"""The cost of one hand-off to streamlm's threads: streamlm.threads.Pool against a
+"""The cost of one hand-off to streamlm's threads: streamlm.compute.threads.Pool against a
 ThreadPoolExecutor doing the same (what Pool used before it spun).
 
     python -m bench.bench_pool [--rounds 7] [--maps 3000]
@@ -29,7 +29,7 @@ from bench.common import RESULTS, provenance, this_command
 
 
 class ExecutorPool:
-    """streamlm.threads.Pool as it was: one worker of a ThreadPoolExecutor."""
+    """streamlm.compute.threads.Pool as it was: one worker of a ThreadPoolExecutor."""
 
     def __init__(self, threads: int):
         self.threads = threads
@@ -98,8 +98,8 @@ def main(argv=None):
     ap.add_argument("--out", default=str(RESULTS / "pool.json"))
     args = ap.parse_args(argv)
 
-    from streamlm import kernels as K
-    from streamlm.threads import Pool
+    from streamlm.compute import kernels as K
+    from streamlm.compute.threads import Pool
 
     small = np.zeros(1 << 14, dtype=np.float32)
     K.sum_squares(small)

@@ -2,7 +2,7 @@
 
     python -m bench.bench_recurrence [--base REV] [--reps 9] [--steps 1000] [--quick]
 
-Loads ``streamlm/kernels.py`` as it is at REV (default 35405e7, before the
+Loads ``streamlm/compute/kernels.py`` as it is at REV (default 35405e7, before the
 panel kernels) as a second module, checks that both trees' kernels agree
 (float64 to 1e-10, float32 to 1e-5, with resets), then times them call by call
 in turn (order swapped every repetition; the median of --reps) on one thread:
@@ -12,8 +12,8 @@ group of N streams and GFLOP/s (2 N H^2 per step). The machine is shared:
 only the ratio of interleaved timings means something.
 
 The new kernels are timed with their panels of Wh (Wh^T for the backward)
-made inside the timed call, as streamlm.cells does once per block
-(streamlm.cells.panels).
+made inside the timed call, as streamlm.nn.cells does once per block
+(streamlm.nn.cells.panels).
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
-from streamlm import kernels as K
-from streamlm.cells import panels
+from streamlm.compute import kernels as K
+from streamlm.nn.cells import panels
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_base(rev: str):
     """kernels.py at rev, imported as the module 'base_kernels' (its own cache dir)."""
-    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:streamlm/kernels.py"],
+    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:streamlm/compute/kernels.py"],
                          check=True, capture_output=True, text=True).stdout
     d = Path(tempfile.mkdtemp(prefix="bench_recur_"))
     path = d / "base_kernels.py"

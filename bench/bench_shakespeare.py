@@ -102,7 +102,7 @@ def main(argv=None):
     if not math.isclose(w["word_perplexity"], w["perplexity"], rel_tol=1e-9):
         raise SystemExit(f"word model: word_perplexity {w['word_perplexity']} != "
                          f"perplexity {w['perplexity']}")
-    from streamlm.atomic import atomic_path
+    from streamlm.data.atomic import atomic_path
 
     with atomic_path(args.out) as t:
         t.write_text(json.dumps(res, indent=1))

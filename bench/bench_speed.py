@@ -58,7 +58,7 @@ def _peer_base(peer: str) -> str:
 
 def mkl_available() -> bool:
     """Whether streamlm finds Intel MKL (pip install 'streamlm[mkl]')."""
-    from streamlm import blas
+    from streamlm.compute import blas
 
     return blas.mkl_blas() is not None
 
@@ -401,7 +401,7 @@ def main(argv=None):
                       f"  (check err {res['err']:.1e}, first call {res['first_call_s']:.2f}s)",
                       file=sys.stderr, flush=True)
                 results["runs"].append(res)
-    from streamlm.atomic import atomic_path
+    from streamlm.data.atomic import atomic_path
 
     with atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps(results, indent=1))

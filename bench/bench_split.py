@@ -1,4 +1,4 @@
-"""One stream's recurrence on one thread against two (streamlm.cells.TanhRNN.advance_split).
+"""One stream's recurrence on one thread against two (streamlm.nn.cells.TanhRNN.advance_split).
 
     python -m bench.bench_split [--reps 9] [--steps 2048] [--hidden 100,192,256,384,512,650,1024]
 
@@ -7,7 +7,7 @@ one-thread kernel (float32, with resets), then times both in turn (the order
 swapped every repetition; the median of --reps), each call a block of --steps
 steps of one stream, the panels of Wh made once outside. Prints microseconds
 per step and the ratio one thread / two threads, measured in the same run; the
-ratio is what sets streamlm.plan.SPLIT_MIN_H. Writes bench/results/split.json (with its
+ratio is what sets streamlm.compute.plan.SPLIT_MIN_H. Writes bench/results/split.json (with its
 provenance).
 """
 
@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import RESULTS, provenance, this_command
-from streamlm import kernels as K
-from streamlm import threads
-from streamlm.cells import Block, TanhRNN, panels
-from streamlm.params import ModelConfig, Params
+from streamlm.compute import kernels as K
+from streamlm.compute import threads
+from streamlm.nn.cells import Block, TanhRNN, panels
+from streamlm.nn.params import ModelConfig, Params
 
 
 def main() -> None:

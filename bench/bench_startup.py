@@ -3,11 +3,11 @@
     python -m bench.bench_startup [--runs 5]
 
 Rows (each a fresh process, median of --runs):
-- ``import streamlm.model; warmup()`` with a warm kernel cache, and cold
+- ``import streamlm.nn.model; warmup()`` with a warm kernel cache, and cold
   (NUMBA_CACHE_DIR pointed at a fresh empty directory: every kernel compiles);
 - ``streamlm score MODEL one-line.txt`` warm and cold, when the score command
   exists (V=10000, D=H=100 model written under /tmp);
-- ``python -c "import streamlm.cli"`` and ``streamlm --help`` (import cost).
+- ``python -c "import streamlm.cli.app"`` and ``streamlm --help`` (import cost).
 Writes bench/results/startup.json (with its provenance).
 """
 
@@ -37,7 +37,7 @@ from bench.common import (
 
 def model_file() -> Path:
     """A V=10000, D=H=100 streamlm model file (PTB-like vocabulary)."""
-    from streamlm.params import ModelConfig, Params, save_model
+    from streamlm.nn.params import ModelConfig, Params, save_model
 
     f = CACHE / "startup_model_V10000_H100.npz"
     if not f.exists():
@@ -74,7 +74,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     env = dict(os.environ)
     py = sys.executable
-    warm_cmd = [py, "-c", "import streamlm.model as m; m.warmup()"]
+    warm_cmd = [py, "-c", "import streamlm.nn.model as m; m.warmup()"]
     rows = []
 
     def row(name, cmd, cache, runs):
@@ -92,10 +92,12 @@ def main(argv=None):
               file=sys.stderr, flush=True)
 
     row("python -c 'import numpy'", [py, "-c", "import numpy"], "-", args.runs)
-    row("python -c 'import streamlm.cli'", [py, "-c", "import streamlm.cli"], "-", args.runs)
+    row("python -c 'import streamlm.cli.app'", [py, "-c", "import streamlm.cli.app"], "-",
+        args.runs)
     timed(warm_cmd, env)  # make sure the default cache is warm
-    row("python -c 'import streamlm.model; streamlm.model.warmup()'", warm_cmd, "warm", args.runs)
-    row("python -c 'import streamlm.model; streamlm.model.warmup()'", warm_cmd, "cold",
+    row("python -c 'import streamlm.nn.model; streamlm.nn.model.warmup()'", warm_cmd, "warm",
+        args.runs)
+    row("python -c 'import streamlm.nn.model; streamlm.nn.model.warmup()'", warm_cmd, "cold",
         args.cold_runs)
     has_score = subprocess.run([py, "-m", "streamlm", "score", "--help"],
                                capture_output=True).returncode == 0
@@ -116,7 +118,7 @@ def main(argv=None):
         note = "`streamlm score` not available yet: only warmup() measured."
     out = {"rows": rows, "note": note, "threads": os.environ.get("NUMBA_NUM_THREADS", "default"),
            "provenance": provenance(this_command("bench_startup"), None)}
-    from streamlm.atomic import atomic_path
+    from streamlm.data.atomic import atomic_path
 
     with atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps(out, indent=1))

@@ -35,9 +35,9 @@ import time
 from pathlib import Path
 
 from bench.common import CACHE, REPO, RESULTS, provenance, ptb_text, this_command
-from streamlm import subword, tokenizer
-from streamlm.params import load_model
-from streamlm.score import score
+from streamlm.data import subword, tokenizer
+from streamlm.jobs.score import score
+from streamlm.nn.params import load_model
 
 ENV = dict(os.environ, PYTHONPATH=str(REPO))
 
@@ -171,7 +171,7 @@ def main(argv=None):
           f"{100 * a['encode_share']:.1f}% of it on {res['threads']} threads "
           f"({100 * res['one_thread']['encode_share']:.1f}% on one), all of the tokenising "
           f"{100 * a['tokenise_share']:.1f}% (target < 20%)", file=sys.stderr)
-    from streamlm.atomic import atomic_path
+    from streamlm.data.atomic import atomic_path
 
     with atomic_path(args.out) as t:
         t.write_text(json.dumps(res, indent=1))

@@ -6,7 +6,7 @@ Times ``list(encode(iter_pieces(TEXT), vocab, docs=...))`` for docs=False and
 docs=True with three implementations, one call of each in turn (the order
 rotates every repetition, so drift on a shared machine hits them alike):
 
-* ``old``: streamlm/text.py and streamlm/tokenizer.py of the ``--base`` commit
+* ``old``: streamlm/data/text.py and streamlm/data/tokenizer.py of the ``--base`` commit
   (read with ``git show`` into a temporary directory): every line decoded,
   split and looked up alone;
 * ``new``: this tree, with Numba loaded (as in ``streamlm score``: whole lines
@@ -38,8 +38,8 @@ from unittest.mock import patch
 
 from bench.common import CACHE, REPO, SHARED
 from streamlm import kernels, tokenizer  # noqa: F401  (kernels: loaded, as in score)
-from streamlm.text import iter_pieces
-from streamlm.vocab import Vocab
+from streamlm.data.text import iter_pieces
+from streamlm.data.vocab import Vocab
 
 
 def default_text() -> Path:
@@ -57,7 +57,7 @@ def load_base(rev: str, tmp: Path):
     for name in ("text", "tokenizer"):
         src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:streamlm/{name}.py"],
                              check=True, capture_output=True, text=True).stdout
-        src = src.replace("from streamlm.text import", "from base_text import")
+        src = src.replace("from streamlm.data.text import", "from base_text import")
         path = tmp / f"base_{name}.py"
         path.write_text(src)
         spec = importlib.util.spec_from_file_location(f"base_{name}", path)

@@ -116,7 +116,7 @@ def weights_file(shape: Shape, seed: int = 0) -> Path:
     f = CACHE / f"weights_V{shape.V}_D{shape.D}_H{shape.H}_s{seed}.npz"
     if f.exists():
         return f
-    from streamlm.params import ModelConfig, Params
+    from streamlm.nn.params import ModelConfig, Params
 
     p = Params.init(ModelConfig(V=shape.V, D=shape.D, H=shape.H), seed=seed, dtype=np.float32)
     rng = np.random.default_rng(seed + 1)
@@ -236,7 +236,7 @@ def provenance(command: list[str], threads: int | None) -> dict:
                        cpu)
     except OSError:
         pass
-    from streamlm import cpus
+    from streamlm.compute import cpus
 
     versions = {}
     for mod in ("numpy", "numba", "pyarrow", "torch"):

@@ -3,7 +3,7 @@
     python -m bench.profile_step [--hidden 100] [--task train|score_many|score_single]
                                  [--torch] [--steps 20]
 
-streamlm: every parallel phase of streamlm.model (each ``threads.Pool.map`` call,
+streamlm: every parallel phase of streamlm.nn.model (each ``threads.Pool.map`` call,
 named after the function it runs), the serial glue between them, and the
 optimiser kernels. CPU time is the process CPU time over the phase: CPU/wall
 near the thread count means both threads were busy, near 1 means one was
@@ -23,9 +23,9 @@ from bench.common import Shape, batches, load_weights, ptb_ids, weights_file
 
 def profile_streamlm(weights, task, steps, N, T):
     from bench.streamlm_peer import StreamlmScorer, StreamlmTrainer
-    from streamlm import kernels as K
-    from streamlm import model as Mm
-    from streamlm.threads import Pool
+    from streamlm.compute import kernels as K
+    from streamlm.compute.threads import Pool
+    from streamlm.nn import model as Mm
 
     acc = defaultdict(lambda: [0.0, 0.0, 0])
     orig_map = Pool.map
@@ -111,7 +111,7 @@ def main(argv=None):
     N, T = {"train": (20, 35), "score_many": (20, 100), "score_single": (1, 4096)}[args.task]
     weights = load_weights(weights_file(Shape(10000, args.hidden, args.hidden)))
     rows = profile_streamlm(weights, args.task, args.steps, N, T)
-    from streamlm import blas
+    from streamlm.compute import blas
 
     print(f"### streamlm {args.task}, D=H={args.hidden}, N={N}, T={T}, {args.steps} calls, "
           f"BLAS: {blas.name()}\n")

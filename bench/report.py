@@ -191,7 +191,8 @@ def class_section(r) -> list[str]:
            f"V=10,000, C={r['classes']}, 2 threads, the same weights; "
            "the peers in turn, the ratio is the median of the pairwise ratios. Training: "
            "steady-state tokens/s of `streamlm train` (median of its log intervals).",
-           "- Zipf: V=100,000, H=256, C=316, a synthetic Zipf corpus (streamlm.demo.zipf_corpus).",
+           "- Zipf: V=100,000, H=256, C=316, a synthetic Zipf corpus "
+           "(streamlm.jobs.demo.zipf_corpus).",
            *([f"- {r['note']}"] if r.get("note") else []),
            "", "| H | mode | tokens | full tok/s | class tok/s | class / full | target | "
            "peak RSS MB (full / class) |", "|---:|---|---:|---:|---:|---:|---:|---|"]
@@ -213,7 +214,7 @@ def split_section(r) -> list[str]:
     out = ["## One stream's recurrence on one thread and on two (kernel level)", "",
            "- `python -m bench.bench_split`: a block of one stream, float32, Wh in panels made "
            "once; `K.rnn_forward_rows` on one thread against `TanhRNN.advance_split` "
-           "(streamlm.cells) on two (half of the panels each, meeting every step), in turn, "
+           "(streamlm.nn.cells) on two (half of the panels each, meeting every step), in turn, "
            "median of "
            f"{r['reps']}; both write the same bytes (checked first). streamlm splits from "
            "H=256 (SPLIT_MIN_H).", "",
@@ -348,7 +349,7 @@ def main():
         if r is not None:
             lines += fn(r)
             lines += provenance_lines(r, name)
-    from streamlm.atomic import atomic_path
+    from streamlm.data.atomic import atomic_path
 
     out = RESULTS / "REPORT.md"
     with atomic_path(out) as tmp:

@@ -1,11 +1,11 @@
 """streamlm as a benchmark peer: RNNLM forward/backward + global-norm clipping
-and Adam as streamlm.train runs them (book semantics, same settings as the others).
+and Adam as streamlm.jobs.train runs them (book semantics, same settings as the others).
 
 The peer also drives an older streamlm tree (the ``alt`` peer of an A/B run):
 before the restructuring (79a6f8e) the model carried its state itself, the
-optimisers lived in ``streamlm.model`` and the jobs held numpy's OpenBLAS at
+optimisers lived in ``streamlm.nn.model`` and the jobs held numpy's OpenBLAS at
 one thread with ``model.hold_blas()``; now the caller carries the state,
-``streamlm.threads`` (later ``streamlm.optim``) has the optimisers and the pool
+``streamlm.compute.threads`` (later ``streamlm.nn.optim``) has the optimisers and the pool
 holds BLAS itself.
 """
 
@@ -16,9 +16,9 @@ import math
 import numpy as np
 
 from bench.common import BETA1, BETA2, EPS, LR, MAX_GRAD
-from streamlm import model as Mm
-from streamlm.model import RNNLM
-from streamlm.params import ModelConfig, Params
+from streamlm.nn import model as Mm
+from streamlm.nn.model import RNNLM
+from streamlm.nn.params import ModelConfig, Params
 
 # (by attribute, not by import: an editable install finds the current tree's new
 # modules even when an old tree comes first on sys.path)
@@ -26,9 +26,9 @@ OLD_API = hasattr(Mm, "hold_blas")
 if OLD_API:
     ops = Mm
 else:
-    from streamlm import threads as ops
+    from streamlm.compute import threads as ops
     if not hasattr(ops, "adam_update"):  # since the optimiser got its module
-        from streamlm import optim as ops
+        from streamlm.nn import optim as ops
 
 
 def params_from(weights: dict[str, np.ndarray]) -> Params:
@@ -68,7 +68,7 @@ class StreamlmTrainer:
         self.model.backward(self.g)
         norm = math.sqrt(ops.sum_squares(g))
         rate = MAX_GRAD / (norm + 1e-6)
-        gscale = f32(rate) if rate < 1 else f32(1.0)  # as streamlm.train: clip inside Adam
+        gscale = f32(rate) if rate < 1 else f32(1.0)  # as streamlm.jobs.train: clip inside Adam
         self.t += 1
         lr_t = LR * math.sqrt(1.0 - BETA2 ** self.t) / (1.0 - BETA1 ** self.t)
         ops.adam_update(self.p.flat, g, self.m, self.v, f32(lr_t), f32(BETA1), f32(BETA2),

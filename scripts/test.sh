@@ -20,4 +20,5 @@ PYTHONPATH="$oldest" python -m pytest -q -p no:cacheprovider \
 python -m pytest -q "$@"
 NUMBA_DISABLE_JIT=1 python -m pytest -q -W ignore::RuntimeWarning \
     tests/test_kernels.py tests/test_model.py tests/test_engine.py tests/test_tokenizer.py \
-    tests/test_score.py tests/test_class_softmax.py tests/test_threads.py tests/test_pipeline.py
+    tests/test_score.py tests/test_class_softmax.py tests/test_threads.py tests/test_pipeline.py \
+    tests/test_cells.py

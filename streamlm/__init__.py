@@ -1,6 +1,6 @@
 """streamlm: a Numba-compiled, streaming, word-level RNN language model."""
 
-__version__ = "0.1.0"
+from streamlm.version import __version__ as __version__  # (one version: pyproject.toml)
 
 
 def __getattr__(name):

@@ -1,4 +1,4 @@
-from streamlm.cli import main
+from streamlm.cli.app import main
 
 if __name__ == "__main__":
     main()

@@ -58,9 +58,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from streamlm.engines import scoring_model
+from streamlm.jobs.metrics import LN10, summarize
 from streamlm.kenlm_config import ARPALoadComplain, Config, LoadMethod  # noqa: F401
-from streamlm.metrics import LN10, summarize
+from streamlm.nn.engines import scoring_model
 
 _CHUNK = 4096  # time steps per model call
 _ROWS = 64  # sentences per model call in score_batch
@@ -223,7 +223,7 @@ class Model:
 
     def __init__(self, path: str | os.PathLike, config: Config | None = None,
                  engine: str = "numba", dtype=np.float32):
-        from streamlm.params import load_model
+        from streamlm.nn.params import load_model
 
         self.load_config = Config.of(config)
         if engine not in ("numba", "numpy"):
@@ -246,7 +246,7 @@ class Model:
 
     @property
     def config(self):
-        """The model's dimensions (:class:`~streamlm.params.ModelConfig`: V, D, H...);
+        """The model's dimensions (:class:`~streamlm.nn.params.ModelConfig`: V, D, H...);
         KenLM's loading options are ``load_config``."""
         return self.model.config
 

@@ -94,7 +94,7 @@ class Softmax(Choice):
 
 
 class Cell(Choice):
-    """The recurrent cell (streamlm.cells): the tanh RNN, the LSTM or the GRU."""
+    """The recurrent cell (streamlm.nn.cells): the tanh RNN, the LSTM or the GRU."""
 
     rnn = "rnn"
     lstm = "lstm"
@@ -193,7 +193,7 @@ class ScoreOptions:
     cutoffs: tuple[float, ...] | None = None  # perplexity cut-offs of the buckets
     bucket_field: str = "perplexity"  # the record field the cut-offs cut
     max_oov_rate: float | None = 0.05  # warn above this (None: never)
-    mix: str | None = None  # a KenLM model to interpolate with (streamlm.mix)
+    mix: str | None = None  # a KenLM model to interpolate with (streamlm.jobs.mix)
     mix_lambda: float | str | None = None  # the RNN's weight in the mix, or "auto"
     tune_on: str | None = None  # held-out text to tune mix_lambda="auto" on
 

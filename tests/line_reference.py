@@ -1,5 +1,5 @@
 """The reader and tokeniser as streamlm had them before lines were taken a block at
-a time (copies of ``streamlm.text.iter_pieces`` and ``streamlm.tokenizer.encode``):
+a time (copies of ``streamlm.data.text.iter_pieces`` and ``streamlm.data.tokenizer.encode``):
 every line decoded, split and looked up alone. Tests check that the batch paths
 give exactly what these give: pieces, errors, ids, lines, documents and blocks.
 """
@@ -12,15 +12,22 @@ from itertools import repeat
 
 import numpy as np
 
+from streamlm.data.text import (
+    _BOM,
+    LinePiece,
+    _CorruptStream,
+    _last_ascii_ws,
+    display_name,
+    open_binary,
+)
+from streamlm.data.tokenizer import Block
+from streamlm.data.vocab import Vocab
 from streamlm.errors import InputError
-from streamlm.text import _BOM, LinePiece, _CorruptStream, _last_ascii_ws, display_name, open_binary
-from streamlm.tokenizer import Block
-from streamlm.vocab import Vocab
 
 
 def per_line_pieces(path: str | os.PathLike, errors: str = "strict", *,
                     block_size: int = 1 << 20) -> Iterator[LinePiece]:
-    """streamlm.text.iter_pieces before batches: every line decoded and split alone."""
+    """streamlm.data.text.iter_pieces before batches: every line decoded and split alone."""
     if errors not in ("strict", "replace"):
         raise ValueError(f"errors must be strict or replace, got {errors!r}")
     name = display_name(path)
@@ -98,7 +105,7 @@ def per_line_pieces(path: str | os.PathLike, errors: str = "strict", *,
 
 def per_line_encode(pieces: Iterable[LinePiece], vocab: Vocab, *, docs: bool, index: int = 0,
                     block_tokens: int = 1 << 16) -> Iterator[Block]:
-    """streamlm.tokenizer.encode before batches: one piece at a time."""
+    """streamlm.data.tokenizer.encode before batches: one piece at a time."""
     table, unk, eos = vocab.index, vocab.unk_id, vocab.eos_id
     ids: list[int] = []
     runs_line: list[int] = []  # one entry per run of tokens of one line

@@ -221,7 +221,7 @@ def model_nll(P: dict, cfg, xs, ts, state0, word_class=None, reset=None):
     and depth (``cfg``: its ModelConfig; P: its arrays in word-id order, as the model
     file has them; ``word_class`` for a class softmax); every layer's state side by
     side in state0 ([h, c] for an LSTM)."""
-    from streamlm.params import layer_names
+    from streamlm.nn.params import layer_names
 
     X = P["embed_W"][xs]
     H = cfg.H

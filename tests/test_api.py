@@ -20,10 +20,10 @@ import reference as ref
 
 import streamlm
 from streamlm import api
-from streamlm.classes import WordClasses
-from streamlm.params import ModelConfig, Params, load_model, save_model, state_size
-from streamlm.score import score
-from streamlm.vocab import Vocab
+from streamlm.data.vocab import Vocab
+from streamlm.jobs.score import score
+from streamlm.nn.classes import WordClasses
+from streamlm.nn.params import ModelConfig, Params, load_model, save_model, state_size
 
 TRAIN = "the cat sat on the mat\nthe dog sat on the log\n"
 ENGINES = ["numba", "numpy"]

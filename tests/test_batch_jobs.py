@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from helpers import assert_one_error_line, markov_text, script
 
-from streamlm import cpus
-from streamlm.params import ModelConfig, Params, save_model
-from streamlm.prepare import prepare
+from streamlm.compute import cpus
+from streamlm.jobs.prepare import prepare
+from streamlm.nn.params import ModelConfig, Params, save_model
 
 WORDS = [f"w{i}" for i in range(50)]
 
@@ -256,7 +256,7 @@ def test_every_computing_command_takes_threads():
 
 
 def test_default_threads_follow_the_affinity_mask():
-    code = ("import os; os.sched_setaffinity(0, {0}); from streamlm import cpus; "
+    code = ("import os; os.sched_setaffinity(0, {0}); from streamlm.compute import cpus; "
             "print(cpus.threads())")
     env = dict(os.environ)
     env.pop("STREAMLM_THREADS", None)

@@ -1,9 +1,9 @@
-"""streamlm.blas.gemm against numpy @, over the layouts streamlm passes it."""
+"""streamlm.compute.blas.gemm against numpy @, over the layouts streamlm passes it."""
 
 import numpy as np
 import pytest
 
-from streamlm import blas
+from streamlm.compute import blas
 
 
 def _views(rng, dtype, m, k, n):

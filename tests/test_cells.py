@@ -1,4 +1,4 @@
-"""The recurrent cells (streamlm.cells): the tanh RNN, the LSTM and the GRU, one layer
+"""The recurrent cells (streamlm.nn.cells): the tanh RNN, the LSTM and the GRU, one layer
 or stacked, behind one interface.
 
 Each against the plain numpy reference of tests/reference.py (the book's TimeLSTM,
@@ -16,10 +16,10 @@ import pytest
 import reference as ref
 from numba import config
 
-from streamlm.classes import WordClasses, frequency_classes
-from streamlm.engines import NumpyRNN
-from streamlm.model import RNNLM
-from streamlm.params import ModelConfig, Params, layer_names
+from streamlm.nn.classes import WordClasses, frequency_classes
+from streamlm.nn.engines import NumpyRNN
+from streamlm.nn.model import RNNLM
+from streamlm.nn.params import ModelConfig, Params, layer_names
 
 CELLS = ["rnn", "lstm", "gru"]
 QUICK = bool(config.DISABLE_JIT)  # (no JIT: the kernels run as Python, slowly)
@@ -203,8 +203,8 @@ def gated(tmp_path_factory):
 
     from helpers import markov_text
 
-    from streamlm.params import save_model
-    from streamlm.vocab import Vocab
+    from streamlm.data.vocab import Vocab
+    from streamlm.nn.params import save_model
 
     d = tmp_path_factory.mktemp("gated")
     words = [f"w{i}" for i in range(30)]

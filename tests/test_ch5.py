@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streamlm.train import TrainConfig, train
+from streamlm.jobs.train import TrainConfig, train
 
 
 def book_corpus(path, n=1000):

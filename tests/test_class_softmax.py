@@ -11,11 +11,11 @@ import reference as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamlm import heads, optim
-from streamlm.classes import WordClasses, frequency_classes
 from streamlm.errors import ModelFileError
-from streamlm.model import RNNLM
-from streamlm.params import ModelConfig, Params, load_model, save_model
+from streamlm.nn import heads, optim
+from streamlm.nn.classes import WordClasses, frequency_classes
+from streamlm.nn.model import RNNLM
+from streamlm.nn.params import ModelConfig, Params, load_model, save_model
 
 
 # ------------------------------------------------------------ the classes --

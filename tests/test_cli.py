@@ -9,7 +9,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from streamlm.cli import app
+from streamlm.cli.app import app
 from streamlm.options import (
     Docs,
     Engine,
@@ -53,7 +53,7 @@ def invoke(*args):
 
 
 def test_score_options_reach_the_scorer(monkeypatch):
-    from streamlm import score as score_module
+    from streamlm.jobs import score as score_module
 
     class Result:
         summary = {"tokens": 3, "oov": 0, "inputs": [{"path": "a.txt"}]}
@@ -80,7 +80,7 @@ def test_score_options_reach_the_scorer(monkeypatch):
 
 
 def test_score_defaults(monkeypatch):
-    from streamlm import score as score_module
+    from streamlm.jobs import score as score_module
 
     class Result:
         summary = {"tokens": 0, "oov": 0, "inputs": []}
@@ -95,7 +95,7 @@ def test_score_defaults(monkeypatch):
 
 
 def test_score_dask_options_reach_score_dask(monkeypatch):
-    from streamlm import distributed
+    from streamlm.jobs import distributed
 
     class Result:
         summary = {"tokens": 0, "oov": 0, "inputs": []}
@@ -113,7 +113,7 @@ def test_score_dask_options_reach_score_dask(monkeypatch):
 
 
 def test_failed_dask_shards_exit_4(monkeypatch):
-    from streamlm import distributed
+    from streamlm.jobs import distributed
 
     class Result:
         summary = {"tokens": 0, "oov": 0, "inputs": []}
@@ -125,7 +125,7 @@ def test_failed_dask_shards_exit_4(monkeypatch):
 
 
 def test_prepare_options_reach_prepare(monkeypatch):
-    from streamlm import prepare as prepare_module
+    from streamlm.jobs import prepare as prepare_module
 
     manifest = {"num_tokens": 5, "shards": [], "vocab": {"size": 3}, "unk_tokens": 0}
     rec = Recorder(manifest)
@@ -145,7 +145,7 @@ def test_prepare_options_reach_prepare(monkeypatch):
 
 
 def test_prepare_tokenizer_options_reach_prepare(monkeypatch):
-    from streamlm import prepare as prepare_module
+    from streamlm.jobs import prepare as prepare_module
 
     manifest = {"num_tokens": 5, "shards": [], "vocab": {"size": 3}, "unk_tokens": 0}
     rec = Recorder(manifest)
@@ -160,7 +160,7 @@ def test_prepare_tokenizer_options_reach_prepare(monkeypatch):
 
 
 def test_train_options_reach_train(monkeypatch):
-    from streamlm import train as train_module
+    from streamlm.jobs import train as train_module
 
     rec = Recorder({"model": "m.npz", "history": []})
     monkeypatch.setattr(train_module, "train", rec)
@@ -188,7 +188,7 @@ def test_train_options_reach_train(monkeypatch):
 
 
 def test_generate_options_reach_generate(monkeypatch):
-    from streamlm import generate as generate_module
+    from streamlm.jobs import generate as generate_module
 
     rec = Recorder(iter(["a", " b", "\n"]))
     monkeypatch.setattr(generate_module, "sample_text", rec)
@@ -201,7 +201,7 @@ def test_generate_options_reach_generate(monkeypatch):
 
 
 def test_query_options_reach_query(monkeypatch):
-    from streamlm import query as query_module
+    from streamlm.cli import query as query_module
 
     rec = Recorder(iter(["the=2 2 -1\t", "Tokens:\t1\n"]))
     monkeypatch.setattr(query_module, "query", rec)
@@ -247,7 +247,7 @@ def test_help_texts_keep_their_brackets():
     (["query", "-v", "summary", "m.npz", "-q"], ["-q", "query", "-v", "summary", "m.npz"]),
 ])
 def test_quiet_and_verbose_work_after_the_command(argv, want):
-    from streamlm.cli import hoist_global_flags
+    from streamlm.cli.app import hoist_global_flags
 
     assert hoist_global_flags(argv) == want
 
@@ -269,7 +269,7 @@ def test_flags_look_like_flags_without_display_type_rich(monkeypatch):
     (it raised AttributeError at import with typer 0.16 and 0.27)."""
     import typer.core
 
-    from streamlm.console import flags_look_like_flags
+    from streamlm.cli.console import flags_look_like_flags
 
     old_option = type("TyperOption", (), {"is_flag": True, "metavar": None})
     monkeypatch.setattr(typer.core, "TyperOption", old_option)
@@ -280,7 +280,7 @@ def test_flags_look_like_flags_without_display_type_rich(monkeypatch):
 def test_flags_look_like_flags_twice_wraps_once():
     from typer.core import TyperOption
 
-    from streamlm.console import flags_look_like_flags
+    from streamlm.cli.console import flags_look_like_flags
 
     before = getattr(TyperOption, "display_type_rich", None)
     flags_look_like_flags()
@@ -314,7 +314,7 @@ def test_progress_bars_draw_on_a_terminal():
 
     from rich.console import Console
 
-    from streamlm.progress import ScoreProgress, TrainProgress
+    from streamlm.cli.progress import ScoreProgress, TrainProgress
 
     out = io.StringIO()
     con = Console(file=out, force_terminal=True, width=80)

@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyarrow import feather
 
-from streamlm.batcher import Batcher
+from streamlm.data.batcher import Batcher
+from streamlm.data.shards import open_dataset
+from streamlm.data.vocab import Vocab
 from streamlm.errors import InputError, UsageError
-from streamlm.prepare import prepare
-from streamlm.shards import open_dataset
-from streamlm.vocab import Vocab
+from streamlm.jobs.prepare import prepare
 
 
 # ------------------------------------------------------------- helpers --

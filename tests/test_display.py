@@ -18,8 +18,8 @@ from collections import Counter
 import pytest
 from helpers import cli, command
 
-from streamlm.params import ModelConfig, Params, save_model
-from streamlm.vocab import Vocab
+from streamlm.data.vocab import Vocab
+from streamlm.nn.params import ModelConfig, Params, save_model
 
 TEXT = "the cat sat on the mat\nthe dog sat on the log\na cat and a dog\n"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -66,7 +66,7 @@ def test_a_compile_of_other_code_says_nothing(tmp_path):
     (streamlm imported as a library, INFO logging on) is not announced."""
     prog = ("import logging, sys\n"
             "logging.basicConfig(level=logging.INFO, stream=sys.stderr, format='%(message)s')\n"
-            "import streamlm.kernels\n"
+            "import streamlm.compute.kernels\n"
             "from numba import njit\n"
             "f = njit(lambda x: x + 1)\n"
             "assert f(1) == 2\n")
@@ -82,7 +82,7 @@ def test_progress_follows_the_tokens_scored_not_the_bytes_read(env, tmp_path):
     """Reading runs ahead of scoring (a reader thread, 1 MB reads): the share done is the
     share of the tokens scored (here the text repeats, so tokens and bytes go together),
     and it is below 1 until the last call."""
-    from streamlm.score import score
+    from streamlm.jobs.score import score
 
     big = tmp_path / "big.txt"
     big.write_text(TEXT * 25_000)  # 1.7 MB, 525k tokens
@@ -101,7 +101,7 @@ def test_progress_follows_the_tokens_scored_not_the_bytes_read(env, tmp_path):
 def _score_bar(info: dict) -> str:
     from rich.console import Console
 
-    from streamlm.progress import ScoreProgress
+    from streamlm.cli.progress import ScoreProgress
 
     buf = io.StringIO()
     con = Console(file=buf, width=80, force_terminal=True, color_system=None)
@@ -128,7 +128,7 @@ def test_the_score_bar_fits_in_80_columns():
 def test_the_train_bar_has_no_nan_and_epochs_are_plain_log_lines(caplog):
     from rich.console import Console
 
-    from streamlm.progress import TrainProgress
+    from streamlm.cli.progress import TrainProgress
 
     buf = io.StringIO()
     con = Console(file=buf, width=80, force_terminal=True, color_system=None)
@@ -158,7 +158,7 @@ def test_log_lines_go_above_a_live_bar():
     proxy, which prints the line above the bar instead of through it."""
     from rich.console import Console
 
-    from streamlm.progress import ScoreProgress, StderrHandler
+    from streamlm.cli.progress import ScoreProgress, StderrHandler
 
     buf = io.StringIO()
     con = Console(file=buf, width=80, force_terminal=True, color_system=None)
@@ -177,7 +177,7 @@ def test_log_lines_go_above_a_live_bar():
 
 # ----------------------------------------------------------------- summary --
 def test_the_summary_gives_wall_time_and_tokens_per_second(env):
-    from streamlm.metrics import format_summary, summarize
+    from streamlm.jobs.metrics import format_summary, summarize
 
     s = summarize(1000, 0, -2000.0) | {"inputs": [{"path": "x.txt"}], "seconds": 2.5,
                                        "tokens_per_second": 400.0}
@@ -269,7 +269,7 @@ def test_token_ids_cannot_tell_a_literal_unk(env, tmp_path):
 
 
 def _vocab_file(env, tmp_path):
-    from streamlm.params import load_model
+    from streamlm.nn.params import load_model
 
     p = tmp_path / "vocab.txt"
     p.write_text("".join(w + "\n" for w in load_model(env / "m.npz").vocabulary().words))

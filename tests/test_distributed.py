@@ -11,11 +11,11 @@ pytest.importorskip("distributed")
 
 from helpers import run  # noqa: E402
 
-from streamlm.distributed import output_name, score_dask  # noqa: E402
-from streamlm.params import ModelConfig, Params, save_model  # noqa: E402
-from streamlm.prepare import prepare  # noqa: E402
-from streamlm.score import score  # noqa: E402
-from streamlm.vocab import Vocab  # noqa: E402
+from streamlm.data.vocab import Vocab  # noqa: E402
+from streamlm.jobs.distributed import output_name, score_dask  # noqa: E402
+from streamlm.jobs.prepare import prepare  # noqa: E402
+from streamlm.jobs.score import score  # noqa: E402
+from streamlm.nn.params import ModelConfig, Params, save_model  # noqa: E402
 
 WORDS = "the cat sat on a mat and dog ran to big red house".split()
 
@@ -92,7 +92,7 @@ def test_dask_totals_and_outputs_equal_local(setup, cluster, tmp_path):
 
 
 def test_a_class_softmax_model_on_dask_equals_local(setup, cluster, tmp_path):
-    from streamlm.classes import WordClasses
+    from streamlm.nn.classes import WordClasses
 
     d, _, inputs = setup
     vocab = Vocab(["<unk>", "<eos>"] + WORDS)

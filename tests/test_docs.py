@@ -2,7 +2,7 @@
 
 docs/format.md promises that a reader can compute P(w | context) from the model
 file with numpy alone. Its snippet (after the marker comment) is run here on
-tiny models written by ``streamlm.params.save_model``, a full and a class
+tiny models written by ``streamlm.nn.params.save_model``, a full and a class
 softmax, and its log10 probabilities are compared with ``streamlm.Model``'s.
 """
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from streamlm.api import Model
-from streamlm.classes import WordClasses, frequency_classes
-from streamlm.params import ModelConfig, Params, save_model
+from streamlm.nn.classes import WordClasses, frequency_classes
+from streamlm.nn.params import ModelConfig, Params, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 FORMAT_MD = REPO / "docs" / "format.md"

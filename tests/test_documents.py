@@ -18,12 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import assert_one_error_line, cli
 
+from streamlm.data.vocab import Vocab
 from streamlm.errors import InputError, UsageError
+from streamlm.jobs.report import assign, bucket_labels, load_cutoffs
+from streamlm.jobs.score import score
+from streamlm.nn.params import ModelConfig, Params, save_model
 from streamlm.options import ScoreOptions
-from streamlm.params import ModelConfig, Params, save_model
-from streamlm.report import assign, bucket_labels, load_cutoffs
-from streamlm.score import score
-from streamlm.vocab import Vocab
 
 WORDS = "the cat sat on a mat and dog ran to big red house".split()
 
@@ -166,7 +166,7 @@ def test_directories_and_globs_of_documents_in_sorted_order(corpus, tmp_path):
 
 
 def test_prepare_reads_documents(corpus, tmp_path):
-    from streamlm.shards import open_dataset
+    from streamlm.data.shards import open_dataset
 
     d = corpus["dir"]
     vocab = tmp_path / "vocab.txt"
@@ -322,7 +322,7 @@ def test_oov_warning_names_the_input_and_its_rate(corpus, tmp_path):
 def test_progress_lines_give_percent_and_eta(corpus, tmp_path, caplog):
     import logging
 
-    from streamlm.progress import ScoreProgress
+    from streamlm.cli.progress import ScoreProgress
 
     big = tmp_path / "big.txt"
     big.write_text("the cat sat on a mat\n" * 50_000)
@@ -336,7 +336,7 @@ def test_progress_lines_give_percent_and_eta(corpus, tmp_path, caplog):
 
 
 def test_checkpoints_by_time(corpus, tmp_path, monkeypatch):
-    from streamlm.checkpoint import ScoreCheckpoint
+    from streamlm.jobs.checkpoint import ScoreCheckpoint
 
     now = [0.0]
     ck = ScoreCheckpoint(str(tmp_path / "c.npz"), "5m", {}, clock=lambda: now[0])

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import reference as ref
 
-from streamlm import cells as C
-from streamlm import heads, optim, threads
-from streamlm import kernels as K
-from streamlm import plan as PL
-from streamlm.model import RNNLM
-from streamlm.params import PARAM_NAMES, ModelConfig, Params
+from streamlm.compute import kernels as K
+from streamlm.compute import plan as PL
+from streamlm.compute import threads
+from streamlm.nn import cells as C
+from streamlm.nn import heads, optim
+from streamlm.nn.model import RNNLM
+from streamlm.nn.params import PARAM_NAMES, ModelConfig, Params
 
 
 @pytest.fixture
@@ -126,7 +127,7 @@ def _blas_threads() -> list[int]:
 
 def test_the_pool_holds_numpys_blas_at_one_thread_while_it_lives(nthreads_of):
     """No job has to remember to hold BLAS: a pool of 2 threads does, until closed."""
-    from streamlm import blas
+    from streamlm.compute import blas
 
     if blas.name() == "mkl":
         pytest.skip("MKL as streamlm loads it is sequential: nothing to hold")
@@ -140,7 +141,7 @@ def test_the_pool_holds_numpys_blas_at_one_thread_while_it_lives(nthreads_of):
 
 
 def test_a_blas_nobody_can_hold_means_one_thread_and_says_so(nthreads_of, monkeypatch, caplog):
-    from streamlm import blas
+    from streamlm.compute import blas
 
     monkeypatch.setattr(blas, "single_thread_limit", lambda: None)
     monkeypatch.setattr(blas, "load", lambda choice=None: None)  # no CBLAS: numpy's @

@@ -24,10 +24,10 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import KILLED, command, kill_when, markov_text, run
 
+from streamlm.data.shards import open_dataset
 from streamlm.errors import StreamlmError
-from streamlm.params import ModelConfig, Params, load_model, save_model
-from streamlm.prepare import prepare
-from streamlm.shards import open_dataset
+from streamlm.jobs.prepare import prepare
+from streamlm.nn.params import ModelConfig, Params, load_model, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 KILLS = 5

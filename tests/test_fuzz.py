@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streamlm.data.shards import open_dataset
+from streamlm.data.text import iter_pieces
+from streamlm.data.tokenizer import encode
+from streamlm.data.vocab import Vocab
 from streamlm.errors import StreamlmError
-from streamlm.shards import open_dataset
-from streamlm.text import iter_pieces
-from streamlm.tokenizer import encode
-from streamlm.vocab import Vocab
 
 FUZZ = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,

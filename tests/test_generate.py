@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from helpers import cli
 
-from streamlm.generate import format_words, generate
-from streamlm.model import RNNLM
-from streamlm.params import ModelConfig, Params, save_model
+from streamlm.jobs.generate import format_words, generate
+from streamlm.nn.model import RNNLM
+from streamlm.nn.params import ModelConfig, Params, save_model
 
 WORDS = ["<unk>", "<eos>"] + [f"w{i}" for i in range(28)]
 
@@ -45,7 +45,7 @@ def _softmax_sample(lp, temperature, u):
 @pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
 def test_sampling_rule_matches_numpy(model_file, temperature):
     """Each word is the inverse-CDF draw of softmax(log p / T) at the seeded uniform."""
-    from streamlm.params import load_model
+    from streamlm.nn.params import load_model
 
     got = list(generate(model_file, words=40, seed=11, temperature=temperature,
                         prompt="w3 nonsense w5"))
@@ -66,7 +66,7 @@ def test_sampling_rule_matches_numpy(model_file, temperature):
 
 
 def test_low_temperature_is_greedy(model_file):
-    from streamlm.params import load_model
+    from streamlm.nn.params import load_model
 
     got = list(generate(model_file, words=15, seed=0, temperature=1e-4))
     model = RNNLM(load_model(model_file).params)
@@ -119,8 +119,8 @@ def test_a_class_model_samples_a_class_then_a_word(tmp_path):
     """generate on a class model: each word is a class drawn from softmax(class
     logits / T) at one uniform, then a word of that class from softmax(word logits /
     T) at the next, as rnnlm -gen does (with T)."""
-    from streamlm.classes import WordClasses
-    from streamlm.params import load_model
+    from streamlm.nn.classes import WordClasses
+    from streamlm.nn.params import load_model
 
     V = len(WORDS)
     cl = WordClasses((np.arange(V) * 7 % 5).astype(np.int32))

@@ -1,4 +1,4 @@
-"""The output layers (streamlm.heads): the full and the class-factored softmax against
+"""The output layers (streamlm.nn.heads): the full and the class-factored softmax against
 the numpy reference (tests/reference.py). Scoring (``score``) gives each target's NLL,
 the whole distribution (``logprobs``) the same numbers, and one thread's share
 (``score_rows``, the single-stream pipeline's) the same as ``score``."""
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import reference as ref
 
-from streamlm import heads, threads
-from streamlm.classes import WordClasses, frequency_classes
-from streamlm.params import ModelConfig, Params
+from streamlm.compute import threads
+from streamlm.nn import heads
+from streamlm.nn.classes import WordClasses, frequency_classes
+from streamlm.nn.params import ModelConfig, Params
 
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-5)}
 V, H = 23, 6

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 import streamlm
-from streamlm.params import ModelConfig, Params, save_model
-from streamlm.vocab import Vocab
+from streamlm.data.vocab import Vocab
+from streamlm.nn.params import ModelConfig, Params, save_model
 
 
 def decode(model, State, lattice, width=None):
@@ -73,7 +73,7 @@ PTB_LATTICE = [["the", "a"], ["company", "market", "zyzzyva"], ["said", "said", 
 
 @pytest.fixture(scope="module", params=["full", "class", "full-lstm2", "class-gru2"])
 def toy_model(request, tmp_path_factory):
-    from streamlm.classes import WordClasses
+    from streamlm.nn.classes import WordClasses
 
     vocab = Vocab.build(Counter("the cat sat on the mat a dog ran to the log".split()))
     V = len(vocab)

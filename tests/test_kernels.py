@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import reference as ref
 
-from streamlm import kernels as K
+from streamlm.compute import kernels as K
 
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-6)}
 DTYPES = [np.float64, np.float32]
@@ -353,7 +353,7 @@ def test_light_cache_loads_in_the_command():
 
     prog = (
         "import numpy as np, sys\n"
-        "from streamlm import kernels as K, numba_setup\n"
+        "from streamlm.compute import kernels as K, numba_setup\n"
         "print(numba_setup.SETUP['cache_loads'])\n"
         "z = np.array([[0.5, -1.0, 2.0], [3.0, 0.0, -2.0]], dtype=np.float32)\n"
         "out = np.empty(2); K.softmax_ce_forward(out, z, np.zeros(3, np.float32),"
@@ -375,16 +375,16 @@ def test_light_cache_loads_in_the_command():
 
 def test_numba_is_set_up_before_the_first_kernel():
     """numba_setup.configure() runs before numba builds its CPU target (at the first
-    @njit of streamlm.kernels): the features decided are the ones the kernels compile
+    @njit of streamlm.compute.kernels): the features decided are the ones the kernels compile
     for (512-bit vectors on AVX-512), and a second call changes nothing."""
     import os
     import subprocess
     import sys
 
     prog = (
-        "import streamlm.kernels\n"
+        "import streamlm.compute.kernels\n"
         "from numba.core import config\n"
-        "from streamlm import numba_setup\n"
+        "from streamlm.compute import numba_setup\n"
         "first = dict(numba_setup.SETUP)\n"
         "assert numba_setup.configure() == first\n"
         "print(first['vectors'])\n"

@@ -24,9 +24,9 @@ import pytest
 from conftest import REPO
 from helpers import assert_one_error_line, run
 
-from streamlm.params import ModelConfig, Params, save_model
-from streamlm.score import score
-from streamlm.vocab import Vocab
+from streamlm.data.vocab import Vocab
+from streamlm.jobs.score import score
+from streamlm.nn.params import ModelConfig, Params, save_model
 
 kenlm = pytest.importorskip("kenlm")
 
@@ -245,7 +245,7 @@ def test_without_the_kenlm_module(data, kn5, tmp_path):
 
 
 def test_best_lambda_is_golden_section_exact():
-    from streamlm.mix import best_lambda, mixed_logprobs
+    from streamlm.jobs.mix import best_lambda, mixed_logprobs
 
     rng = np.random.default_rng(0)
     a, b = np.log(rng.uniform(0.01, 1, 500)), np.log(rng.uniform(0.01, 1, 500))

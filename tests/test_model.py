@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamlm.errors import ModelFileError
-from streamlm.model import RNNLM
-from streamlm.params import PARAM_NAMES, ModelConfig, Params, load_model, save_model
+from streamlm.nn.model import RNNLM
+from streamlm.nn.params import PARAM_NAMES, ModelConfig, Params, load_model, save_model
 
 
 def _setup(N=3, T=4, V=7, D=5, H=4, seed=0, dtype=np.float64, tied=False, bias=True):
@@ -308,9 +308,9 @@ def test_mapped_load_equals_numpy_and_a_compressed_file_still_loads(tmp_path):
     np.load ones, the loaded parameters (a class model: word-indexed arrays permuted
     into class order, affine_W transposed block by block) are the saved ones, and a
     file recompressed by hand (np.savez_compressed) loads by the ordinary path."""
-    from streamlm import store
-    from streamlm.classes import WordClasses
-    from streamlm.params import FORMAT, FORMAT_VERSION, LOAD_BLOCK
+    from streamlm.data import store
+    from streamlm.nn.classes import WordClasses
+    from streamlm.nn.params import FORMAT, FORMAT_VERSION, LOAD_BLOCK
 
     V = LOAD_BLOCK + 37  # more than one block of the transposed copy
     wc = np.random.default_rng(0).integers(0, 7, V).astype(np.int32)

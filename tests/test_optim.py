@@ -1,4 +1,4 @@
-"""streamlm.optim: the optimisers' step against numpy references, their state through
+"""streamlm.nn.optim: the optimisers' step against numpy references, their state through
 a checkpoint, the weight average, and the learning-rate schedules (their lr
 sequences on a fake validation curve, resumed halfway, and one CLI run each)."""
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from helpers import assert_one_error_line, cli, markov_text
 
-from streamlm import optim
 from streamlm.errors import UsageError
-from streamlm.prepare import prepare
-from streamlm.train import TrainConfig
+from streamlm.jobs.prepare import prepare
+from streamlm.jobs.train import TrainConfig
+from streamlm.nn import optim
 
 SMALL = ["--embed", "12", "--hidden", "12", "--batch", "4", "--bptt", "6"]
 

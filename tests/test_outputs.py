@@ -1,4 +1,4 @@
-"""Per-unit records from the spool to the output (streamlm.outputs): the format by the
+"""Per-unit records from the spool to the output (streamlm.jobs.outputs): the format by the
 suffix, a regular file replaced whole or not at all, special files written in place,
 and the outputs refused before any work."""
 
@@ -18,8 +18,9 @@ import pytest
 from helpers import cli
 from pyarrow import csv
 
+from streamlm.data.vocab import Vocab
 from streamlm.errors import UsageError
-from streamlm.outputs import (
+from streamlm.jobs.outputs import (
     FORMATS,
     check_output,
     is_special,
@@ -27,10 +28,9 @@ from streamlm.outputs import (
     output_format,
     write_records,
 )
-from streamlm.params import ModelConfig, Params, save_model
-from streamlm.records import UNIT_DTYPE, Spool, Totals
-from streamlm.score import score
-from streamlm.vocab import Vocab
+from streamlm.jobs.records import UNIT_DTYPE, Spool, Totals
+from streamlm.jobs.score import score
+from streamlm.nn.params import ModelConfig, Params, save_model
 
 WORDS = "the cat sat on a mat and dog ran to big red house".split()
 

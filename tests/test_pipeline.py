@@ -1,4 +1,4 @@
-"""streamlm.pipeline: one stream's blocks with the recurrence of the next block beside
+"""streamlm.nn.pipeline: one stream's blocks with the recurrence of the next block beside
 the output layer of the last. The same numbers as RNNLM.nll, block by block, in
 order; errors of a helper on the caller; and the scorer uses it for one stream."""
 
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import reference as ref
 
-from streamlm import pipeline as PL
-from streamlm import plan
-from streamlm.classes import WordClasses, frequency_classes
-from streamlm.model import RNNLM
-from streamlm.params import ModelConfig, Params
+from streamlm.compute import plan
+from streamlm.nn import pipeline as PL
+from streamlm.nn.classes import WordClasses, frequency_classes
+from streamlm.nn.model import RNNLM
+from streamlm.nn.params import ModelConfig, Params
 
 
 def model(kind: str, dtype=np.float64, V=40, H=8) -> RNNLM:
@@ -133,9 +133,9 @@ def test_the_plan_pipelines_fewer_streams_than_threads_of_a_class_model():
 def test_the_scorer_pipelines_one_stream(tmp_path, monkeypatch):
     """score() of one stream on two threads goes through the pipeline, with the same
     figures as on one thread (where there is none)."""
-    from streamlm import threads
-    from streamlm.params import save_model
-    from streamlm.score import score
+    from streamlm.compute import threads
+    from streamlm.jobs.score import score
+    from streamlm.nn.params import save_model
 
     rnn = model("class", np.float32)
     words = [f"w{i}" for i in range(rnn.config.V - 2)] + ["<unk>", "<eos>"]

@@ -12,11 +12,11 @@ import pytest
 from helpers import assert_one_error_line, cli
 from line_reference import per_line_pieces
 
-from streamlm import prepare as prepare_module
+from streamlm.data.shards import open_dataset
+from streamlm.data.vocab import Vocab
 from streamlm.errors import InputError, UsageError
-from streamlm.prepare import prepare
-from streamlm.shards import open_dataset
-from streamlm.vocab import Vocab
+from streamlm.jobs import prepare as prepare_module
+from streamlm.jobs.prepare import prepare
 
 
 def all_ids(out):
@@ -198,8 +198,8 @@ def test_bad_dataset_errors_are_one_line(tmp_path):
     """Reader errors through the CLI's error path (main() prints StreamlmError)."""
     pq.write_table(pa.table({"token_id": pa.array([1, None, 3], pa.int32())}),
                    tmp_path / "n.parquet")
-    code = ("import sys; from streamlm.cli import main, app\n"
-            "from streamlm.shards import open_dataset\n"
+    code = ("import sys; from streamlm.cli.app import main, app\n"
+            "from streamlm.data.shards import open_dataset\n"
             "@app.command('peek')\n"
             "def peek(path: str, v: int = 10):\n"
             "    ds = open_dataset(path, vocab_size=v); list(ds.iter_chunks(100))\n"

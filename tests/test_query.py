@@ -20,10 +20,10 @@ import pytest
 from helpers import run
 
 import streamlm
-from streamlm.params import ModelConfig, Params, save_model
-from streamlm.query import number
-from streamlm.score import score
-from streamlm.vocab import Vocab
+from streamlm.cli.query import number
+from streamlm.data.vocab import Vocab
+from streamlm.jobs.score import score
+from streamlm.nn.params import ModelConfig, Params, save_model
 
 # One parser for both programs: the output as a sequence of records.
 RECORD = re.compile(
@@ -167,7 +167,7 @@ def test_query_numbers_are_the_scorers(toy, engine):
 
 def test_query_batches_give_the_same_output(toy, monkeypatch):
     """Lines are scored a batch at a time; the batch size changes nothing printed."""
-    from streamlm import query as Q
+    from streamlm.cli import query as Q
 
     text = (toy / "t.txt").read_text() * 7
     src = toy / "many.txt"

@@ -1,4 +1,4 @@
-"""Scores as they accumulate (streamlm.records): the running sums of each input (Totals,
+"""Scores as they accumulate (streamlm.jobs.records): the running sums of each input (Totals,
 what a score checkpoint keeps), the per-unit records, and their spool on disk."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from streamlm.checkpoint import ScoreCheckpoint
+from streamlm.data.tokenizer import Block
+from streamlm.data.vocab import Vocab
 from streamlm.errors import UsageError
-from streamlm.params import ModelConfig, Params, save_model
-from streamlm.records import UNIT_DTYPE, WORD_DTYPE, Accumulator, Spool, Totals
-from streamlm.score import score
-from streamlm.tokenizer import Block
-from streamlm.vocab import Vocab
+from streamlm.jobs.checkpoint import ScoreCheckpoint
+from streamlm.jobs.records import UNIT_DTYPE, WORD_DTYPE, Accumulator, Spool, Totals
+from streamlm.jobs.score import score
+from streamlm.nn.params import ModelConfig, Params, save_model
 
 UNK = 0
 

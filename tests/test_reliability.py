@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import run
 
-from streamlm.params import ModelConfig, Params, save_model
+from streamlm.nn.params import ModelConfig, Params, save_model
 
 WORDS = "the cat sat on a mat and dog ran to big red house".split()
 
@@ -60,8 +60,8 @@ def _subword_base(b, p):
     whose embedded tokenizer is garbage or does not fit their vocabulary."""
     import sentencepiece  # noqa: F401
 
-    from streamlm.prepare import prepare
-    from streamlm.subword import train_model
+    from streamlm.data.subword import train_model
+    from streamlm.jobs.prepare import prepare
 
     d = b["dir"]
     prepare([str(d / "train.txt")], d / "prep_sp", tokenizer="sentencepiece", pieces=300)

@@ -1,4 +1,4 @@
-"""The scheduler (streamlm.schedule): which tokens go into which row of which model call.
+"""The scheduler (streamlm.jobs.schedule): which tokens go into which row of which model call.
 
 The model here is a toy anyone can compute by hand, with one float of state: at each
 step ``h = 0.5 h + x + 1`` (``h = 0`` first where the row's reset flag is set), and the
@@ -14,10 +14,10 @@ import threading
 import numpy as np
 import pytest
 
+from streamlm.data.tokenizer import Block
 from streamlm.errors import InputError
-from streamlm.records import WORD_DTYPE, Accumulator, Spool, Totals
-from streamlm.schedule import Carried, Scheduler, read_ahead
-from streamlm.tokenizer import Block
+from streamlm.jobs.records import WORD_DTYPE, Accumulator, Spool, Totals
+from streamlm.jobs.schedule import Carried, Scheduler, read_ahead
 
 EOS = 1
 UNK = 0

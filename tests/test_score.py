@@ -1,4 +1,4 @@
-"""The streaming scorer (streamlm.score): accounting, exactness, batching, outputs, resume.
+"""The streaming scorer (streamlm.jobs.score): accounting, exactness, batching, outputs, resume.
 
 Expected values come from tests/reference.py (plain numpy, float64) run over the
 tokens as the accounting rule defines them, or from the training-side loss.
@@ -17,15 +17,15 @@ import reference as ref
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamlm.classes import WordClasses, frequency_classes
-from streamlm.engines import NumpyRNN
+from streamlm.data.text import iter_pieces
+from streamlm.data.tokenizer import Block, encode
+from streamlm.data.vocab import Vocab
 from streamlm.errors import InputError, UsageError
-from streamlm.params import ModelConfig, Params, load_model, save_model, state_size
-from streamlm.prepare import prepare
-from streamlm.score import score
-from streamlm.text import iter_pieces
-from streamlm.tokenizer import Block, encode
-from streamlm.vocab import Vocab
+from streamlm.jobs.prepare import prepare
+from streamlm.jobs.score import score
+from streamlm.nn.classes import WordClasses, frequency_classes
+from streamlm.nn.engines import NumpyRNN
+from streamlm.nn.params import ModelConfig, Params, load_model, save_model, state_size
 
 TRAIN = """the cat sat on the mat
 the dog sat on the log
@@ -145,7 +145,7 @@ def test_float64_model_matches_reference_tightly(lm):
 
 
 def test_training_loss_agrees(lm):
-    from streamlm.model import RNNLM
+    from streamlm.nn.model import RNNLM
 
     v = lm["vocab"]
     ids, _ = text_ids(lm["text"], v)
@@ -363,9 +363,9 @@ def test_usage_errors(lm, tmp_path):
 def test_model_loaded_beside_the_kernels_import(lm, tmp_path):
     """With numba likely, the model file loads on a thread of its own while the
     kernels import: the same figures, and a bad file's error comes out as it would."""
+    from streamlm.compute.plan import NUMPY_MAX_TOKENS, likely_numba
     from streamlm.errors import ModelFileError
     from streamlm.options import Engine
-    from streamlm.plan import NUMPY_MAX_TOKENS, likely_numba
 
     big = tmp_path / "big.txt"
     big.write_text("the cat sat on the mat\n" * (NUMPY_MAX_TOKENS // 5))

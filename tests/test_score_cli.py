@@ -13,8 +13,8 @@ import pytest
 from helpers import assert_one_error_line as one_error_line
 from helpers import cli
 
-from streamlm.params import ModelConfig, Params, save_model
-from streamlm.vocab import Vocab
+from streamlm.data.vocab import Vocab
+from streamlm.nn.params import ModelConfig, Params, save_model
 
 TRAIN = "the cat sat on the mat\nthe dog sat on the log\na cat and a dog\n"
 
@@ -124,7 +124,7 @@ def test_bad_input_one_line(env, tmp_path, case):
         model.write_bytes((env / "m.npz").read_bytes()[:-100])
         args, needles = [env / "a.txt"], ["m.npz", "corrupt"]
     elif case == "vocab":
-        from streamlm.prepare import prepare
+        from streamlm.jobs.prepare import prepare
 
         prepare([env / "a.txt"], tmp_path / "sh")  # its own vocabulary, not the model's
         args, needles = [tmp_path / "sh"], ["sh", "vocabulary"]

@@ -1,4 +1,4 @@
-"""Subword tokens (streamlm.subword): a SentencePiece model trained by prepare, carried
+"""Subword tokens (streamlm.data.subword): a SentencePiece model trained by prepare, carried
 in the model file, scoring raw text with no OOVs; the word and byte counts that
 compare models across tokenisers; per-piece records; generate; Korean."""
 
@@ -15,15 +15,15 @@ from helpers import cli, markov_text
 
 spm = pytest.importorskip("sentencepiece")
 
-from streamlm.generate import format_pieces, generate, sample_text  # noqa: E402
-from streamlm.params import load_model  # noqa: E402
-from streamlm.prepare import prepare  # noqa: E402
-from streamlm.score import score  # noqa: E402
-from streamlm.shards import open_dataset  # noqa: E402
-from streamlm.subword import SubwordVocab  # noqa: E402
-from streamlm.text import iter_pieces  # noqa: E402
-from streamlm.tokenizer import Block, encode  # noqa: E402
-from streamlm.train import TrainConfig, train  # noqa: E402
+from streamlm.data.shards import open_dataset  # noqa: E402
+from streamlm.data.subword import SubwordVocab  # noqa: E402
+from streamlm.data.text import iter_pieces  # noqa: E402
+from streamlm.data.tokenizer import Block, encode  # noqa: E402
+from streamlm.jobs.generate import format_pieces, generate, sample_text  # noqa: E402
+from streamlm.jobs.prepare import prepare  # noqa: E402
+from streamlm.jobs.score import score  # noqa: E402
+from streamlm.jobs.train import TrainConfig, train  # noqa: E402
+from streamlm.nn.params import load_model  # noqa: E402
 
 STEMS = ["walk", "talk", "jump", "play", "read", "cook", "paint", "sing", "look", "call"]
 WORDS = [s + x for s in STEMS for x in ("", "s", "ed", "ing", "er")] + [
@@ -285,7 +285,7 @@ def test_a_mix_with_word_ngrams_refuses_a_subword_model(model, corpus):
 
 
 def test_query_of_a_subword_model_prints_its_pieces(model, tmp_path):
-    from streamlm.query import query
+    from streamlm.cli.query import query
 
     (tmp_path / "q.txt").write_text("walking talked\n" + UNSEEN + "\n", encoding="utf-8")
     out = "".join(query(str(model), str(tmp_path / "q.txt"), engine="numpy"))

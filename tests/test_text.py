@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from line_reference import per_line_pieces
 
+from streamlm.data.text import _BOM, LineBatch, iter_lines, iter_pieces, open_binary
 from streamlm.errors import InputError
-from streamlm.text import _BOM, LineBatch, iter_lines, iter_pieces, open_binary
 
 
 def naive_lines(data: bytes):

@@ -1,4 +1,4 @@
-"""streamlm.threads.Pool: its hand-offs (spin, then sleep), errors, and re-entry."""
+"""streamlm.compute.threads.Pool: its hand-offs (spin, then sleep), errors, and re-entry."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from numba import config
 
-from streamlm import kernels as K
-from streamlm.threads import Pool
+from streamlm.compute import kernels as K
+from streamlm.compute.threads import Pool
 
 
 @pytest.fixture(params=["spin", "sleep"])

@@ -1,4 +1,4 @@
-"""The one tokeniser (streamlm.tokenizer): ids, line and document index of every
+"""The one tokeniser (streamlm.data.tokenizer): ids, line and document index of every
 token, against a naive whole-text implementation, however the text is cut into
 pieces and blocks; and prepare and the scorer share it."""
 
@@ -10,12 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from line_reference import per_line_encode, per_line_pieces
 
-from streamlm import tokenizer
-from streamlm.inputs import ShardSource, TextSource
-from streamlm.prepare import prepare
-from streamlm.text import LineBatch, iter_pieces
-from streamlm.tokenizer import Block, encode
-from streamlm.vocab import Vocab
+from streamlm.data import tokenizer
+from streamlm.data.inputs import ShardSource, TextSource
+from streamlm.data.text import LineBatch, iter_pieces
+from streamlm.data.tokenizer import Block, encode
+from streamlm.data.vocab import Vocab
+from streamlm.jobs.prepare import prepare
 
 V = Vocab.from_words(["<unk>", "<eos>", "a", "b", "c"])
 

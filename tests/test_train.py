@@ -11,12 +11,12 @@ import reference as ref
 from helpers import cli, markov_text
 from typer.testing import CliRunner
 
-from streamlm.cli import app
+from streamlm.cli.app import app
+from streamlm.data.shards import open_dataset
 from streamlm.errors import TrainingDiverged, UsageError
-from streamlm.params import PARAM_NAMES, ModelConfig, Params, load_model
-from streamlm.prepare import prepare
-from streamlm.shards import open_dataset
-from streamlm.train import TrainConfig, checkpoint_path, evaluate, train
+from streamlm.jobs.prepare import prepare
+from streamlm.jobs.train import TrainConfig, checkpoint_path, evaluate, train
+from streamlm.nn.params import PARAM_NAMES, ModelConfig, Params, load_model
 
 LOG_KEYS = {"step", "epoch", "tokens", "train_ppl", "valid_ppl", "lr", "tokens_per_s",
             "elapsed_s"}
@@ -174,7 +174,7 @@ def test_mikolov_anneal_rule():
     the halving, which then goes on every epoch; the next small gain stops."""
     from types import SimpleNamespace
 
-    from streamlm.optim import _mikolov_anneal
+    from streamlm.nn.optim import _mikolov_anneal
 
     run = SimpleNamespace(lr=1.0, last_ppl=None, halving=False)
     steps = [(200.0, False, 1.0), (150.0, False, 1.0), (149.0, False, 0.5), (100.0, False, 0.25),
@@ -308,8 +308,8 @@ def test_class_softmax_trains_and_resumes_bitwise(corpus, tmp_path, tied):
 def test_weight_average_is_what_validation_and_the_model_file_use(corpus, tmp_path):
     """--ema: the model file holds the debiased average of the weights (updated every
     EMA_EVERY steps), not the last weights; and a resume continues it bitwise."""
-    from streamlm import kernels as K
-    from streamlm.optim import EMA_EVERY
+    from streamlm.compute import kernels as K
+    from streamlm.nn.optim import EMA_EVERY
 
     x = np.arange(6, dtype=np.float64)
     avg = np.ones(6)

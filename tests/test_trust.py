@@ -30,9 +30,9 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import assert_one_error_line, cli
 
-from streamlm.params import ModelConfig, Params, save_model
-from streamlm.prepare import prepare
-from streamlm.vocab import Vocab
+from streamlm.data.vocab import Vocab
+from streamlm.jobs.prepare import prepare
+from streamlm.nn.params import ModelConfig, Params, save_model
 
 WORDS = "the cat sat on a mat and dog ran to big red house".split()
 

@@ -5,9 +5,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from streamlm.data.text import iter_lines
+from streamlm.data.vocab import Vocab
 from streamlm.errors import InputError, UsageError
-from streamlm.text import iter_lines
-from streamlm.vocab import Vocab
 
 
 def test_build_order_and_ties():

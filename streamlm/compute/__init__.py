@@ -1,0 +1,2 @@
+"""The machine: compiled kernels, BLAS, threads, and the planner that decides how a
+block is computed."""

@@ -1,0 +1,1 @@
+"""Text and inputs in, token ids and files out: reading, tokenising, shards, atomic writes."""

@@ -1,0 +1,1 @@
+"""The network: parameters and the model file, cells, output layers, the model, the optimiser."""
