@@ -53,14 +53,15 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
-from streamlm.jobs.metrics import LN10, summarize
+from streamlm.jobs.metrics import LN10
 from streamlm.kenlm_config import ARPALoadComplain, Config, LoadMethod  # noqa: F401
 from streamlm.nn.engines import scoring_model
+from streamlm.stream import Stream
 
 _CHUNK = 4096  # time steps per model call
 _ROWS = 64  # sentences per model call in score_batch
@@ -81,7 +82,9 @@ class State:
     """The context of the next word (KenLM's ``State``); see the module doc.
 
     ``State()`` is the null context; ``Model.BeginSentenceWrite`` /
-    ``NullContextWrite`` / ``BaseScore`` write into one.
+    ``NullContextWrite`` / ``BaseScore`` write into one. States score with the
+    trained weights: dynamic evaluation (``Model.stream(dynamic=...)``) is for a
+    stream, since a decoder's beam of states cannot carry weights of its own.
     """
 
     __slots__ = ("_h", "_prev", "_length", "_hash")
@@ -139,77 +142,6 @@ class State:
     def __repr__(self) -> str:
         kind = "null context" if self._prev < 0 else f"previous word {self._prev}"
         return f"State(length={self._length}, {kind})"
-
-
-class Stream:
-    """A scoring stream: keeps its hidden state and running totals across ``feed`` s."""
-
-    def __init__(self, lm: Model):
-        self.lm = lm
-        self._rnn = lm._new_rnn()
-        self.reset()
-
-    def reset(self) -> None:
-        """Back to the start: zero state, previous token ``<eos>``, zero totals."""
-        self._h = np.zeros((1, self._rnn.state_size), dtype=self.lm.model.params.dtype)
-        self._prev = self.lm.vocab.eos_id
-        self._start = True
-        self.tokens = 0
-        self.oov = 0
-        self.logprob = 0.0  # natural log, summed
-        self._logprob_oov = 0.0
-
-    def feed(self, tokens: str | Iterable[str] | Iterable[int] | np.ndarray,
-             eos: bool = False) -> np.ndarray:
-        """Score ``tokens`` in the context of everything fed before.
-
-        ``tokens``: a string (split on whitespace), a list of words, or token ids
-        (ints in ``[0, V)``). With ``eos=True`` one ``<eos>`` is appended.
-        Returns the log10 probability of each token (float64 array).
-        """
-        ids = self.lm.encode(tokens)
-        if eos:
-            ids = np.append(ids, np.int32(self.lm.vocab.eos_id))
-        out = np.empty(len(ids), dtype=np.float64)
-        for a in range(0, len(ids), _CHUNK):
-            chunk = ids[a:a + _CHUNK]
-            xs = np.empty((1, len(chunk)), dtype=np.int32)
-            xs[0, 0] = self._prev
-            xs[0, 1:] = chunk[:-1]
-            reset = np.zeros_like(xs, dtype=np.uint8)
-            reset[0, 0] = self._start
-            nll, self._h = self._rnn.nll(xs, chunk[None, :], self._h, reset=reset)
-            self._prev = int(chunk[-1])
-            self._start = False
-            lp = -nll[0]
-            oovm = chunk == self.lm.vocab.unk_id
-            self.tokens += len(chunk)
-            self.oov += int(oovm.sum())
-            self.logprob += float(lp.sum())
-            self._logprob_oov += float(lp[oovm].sum())
-            out[a:a + len(chunk)] = lp / LN10
-        return out
-
-    @property
-    def state(self) -> np.ndarray:
-        """The current hidden state (H,) (a copy)."""
-        return self._h[0].copy()
-
-    @property
-    def log10prob(self) -> float:
-        return self.logprob / LN10
-
-    def summary(self) -> dict:
-        """tokens, oov, logprob, log10prob, perplexity, perplexity_excl_oov, bits_per_token."""
-        return summarize(self.tokens, self.oov, self.logprob, self._logprob_oov)
-
-    @property
-    def perplexity(self) -> float | None:
-        return self.summary()["perplexity"]
-
-    @property
-    def perplexity_excl_oov(self) -> float | None:
-        return self.summary()["perplexity_excl_oov"]
 
 
 class Model:
@@ -469,9 +401,11 @@ class Model:
                 ends[k] = end
         return out, ends
 
-    def stream(self) -> Stream:
-        """A new :class:`Stream` (zero state, previous token ``<eos>``)."""
-        return Stream(self)
+    def stream(self, dynamic=None, rms: np.ndarray | None = None) -> Stream:
+        """A new :class:`Stream` (zero state, previous token ``<eos>``); with ``dynamic``
+        (streamlm.jobs.dynamic.Settings or a dict of its fields) it adapts across
+        feeds (see :class:`Stream`)."""
+        return Stream(self, dynamic, rms)
 
 
 LanguageModel = Model  # the name of streamlm's first API (and of KenLM's old one)

@@ -119,7 +119,8 @@ class PieceModel(Choice):
 # options of ScoreOptions that change the numbers or records a run produces
 # (checked when resuming from a checkpoint and when a Dask rerun skips a shard)
 RESULT_OPTIONS = ("reset", "level", "errors", "column", "text_field", "text_column", "keep",
-                  "cutoffs", "bucket_field", "mix", "mix_lambda", "tune_on")
+                  "cutoffs", "bucket_field", "mix", "mix_lambda", "tune_on", "dynamic",
+                  "dynamic_lr", "dynamic_decay", "dynamic_segment", "dynamic_stats")
 
 
 def parse_every(value) -> tuple[int | None, float | None]:
@@ -195,7 +196,12 @@ class ScoreOptions:
     max_oov_rate: float | None = 0.05  # warn above this (None: never)
     mix: str | None = None  # a KenLM model to interpolate with (streamlm.jobs.mix)
     mix_lambda: float | str | None = None  # the RNN's weight in the mix, or "auto"
-    tune_on: str | None = None  # held-out text to tune mix_lambda="auto" on
+    tune_on: str | None = None  # held-out text to tune mix_lambda="auto" (or --dynamic) on
+    dynamic: str | None = None  # dynamic evaluation: rms, sgd or auto (streamlm.jobs.dynamic)
+    dynamic_lr: float | None = None  # its step (None: the method's default)
+    dynamic_decay: float | None = None  # its decay toward the trained weights
+    dynamic_segment: int = 20  # tokens per step, from each stream's (or unit's) start
+    dynamic_stats: str | None = None  # the gradients' RMS statistics (made from tune_on)
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -228,7 +234,23 @@ class ScoreOptions:
         for name in ("mix", "tune_on"):  # paths as strings (checkpoints keep them as JSON)
             if getattr(self, name) is not None:
                 set_(self, name, os.fspath(getattr(self, name)))
-        if self.mix is None and (self.mix_lambda is not None or self.tune_on is not None):
+        for name in ("dynamic_stats",):
+            if getattr(self, name) is not None:
+                set_(self, name, os.fspath(getattr(self, name)))
+        if self.dynamic is not None and self.dynamic not in ("rms", "sgd", "auto"):
+            raise UsageError(f"--dynamic must be rms, sgd or auto, got {self.dynamic!r}")
+        if self.dynamic is None and (self.dynamic_lr is not None or self.dynamic_decay
+                                     is not None or self.dynamic_stats is not None):
+            raise UsageError("--dynamic-lr, --dynamic-decay and --dynamic-stats go with "
+                             "--dynamic rms|sgd|auto")
+        if self.dynamic is not None and self.mix is not None:
+            raise UsageError("--dynamic and --mix cannot be combined (the n-gram model "
+                             "does not adapt); score twice")
+        if self.dynamic == "auto" and self.tune_on is None:
+            raise UsageError("--dynamic auto needs --tune-on FILE, held-out text to tune "
+                             "its step and decay on")
+        if self.mix is None and self.dynamic is None and (
+                self.mix_lambda is not None or self.tune_on is not None):
             flag = "--lambda" if self.mix_lambda is not None else "--tune-on"
             raise UsageError(f"{flag} is for a mix with an n-gram model: give --mix "
                              "KENLM_MODEL too")
@@ -237,7 +259,7 @@ class ScoreOptions:
                              "auto --tune-on FILE")
         if self.mix_lambda == "auto" and self.tune_on is None:
             raise UsageError("--lambda auto needs --tune-on FILE, held-out text to tune it on")
-        if self.tune_on is not None and self.mix_lambda != "auto":
+        if self.tune_on is not None and self.mix is not None and self.mix_lambda != "auto":
             raise UsageError(f"--tune-on tunes --lambda auto; --lambda {self.mix_lambda} "
                              "leaves nothing to tune")
         tokens, _ = parse_every(self.checkpoint_every)

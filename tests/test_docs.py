@@ -3,7 +3,8 @@
 docs/format.md promises that a reader can compute P(w | context) from the model
 file with numpy alone. Its snippet (after the marker comment) is run here on
 tiny models written by ``streamlm.nn.params.save_model``, a full and a class
-softmax, and its log10 probabilities are compared with ``streamlm.Model``'s.
+softmax, every cell, one and two layers, and its log10 probabilities are compared
+with ``streamlm.Model``'s.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def snippet() -> str:
     return m.group(1)
 
 
-def tiny_model(path: Path, softmax: str) -> Path:
+def tiny_model(path: Path, softmax: str, cell: str = "rnn", layers: int = 1) -> Path:
     """A V=20, H=8 model with every weight and bias spread out (zero biases would hide
     a wrong bias path), saved as streamlm saves models. The class model's classes are
     not contiguous in word-id order, so a mix-up of word ids and class order shows."""
@@ -45,7 +46,8 @@ def tiny_model(path: Path, softmax: str) -> Path:
         classes = WordClasses(frequency_classes(counts, C))
         assert classes.C == C
         assert not np.all(np.diff(classes.word_class) >= 0)  # not sorted by word id
-    cfg = ModelConfig(V=V, D=D, H=H, softmax=softmax, C=C if softmax == "class" else 0)
+    cfg = ModelConfig(V=V, D=D, H=H, softmax=softmax, C=C if softmax == "class" else 0,
+                      cell=cell, layers=layers)
     p = Params.init(cfg, seed=3, classes=classes)
     a = p.file_arrays()
     for name, arr in a.items():
@@ -55,9 +57,11 @@ def tiny_model(path: Path, softmax: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("softmax", ["full", "class"])
-def test_format_snippet_gives_the_models_probabilities(tmp_path, softmax):
-    path = tiny_model(tmp_path / f"{softmax}.npz", softmax)
+@pytest.mark.parametrize("softmax,cell,layers", [
+    ("full", "rnn", 1), ("class", "rnn", 1), ("full", "rnn", 2), ("class", "lstm", 2),
+    ("full", "gru", 2), ("full", "lstm", 1)])
+def test_format_snippet_gives_the_models_probabilities(tmp_path, softmax, cell, layers):
+    path = tiny_model(tmp_path / f"{softmax}.npz", softmax, cell, layers)
     ns: dict = {}
     exec(compile(snippet(), str(FORMAT_MD), "exec"), ns)
     sentence = "w3 w7 w3 w19 never-seen w2"  # a repeated word and an OOV

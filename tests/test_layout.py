@@ -18,7 +18,7 @@ PKG = Path(__file__).resolve().parents[1] / "streamlm"
 
 LAYERS = ["foundations", "compute", "data", "nn", "jobs", "faces"]
 TOP = {"errors": "foundations", "options": "foundations", "version": "foundations",
-       "api": "faces",
+       "api": "faces", "stream": "faces",
        "kenlm_config": "faces", "__init__": "faces", "__main__": "faces"}
 
 

@@ -224,9 +224,36 @@ def score_cmd(
         "--lambda", help="L, the RNN's weight (0 to 1), or auto: tuned on --tune-on.",
                     rich_help_panel="Mixing with KenLM")] = None,
     tune_on: Annotated[Optional[str], typer.Option(
-        "--tune-on", help="Held-out text to tune --lambda auto on.",
+        "--tune-on", help="Held-out text to tune --lambda auto (or --dynamic) on.",
                      rich_help_panel="Mixing with KenLM")
     ] = None,
+    dynamic: Annotated[Optional[str], typer.Option(
+        "--dynamic", metavar="rms|sgd|auto",
+        help="Adapt to the text: after each segment is scored, one step on it "
+             "(Krause's RMS or Mikolov's SGD; auto: tuned on --tune-on).",
+        rich_help_panel="Dynamic evaluation")
+    ] = None,
+    dynamic_lr: Annotated[Optional[float], typer.Option(
+        "--dynamic-lr", help="The step size (default: rms 2e-4, sgd 0.05).",
+        rich_help_panel="Dynamic evaluation")] = None,
+    dynamic_decay: Annotated[Optional[float], typer.Option(
+        "--dynamic-decay", help="The pull toward the trained weights per step (default: rms "
+                                "1e-3, sgd 0).", rich_help_panel="Dynamic evaluation")] = None,
+    dynamic_segment: Annotated[int, typer.Option(
+        "--dynamic-segment", help="Tokens per step, from each stream's (or line's, "
+                                  "document's) start.", rich_help_panel="Dynamic evaluation")
+    ] = 20,
+    dynamic_stats: Annotated[Optional[str], typer.Option(
+        "--dynamic-stats", help="RMS statistics of --dynamic rms: read, or measured on "
+                                "--tune-on and written here.",
+        rich_help_panel="Dynamic evaluation")] = None,
+    save_adapted: Annotated[Optional[str], typer.Option(
+        "--save-adapted", help="Write the adapted model here (the input is never "
+                               "changed).", rich_help_panel="Dynamic evaluation")
+    ] = None,
+    compare_static: Annotated[bool, typer.Option(
+        "--compare-static", help="Also score the same tokens with the trained weights, in "
+                                 "the summary.", rich_help_panel="Dynamic evaluation")] = False,
     dask: Annotated[Optional[str], typer.Option(
         "--dask", help="A scheduler (tcp://host:8786) or local:N: one task per input; with "
                        "--output DIR, a Parquet file each, and a rerun skips finished ones. Needs "
@@ -250,7 +277,9 @@ def score_cmd(
                         cutoffs=None if cut is None else cut.values,
                         bucket_field="perplexity" if cut is None else cut.field,
                         max_oov_rate=None if max_oov_rate >= 1 else max_oov_rate,
-                        mix=mix, mix_lambda=mix_lambda, tune_on=tune_on)
+                        mix=mix, mix_lambda=mix_lambda, tune_on=tune_on, dynamic=dynamic,
+                        dynamic_lr=dynamic_lr, dynamic_decay=dynamic_decay,
+                        dynamic_segment=dynamic_segment, dynamic_stats=dynamic_stats)
     failed: list[dict] = []
     to_stdout = output == "-"
     from streamlm.jobs.score import resume_advice
@@ -274,7 +303,8 @@ def score_cmd(
         show = progress if progress is not None else log.isEnabledFor(logging.INFO)
         with ScoreProgress(show) as report:
             summary = score(model, inputs, opts, output=output, checkpoint=checkpoint,
-                            split_buckets=split_buckets, progress=report).summary
+                            split_buckets=split_buckets, progress=report,
+                            save_adapted=save_adapted, compare_static=compare_static).summary
     if to_stdout:  # stdout holds the records: the summary goes to stderr, or nowhere
         if not as_json:
             sys.stderr.write(format_summary(summary))
@@ -322,6 +352,10 @@ def train_cmd(
                        "(PyTorch's).", rich_help_panel="Model")] = CellKind.rnn,
     layers: Annotated[int, typer.Option(
         "--layers", help="Stacked recurrent layers.", rich_help_panel="Model")] = 1,
+    init_range: Annotated[float, typer.Option(
+        "--init-range", help="Every weight uniform(-R, R) (Zaremba: 0.05; PyTorch's example: "
+                             "0.1); 0: Xavier normal, the embedding N(0, 0.01).",
+        rich_help_panel="Model")] = 0.0,
     batch: Annotated[int, typer.Option("--batch", help="Parallel streams N per batch.",
                                                   rich_help_panel="Training")] = 32,
     bptt: Annotated[int, typer.Option("--bptt", help="Time steps T per truncated-BPTT block.",
@@ -416,6 +450,7 @@ def train_cmd(
     cfg = TrainConfig(embed=embed, hidden=hidden, batch=batch, bptt=bptt, epochs=epochs,
                       max_minutes=max_minutes, optimizer=optimizer, lr=lr, clip=clip, seed=seed,
                       dropout=dropout, variational=variational, cell=cell, layers=layers,
+                      init_range=init_range,
                       tie_weights=tie_weights, softmax=softmax,
                       classes=classes, old_classes=old_classes, log_interval=log_interval,
                       checkpoint_every=checkpoint_every, ema=ema, anneal=anneal,

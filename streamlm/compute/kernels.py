@@ -1666,3 +1666,41 @@ def gru_gates_(A, X, xrow, bh, hp, h, G):
                 G[r, H + j] = zz
                 G[r, 2 * H + j] = nn
                 G[r, 3 * H + j] = ahn
+
+
+# ------------------------------------------------------- dynamic evaluation --
+# After scoring a segment the weights take one step on it (Krause et al. 2018):
+# theta <- theta - lr * g * inv + decay * (theta0 - theta), inv = 1 / (RMS + eps) per
+# parameter (1: Mikolov's plain SGD). Over the flat buffer's ranges a step touches;
+# the rest (word rows no segment read) decays lazily: dyn_catch_up.
+
+
+@njit(**JIT)
+def dyn_step(theta, theta0, g, inv, lr, decay, seg):
+    """One step over the ranges seg (K, 2) of the flat buffers, g zeroed there.
+    theta, theta0, g, inv: (P,) float; lr, decay: scalars of their dtype."""
+    one = theta.dtype.type(1)
+    keep = one - decay
+    for k in range(seg.shape[0]):
+        for j in range(seg[k, 0], seg[k, 1]):
+            t0 = theta0[j]
+            theta[j] = t0 + keep * (theta[j] - t0) - lr * g[j] * inv[j]
+            g[j] = 0
+
+
+@njit(**JIT)
+def dyn_catch_up(theta, theta0, off, width, rows, stamp, now, keep):
+    """Rows ``rows`` of a word-indexed array (at flat offset ``off``, ``width`` floats
+    a row) brought to segment ``now``: the decay of the segments since ``stamp[row]``
+    (delta x keep ** k), then stamp[row] = now. keep = 1 - decay."""
+    for r in range(rows.shape[0]):
+        w = rows[r]
+        k = now - stamp[w]
+        if k <= 0:
+            continue
+        f = keep ** k
+        a = off + w * width
+        for j in range(a, a + width):
+            t0 = theta0[j]
+            theta[j] = t0 + f * (theta[j] - t0)
+        stamp[w] = now

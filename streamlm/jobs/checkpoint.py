@@ -44,9 +44,10 @@ SCORE_VERSION = 4  # 2: "format_version" (was "version"); 3: OOVs' logprob, rows
 TRAJECTORY = ("embed", "hidden", "batch", "bptt", "optimizer", "lr", "clip", "seed",
               "dropout", "tie_weights", "softmax", "classes", "old_classes", "ema",
               "anneal", "min_improvement", "cell", "layers", "variational", "lr_decay",
-              "decay_after")
+              "decay_after", "init_range")
 DEFAULTS = {"ema": 0.0, "anneal": "plateau", "min_improvement": 1.003, "cell": "rnn",
-            "layers": 1, "variational": False, "decay_after": None}  # older checkpoints
+            "layers": 1, "variational": False, "decay_after": None,
+            "init_range": 0.0}  # older checkpoints
 
 
 # ================================================================ training ==
@@ -208,11 +209,13 @@ class ScoreCheckpoint:
                 raise UsageError(f"{p}: checkpoint was written for a different run ({k} "
                                  "differs); delete it or use another --checkpoint file")
         meta["_states"] = {k: v for k, v in arrays.items() if k.startswith("h_")}
+        meta["_extra"] = {k: v for k, v in arrays.items() if k.startswith("dyn_")}
         return meta
 
-    def save(self, acc: Accumulator, state: dict) -> None:
+    def save(self, acc: Accumulator, state: dict, extra=None) -> None:
         """Sync the spool, then write the sums, positions and open states (``state``:
-        input -> streamlm.jobs.schedule.Carried)."""
+        input -> streamlm.jobs.schedule.Carried), and ``extra``: (arrays named dyn_*,
+        a JSON-able dict) of dynamic evaluation's adapted weights."""
         if self.spool is not None:
             self.spool.sync()
         meta = {"fingerprint": self.fingerprint,
@@ -221,6 +224,9 @@ class ScoreCheckpoint:
                                    "key": int(c.key)}
                           for i, c in state.items()}}
         arrays = {f"h_{i}": np.asarray(c.h) for i, c in state.items()}
+        if extra is not None:
+            arrays.update(extra[0])
+            meta["dynamic"] = extra[1]
         store.save(self.path, SCORE_FORMAT, SCORE_VERSION, meta, arrays)
         self._since, self._last = 0, self._clock()
         log.debug("checkpoint: %s tokens", f"{sum(t.scored for t in acc.t):,}")

@@ -112,6 +112,14 @@ def format_summary(summary: dict) -> str:
         lines += block(summary, "total")
     elif per:
         lines += block(summary, per[0]["path"])
+    dyn = summary.get("dynamic")
+    if dyn:  # dynamic evaluation (streamlm.jobs.dynamic): what it did
+        tuned = f", tuned on {dyn['tuned_on']}" if dyn.get("tuned_on") else ""
+        lines.append(f"{'dynamic evaluation':<28}{dyn['method']}, lr {dyn['lr']:g}, decay "
+                     f"{dyn['decay']:g}, a step every {dyn['segment']} tokens{tuned}")
+        if dyn.get("static_perplexity") is not None:
+            lines.append(f"{'perplexity, static':<28}{dyn['static_perplexity']:.4f} (the "
+                         "trained weights, the same tokens)")
     if summary.get("seconds") is not None:  # the run's wall time, and its speed
         tps = summary.get("tokens_per_second")
         lines.append(f"{'wall time':<28}{summary['seconds']:.2f} s"

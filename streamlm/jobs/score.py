@@ -113,7 +113,8 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
           output: str | os.PathLike | None = None, checkpoint: str | os.PathLike | None = None,
           split_buckets: str | os.PathLike | None = None,
           progress: Callable[[dict], None] | None = None, _mixer=None,
-          _vocab_warned: bool = False, **option_values) -> ScoreResult:
+          _vocab_warned: bool = False, save_adapted: str | os.PathLike | None = None,
+          compare_static: bool = False, **option_values) -> ScoreResult:
     """Score ``inputs`` with ``model`` (a path or a loaded :class:`~streamlm.nn.params.Model`).
 
     ``options`` (a :class:`~streamlm.options.ScoreOptions`), or its fields as
@@ -180,6 +181,18 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
     level = opts.level
     fingerprints = None if checkpoint is None else [s.fingerprint() for s in sources]
     engine = opts.engine
+    adapter, dyn_info = None, None
+    if opts.dynamic is not None:  # (the model learns as it scores: the Numba kernels)
+        if engine == Engine.numpy:
+            raise UsageError("--dynamic learns as it scores: it runs on --engine numba")
+        engine = Engine.numba
+        if save_adapted is not None:
+            check_writable(save_adapted, "--save-adapted")
+        from streamlm.jobs import dynamic
+
+        adapter, dyn_info = dynamic.prepare(m, vocab, opts)
+    elif save_adapted is not None or compare_static:
+        raise UsageError("--save-adapted and --compare-static go with --dynamic")
     if engine == Engine.auto:
         est = sum(s.estimate_tokens() for s in sources)
         engine = Engine(plan.engine_for("auto", est))
@@ -218,19 +231,29 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
 
     def after_call(n_tokens: int) -> None:
         if ckpt is not None and ckpt.due(n_tokens):
+            extra = None if adapter is None else (adapter.state_arrays(), adapter.state_meta())
             with writing(checkpoint, "the checkpoint"):
-                ckpt.save(acc, scheduler.state)
+                ckpt.save(acc, scheduler.state, extra)
         if progress is not None:
             tok, lp = acc.running()
             progress({"tokens": tok, "logprob": lp, "seconds": time.monotonic() - t_start,
                       "perplexity": math.exp(-lp / tok) if tok else None,
                       "scored_this_run": acc.total_scored, "fraction": _fraction(sources, acc)})
 
-    rnn = scoring_model(m.params, engine)
-    scheduler = Scheduler(sources, rnn, eos=vocab.eos_id,
-                          state_size=rnn.state_size, dtype=m.params.dtype, reset=opts.reset,
-                          batch=opts.batch, chunk_tokens=opts.chunk_tokens, acc=acc,
-                          after_call=after_call, threads=_threads(engine))
+    if adapter is not None:
+        from streamlm.jobs.dynamic import DynamicScheduler
+
+        rnn = adapter.rnn
+        scheduler = DynamicScheduler(sources, adapter, eos=vocab.eos_id,
+                                     reset=opts.reset.value, acc=acc, after_call=after_call,
+                                     dtype=m.params.dtype)
+    else:
+        rnn = scoring_model(m.params, engine)
+        scheduler = Scheduler(sources, rnn, eos=vocab.eos_id,
+                              state_size=rnn.state_size, dtype=m.params.dtype,
+                              reset=opts.reset, batch=opts.batch,
+                              chunk_tokens=opts.chunk_tokens, acc=acc, after_call=after_call,
+                              threads=_threads(engine))
     ok = False
     try:
         if ckpt is not None:
@@ -242,6 +265,8 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
                     spool.truncate(i, 0)
             if saved is not None:
                 ckpt.restore(saved, acc, scheduler.state, rnn.state_size, m.params.dtype)
+                if adapter is not None and saved.get("dynamic") is not None:
+                    adapter.load_state(saved["_extra"], saved["dynamic"])
                 if spool is not None:
                     for i, t in enumerate(acc.t):
                         spool.truncate(i, t.records)
@@ -256,6 +281,8 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
         if ckpt is not None:
             with writing(checkpoint, "the checkpoint"):
                 ckpt.save(acc, {})  # everything scored: a rerun only rewrites the outputs
+        if save_adapted is not None:
+            _save_adapted(save_adapted, adapter, m)
         cut = None if opts.cutoffs is None else (opts.cutoffs, opts.bucket_field)
         if split_dir is not None:
             with writing(split_dir, "the buckets"):
@@ -310,6 +337,16 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
     if mix_info is not None:
         sums = {k: math.fsum(t.mix[k] for t in acc.t if t.mix) for k in mixing.SUMS}
         tot["mix"] = {**mix_info, **mixing.summary(tot["tokens"], sums, tot["oov"])}
+    if dyn_info is not None:
+        tot["dynamic"] = dyn_info
+        if compare_static:  # the same tokens scored by the trained weights as they are
+            st = score(m, inputs, opts.replace(dynamic=None, dynamic_lr=None,
+                                               dynamic_decay=None, dynamic_stats=None,
+                                               tune_on=None, max_oov_rate=None,
+                                               engine=Engine.numba),
+                       _vocab_warned=True).summary
+            tot["dynamic"].update(static_perplexity=st["perplexity"],
+                                  static_logprob=st["logprob"])
     seconds = time.monotonic() - t_start
     tot["inputs"] = per
     tot["model"] = m.path
@@ -467,3 +504,16 @@ def resume_advice(checkpoint: str | None, dask: str | None, output: str | None):
         return f"no checkpoint was written yet ({checkpoint}): the same command starts again"
 
     return advice
+
+
+def _save_adapted(path, adapter, m) -> None:
+    """The adapted weights as a model file (the trained model's vocabulary, tokeniser and
+    training meta; ``adapted_from`` its checksum)."""
+    from streamlm.nn.params import save_model
+
+    with writing(path, "the adapted model"):
+        save_model(path, adapter.weights(), m.vocab, train_config=m.meta.get("train_config"),
+                   extra_meta={"adapted_from": m.meta.get("sha256"),
+                               "dynamic": adapter.settings.to_json()},
+                   tokenizer=m.tokenizer)
+    log.info("wrote %s: the adapted model", path)

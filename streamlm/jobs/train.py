@@ -27,9 +27,8 @@ resuming (``resume=True``) continues the exact same computation, so the final
 weights are bitwise identical to an uninterrupted run (same seed, same machine
 and BLAS library).
 
-A NaN or Inf loss or gradient norm stops training with
-:class:`~streamlm.errors.TrainingDiverged`; the last checkpoint (all finite)
-and the best model file are left as they were.
+A NaN or Inf loss or gradient norm stops training (TrainingDiverged); the last
+checkpoint (all finite) and the best model file are left as they were.
 """
 from __future__ import annotations
 
@@ -90,6 +89,7 @@ class TrainConfig:
     variational: bool = False  # Gal's: the same dropout mask at every step of a stream
     cell: str = "rnn"  # the recurrent cell: rnn (tanh), lstm, gru (streamlm.nn.cells)
     layers: int = 1  # stacked recurrent layers
+    init_range: float = 0.0  # > 0: every weight uniform(-R, R) (PyTorch's example: 0.1)
     tie_weights: bool = False  # affine_W = embed_W.T (needs embed == hidden)
     softmax: str = "full"  # "full" | "class" (Mikolov's class-factored softmax)
     classes: int | None = None  # C for softmax="class"; default round(sqrt(V))
@@ -251,7 +251,7 @@ class Trainer:
 
         warmup(np.float32)
         self.params = Params.init(self.model_cfg, seed=cfg.seed, dtype=np.float32,
-                                  classes=classes)
+                                  classes=classes, init_range=cfg.init_range)
         self.model = RNNLM(self.params, dropout=cfg.dropout, seed=_dropout_seed(cfg.seed),
                            variational=cfg.variational)
         self.opt = optim.make_optimizer(cfg.optimizer, self.params.flat, clip=cfg.clip,

@@ -275,8 +275,10 @@ class RNNLM:
 
     # training ------------------------------------------------------------
     def forward(self, xs: np.ndarray, ts: np.ndarray, h0: np.ndarray | None = None,
-                train: bool = False) -> tuple[float, np.ndarray]:
-        """(mean NLL over the non-ignored targets, final state (N, S)) of one block.
+                train: bool = False, tokens: bool = False):
+        """(mean NLL over the non-ignored targets, final state (N, S)) of one block;
+        with ``tokens``, the per-token NLL (N, T) float64 instead of the mean (dynamic
+        evaluation scores a segment with the pass it then learns from).
 
         xs: (N, T) int input ids; ts: (N, T) int targets (-1 = ignore); h0: the
         state before the block (None: zeros). Keeps the activations for
@@ -296,6 +298,8 @@ class RNNLM:
         nll = self.head.forward(hs_in, labels, scale, pl)
         self._cache = _Cache(N, T, ids, blocks, mask_x, masks)
         self._touched = None
+        if tokens:
+            return nll.reshape(T, N).T.copy(), self.final_states(blocks)
         loss = float(nll.sum() / count) if count else 0.0
         return loss, self.final_states(blocks)
 

@@ -280,28 +280,36 @@ class Params:
 
     @classmethod
     def init(cls, config: ModelConfig, seed: int = 0, dtype=np.float32,
-             classes: WordClasses | None = None) -> Params:
+             classes: WordClasses | None = None, init_range: float = 0.0) -> Params:
         """Seeded initialisation.
 
-        embed_W ~ N(0, 0.01^2); rnn_Wx, rnn_Wh, affine_W, class_W ~ N(0, 1/fan_in)
-        (the book's Xavier: std 1/sqrt(n) for n input nodes); biases 0. Drawn in
-        float64 from one PCG64 stream in a fixed order, in word-id order, then
-        cast: float32 and float64 models with the same seed hold the same
+        embed_W ~ N(0, 0.01^2); the layers' Wx, Wh, affine_W, class_W ~ N(0,
+        1/fan_in) (the book's Xavier: std 1/sqrt(n) for n input nodes); biases 0.
+        With ``init_range`` R > 0 every weight matrix is uniform(-R, R) instead
+        (Zaremba et al. and PyTorch's word-language-model example: 0.05 to 0.1).
+        Drawn in float64 from one PCG64 stream in a fixed order, in word-id order,
+        then cast: float32 and float64 models with the same seed hold the same
         numbers, and so do a full and a class model (class_W is drawn last).
         """
         p = cls(config, dtype, classes=classes)
         rng = np.random.default_rng(seed)
         V, D, H = config.V, config.D, config.H
-        arrays = {"embed_W": rng.standard_normal((V, D)) * 0.01}
+
+        def draw(shape, std):
+            if init_range > 0:
+                return rng.uniform(-init_range, init_range, shape)
+            return rng.standard_normal(shape) * std
+
+        arrays = {"embed_W": draw((V, D), 0.01)}
         for name, shape in config.shapes().items():  # every layer, in order
             if name in config.layer_names:
-                arrays[name] = (rng.standard_normal(shape) / np.sqrt(shape[0])
+                arrays[name] = (draw(shape, 1 / np.sqrt(shape[0]))
                                 if len(shape) == 2 else np.zeros(shape))
         arrays["affine_b"] = np.zeros(V)
         if not config.tied:
-            arrays["affine_W"] = rng.standard_normal((H, V)) / np.sqrt(H)
+            arrays["affine_W"] = draw((H, V), 1 / np.sqrt(H))
         if config.softmax == "class":
-            arrays["class_W"] = rng.standard_normal((H, config.C)) / np.sqrt(H)
+            arrays["class_W"] = draw((H, config.C), 1 / np.sqrt(H))
             arrays["class_b"] = np.zeros(config.C)
         p.set_file_arrays(arrays)
         return p

@@ -1,0 +1,327 @@
+"""Dynamic evaluation (streamlm.jobs.dynamic): the weights learn from each segment after
+scoring it.
+
+The step against a plain numpy reference (float64: the reference model, gradients by
+central differences, the update rule written out densely) for every cell and both
+output layers; no token scored by weights that saw it; learning rate 0 is static
+scoring; chunks, batches and threads change nothing; --reset line starts every line
+from the trained weights; the lazy decay of untouched rows equals a dense decay; and
+the checkpoint resumes exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import reference as ref
+
+from streamlm.jobs.dynamic import RMS_EPS, Adapter, Settings
+from streamlm.nn.classes import WordClasses, frequency_classes
+from streamlm.nn.params import ModelConfig, Params, save_model, state_size
+from streamlm.options import ScoreOptions
+
+CELLS = ["rnn", "lstm", "gru"]
+
+
+def tiny(cell: str, softmax: str, dtype=np.float64, V=9, D=3, H=3, tied=False) -> Params:
+    rng = np.random.default_rng(11)
+    classes = None
+    if softmax == "class":
+        classes = WordClasses(frequency_classes(rng.integers(1, 40, V), 3))
+    cfg = ModelConfig(V=V, D=D, H=H, cell=cell, softmax=softmax, tied=tied,
+                      C=classes.C if classes else 0)
+    p = Params.init(cfg, seed=2, dtype=dtype, classes=classes)
+    a = p.file_arrays()
+    for k in a:
+        a[k] = a[k] + rng.standard_normal(a[k].shape) * 0.3
+    if tied:
+        a["affine_W"] = a["embed_W"].T.copy()
+    p.set_file_arrays(a)
+    return p
+
+
+def reference_dynamic(p: Params, ids: np.ndarray, eos: int, K: int, lr: float, decay: float,
+                      rms: np.ndarray | None):
+    """Per-token NLL of the stream ``ids`` under the rule written out densely, every array
+    in word-id order (the model file's), gradients by central differences of
+    tests/reference.py's model."""
+    cfg = p.config
+    wc = None if p.classes is None else p.classes.word_class
+    theta = {k: v.copy() for k, v in p.file_arrays().items()}
+    theta0 = {k: v.copy() for k, v in theta.items()}
+    inv = None
+    if rms is not None:  # rms in the model's flat layout: as arrays in word-id order
+        q = p.copy()
+        q.flat[...] = rms
+        inv = {k: 1.0 / (v + RMS_EPS) for k, v in q.file_arrays().items()}
+    S = state_size(cfg)
+    state, prev, out = np.zeros((1, S)), eos, []
+    for a in range(0, len(ids), K):
+        seg = ids[a:a + K]
+        xs = np.concatenate([[prev], seg[:-1]])[None, :]
+
+        def loss_of(th, xs=xs, seg=seg, state=state):
+            return ref.model_nll(th, cfg, xs, seg[None, :], state, wc)[0].mean()
+
+        nll, after = ref.model_nll(theta, cfg, xs, seg[None, :], state, wc)
+        out.append(nll[0])
+        grads = {}
+        for k, arr in theta.items():  # (tied: affine_W follows embed_W)
+            if cfg.tied and k == "affine_W":
+                continue
+            g = np.zeros_like(arr)
+            for ix in np.ndindex(arr.shape):
+                old = arr[ix]
+                arr[ix] = old + 1e-6
+                if cfg.tied and k == "embed_W":
+                    theta["affine_W"] = theta["embed_W"].T.copy()
+                up = loss_of(theta)
+                arr[ix] = old - 1e-6
+                if cfg.tied and k == "embed_W":
+                    theta["affine_W"] = theta["embed_W"].T.copy()
+                down = loss_of(theta)
+                arr[ix] = old
+                g[ix] = (up - down) / 2e-6
+            grads[k] = g
+        if cfg.tied:
+            theta["affine_W"] = theta["embed_W"].T.copy()
+        for k, g in grads.items():
+            scale = 1.0 if inv is None else inv[k]
+            theta[k] = theta[k] - lr * g * scale + decay * (theta0[k] - theta[k])
+        if cfg.tied:
+            theta["affine_W"] = theta["embed_W"].T.copy()
+        state, prev = after, int(seg[-1])
+    return np.concatenate(out), theta
+
+
+def adapter_run(p: Params, ids: np.ndarray, eos: int, settings: Settings, rms=None):
+    ad = Adapter(p, settings, rms)
+    state, prev, out = None, eos, []
+    K = settings.segment
+    for a in range(0, len(ids), K):
+        seg = ids[a:a + K]
+        xs = np.concatenate([[prev], seg[:-1]])[None, :].astype(np.int32)
+        nll, state = ad.segment(xs, seg[None, :].astype(np.int32), state)
+        out.append(nll[0])
+        prev = int(seg[-1])
+    return np.concatenate(out), ad
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("softmax", ["full", "class"])
+@pytest.mark.parametrize("method", ["sgd", "rms"])
+def test_the_step_is_the_rule_written_out(cell, softmax, method):
+    """Three segments of 4 tokens: the NLL of each (scored before its step) and the
+    weights after them equal the dense numpy reference (float64, 1e-6)."""
+    p = tiny(cell, softmax)
+    ids = np.random.default_rng(5).integers(0, p.config.V, 12).astype(np.int32)
+    rms = None
+    if method == "rms":
+        rms = np.abs(np.random.default_rng(6).standard_normal(p.flat.shape)) + 0.5
+    lr, decay = (0.5, 0.05) if method == "sgd" else (0.2, 0.1)
+    want, theta = reference_dynamic(p, ids, 1, 4, lr, decay, rms)
+    got, ad = adapter_run(p, ids, 1, Settings(method, lr, decay, 4), rms)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
+    have = ad.weights().file_arrays()
+    for k, v in theta.items():
+        np.testing.assert_allclose(have[k], v, rtol=1e-6, atol=1e-8, err_msg=k)
+
+
+def test_tied_class_model_rows_decay_lazily_as_densely():
+    p = tiny("lstm", "class", tied=True, D=3, H=3)
+    ids = np.random.default_rng(7).integers(0, p.config.V, 16).astype(np.int32)
+    want, theta = reference_dynamic(p, ids, 1, 4, 0.3, 0.2, None)
+    got, ad = adapter_run(p, ids, 1, Settings("sgd", 0.3, 0.2, 4))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
+    have = ad.weights().file_arrays()
+    for k in ("embed_W", "affine_b", "class_W"):
+        np.testing.assert_allclose(have[k], theta[k], rtol=1e-6, atol=1e-8, err_msg=k)
+
+
+def test_no_token_is_scored_by_weights_that_saw_it():
+    """A huge step on a segment of one repeated word: if the step came before the
+    scoring, the segment's NLL would collapse. The first segment is scored by the
+    trained weights exactly; the second, of the same word, by the stepped ones."""
+    p = tiny("lstm", "full")
+    ids = np.full(8, 4, dtype=np.int32)
+    static, _ = adapter_run(p, ids, 1, Settings("sgd", 0.0, 0.0, 4))
+    got, _ = adapter_run(p, ids, 1, Settings("sgd", 5.0, 0.0, 4))
+    np.testing.assert_array_equal(got[:4], static[:4])
+    assert got[4:].mean() < static[4:].mean() * 0.5
+
+
+# ----------------------------------------------------------- through score --
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    from collections import Counter
+
+    from helpers import markov_text
+
+    from streamlm.data.vocab import Vocab
+
+    d = tmp_path_factory.mktemp("dyn")
+    words = [f"w{i}" for i in range(25)]
+    text = markov_text(400, 3, words, chain=1)
+    (d / "text.txt").write_text(text)
+    (d / "tune.txt").write_text(markov_text(100, 4, words, chain=1))
+    vocab = Vocab.build(Counter(text.split()))
+    out = {"dir": d}
+    for cell, softmax, layers in (("lstm", "full", 2), ("gru", "class", 2), ("rnn", "full", 1),
+                                  ("gru1", "class", 1)):
+        cl = None
+        if softmax == "class":
+            counts = Counter(text.split())
+            cl = WordClasses(frequency_classes(np.array([counts.get(w, 1) for w in
+                                                         vocab.words]), 4))
+        cfg = ModelConfig(V=len(vocab), D=8, H=8, cell=cell.rstrip("1"), layers=layers,
+                          softmax=softmax, C=cl.C if cl else 0)
+        p = Params.init(cfg, seed=1, classes=cl)
+        save_model(d / f"{cell}.npz", p, vocab.words)
+        out[cell] = d / f"{cell}.npz"
+    return out
+
+
+def _score(model, text, **kw):
+    from streamlm.jobs.score import score
+
+    return score(str(model), [str(text)], **kw).summary
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "gru1"])
+def test_learning_rate_zero_is_static_scoring(job, cell, tmp_path):
+    """Every token's log-probability the same bits (the totals sum them in another
+    order: the same to rounding) for a one-layer full softmax; stacked layers' input
+    terms and a class model's class factor are GEMMs over the block's rows, which BLAS
+    may round differently in a block of another length: the same to float32's rounding
+    (1e-7), as any chunking of static scoring."""
+    import pyarrow.parquet as pq
+
+    from streamlm.jobs.score import score
+
+    text = job["dir"] / "text.txt"
+    a, b = tmp_path / "static.parquet", tmp_path / "dynamic.parquet"
+    static = score(str(job[cell]), [str(text)], engine="numba", output=a, level="word").summary
+    dyn = score(str(job[cell]), [str(text)], dynamic="sgd", dynamic_lr=0.0,
+                dynamic_decay=0.0, output=b, level="word").summary
+    assert dyn["tokens"] == static["tokens"]
+    got, want = pq.read_table(b)["logprob"].to_pylist(), pq.read_table(a)["logprob"].to_pylist()
+    if cell == "rnn":
+        assert got == want
+        assert math.isclose(dyn["logprob"], static["logprob"], rel_tol=1e-13)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_chunks_batches_and_threads_change_nothing(job, cell):
+    from streamlm.compute import cpus
+
+    text = job["dir"] / "text.txt"
+    runs = []
+    try:
+        for chunk, batch, threads in ((2048, 16, 2), (7, 1, 1), (50, 3, 2)):
+            cpus.set_threads(threads)
+            runs.append(_score(job[cell], text, dynamic="sgd", dynamic_lr=0.1,
+                               dynamic_segment=13, chunk_tokens=chunk, batch=batch))
+    finally:
+        cpus.set_threads(None)
+    for r in runs[1:]:
+        assert r["tokens"] == runs[0]["tokens"]
+        assert math.isclose(r["logprob"], runs[0]["logprob"], rel_tol=1e-6)
+    static = _score(job[cell], text, engine="numba")
+    assert runs[0]["logprob"] > static["logprob"]  # it learned
+
+
+def test_reset_line_starts_every_line_from_the_trained_weights(job, tmp_path):
+    text = job["dir"] / "text.txt"
+    lines = text.read_text().splitlines()[:30]
+    both = tmp_path / "both.txt"
+    both.write_text("\n".join(lines) + "\n")
+    kw = dict(dynamic="sgd", dynamic_lr=0.5, dynamic_segment=3, reset="line")
+    together = _score(job["lstm"], both, **kw)
+    alone = 0.0
+    for k, line in enumerate(lines):
+        f = tmp_path / f"l{k}.txt"
+        f.write_text(line + "\n")
+        alone += _score(job["lstm"], f, **kw)["logprob"]
+    assert math.isclose(together["logprob"], alone, rel_tol=1e-9)
+
+
+def test_rms_statistics_auto_and_the_summary(job, tmp_path):
+    text, tune = job["dir"] / "text.txt", job["dir"] / "tune.txt"
+    stats = tmp_path / "stats.npz"
+    a = _score(job["gru"], text, dynamic="rms", tune_on=str(tune), dynamic_stats=str(stats))
+    assert stats.exists()
+    b = _score(job["gru"], text, dynamic="rms", dynamic_stats=str(stats))  # read back
+    assert b["logprob"] == a["logprob"]
+    assert a["dynamic"]["method"] == "rms" and a["dynamic"]["segment"] == 20
+    c = _score(job["gru"], text, dynamic="auto", tune_on=str(tune))
+    assert c["dynamic"]["tuned_on"] == str(tune)
+    with pytest.raises(Exception, match="--tune-on"):
+        ScoreOptions(dynamic="auto")
+
+
+def test_save_adapted_and_compare_static(job, tmp_path):
+    import hashlib
+
+    from streamlm.jobs.score import score
+
+    text = job["dir"] / "text.txt"
+    before = hashlib.sha256(job["lstm"].read_bytes()).hexdigest()
+    out = tmp_path / "adapted.npz"
+    r = score(str(job["lstm"]), [str(text)], dynamic="sgd", dynamic_lr=0.2,
+              save_adapted=str(out), compare_static=True).summary
+    assert hashlib.sha256(job["lstm"].read_bytes()).hexdigest() == before  # untouched
+    static = _score(job["lstm"], text, engine="numba")
+    assert r["dynamic"]["static_perplexity"] == static["perplexity"]
+    adapted = _score(out, text, engine="numba")  # the adapted weights score it better
+    assert adapted["perplexity"] < static["perplexity"]
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_totals_of_an_uninterrupted_one(job, tmp_path):
+    import subprocess
+
+    from helpers import KILLED, kill_when, script
+
+    text = job["dir"] / "big.txt"
+    text.write_text((job["dir"] / "text.txt").read_text() * 8)
+    base = ["score", job["gru"], text, "--dynamic", "sgd", "--dynamic-lr", "0.1", "--json",
+            "-q"]
+    want = json.loads(subprocess.run(script(*base), capture_output=True, text=True,
+                                     check=True).stdout)
+    for k, delay in enumerate(np.random.default_rng(1).uniform(0.2, 1.5, 3)):
+        ck = tmp_path / f"c{k}.ckpt"
+        argv = [*base[:-2], "--checkpoint", ck, "--checkpoint-every", "2000"]
+        rc = kill_when(argv, ck.exists, delay=float(delay))
+        r = subprocess.run(script(*argv, "--json"), capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        got = json.loads(r.stdout)
+        assert got["tokens"] == want["tokens"]
+        assert math.isclose(got["logprob"], want["logprob"], rel_tol=1e-9), (rc, KILLED)
+
+
+def test_the_api_stream_adapts_across_feeds_as_the_cli_does(job):
+    """lm.stream(dynamic=...) fed in pieces that cut across segments: the totals of
+    `streamlm score --dynamic` (to float32's rounding)."""
+    import streamlm
+
+    text = job["dir"] / "text.txt"
+    want = _score(job["lstm"], text, dynamic="sgd", dynamic_lr=0.3, dynamic_segment=7)
+    lm = streamlm.Model(job["lstm"])
+    s = lm.stream(dynamic={"method": "sgd", "lr": 0.3, "segment": 7})
+    for line in text.read_text().splitlines():
+        s.feed(line, eos=True)
+    assert s.tokens == want["tokens"]
+    assert math.isclose(s.logprob, want["logprob"], rel_tol=1e-6)
+    static = lm.stream()
+    for line in text.read_text().splitlines():
+        static.feed(line, eos=True)
+    assert s.logprob > static.logprob  # it learned
+    s.reset()  # the trained weights again
+    first = text.read_text().splitlines()[0]
+    np.testing.assert_allclose(s.feed(first, eos=True), lm.stream().feed(first, eos=True),
+                               rtol=1e-6)
