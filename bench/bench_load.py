@@ -2,10 +2,12 @@
 
     python -m bench.bench_load [--reps 3] [--hidden 100,256] [--softmax full,class]
                                [--modes stream,line,docs,longline] [--seconds 4]
+                               [--cell rnn|lstm|gru] [--layers 1]
 
 Every figure is a whole ``streamlm score`` process as a user runs it. For each
 model (the same seeded weights for the full and the class softmax, V=10,000,
-PTB's vocabulary, D=H) and each scoring mode:
+PTB's vocabulary, D=H, the cell and layers of ``--cell`` and ``--layers``) and each
+scoring mode:
 
 - ``stream``: PTB train lines as one stream, the state carried (the default);
 - ``line``: the same lines, every line alone, batched (``--reset line --batch 64``,
@@ -60,7 +62,8 @@ TARGET_BUSY, TARGET_PAIR = 1.5, 1.1
 _BUSY = "import time\nwhile True:\n    pass\n"
 
 
-def models(H: int, vocab: list[str], counts: np.ndarray) -> dict[str, Path]:
+def models(H: int, vocab: list[str], counts: np.ndarray, cell: str = "rnn",
+           layers: int = 1) -> dict[str, Path]:
     """{"full": path, "class": path}: the same seeded weights (class_W added, C=100)."""
     from streamlm.nn.classes import WordClasses, frequency_classes
     from streamlm.nn.params import ModelConfig, Params, save_model
@@ -68,14 +71,16 @@ def models(H: int, vocab: list[str], counts: np.ndarray) -> dict[str, Path]:
     V = len(vocab)
     out = {}
     for kind in ("full", "class"):
-        f = CACHE / f"load_{kind}_H{H}.npz"
+        name = f"load_{kind}_H{H}" if cell == "rnn" and layers == 1 else \
+            f"load_{kind}_{cell}{layers}_H{H}"
+        f = CACHE / f"{name}.npz"
         if not f.exists():
             if kind == "full":
-                p = Params.init(ModelConfig(V=V, D=H, H=H), seed=0)
+                p = Params.init(ModelConfig(V=V, D=H, H=H, cell=cell, layers=layers), seed=0)
             else:
                 cl = WordClasses(frequency_classes(counts, 100))
-                p = Params.init(ModelConfig(V=V, D=H, H=H, softmax="class", C=cl.C), seed=0,
-                                classes=cl)
+                p = Params.init(ModelConfig(V=V, D=H, H=H, softmax="class", C=cl.C, cell=cell,
+                                            layers=layers), seed=0, classes=cl)
             a = p.file_arrays()  # a trained-looking spread: biases from the log counts
             a["affine_b"] = np.log(counts + 1.0).astype(np.float32) - 5
             p.set_file_arrays(a)
@@ -206,6 +211,8 @@ def main(argv=None) -> None:
     ap.add_argument("--hidden", default="100,256")
     ap.add_argument("--softmax", default="full,class")
     ap.add_argument("--modes", default="stream,line,docs,longline")
+    ap.add_argument("--cell", default="rnn", choices=["rnn", "lstm", "gru"])
+    ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "load.json"))
     ap.add_argument("--code", default=None,
@@ -233,7 +240,7 @@ def main(argv=None) -> None:
     counts = np.array([c.get(w, 0) for w in vocab], dtype=np.float64)
     configs = []
     for H in [int(h) for h in a.hidden.split(",")]:
-        ms = models(H, vocab, counts)
+        ms = models(H, vocab, counts, a.cell, a.layers)
         for kind in a.softmax.split(","):
             for mode in a.modes.split(","):
                 configs.append((H, kind, mode, ms[kind]))
@@ -245,7 +252,8 @@ def main(argv=None) -> None:
         res3, w3 = timed([command(model, text_for(mode, 300_000, lines), mode)])
         rate = (res3[0]["tokens"] - res1[0]["tokens"]) / max(1e-3, w3 - w1)
         tokens = int(max(100_000, min(5_000_000, round(rate * a.seconds, -4))))
-        rows.append({"H": H, "softmax": kind, "mode": mode, "model": str(model),
+        rows.append({"H": H, "cell": a.cell, "layers": a.layers, "softmax": kind,
+                     "mode": mode, "model": str(model),
                      "text": str(text_for(mode, tokens, lines)), "walls": {}})
         print(f"H={H} {kind} {mode}: {tokens:,} tokens (about {rate:,.0f} tokens/s alone)",
               file=sys.stderr)
@@ -313,12 +321,13 @@ def _table(rows) -> None:
                   f"{s['speed_over_other']:.3f} |")
         return
 
-    print("| H | softmax | mode | tokens | alone tok/s | busy/alone | pair/pair_t1 | "
+    print("| cell | H | softmax | mode | tokens | alone tok/s | busy/alone | pair/pair_t1 | "
           "pair/alone | alone_t1/alone |")
-    print("|---:|---|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         s = _summarise(r)
-        print(f"| {r['H']} | {r['softmax']} | {r['mode']} | {r['tokens']:,} | "
+        cell = f"{r.get('cell', 'rnn')}×{r.get('layers', 1)}"
+        print(f"| {cell} | {r['H']} | {r['softmax']} | {r['mode']} | {r['tokens']:,} | "
               f"{s['tokens_per_s_alone']:,.0f} | {f(s['busy_over_alone'])} | "
               f"{f(s['pair_over_pair_t1'])} | {f(s['pair_over_alone'])} | "
               f"{f(s['alone_t1_over_alone'])} |")
