@@ -56,7 +56,8 @@ def reference_dynamic(p: Params, ids: np.ndarray, eos: int, K: int, lr: float, d
     if rms is not None:  # rms in the model's flat layout: as arrays in word-id order
         q = p.copy()
         q.flat[...] = rms
-        inv = {k: 1.0 / (v + RMS_EPS) for k, v in q.file_arrays().items()}
+        # floored array by array at the array's mean (an unseen word's row: RMS 0)
+        inv = {k: 1.0 / (np.maximum(v, v.mean()) + RMS_EPS) for k, v in q.file_arrays().items()}
     S = state_size(cfg)
     state, prev, out = np.zeros((1, S)), eos, []
     for a in range(0, len(ids), K):
@@ -84,6 +85,8 @@ def reference_dynamic(p: Params, ids: np.ndarray, eos: int, K: int, lr: float, d
                     theta["affine_W"] = theta["embed_W"].T.copy()
                 down = loss_of(theta)
                 arr[ix] = old
+                if cfg.tied and k == "embed_W":
+                    theta["affine_W"] = theta["embed_W"].T.copy()
                 g[ix] = (up - down) / 2e-6
             grads[k] = g
         if cfg.tied:
@@ -116,11 +119,22 @@ def adapter_run(p: Params, ids: np.ndarray, eos: int, settings: Settings, rms=No
 def test_the_step_is_the_rule_written_out(cell, softmax, method):
     """Three segments of 4 tokens: the NLL of each (scored before its step) and the
     weights after them equal the dense numpy reference (float64, 1e-6)."""
-    p = tiny(cell, softmax)
+    check_the_rule(tiny(cell, softmax), method)
+
+
+@pytest.mark.parametrize("method", ["sgd", "rms"])
+def test_a_tied_full_softmax_steps_every_word_row(method):
+    """Tied to a full softmax, the embedding takes the output layer's gradient on every
+    row, not only on the rows of the segment's words."""
+    check_the_rule(tiny("lstm", "full", tied=True), method)
+
+
+def check_the_rule(p: Params, method: str) -> None:
     ids = np.random.default_rng(5).integers(0, p.config.V, 12).astype(np.int32)
     rms = None
     if method == "rms":
         rms = np.abs(np.random.default_rng(6).standard_normal(p.flat.shape)) + 0.5
+        rms[::7] = 0.0  # parameters the tuning text never moved
     lr, decay = (0.5, 0.05) if method == "sgd" else (0.2, 0.1)
     want, theta = reference_dynamic(p, ids, 1, 4, lr, decay, rms)
     got, ad = adapter_run(p, ids, 1, Settings(method, lr, decay, 4), rms)

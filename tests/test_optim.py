@@ -312,3 +312,44 @@ def test_resume_refuses_another_schedule(corpus, tmp_path):
     rc, _, se = cli(*base, "--epochs", "2", "--decay-after", "7", "--resume")
     assert_one_error_line(rc, se, "--decay-after")
     assert rc == 2
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 5])
+def test_split_ranges_covers_every_element_once_in_order(parts):
+    rng = np.random.default_rng(parts)
+    for _ in range(50):
+        n = int(rng.integers(1, 7))
+        seg = np.sort(rng.choice(200_000, 2 * n, replace=False)).reshape(n, 2).astype(np.int64)
+        groups = optim.split_ranges(seg, parts, min_size=1000)
+        assert 1 <= len(groups) <= parts
+        got = np.concatenate([np.arange(a, b) for g in groups for a, b in g])
+        want = np.concatenate([np.arange(a, b) for a, b in seg])
+        np.testing.assert_array_equal(got, want)
+        sizes = [int((g[:, 1] - g[:, 0]).sum()) for g in groups]
+        assert max(sizes) - min(sizes) <= 1
+
+
+def test_dynamic_step_on_threads_equals_one_pass():
+    from streamlm.compute import kernels as K
+    from streamlm.compute.threads import set_num_threads
+
+    rng = np.random.default_rng(3)
+    P = 300_000
+    theta0 = rng.standard_normal(P).astype(np.float32)
+    seg = np.array([[10, 1000], [5000, 250_000], [260_000, P]], dtype=np.int64)
+    inv = rng.random(P).astype(np.float32) + 0.5
+    lr, decay = np.float32(0.01), np.float32(0.05)
+    out = []
+    for threads in (1, 2):
+        set_num_threads(threads)
+        theta = theta0 + np.float32(1)
+        g = np.random.default_rng(4).standard_normal(P).astype(np.float32)
+        if threads == 1:
+            K.dyn_step(theta, theta0, g, inv, lr, decay, seg)
+        else:
+            optim.dynamic_step(theta, theta0, g, inv, lr, decay, seg)
+        out.append((theta, g))
+    set_num_threads(None)
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    np.testing.assert_array_equal(out[0][1], out[1][1])
+    assert (out[1][1][seg[1, 0]:seg[1, 1]] == 0).all() and out[1][1][2000] != 0

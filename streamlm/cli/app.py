@@ -234,11 +234,11 @@ def score_cmd(
         rich_help_panel="Dynamic evaluation")
     ] = None,
     dynamic_lr: Annotated[Optional[float], typer.Option(
-        "--dynamic-lr", help="The step size (default: rms 2e-4, sgd 0.05).",
+        "--dynamic-lr", help="The step size (default: rms 8e-4, sgd 0.05).",
         rich_help_panel="Dynamic evaluation")] = None,
     dynamic_decay: Annotated[Optional[float], typer.Option(
-        "--dynamic-decay", help="The pull toward the trained weights per step (default: rms "
-                                "1e-3, sgd 0).", rich_help_panel="Dynamic evaluation")] = None,
+        "--dynamic-decay", help="The pull toward the trained weights per step (default: "
+                                "0).", rich_help_panel="Dynamic evaluation")] = None,
     dynamic_segment: Annotated[int, typer.Option(
         "--dynamic-segment", help="Tokens per step, from each stream's (or line's, "
                                   "document's) start.", rich_help_panel="Dynamic evaluation")

@@ -117,6 +117,38 @@ def adam_update(p, g, m, v, lr_t, beta1, beta2, eps, gscale=None,
            flat_chunks(p.shape[0], pl.threads))
 
 
+def split_ranges(seg: np.ndarray, parts: int, min_size: int = 65536) -> list[np.ndarray]:
+    """The ranges ``seg`` (K, 2) cut into at most ``parts`` groups of near-equal total
+    length, each at least ``min_size`` elements; a range is cut where a group ends."""
+    lengths = seg[:, 1] - seg[:, 0]
+    total = int(lengths.sum())
+    parts = max(1, min(parts, total // max(1, min_size)))
+    if parts == 1:
+        return [seg]
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    bounds = [total * k // parts for k in range(parts + 1)]
+    out = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        ks = np.flatnonzero((starts < hi) & (ends > lo))
+        a = seg[ks, 0] + np.maximum(0, lo - starts[ks])
+        b = seg[ks, 0] + np.minimum(lengths[ks], hi - starts[ks])
+        out.append(np.ascontiguousarray(np.stack([a, b], axis=1), dtype=np.int64))
+    return out
+
+
+def dynamic_step(theta, theta0, g, inv, lr, decay, seg: np.ndarray) -> None:
+    """Dynamic evaluation's step on the ranges ``seg`` of the flat buffers, on all
+    threads: theta = theta0 + (1 - decay) (theta - theta0) - lr g inv, then g = 0
+    there (kernels.dyn_step; elementwise, so any split gives the same numbers)."""
+    pl = pool()
+    groups = split_ranges(seg, pl.threads)
+    if len(groups) == 1:
+        K.dyn_step(theta, theta0, g, inv, lr, decay, seg)
+        return
+    pl.map(lambda s: K.dyn_step(theta, theta0, g, inv, lr, decay, s), [(s,) for s in groups])
+
+
 def zero(g: np.ndarray, seg: np.ndarray | None = None) -> None:
     """g = 0 (or only its segments)."""
     if seg is None:
