@@ -18,7 +18,7 @@ assert all(m.__file__.startswith(sys.argv[1]) for m in (typer, click, rich)), "n
 PYTHONPATH="$oldest" python -m pytest -q -p no:cacheprovider \
     tests/test_cli.py tests/test_score_cli.py
 python -m pytest -q "$@"
-NUMBA_DISABLE_JIT=1 python -m pytest -q -W ignore::RuntimeWarning \
+NUMBA_DISABLE_JIT=1 python -m pytest -q -W ignore::RuntimeWarning --durations=10 \
     tests/test_kernels.py tests/test_model.py tests/test_engine.py tests/test_tokenizer.py \
     tests/test_score.py tests/test_class_softmax.py tests/test_threads.py tests/test_pipeline.py \
     tests/test_cells.py

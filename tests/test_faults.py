@@ -30,7 +30,7 @@ from streamlm.jobs.prepare import prepare
 from streamlm.nn.params import ModelConfig, Params, load_model, save_model
 
 REPO = Path(__file__).resolve().parents[1]
-KILLS = 5
+KILLS = 3
 WORDS = [f"w{i}" for i in range(60)]
 
 

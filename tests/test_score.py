@@ -16,6 +16,7 @@ import pytest
 import reference as ref
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from numba.core import config as numba_config
 
 from streamlm.data.text import iter_pieces
 from streamlm.data.tokenizer import Block, encode
@@ -26,6 +27,8 @@ from streamlm.jobs.score import score
 from streamlm.nn.classes import WordClasses, frequency_classes
 from streamlm.nn.engines import NumpyRNN
 from streamlm.nn.params import ModelConfig, Params, load_model, save_model, state_size
+
+NO_JIT = bool(numba_config.DISABLE_JIT)
 
 TRAIN = """the cat sat on the mat
 the dog sat on the log
@@ -185,7 +188,7 @@ def ptb_lines(shared_data, tmp_path_factory):
     return small
 
 
-@settings(max_examples=8, deadline=None,
+@settings(max_examples=3 if NO_JIT else 8, deadline=None,  # (no JIT: Python kernels, slow)
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(chunk=st.integers(17, 3000), batch=st.integers(1, 20),
        reset=st.sampled_from(["none", "line"]))
