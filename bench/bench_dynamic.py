@@ -70,7 +70,7 @@ def main(argv=None) -> None:
         for name, test, tune in (("ptb", ptb / "ptb.test.txt", ptb / "ptb.valid.txt"),
                                  ("shakespeare", sh_test, sh_tune)):
             stats = Path(d) / f"{name}.stats.npz"
-            static, _ = run(["score", a.model, str(test), "--engine", "numba"])
+            static, _ = run(["score", a.model, str(test)])
             zero, _ = run(["score", a.model, str(test), "--dynamic", "sgd", "--dynamic-lr",
                            "0", "--dynamic-decay", "0", *seg])
             if not math.isclose(zero["logprob"], static["logprob"], rel_tol=1e-6):
@@ -94,8 +94,7 @@ def main(argv=None) -> None:
                          str(dyn["dynamic"]["decay"]), *seg]
                 walls = {"static": [], "dynamic": []}
                 for _ in range(a.reps):
-                    walls["static"].append(run(["score", a.model, str(test), "--engine",
-                                                "numba"])[1])
+                    walls["static"].append(run(["score", a.model, str(test)])[1])
                     walls["dynamic"].append(run(["score", a.model, str(test), *fixed])[1])
                 med = {k: float(np.median(v)) for k, v in walls.items()}
                 rows["cost"] = {"walls": walls, "dynamic_over_static": med["dynamic"] /

@@ -101,8 +101,10 @@ def describe(model: Path) -> dict:
 
     m = load_model(model)
     c = m.config
+    cell = "" if (c.cell, c.layers) == ("rnn", 1) else f"{c.cell} {c.layers}x"
     return {"softmax": c.softmax, "H": c.H, "D": c.D, "C": c.C, "tied": c.tied,
-            "label": f"streamlm {c.softmax} H={c.H}" + (f" C={c.C}" if c.C else "")}
+            "cell": c.cell, "layers": c.layers,
+            "label": f"streamlm {cell}{c.softmax} H={c.H}" + (f" C={c.C}" if c.C else "")}
 
 
 def main(argv=None):

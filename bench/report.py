@@ -314,6 +314,47 @@ def shakespeare_section(r) -> list[str]:
               for k, m in r["models"].items()), ""]
 
 
+def gated_section(r) -> list[str]:
+    out = ["## Gated cells against PyTorch (same weights, same answer; tokens/s)", "",
+           "| cell | one stream: streamlm / torch | 20 streams: streamlm / torch | "
+           "training: streamlm / torch |", "|---|---:|---:|---:|"]
+    for x in r["rows"]:
+        cells = [f"{x[k]['streamlm_tok_s']:,.0f} / {x[k]['torch_tok_s']:,.0f} "
+                 f"(**{x[k]['ratio']:.2f}×**)" for k in ("one_stream", "twenty_streams",
+                                                          "train")]
+        out.append(f"| {x['cell']} {x['layers']}×{x['H']} | " + " | ".join(cells) + " |")
+    t = r["targets"]
+    return out + ["", f"Targets: one stream ≥ {t['one_stream']}×, 20 streams ≥ "
+                  f"{t['twenty_streams']}×, training ≥ {t['train']}×.", ""]
+
+
+def dynamic_section(r) -> list[str]:
+    out = [f"## Dynamic evaluation ({r['model']})", "",
+           "| text | tokens | static | dynamic (`auto`) | change | step, decay | "
+           "plain SGD (defaults) |", "|---|---:|---:|---:|---:|---|---:|"]
+    for k in ("ptb", "shakespeare"):
+        x = r[k]
+        out.append(f"| {k} | {x['tokens']:,} | {x['static_perplexity']:.2f} | "
+                   f"{x['dynamic_perplexity']:.2f} | {100 * x['change']:+.1f}% | "
+                   f"{x['dynamic']['lr']:g}, {x['dynamic']['decay']:g} | "
+                   f"{x['sgd_perplexity']:.2f} |")
+    c = r["cost"]
+    return out + ["", f"Cost on PTB test: {c['dynamic_tok_s']:,.0f} against "
+                  f"{c['static_tok_s']:,.0f} tokens/s, **{c['dynamic_over_static']:.2f}×** "
+                  "the time of static scoring (whole processes, medians).", ""]
+
+
+def torch_lm_section(r) -> list[str]:
+    o = r["options"]
+    out = [f"## PyTorch's word_language_model on PTB, {o['minutes']:g} minutes "
+           f"({o['layers']}×{o['hidden']} {o['model']}, tied {o['tied']}, dropout "
+           f"{o['dropout']})", "", "| epoch | valid | lr | elapsed s |", "|---:|---:|---:|---:|",
+           *(f"| {c['epoch']} | {c['valid_ppl']:.2f} | {c['lr']:g} | {c['elapsed_s']:.0f} |"
+             for c in r["curve"])]
+    return out + ["", f"Best valid {r['best_valid_ppl']:.2f}, test **{r['test_ppl']:.2f}** "
+                  f"after {r['epochs']} epochs.", ""]
+
+
 def main():
     lines = ["# streamlm benchmarks: the tables of bench/results/", "",
              "Written by `python -m bench.report` from the JSON the bench scripts leave in "
@@ -327,7 +368,9 @@ def main():
              "bench_kenlm.py (against KenLM query), bench_documents.py (Parquet "
              "documents), bench_api.py (the Python API against the kenlm module), bench_subword.py "
              "(SentencePiece encoding's share of scoring), bench_shakespeare.py (word against "
-             "subword, by bits per byte).", ""]
+             "subword, by bits per byte), bench_gated.py (LSTM and GRU against PyTorch), "
+             "bench_dynamic.py (dynamic against static scoring), torch_lm.py (PyTorch's PTB "
+             "recipe for a wall-time budget).", ""]
     t1 = lambda r: speed_section(r, "## Speed with ONE thread per library (per-core efficiency)")  # noqa: E731
     for name, fn in (("speed.json", speed_section),
                      ("speed_t1.json", t1),
@@ -344,7 +387,10 @@ def main():
                      ("api.json", api_section),
                      ("subword.json", subword_section),
                      ("shakespeare.json", shakespeare_section),
-                     ("shakespeare_dropout05.json", shakespeare_section)):
+                     ("shakespeare_dropout05.json", shakespeare_section),
+                     ("gated.json", gated_section),
+                     ("dynamic.json", dynamic_section),
+                     ("torch_lstm2x200_ptb30.json", torch_lm_section)):
         r = _load(name)
         if r is not None:
             lines += fn(r)

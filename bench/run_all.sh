@@ -21,5 +21,6 @@ else
   python -m bench.bench_memory --sizes 1,11
   python -m bench.bench_subword
   python -m bench.bench_shakespeare
+  python -m bench.bench_gated
 fi
 python -m bench.report
