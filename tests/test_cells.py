@@ -116,6 +116,34 @@ def test_gradients_of_every_parameter_and_the_carried_state(cell, layers, recur)
 
 
 @pytest.mark.parametrize("cell", CELLS)
+def test_few_rows_and_many_rows_give_the_same_gradients(cell, monkeypatch):
+    """The weight gradients split by columns into ``grads`` (few rows: the check above,
+    and dynamic evaluation's segments) equal those summed from partial sums by rows
+    (the training blocks), on one thread and on two."""
+    from streamlm.compute import cpus
+    from streamlm.nn import cells
+
+    p = make(cell, 2, H=5, V=9, D=4)
+    xs, ts, s0 = block(p, N=3, T=6)
+    got = {}
+    try:
+        for threads in (1, 2):
+            cpus.set_threads(threads)
+            for few in (cells.FEW_ROWS, 0):
+                monkeypatch.setattr(cells, "FEW_ROWS", few)
+                m = RNNLM(p)
+                m.forward(xs, ts, s0)
+                g = p.zeros_like()
+                g.flat[:] = 0.5  # (accumulated into, not overwritten)
+                m.backward(g)
+                got[threads, few > 0] = g.flat.copy()
+    finally:
+        cpus.set_threads(None)
+    for k, v in got.items():
+        np.testing.assert_allclose(v, got[1, False], rtol=1e-12, atol=1e-14, err_msg=str(k))
+
+
+@pytest.mark.parametrize("cell", CELLS)
 def test_chunks_with_the_state_carried_equal_one_block(cell):
     p = make(cell, 2, dtype=np.float32, H=70)
     xs, ts, s0 = block(p, N=2, T=40)

@@ -1676,16 +1676,40 @@ def gru_gates_(A, X, xrow, bh, hp, h, G):
 
 
 @njit(**JIT)
+def _dyn_run(theta, theta0, g, inv, lr, decay, zero_g):
+    """The step on 1-d views of one length (indices from 0: no wraparound, SIMD)."""
+    one = theta.dtype.type(1)
+    keep = one - decay
+    n = theta.shape[0]
+    if decay == 0:  # theta0 not read: the same step, a third less memory
+        for j in range(n):
+            theta[j] -= lr * g[j] * inv[j]
+    else:
+        for j in range(n):
+            t0 = theta0[j]
+            theta[j] = t0 + keep * (theta[j] - t0) - lr * g[j] * inv[j]
+    if zero_g:
+        for j in range(n):
+            g[j] = 0
+
+
+@njit(**JIT)
 def dyn_step(theta, theta0, g, inv, lr, decay, seg):
     """One step over the ranges seg (K, 2) of the flat buffers, g zeroed there.
     theta, theta0, g, inv: (P,) float; lr, decay: scalars of their dtype."""
-    one = theta.dtype.type(1)
-    keep = one - decay
     for k in range(seg.shape[0]):
-        for j in range(seg[k, 0], seg[k, 1]):
-            t0 = theta0[j]
-            theta[j] = t0 + keep * (theta[j] - t0) - lr * g[j] * inv[j]
-            g[j] = 0
+        a, b = seg[k, 0], seg[k, 1]
+        _dyn_run(theta[a:b], theta0[a:b], g[a:b], inv[a:b], lr, decay, True)
+
+
+@njit(**JIT)
+def dyn_step_cols(theta, theta0, g, inv, lr, decay, c0, c1):
+    """dyn_step on the columns [c0, c1) of (R, C) C-contiguous arrays (a block of an
+    output matrix), g not zeroed (the caller's gradient of that block, computed just
+    before: the output layer steps as its backward goes, each thread its columns)."""
+    for r in range(theta.shape[0]):
+        _dyn_run(theta[r, c0:c1], theta0[r, c0:c1], g[r, c0:c1], inv[r, c0:c1], lr, decay,
+                 False)
 
 
 @njit(**JIT)
@@ -1697,6 +1721,9 @@ def dyn_catch_up(theta, theta0, off, width, rows, stamp, now, keep):
         w = rows[r]
         k = now - stamp[w]
         if k <= 0:
+            continue
+        if keep == 1:  # (decay 0: nothing pending)
+            stamp[w] = now
             continue
         f = keep ** k
         a = off + w * width

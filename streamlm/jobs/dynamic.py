@@ -36,6 +36,7 @@ import numpy as np
 
 from streamlm.compute import kernels as K
 from streamlm.errors import UsageError
+from streamlm.nn.heads import ElementStep
 from streamlm.nn.model import RNNLM
 from streamlm.nn.optim import dynamic_step
 from streamlm.nn.params import Params, _merge
@@ -108,6 +109,16 @@ class Adapter:
         off = self.p.offsets
         self.first_dense = off[cfg.layer_names[0]]
         self.classes = self.p.classes
+        # a full softmax (not tied: its rows are the embedding's) steps as its backward
+        # goes (heads.ElementStep): the dense step then ends where the output layer starts
+        self.head_step = None
+        self.dense_end = self.p.flat.shape[0]
+        if self.rnn.head.steps_in_backward and not cfg.tied:
+            self.head_step = ElementStep(Params(cfg, self.p.dtype, self.theta0),
+                                         Params(cfg, self.p.dtype, self.inv), self.lr,
+                                         self.decay)
+            self.dense_end = off["affine_W"]
+            self.head_range = np.array([[self.dense_end, self.p.flat.shape[0]]], dtype=np.int64)
         # word rows decayed lazily (the step each was last brought up to): the
         # embedding's, and a class model's output rows and biases
         V = cfg.V
@@ -185,12 +196,14 @@ class Adapter:
         if not learn:
             self.rnn._cache = None
             return nll, after
-        self.rnn.backward(self.g)
+        self.rnn.backward(self.g, self.head_step)
         seg = self._step_ranges(ids, ranges)
         dynamic_step(self.p.flat, self.theta0, self.g.flat, self.inv, self.lr, self.decay, seg)
         self.n += 1
         self._stamp(ids, ranges)
         self._moved.append(seg)
+        if self.head_step is not None:  # (the output layer stepped in the backward)
+            self._moved.append(self.head_range)
         if len(self._moved) > 64:  # (merged now and then: bounded memory)
             self._moved = [_merge(np.concatenate(self._moved))]
         return nll, after
@@ -202,7 +215,7 @@ class Adapter:
             return self.p.segments(ids, ranges)
         rows = np.stack([ids, ids + 1], axis=1).astype(np.int64)
         embed = off["embed_W"] + _merge(rows) * cfg.D
-        dense = np.array([[self.first_dense, self.p.flat.shape[0]]], dtype=np.int64)
+        dense = np.array([[self.first_dense, self.dense_end]], dtype=np.int64)
         return np.ascontiguousarray(np.concatenate([embed, dense]))
 
     def _stamp(self, ids: np.ndarray, ranges: np.ndarray | None) -> None:

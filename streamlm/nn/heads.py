@@ -5,7 +5,10 @@ questions, the same for every kind (the model never asks which kind it has):
 
 * ``forward(hs, labels, scale, pool)``: the NLL of each target, keeping what
   ``backward(grads, pool)`` needs to accumulate its parameter gradients and
-  return ``dhs``, the gradient w.r.t. the hidden states (training);
+  return ``dhs``, the gradient w.r.t. the hidden states (training); a layer
+  with ``steps_in_backward`` takes ``backward(grads, pool, step)`` too: an
+  :class:`ElementStep` applied to its own parameters as their gradient is
+  computed (dynamic evaluation), instead of accumulating it;
 * ``score(hs, labels, out, pool)``: the NLL of each target with bounded
   memory and nothing kept (scoring); ``scratch`` / ``score_rows`` do one
   thread's share, for the single-stream pipeline;
@@ -17,6 +20,8 @@ for "ignore" (NLL 0, no gradient), validated before they get here.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,6 +36,17 @@ from streamlm.nn.params import Params
 # scoring"; bench/HISTORY.md, "What changed in this round...", item 8).
 PROJ_ROWS = 1024
 PROJ_BYTES = 48 << 20
+@dataclass(frozen=True)
+class ElementStep:
+    """An elementwise step the output layer takes as its backward computes the
+    gradient (dynamic evaluation, streamlm.jobs.dynamic): theta <- theta0 + (1 - decay)
+    (theta - theta0) - lr g inv, with ``theta0`` and ``inv`` Params over the trained
+    weights and the per-parameter scale; lr and decay scalars of the weights' dtype."""
+
+    theta0: Params
+    inv: Params
+    lr: np.floating
+    decay: np.floating
 
 
 class FullSoftmax:
@@ -41,6 +57,8 @@ class FullSoftmax:
     (bench/HISTORY.md, "What changed in this round, and what each change bought",
     item 7, "The output layer split by columns of W").
     """
+
+    steps_in_backward = True
 
     def __init__(self, params: Params):
         self.params = params
@@ -71,28 +89,46 @@ class FullSoftmax:
         self._hs = hs
         return nll
 
-    def backward(self, grads: Params, pool: Pool) -> np.ndarray:
-        """Accumulate d affine_W, d affine_b into grads; return dhs: (M, H)."""
+    def backward(self, grads: Params, pool: Pool, step: ElementStep | None = None
+                 ) -> np.ndarray:
+        """Accumulate d affine_W, d affine_b into grads; return dhs: (M, H).
+
+        With ``step`` (dynamic evaluation), affine_W and affine_b take the step instead,
+        each thread on its columns right after computing their gradient (into a
+        scratch buffer: not accumulated, never zeroed) and their share of dhs (from the
+        weights before the step)."""
         hs, self._hs = self._hs, None
         if hs is None:
             raise RuntimeError("backward() without forward()")
         p = self.params
         M, V, H = hs.shape[0], p.config.V, p.config.H
         W = p.affine_W
-        gW = grads["affine_W"]
         dlogits = self.buf("logits", (M, V))
-        grads["affine_b"] += self.buf("dbp", (len(split(M, pool.threads)), V)).sum(axis=0)
+        db = self.buf("dbp", (len(split(M, pool.threads)), V)).sum(axis=0)
         cols = split(V, pool.threads)
         dhp = self.buf("dhs_part", (len(cols), M, H))
+        if step is None:
+            grads["affine_b"] += db
+            gW = grads["affine_W"]
+        else:
+            gW = self.buf("step_g", (H, V))
+            W0, inv = step.theta0.affine_W, step.inv.affine_W
 
         def by_cols(k):
             # one block of V columns per thread: dW[:, cols] = hs^T @ dlogits[:, cols] and
             # the partial dhs_k = dlogits[:, cols] @ W[:, cols]^T (summed below)
             a, b = cols[k]
-            blas.gemm(hs.T, dlogits[:, a:b], gW[:, a:b], beta=1.0)
             blas.gemm(dlogits[:, a:b], W[:, a:b].T, dhp[k])
+            if step is None:
+                blas.gemm(hs.T, dlogits[:, a:b], gW[:, a:b], beta=1.0)
+            else:  # (the thread's block of the gradient, then its step, W read for dhs first)
+                blas.gemm(hs.T, dlogits[:, a:b], gW[:, a:b])
+                K.dyn_step_cols(W, W0, gW, inv, step.lr, step.decay, a, b)
 
         pool.map(by_cols, [(k,) for k in range(len(cols))])
+        if step is not None:
+            K.dyn_step_cols(p.affine_b[None], step.theta0.affine_b[None], db[None],
+                            step.inv.affine_b[None], step.lr, step.decay, 0, V)
         dhs = dhp[0]
         for k in range(1, len(cols)):
             dhs += dhp[k]
@@ -187,6 +223,8 @@ class ClassSoftmax:
     tokens by target class: the class logits are one GEMM, a class with many
     tokens is one GEMM, the rest one kernel call (see CLASS_BLAS_MIN_TOKENS).
     """
+
+    steps_in_backward = False  # (its gradient is row-sparse: the caller steps its rows)
 
     def __init__(self, params: Params):
         self.params = params

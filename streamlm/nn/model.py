@@ -303,17 +303,22 @@ class RNNLM:
         loss = float(nll.sum() / count) if count else 0.0
         return loss, self.final_states(blocks)
 
-    def backward(self, grads: Params) -> np.ndarray:
+    def backward(self, grads: Params, step=None) -> np.ndarray:
         """Accumulate the gradients of the last ``forward``'s mean loss into ``grads``.
 
         The caller zeroes ``grads``. Returns dL/dh0 (N, S) (tests only: truncated
-        BPTT drops it).
+        BPTT drops it). ``step`` (a heads.ElementStep, for an output layer that
+        ``steps_in_backward``): the output layer takes it instead of accumulating
+        its gradient (dynamic evaluation).
         """
         c = self._cache
         if c is None:
             raise RuntimeError("backward() without forward()")
         pl = pool()
-        dhs = self.head.backward(grads, pl)
+        if step is None:
+            dhs = self.head.backward(grads, pl)
+        else:
+            dhs = self.head.backward(grads, pl, step)
         dh0 = []
         for layer in range(len(self.cells) - 1, -1, -1):
             mask = c.masks[layer]
