@@ -339,3 +339,22 @@ def test_the_api_stream_adapts_across_feeds_as_the_cli_does(job):
     first = text.read_text().splitlines()[0]
     np.testing.assert_allclose(s.feed(first, eos=True), lm.stream().feed(first, eos=True),
                                rtol=1e-6)
+
+
+@pytest.mark.parametrize("best_k", [-6, -2, -1, 0, 1, 3, 6, 9])
+def test_auto_walks_the_step_to_the_lowest_perplexity(best_k):
+    """--dynamic auto's step: the best of x0 * 2**k (|k| <= 6) for a perplexity with one
+    minimum, found up or down from x0, in few evaluations when x0 is near it."""
+    from streamlm.jobs.dynamic import walk
+
+    x0, calls = 8e-4, []
+
+    def f(x):
+        calls.append(x)
+        return (math.log2(x / x0) - best_k) ** 2
+
+    got = walk(f, x0)
+    assert math.isclose(got, x0 * 2.0 ** max(-6, min(6, best_k)), rel_tol=1e-12)
+    if best_k == 0:
+        assert len(calls) == 3  # x0, one step up, one step down
+    assert len(calls) == len(set(calls))  # no perplexity computed twice

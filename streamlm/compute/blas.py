@@ -66,12 +66,19 @@ _FLAVOURS = [("scipy_cblas_", "64_", ctypes.c_int64), ("scipy_cblas_", "", ctype
              ("cblas_", "64_", ctypes.c_int64), ("cblas_", "", ctypes.c_int)]
 
 
+_OWN: set[str] = set()  # the BLAS files mkl_blas loaded (real paths)
+
+
 def numpy_blas() -> Library | None:
     """The CBLAS of the BLAS library numpy itself loaded (as threadpoolctl finds it:
     numpy's bundled OpenBLAS, a conda or system OpenBLAS, BLIS...), or None."""
     from threadpoolctl import threadpool_info
 
-    for info in threadpool_info():
+    # the libraries streamlm loaded itself (an MKL for "auto") last: they are loaded in
+    # the process too, but they are not numpy's
+    infos = sorted(threadpool_info(), key=lambda i: os.path.realpath(i.get("filepath") or "")
+                   in _OWN)
+    for info in infos:
         if info.get("user_api") != "blas" or not info.get("filepath"):
             continue
         try:
@@ -113,6 +120,7 @@ def mkl_blas(path: str | None = None) -> Library | None:
         lib.MKL_Set_Interface_Layer(0)  # MKL_INTERFACE_LP64
         lib.MKL_Set_Threading_Layer.argtypes = [ctypes.c_int]
         lib.MKL_Set_Threading_Layer(1)  # MKL_THREADING_SEQUENTIAL
+        _OWN.add(os.path.realpath(p))
         return Library("mkl", p, _gemm_fn(lib, "cblas_sgemm", ctypes.c_int, ctypes.c_float),
                        _gemm_fn(lib, "cblas_dgemm", ctypes.c_int, ctypes.c_double))
     return None

@@ -361,8 +361,29 @@ class DynamicScheduler:
 # (lr, decay): what --dynamic auto chose for the 30-minute PTB LSTM on PTB valid and on
 # tinyshakespeare (bench/results/dynamic.json); see docs/scoring.md
 DEFAULTS = {"rms": (8e-4, 0.0), "sgd": (0.05, 0.0)}
-GRID_LR = {"rms": (5e-5, 1e-4, 2e-4, 4e-4, 8e-4), "sgd": (0.01, 0.03, 0.1, 0.3)}
+# --dynamic auto walks the step from the default by factors of LR_FACTOR (at most
+# LR_STEPS of them either way) while the perplexity on --tune-on falls; then the decay
+LR_FACTOR, LR_STEPS = 2.0, 6
 GRID_DECAY = (0.0, 1e-3, 1e-2)
+
+
+def walk(f, x0: float, factor: float = LR_FACTOR, steps: int = LR_STEPS) -> float:
+    """The x among x0 * factor ** k, |k| <= steps, where f stops falling, walking from x0
+    up, or down when the first step up does not fall (3-4 evaluations of f when x0 is
+    near the best; the best of a grid, not a grid's edge, when it is far)."""
+    best, fb = x0, f(x0)
+    for d in (factor, 1.0 / factor):
+        k, moved = 1, False
+        while k <= steps:
+            x = x0 * d ** k
+            fx = f(x)
+            if not fx < fb:
+                break
+            best, fb, moved = x, fx, True
+            k += 1
+        if moved:
+            break
+    return best
 STATS_FORMAT = "streamlm-dynamic-stats"
 
 
@@ -451,9 +472,9 @@ def prepare(model, vocab, opts) -> tuple[Adapter, dict]:
                          tried[glr, gd], opts.tune_on)
             return tried[glr, gd]
 
-        # one coordinate at a time (7 passes over --tune-on, not 15): the step at the
-        # default decay, then the decay at the best step
-        lr = min(GRID_LR[method], key=lambda x: tune(x, decay))
+        # one coordinate at a time (about 5 passes over --tune-on): the step at the
+        # default decay, walked from the default, then the decay at the best step
+        lr = walk(lambda x: tune(x, decay), lr)
         decay = min(GRID_DECAY, key=lambda d: tune(lr, d))
         best = (tried[lr, decay], lr, decay)
         info.update(tuned_on=os.fspath(opts.tune_on), tune_perplexity=best[0])
