@@ -66,8 +66,8 @@ def _split_spins() -> tuple[int, int]:
 
 # At most this many rows per thread, a backward splits the weight gradients by columns
 # and accumulates them into ``grads`` in place; more, by rows into partial sums (summed
-# after). A segment of dynamic evaluation (20 rows) spent 1 ms a layer on the partial
-# sums' buffers (2 x (D + H) x G H floats written, summed and added), 0.1 ms on the GEMMs.
+# after). For a segment of dynamic evaluation (20 rows, 2x200 LSTM, 2 threads) that took
+# a layer's input backward from 1.0 ms to 0.6 ms: no partial sums of (D + H) x G H floats.
 FEW_ROWS = 64
 
 
