@@ -384,6 +384,8 @@ def walk(f, x0: float, factor: float = LR_FACTOR, steps: int = LR_STEPS) -> floa
         if moved:
             break
     return best
+
+
 STATS_FORMAT = "streamlm-dynamic-stats"
 
 

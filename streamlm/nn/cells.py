@@ -293,10 +293,6 @@ class TanhRNN(Cell):
         dxw2 = dxw.reshape(M, H)
         dh0 = np.empty((N, H), dtype=self.params.dtype)
         dX = buf("dX", (M, D))
-        nr = len(rows)
-        gWx = buf("gWx", (nr, D, H))
-        gWh = buf("gWh", (nr, H, H))
-        gb = buf("gb", (nr, H))
         hprev = blk.hs_full[:-1].reshape(M, H)
         hs = blk.hs_full[1:]
         Wx, Wh = self.W("Wx"), self.W("Wh")
@@ -326,6 +322,10 @@ class TanhRNN(Cell):
         pool.map(back, stream_parts(N, threads))
         if few_rows_back(pool, X, hprev, dxw2, dxw2, Wx, grads, self.names, dX):
             return dX, dh0
+        nr = len(rows)  # (the partial sums, only for many rows)
+        gWx = buf("gWx", (nr, D, H))
+        gWh = buf("gWh", (nr, H, H))
+        gb = buf("gb", (nr, H))
         pool.map(input_back, [(k, i, j) for k, (i, j) in enumerate(rows)])
         grads[self.names["Wx"]] += gWx.sum(axis=0)
         grads[self.names["Wh"]] += gWh.sum(axis=0)
@@ -384,16 +384,16 @@ class _Gated(Cell):
         pre-activations) dAh (M, G H) (one array for the LSTM); returns dX (M, D_l)."""
         M, D, H = blk.N * blk.T, self.D_in, self.H
         GH = self.gates * H
-        rows = split(M, pool.threads)
+        dX = self.buf("dX", (M, D))
+        hprev, X, Wx = self._hprev(blk), blk.X, self.W("Wx")
+        if few_rows_back(pool, X, hprev, dAx, dAh, Wx, grads, self.names, dX):
+            return dX
+        rows = split(M, pool.threads)  # (the partial sums, only for many rows)
         nr = len(rows)
         gWx = self.buf("gWx", (nr, D, GH))
         gWh = self.buf("gWh", (nr, H, GH))
         gb = self.buf("gb", (nr, GH))
         gbh = self.buf("gbh", (nr, GH)) if "bh" in self.names else None
-        dX = self.buf("dX", (M, D))
-        hprev, X, Wx = self._hprev(blk), blk.X, self.W("Wx")
-        if few_rows_back(pool, X, hprev, dAx, dAh, Wx, grads, self.names, dX):
-            return dX
 
         def input_back(k, i, j):
             blas.gemm(X[i:j].T, dAx[i:j], gWx[k])

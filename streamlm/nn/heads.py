@@ -36,6 +36,8 @@ from streamlm.nn.params import Params
 # scoring"; bench/HISTORY.md, "What changed in this round...", item 8).
 PROJ_ROWS = 1024
 PROJ_BYTES = 48 << 20
+
+
 @dataclass(frozen=True)
 class ElementStep:
     """An elementwise step the output layer takes as its backward computes the
