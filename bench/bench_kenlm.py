@@ -101,10 +101,17 @@ def describe(model: Path) -> dict:
 
     m = load_model(model)
     c = m.config
-    cell = "" if (c.cell, c.layers) == ("rnn", 1) else f"{c.cell} {c.layers}x"
-    return {"softmax": c.softmax, "H": c.H, "D": c.D, "C": c.C, "tied": c.tied,
-            "cell": c.cell, "layers": c.layers,
-            "label": f"streamlm {cell}{c.softmax} H={c.H}" + (f" C={c.C}" if c.C else "")}
+    d = {"softmax": c.softmax, "H": c.H, "D": c.D, "C": c.C, "tied": c.tied,
+         "cell": c.cell, "layers": c.layers}
+    return {**d, "label": "streamlm " + _label(d)}
+
+
+def _label(p: dict) -> str:
+    """'class H=256 C=100' for the tanh RNN, 'lstm 2x200 full' for the others."""
+    if p.get("cell", "rnn") == "rnn" and p.get("layers", 1) == 1:
+        return f"{p['softmax']} H={p['H']}" + (f" C={p['C']}" if p.get("C") else "")
+    return f"{p['cell']} {p['layers']}x{p['H']} {p['softmax']}" + (
+        f" C={p['C']}" if p.get("C") else "")
 
 
 def main(argv=None):
@@ -116,6 +123,9 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--out", default=str(RESULTS / "kenlm.json"))
     ap.add_argument("--chart", default=str(FIGURES / "kenlm_chart.png"))
+    ap.add_argument("--also", type=Path, action="append", default=[],
+                    help="an earlier results file whose models the chart shows too (hollow "
+                         "markers), each at its ratio to KenLM in its own run")
     args = ap.parse_args(argv)
     if not (KENLM / "bin" / "query").exists():
         print(f"KenLM not found under {KENLM}: skipped", file=sys.stderr)
@@ -181,11 +191,20 @@ def main(argv=None):
 
     with atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps(res, indent=1))
-    chart(res, args.chart)
+    chart(res, args.chart, [json.loads(f.read_text()) for f in args.also])
     print(f"wrote {args.out} and {args.chart}", file=sys.stderr)
 
 
-def chart(res: dict, path: str) -> None:
+def _machine(res: dict) -> str:
+    prov = res.get("provenance") or {}
+    cpu = str(prov.get("cpu") or "?").split(",")[0].replace("(R)", "")
+    return f"{cpu}, {str(prov.get('date') or '?')[:10]}"
+
+
+def chart(res: dict, path: str, earlier: list[dict] = ()) -> None:
+    """Per-core speed as a ratio to KenLM's ``query`` in the same run (log scale)
+    against PTB test perplexity, line by line. Models of ``earlier`` results files
+    are drawn hollow, each at its ratio to KenLM in its own run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,21 +212,30 @@ def chart(res: dict, path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7.5, 5), dpi=110)
     style = {"kenlm": ("s", "tab:gray"), "full": ("o", "tab:red"), "class": ("D", "tab:blue")}
-    for p in res["peers"]:
-        m, col = style[p["kind"]]
-        x, y = p["ppl_line"], p["tokens_per_s_per_core_1t"]
-        ax.scatter([x], [y], marker=m, s=60, color=col, zorder=3)
-        ax.annotate(p["name"].replace("streamlm ", ""), (x, y), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8)
-    kn = next(p for p in res["peers"] if p["kind"] == "kenlm")
-    ax.axhline(0.1 * kn["tokens_per_s_per_core_1t"], color="tab:gray", lw=0.8, ls="--")
-    ax.text(ax.get_xlim()[0], 0.1 * kn["tokens_per_s_per_core_1t"], " 0.1x KenLM",
-            fontsize=7, va="bottom", color="tab:gray")
-    ax.axvline(kn["ppl_line"], color="tab:gray", lw=0.8, ls=":")
+    gated = "^"
+    for k, r in enumerate([res, *earlier]):
+        for p in r["peers"]:
+            if k and p["kind"] == "kenlm":
+                continue
+            m, col = style[p["kind"]]
+            if p.get("cell", "rnn") != "rnn":
+                m = gated
+            x, y = p["ppl_line"], p["per_core_vs_kenlm_1t"]
+            face = col if k == 0 else "none"
+            ax.scatter([x], [y], marker=m, s=60, color=face, edgecolors=col, zorder=3)
+            ax.annotate(p["name"] if p["kind"] == "kenlm" else _label(p), (x, y), textcoords="offset points",
+                        xytext=(6, 4), fontsize=8, color="black" if k == 0 else "dimgray")
+    ax.axhline(0.1, color="tab:gray", lw=0.8, ls="--")
+    ax.text(ax.get_xlim()[0], 0.1, " 0.1x KenLM", fontsize=7, va="bottom", color="tab:gray")
+    ax.axvline(next(p for p in res["peers"] if p["kind"] == "kenlm")["ppl_line"],
+               color="tab:gray", lw=0.8, ls=":")
     ax.set_yscale("log")
     ax.set_xlabel("PTB test perplexity (every sentence alone, as KenLM query scores it)")
-    ax.set_ylabel("scoring tokens/s per core (whole process, one thread)")
-    ax.set_title(f"Speed against quality: {res['tokens']:,} PTB tokens, --reset line", fontsize=9)
+    ax.set_ylabel("scoring speed per core / KenLM query's (same run, one thread each)")
+    title = f"Speed against quality: {res['tokens']:,} PTB tokens, --reset line ({_machine(res)})"
+    if earlier:
+        title += "\nhollow: " + "; ".join(_machine(r) for r in earlier)
+    ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     from streamlm.data.atomic import atomic_path
