@@ -223,8 +223,9 @@ def chart(res: dict, path: str, earlier: list[dict] = ()) -> None:
             x, y = p["ppl_line"], p["per_core_vs_kenlm_1t"]
             face = col if k == 0 else "none"
             ax.scatter([x], [y], marker=m, s=60, color=face, edgecolors=col, zorder=3)
-            ax.annotate(p["name"] if p["kind"] == "kenlm" else _label(p), (x, y), textcoords="offset points",
-                        xytext=(6, 4), fontsize=8, color="black" if k == 0 else "dimgray")
+            name = p["name"] if p["kind"] == "kenlm" else _label(p)
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4),
+                        fontsize=8, color="black" if k == 0 else "dimgray")
     ax.axhline(0.1, color="tab:gray", lw=0.8, ls="--")
     ax.text(ax.get_xlim()[0], 0.1, " 0.1x KenLM", fontsize=7, va="bottom", color="tab:gray")
     ax.axvline(next(p for p in res["peers"] if p["kind"] == "kenlm")["ppl_line"],
