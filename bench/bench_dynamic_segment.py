@@ -7,8 +7,9 @@ MODEL is a model trained on PTB. For each segment length K (tokens per update), 
 user runs it, every figure a whole ``streamlm score`` process, the state carried:
 
 - the gradients' RMS measured on PTB valid with segments of K (``--tune-on``), then
-  the step chosen among ``--lrs`` by PTB valid's perplexity (decay 0: what
-  ``--dynamic auto`` chose for this model at K = 20, bench/results/dynamic.json);
+  the step chosen among ``--lrs`` by PTB valid's perplexity (at ``--decay``, 0 by
+  default: what ``--dynamic auto`` chose for the 2x200 LSTM at K = 20,
+  bench/results/dynamic.json);
 - PTB test scored with it, and its wall time against static scoring of PTB test, the
   two in turn, medians of --reps.
 
@@ -64,6 +65,9 @@ def main(argv=None) -> None:
     ap.add_argument("--segments", type=int, nargs="+", default=[10, 20, 50, 100])
     ap.add_argument("--lrs", type=float, nargs="+", default=[4e-4, 8e-4, 1.6e-3])
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--decay", type=float, default=0.0,
+                    help="--dynamic-decay of every run (0: what --dynamic auto chose for the "
+                         "2x200 LSTM; a class model chose 1e-3)")
     ap.add_argument("--out", default=str(RESULTS / "dynamic_segment.json"))
     ap.add_argument("--chart", default=str(RESULTS.parent / "figures" / "dynamic_segment.png"))
     a = ap.parse_args(argv)
@@ -76,7 +80,7 @@ def main(argv=None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as d:
         for K in a.segments:
-            seg = ["--dynamic", "rms", "--dynamic-segment", str(K), "--dynamic-decay", "0"]
+            seg = ["--dynamic", "rms", "--dynamic-segment", str(K), "--dynamic-decay", str(a.decay)]
             stats = str(Path(d) / f"stats{K}.npz")
             tuned = {}
             for lr in a.lrs:  # (the first run measures the statistics and saves them)
@@ -92,7 +96,7 @@ def main(argv=None) -> None:
                 dyn, w = run(["score", a.model, test, *fixed])
                 walls["dynamic"].append(w)
             med = {k: float(np.median(v)) for k, v in walls.items()}
-            row = {"segment": K, "valid_perplexity_by_lr": tuned, "lr": lr,
+            row = {"segment": K, "valid_perplexity_by_lr": tuned, "lr": lr, "decay": a.decay,
                    "test_perplexity": dyn["perplexity"],
                    "static_perplexity": static["perplexity"],
                    "change": dyn["perplexity"] / static["perplexity"] - 1, "walls": walls,
