@@ -315,7 +315,9 @@ def shakespeare_section(r) -> list[str]:
 
 
 def gated_section(r) -> list[str]:
-    out = ["## Gated cells against PyTorch (same weights, same answer; tokens/s)", "",
+    tokens = r["rows"][0].get("tokens") if r["rows"] else None
+    out = ["## Gated cells against PyTorch (same weights, same answer; tokens/s"
+           + (f"; {tokens:,} tokens)" if tokens else ")"), "",
            "| cell | one stream: streamlm / torch | 20 streams: streamlm / torch | "
            "training: streamlm / torch |", "|---|---:|---:|---:|"]
     for x in r["rows"]:
@@ -344,6 +346,33 @@ def dynamic_section(r) -> list[str]:
                   "the time of static scoring (whole processes, medians).", ""]
 
 
+def dynamic_segment_section(r) -> list[str]:
+    out = [f"## Dynamic evaluation's segment length ({r['model']})", "",
+           "| segment | step | decay | PTB test | static | change | dynamic / static |",
+           "|---:|---:|---:|---:|---:|---:|---:|"]
+    for x in r["rows"]:
+        out.append(f"| {x['segment']} | {x['lr']:g} | {x.get('decay', 0.0):g} | "
+                   f"{x['test_perplexity']:.2f} | {x['static_perplexity']:.2f} | "
+                   f"{100 * x['change']:+.1f}% | **{x['dynamic_over_static']:.2f}×** |")
+    return out + ["", f"Target: at most {r['target_cost']:g}× static scoring (whole processes, "
+                  "medians).", ""]
+
+
+def load_section(r) -> list[str]:
+    out = ["## Scoring on a shared machine (medians of whole processes)", "",
+           "| cell | H | softmax | mode | tokens | alone tok/s | busy / alone | "
+           "pair / pair at --threads 1 | --threads 1 / default |",
+           "|---|---:|---|---|---:|---:|---:|---:|---:|"]
+    for x in r["rows"]:
+        out.append(f"| {x.get('cell', 'rnn')}×{x.get('layers', 1)} | {x['H']} | "
+                   f"{x['softmax']} | {x['mode']} | {x['tokens']:,} | "
+                   f"{x['tokens_per_s_alone']:,.0f} | {x['busy_over_alone']:.2f}× | "
+                   f"{x['pair_over_pair_t1']:.2f}× | {x['alone_t1_over_alone']:.2f}× |")
+    t = r.get("targets", {})
+    return out + ["", f"Targets: busy / alone ≤ {t.get('busy_over_alone', 1.5)}×, pair / "
+                  f"pair at --threads 1 ≤ {t.get('pair_over_pair_t1', 1.1)}×.", ""]
+
+
 def torch_lm_section(r) -> list[str]:
     o = r["options"]
     out = [f"## PyTorch's word_language_model on PTB, {o['minutes']:g} minutes "
@@ -369,8 +398,9 @@ def main():
              "documents), bench_api.py (the Python API against the kenlm module), bench_subword.py "
              "(SentencePiece encoding's share of scoring), bench_shakespeare.py (word against "
              "subword, by bits per byte), bench_gated.py (LSTM and GRU against PyTorch), "
-             "bench_dynamic.py (dynamic against static scoring), torch_lm.py (PyTorch's PTB "
-             "recipe for a wall-time budget).", ""]
+             "bench_dynamic.py (dynamic against static scoring), bench_dynamic_segment.py "
+             "(its segment length), bench_load.py (scoring on a shared machine), torch_lm.py "
+             "(PyTorch's PTB recipe for a wall-time budget).", ""]
     t1 = lambda r: speed_section(r, "## Speed with ONE thread per library (per-core efficiency)")  # noqa: E731
     for name, fn in (("speed.json", speed_section),
                      ("speed_t1.json", t1),
@@ -388,8 +418,14 @@ def main():
                      ("subword.json", subword_section),
                      ("shakespeare.json", shakespeare_section),
                      ("shakespeare_dropout05.json", shakespeare_section),
+                     ("kenlm_gated.json", kenlm_section),
                      ("gated.json", gated_section),
+                     ("gated_1m.json", gated_section),
+                     ("load.json", load_section),
+                     ("load_lstm.json", load_section),
                      ("dynamic.json", dynamic_section),
+                     ("dynamic_segment.json", dynamic_segment_section),
+                     ("dynamic_segment_class.json", dynamic_segment_section),
                      ("torch_lstm2x200_ptb30.json", torch_lm_section)):
         r = _load(name)
         if r is not None:
