@@ -233,7 +233,8 @@ def kenlm_section(r) -> list[str]:
            " of the PTB KN5 binary, one core; streamlm: `streamlm score MODEL TEXT --reset line "
            "--batch 64`, one core with one thread and two cores with two. Perplexity: PTB test, "
            "every sentence alone (`--reset line`, as `query`) and carried across sentences "
-           "(`--reset none`). The chart is `bench/figures/kenlm_chart.png`.", "",
+           "(`--reset none`). The chart: the command's `--chart` (default "
+           "`bench/figures/kenlm_chart.png`).", "",
            "| peer | PTB test ppl (line) | ppl (carried) | tok/s 1 thread | per core vs KenLM "
            "| tok/s 2 threads | per core vs KenLM |", "|---|---:|---:|---:|---:|---:|---:|"]
     for p in r["peers"]:
