@@ -108,10 +108,10 @@ def describe(model: Path) -> dict:
 
 def _label(p: dict) -> str:
     """'class H=256 C=100' for the tanh RNN, 'lstm 2x200 full' for the others."""
+    classes = f" C={p['C']}" if p.get("C") else ""
     if p.get("cell", "rnn") == "rnn" and p.get("layers", 1) == 1:
-        return f"{p['softmax']} H={p['H']}" + (f" C={p['C']}" if p.get("C") else "")
-    return f"{p['cell']} {p['layers']}x{p['H']} {p['softmax']}" + (
-        f" C={p['C']}" if p.get("C") else "")
+        return f"{p['softmax']} H={p['H']}{classes}"
+    return f"{p['cell']} {p['layers']}x{p['H']} {p['softmax']}{classes}"
 
 
 def main(argv=None):
