@@ -1,12 +1,13 @@
 """Dynamic evaluation against static scoring: PTB test, another domain, and the cost.
 
-    python -m bench.bench_dynamic MODEL [--reps 3] [--segment 20]
+    python -m bench.bench_dynamic MODEL [--reps 3] [--segment 100] [--stats-train-lines 4000]
 
 MODEL is a model trained on PTB (its vocabulary: PTB's words). Every figure is a
 whole ``streamlm score`` process as a user runs it, the state carried:
 
 - PTB test, static against ``--dynamic auto --tune-on`` PTB valid (the step and
-  decay tuned on valid, the gradients' RMS measured on it);
+  decay tuned on valid, the gradients' RMS measured on the last ``--stats-train-lines``
+  lines of PTB train, the model's training text: ``--dynamic-stats-on``);
 - tinyshakespeare's last 10% of lines (another domain: a play, not the Wall Street
   Journal), static against dynamic tuned on the 10% of lines before it;
 - the cost: the tokens/s of dynamic scoring (its settings fixed, the statistics read
@@ -20,6 +21,7 @@ static run's perplexity (1e-6). Writes bench/results/dynamic.json.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import os
@@ -32,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import CACHE, RESULTS, SHARED, provenance, this_command
+from streamlm.options import DYNAMIC_SEGMENT
 
 
 def run(cmd: list[str]) -> tuple[dict, float]:
@@ -59,7 +62,11 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--segment", type=int, default=20)
+    ap.add_argument("--segment", type=int, default=DYNAMIC_SEGMENT)
+    ap.add_argument("--stats-train-lines", type=int, default=4000,
+                    help="measure the gradients' RMS on the last N lines of PTB train (the "
+                         "model's training text, --dynamic-stats-on); 0: on each tuning "
+                         "text (--tune-on)")
     ap.add_argument("--out", default=str(RESULTS / "dynamic.json"))
     a = ap.parse_args(argv)
     ptb = SHARED / "ptb"
@@ -67,6 +74,13 @@ def main(argv=None) -> None:
     seg = ["--dynamic-segment", str(a.segment)]
     rows = {}
     with tempfile.TemporaryDirectory() as d:
+        stats_on = []
+        if a.stats_train_lines:
+            with gzip.open(ptb / "ptb.train.txt.gz", "rt", encoding="utf-8") as f:
+                lines = f.readlines()[-a.stats_train_lines:]
+            tail = Path(d) / "train_tail.txt"
+            tail.write_text("".join(lines))
+            stats_on = ["--dynamic-stats-on", str(tail)]
         for name, test, tune in (("ptb", ptb / "ptb.test.txt", ptb / "ptb.valid.txt"),
                                  ("shakespeare", sh_test, sh_tune)):
             stats = Path(d) / f"{name}.stats.npz"
@@ -77,7 +91,7 @@ def main(argv=None) -> None:
                 raise SystemExit(f"{name}: dynamic at lr 0 gives {zero['logprob']}, static "
                                  f"{static['logprob']}")
             dyn, _ = run(["score", a.model, str(test), "--dynamic", "auto", "--tune-on",
-                          str(tune), "--dynamic-stats", str(stats), *seg])
+                          str(tune), *stats_on, "--dynamic-stats", str(stats), *seg])
             sgd, _ = run(["score", a.model, str(test), "--dynamic", "sgd", *seg])
             rows[name] = {"tokens": static["tokens"], "static_perplexity": static["perplexity"],
                           "dynamic_perplexity": dyn["perplexity"], "dynamic": dyn["dynamic"],
@@ -105,6 +119,8 @@ def main(argv=None) -> None:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     data = {**provenance(this_command("bench_dynamic"), threads=None), "model": a.model,
+            "stats_on": (f"the last {a.stats_train_lines} lines of PTB train"
+                         if a.stats_train_lines else "each tuning text"),
             "targets": {"ptb": -0.08, "shakespeare": -0.15, "cost": 4.0}, **rows}
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")

@@ -6,7 +6,8 @@
 MODEL is a model trained on PTB. For each segment length K (tokens per update), as a
 user runs it, every figure a whole ``streamlm score`` process, the state carried:
 
-- the gradients' RMS measured on PTB valid with segments of K (``--tune-on``), then
+- the gradients' RMS measured with segments of K on PTB valid, or with
+  ``--stats-train-lines N`` on the last N lines of PTB train (``--dynamic-stats-on``), then
   the step chosen among ``--lrs`` by PTB valid's perplexity (at ``--decay``, 0 by
   default: what ``--dynamic auto`` chose for the 2x200 LSTM at K = 20,
   bench/results/dynamic.json);
@@ -23,6 +24,7 @@ chart.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import os
@@ -68,6 +70,10 @@ def main(argv=None) -> None:
     ap.add_argument("--decay", type=float, default=0.0,
                     help="--dynamic-decay of every run (0: what --dynamic auto chose for the "
                          "2x200 LSTM; a class model chose 1e-3)")
+    ap.add_argument("--stats-train-lines", type=int, default=0,
+                    help="measure the gradients' RMS on the last N lines of PTB train (the "
+                         "model's training text, as Krause et al. do) instead of on PTB "
+                         "valid (0)")
     ap.add_argument("--out", default=str(RESULTS / "dynamic_segment.json"))
     ap.add_argument("--chart", default=str(RESULTS.parent / "figures" / "dynamic_segment.png"))
     a = ap.parse_args(argv)
@@ -79,12 +85,18 @@ def main(argv=None) -> None:
         raise SystemExit(f"dynamic at lr 0 gives {zero['logprob']}, static {static['logprob']}")
     rows = []
     with tempfile.TemporaryDirectory() as d:
+        stats_on = valid
+        if a.stats_train_lines:
+            with gzip.open(ptb / "ptb.train.txt.gz", "rt", encoding="utf-8") as f:
+                lines = f.readlines()[-a.stats_train_lines:]
+            stats_on = str(Path(d) / "train_tail.txt")
+            Path(stats_on).write_text("".join(lines))
         for K in a.segments:
             seg = ["--dynamic", "rms", "--dynamic-segment", str(K), "--dynamic-decay", str(a.decay)]
             stats = str(Path(d) / f"stats{K}.npz")
             tuned = {}
             for lr in a.lrs:  # (the first run measures the statistics and saves them)
-                extra = ["--tune-on", valid] if not tuned else []
+                extra = ["--dynamic-stats-on", stats_on, "--tune-on", valid] if not tuned else []
                 r, _ = run(["score", a.model, valid, *seg, "--dynamic-stats", stats,
                             "--dynamic-lr", str(lr), *extra])
                 tuned[lr] = r["perplexity"]
@@ -97,6 +109,8 @@ def main(argv=None) -> None:
                 walls["dynamic"].append(w)
             med = {k: float(np.median(v)) for k, v in walls.items()}
             row = {"segment": K, "valid_perplexity_by_lr": tuned, "lr": lr, "decay": a.decay,
+                   "stats_on": ("PTB valid" if not a.stats_train_lines
+                                else f"the last {a.stats_train_lines} lines of PTB train"),
                    "test_perplexity": dyn["perplexity"],
                    "static_perplexity": static["perplexity"],
                    "change": dyn["perplexity"] / static["perplexity"] - 1, "walls": walls,

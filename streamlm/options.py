@@ -120,7 +120,8 @@ class PieceModel(Choice):
 # (checked when resuming from a checkpoint and when a Dask rerun skips a shard)
 RESULT_OPTIONS = ("reset", "level", "errors", "column", "text_field", "text_column", "keep",
                   "cutoffs", "bucket_field", "mix", "mix_lambda", "tune_on", "dynamic",
-                  "dynamic_lr", "dynamic_decay", "dynamic_segment", "dynamic_stats")
+                  "dynamic_lr", "dynamic_decay", "dynamic_segment", "dynamic_stats",
+                  "dynamic_stats_on")
 
 
 def parse_every(value) -> tuple[int | None, float | None]:
@@ -172,6 +173,12 @@ def parse_numbers(text: str, flag: str) -> list[float]:
     return out
 
 
+# --dynamic's defaults (docs/scoring.md, "Dynamic evaluation"; measured by
+# bench/bench_dynamic_segment.py): each method's (lr, decay), the tokens per step
+DYNAMIC_DEFAULTS = {"rms": (2.4e-3, 1e-2), "sgd": (0.05, 0.0)}
+DYNAMIC_SEGMENT = 100
+
+
 @dataclass(frozen=True)
 class ScoreOptions:
     """How ``streamlm score`` runs: the same object serves the local scorer, the Dask
@@ -200,8 +207,9 @@ class ScoreOptions:
     dynamic: str | None = None  # dynamic evaluation: rms, sgd or auto (streamlm.jobs.dynamic)
     dynamic_lr: float | None = None  # its step (None: the method's default)
     dynamic_decay: float | None = None  # its decay toward the trained weights
-    dynamic_segment: int = 20  # tokens per step, from each stream's (or unit's) start
+    dynamic_segment: int = DYNAMIC_SEGMENT  # tokens per step, from each stream's (or unit's) start
     dynamic_stats: str | None = None  # the gradients' RMS statistics (made from tune_on)
+    dynamic_stats_on: str | None = None  # text to measure them on (None: tune_on)
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -234,15 +242,19 @@ class ScoreOptions:
         for name in ("mix", "tune_on"):  # paths as strings (checkpoints keep them as JSON)
             if getattr(self, name) is not None:
                 set_(self, name, os.fspath(getattr(self, name)))
-        for name in ("dynamic_stats",):
+        for name in ("dynamic_stats", "dynamic_stats_on"):
             if getattr(self, name) is not None:
                 set_(self, name, os.fspath(getattr(self, name)))
         if self.dynamic is not None and self.dynamic not in ("rms", "sgd", "auto"):
             raise UsageError(f"--dynamic must be rms, sgd or auto, got {self.dynamic!r}")
         if self.dynamic is None and (self.dynamic_lr is not None or self.dynamic_decay
-                                     is not None or self.dynamic_stats is not None):
-            raise UsageError("--dynamic-lr, --dynamic-decay and --dynamic-stats go with "
-                             "--dynamic rms|sgd|auto")
+                                     is not None or self.dynamic_stats is not None
+                                     or self.dynamic_stats_on is not None):
+            raise UsageError("--dynamic-lr, --dynamic-decay, --dynamic-stats and "
+                             "--dynamic-stats-on go with --dynamic rms|sgd|auto")
+        if self.dynamic == "sgd" and self.dynamic_stats_on is not None:
+            raise UsageError("--dynamic-stats-on measures the RMS statistics of --dynamic "
+                             "rms|auto; --dynamic sgd takes none")
         if self.dynamic is not None and self.mix is not None:
             raise UsageError("--dynamic and --mix cannot be combined (the n-gram model "
                              "does not adapt); score twice")

@@ -28,7 +28,7 @@ class Stream:
         if dynamic is not None:
             from streamlm.jobs.dynamic import Adapter, Settings
 
-            settings = dynamic if isinstance(dynamic, Settings) else Settings(**dynamic)
+            settings = dynamic if isinstance(dynamic, Settings) else Settings.of(dynamic)
             self._adapter = Adapter(lm.model.params, settings.check(), rms)
             self._rnn = self._adapter.rnn
         else:

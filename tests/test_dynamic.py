@@ -21,7 +21,7 @@ import reference as ref
 from streamlm.jobs.dynamic import RMS_EPS, Adapter, Settings
 from streamlm.nn.classes import WordClasses, frequency_classes
 from streamlm.nn.params import ModelConfig, Params, save_model, state_size
-from streamlm.options import ScoreOptions
+from streamlm.options import DYNAMIC_SEGMENT, ScoreOptions
 
 CELLS = ["rnn", "lstm", "gru"]
 
@@ -271,11 +271,73 @@ def test_rms_statistics_auto_and_the_summary(job, tmp_path):
     assert stats.exists()
     b = _score(job["gru"], text, dynamic="rms", dynamic_stats=str(stats))  # read back
     assert b["logprob"] == a["logprob"]
-    assert a["dynamic"]["method"] == "rms" and a["dynamic"]["segment"] == 20
+    assert a["dynamic"]["method"] == "rms" and a["dynamic"]["segment"] == DYNAMIC_SEGMENT
+    assert a["dynamic"]["steps"] > 0
     c = _score(job["gru"], text, dynamic="auto", tune_on=str(tune))
     assert c["dynamic"]["tuned_on"] == str(tune)
     with pytest.raises(Exception, match="--tune-on"):
         ScoreOptions(dynamic="auto")
+
+
+def test_statistics_measured_on_another_text_than_the_tuning(job, tmp_path):
+    """--dynamic-stats-on: the RMS measured on that text (Krause et al. measure it on
+    the training text), the step still tuned on --tune-on; the file says where."""
+    from streamlm.data import store
+    from streamlm.jobs.dynamic import STATS_FORMAT
+
+    text, tune = job["dir"] / "text.txt", job["dir"] / "tune.txt"
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(text.read_text().splitlines()[:60]) + "\n")
+    on_other, via_tune_on = tmp_path / "other.npz", tmp_path / "via_tune_on.npz"
+    a = _score(job["lstm"], text, dynamic="auto", tune_on=str(tune),
+               dynamic_stats_on=str(other), dynamic_stats=str(on_other))
+    assert a["dynamic"]["stats_on"] == str(other) and a["dynamic"]["tuned_on"] == str(tune)
+    _score(job["lstm"], text, dynamic="rms", tune_on=str(other), dynamic_stats=str(via_tune_on))
+    meta, arrays = store.load(str(on_other), STATS_FORMAT, 1, what="stats")
+    assert meta["measured_on"] == str(other)
+    _, same = store.load(str(via_tune_on), STATS_FORMAT, 1, what="stats")  # measured on `other` too
+    np.testing.assert_array_equal(arrays["rms"], same["rms"])
+    t = tmp_path / "t.npz"
+    _score(job["lstm"], text, dynamic="rms", tune_on=str(tune), dynamic_stats=str(t))
+    _, theirs = store.load(str(t), STATS_FORMAT, 1, what="stats")
+    assert not np.array_equal(arrays["rms"], theirs["rms"])  # the option decided it
+    for bad in (dict(dynamic="sgd", dynamic_stats_on=str(other)),
+                dict(dynamic_stats_on=str(other))):
+        with pytest.raises(Exception, match="--dynamic-stats-on"):
+            ScoreOptions(**bad)
+
+
+def test_a_run_that_took_no_step_says_so(job, tmp_path, caplog):
+    """Lines shorter than the segment: no step, the static scores; the summary counts
+    the steps and a warning says why (not a silent static run)."""
+    import logging
+
+    text = job["dir"] / "text.txt"
+    longest = max(len(line.split()) + 1 for line in text.read_text().splitlines())
+    kw = dict(dynamic="sgd", dynamic_lr=0.5, reset="line")
+    with caplog.at_level(logging.WARNING, logger="streamlm"):
+        none = _score(job["lstm"], text, dynamic_segment=longest, **kw)
+    assert none["dynamic"]["steps"] == 0
+    assert "took no step" in caplog.text and f"--dynamic-segment {longest}" in caplog.text
+    assert none["logprob"] == pytest.approx(_score(job["lstm"], text, reset="line",
+                                                   engine="numba")["logprob"], rel=1e-6)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="streamlm"):
+        some = _score(job["lstm"], text, dynamic_segment=3, **kw)
+    assert some["dynamic"]["steps"] > 0 and "took no step" not in caplog.text
+
+
+def test_a_missing_statistics_text_is_one_line_and_exit_2(job, tmp_path):
+    import subprocess
+
+    from helpers import assert_one_error_line, script
+
+    out = tmp_path / "scores.jsonl"
+    r = subprocess.run(script("score", job["gru"], job["dir"] / "text.txt", "--dynamic", "rms",
+                              "--dynamic-stats-on", tmp_path / "missing.txt", "-o", out),
+                       capture_output=True, text=True)
+    assert_one_error_line(r.returncode, r.stderr, "missing.txt")
+    assert r.returncode == 2 and r.stdout == "" and not out.exists()
 
 
 def test_save_adapted_and_compare_static(job, tmp_path):

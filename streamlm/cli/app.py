@@ -16,6 +16,8 @@ import typer
 from streamlm.cli.console import Threads, doing, flags_look_like_flags, print_json, use_threads
 from streamlm.cli.tools import demo_corpus_cmd, generate_cmd, query_cmd, report_cmd
 from streamlm.options import (
+    DYNAMIC_DEFAULTS,
+    DYNAMIC_SEGMENT,
     Anneal,
     Docs,
     Engine,
@@ -234,19 +236,28 @@ def score_cmd(
         rich_help_panel="Dynamic evaluation")
     ] = None,
     dynamic_lr: Annotated[Optional[float], typer.Option(
-        "--dynamic-lr", help="The step size (default: rms 8e-4, sgd 0.05).",
+        "--dynamic-lr", help="The step size (default: rms "
+                             f"{DYNAMIC_DEFAULTS['rms'][0]:g}, sgd "
+                             f"{DYNAMIC_DEFAULTS['sgd'][0]:g}).",
         rich_help_panel="Dynamic evaluation")] = None,
     dynamic_decay: Annotated[Optional[float], typer.Option(
         "--dynamic-decay", help="The pull toward the trained weights per step (default: "
-                                "0).", rich_help_panel="Dynamic evaluation")] = None,
+                                f"rms {DYNAMIC_DEFAULTS['rms'][1]:g}, sgd "
+                                f"{DYNAMIC_DEFAULTS['sgd'][1]:g}).",
+        rich_help_panel="Dynamic evaluation")] = None,
     dynamic_segment: Annotated[int, typer.Option(
         "--dynamic-segment", help="Tokens per step, from each stream's (or line's, "
                                   "document's) start.", rich_help_panel="Dynamic evaluation")
-    ] = 20,
+    ] = DYNAMIC_SEGMENT,
     dynamic_stats: Annotated[Optional[str], typer.Option(
         "--dynamic-stats", help="RMS statistics of --dynamic rms: read, or measured on "
                                 "--tune-on and written here.",
         rich_help_panel="Dynamic evaluation")] = None,
+    dynamic_stats_on: Annotated[Optional[str], typer.Option(
+        "--dynamic-stats-on", metavar="FILE",
+        help="Measure the RMS statistics on this text (best: some of the model's "
+             "training text) instead of on --tune-on.", rich_help_panel="Dynamic evaluation")
+    ] = None,
     save_adapted: Annotated[Optional[str], typer.Option(
         "--save-adapted", help="Write the adapted model here (the input is never "
                                "changed).", rich_help_panel="Dynamic evaluation")
@@ -279,7 +290,8 @@ def score_cmd(
                         max_oov_rate=None if max_oov_rate >= 1 else max_oov_rate,
                         mix=mix, mix_lambda=mix_lambda, tune_on=tune_on, dynamic=dynamic,
                         dynamic_lr=dynamic_lr, dynamic_decay=dynamic_decay,
-                        dynamic_segment=dynamic_segment, dynamic_stats=dynamic_stats)
+                        dynamic_segment=dynamic_segment, dynamic_stats=dynamic_stats,
+                        dynamic_stats_on=dynamic_stats_on)
     failed: list[dict] = []
     to_stdout = output == "-"
     from streamlm.jobs.score import resume_advice

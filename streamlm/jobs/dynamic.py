@@ -9,7 +9,9 @@ scored by the weights as they are, then the weights take one gradient step on it
 
 g the gradient of the segment's mean NLL (truncated BPTT over the segment, the
 state carried in), RMS the root mean square of such gradients, per parameter,
-measured on held-out text (``collect_rms``), theta0 the trained weights. ``sgd``
+measured on some of the model's training text (``--dynamic-stats-on``, as Krause
+et al. do) or on the held-out text the step is tuned on (``_Collector``), theta0
+the trained weights. ``sgd``
 is RMS = 1, eps = 0 (Mikolov's plain SGD with decay 0). No token is scored by
 weights that have seen it: a segment's NLL comes from the forward pass its step
 then learns from.
@@ -40,21 +42,29 @@ from streamlm.nn.heads import ElementStep
 from streamlm.nn.model import RNNLM
 from streamlm.nn.optim import dynamic_step
 from streamlm.nn.params import Params, _merge
+from streamlm.options import DYNAMIC_DEFAULTS, DYNAMIC_SEGMENT
 
 log = logging.getLogger("streamlm.jobs.dynamic")
 
 RMS_EPS = 1e-5
+DEFAULTS, SEGMENT = DYNAMIC_DEFAULTS, DYNAMIC_SEGMENT  # (streamlm.options)
 
 
 @dataclass(frozen=True)
 class Settings:
     """What dynamic evaluation does: ``method`` rms or sgd, the step ``lr``, the
-    ``decay`` toward the trained weights, the tokens per ``segment``."""
+    ``decay`` toward the trained weights, the tokens per ``segment``. ``of(dict)``
+    fills what the dict leaves out with the method's defaults."""
 
     method: str = "rms"
-    lr: float = 1e-4
-    decay: float = 0.0
-    segment: int = 20
+    lr: float = DEFAULTS["rms"][0]
+    decay: float = DEFAULTS["rms"][1]
+    segment: int = SEGMENT
+
+    @classmethod
+    def of(cls, fields: dict) -> Settings:
+        lr, decay = DEFAULTS.get(fields.get("method", "rms"), DEFAULTS["rms"])
+        return cls(**{"lr": lr, "decay": decay, **fields})
 
     def check(self) -> Settings:
         if self.method not in ("rms", "sgd"):
@@ -128,6 +138,7 @@ class Adapter:
         self.row_stamp = np.zeros(V, dtype=np.int64) if cl and not cfg.tied else None
         self.bias_stamp = np.zeros(V, dtype=np.int64) if cl else None
         self.n = 0  # steps since the last reset
+        self.steps = 0  # steps in all (the summary's; a step-less run was static)
         self._moved: list[np.ndarray] = []  # ranges stepped since the reset
 
     @property
@@ -200,6 +211,7 @@ class Adapter:
         seg = self._step_ranges(ids, ranges)
         dynamic_step(self.p.flat, self.theta0, self.g.flat, self.inv, self.lr, self.decay, seg)
         self.n += 1
+        self.steps += 1
         self._stamp(ids, ranges)
         self._moved.append(seg)
         if self.head_step is not None:  # (the output layer stepped in the backward)
@@ -244,7 +256,7 @@ class Adapter:
         return out
 
     def state_meta(self) -> dict:
-        return {"n": self.n}
+        return {"n": self.n, "steps": self.steps}
 
     def load_state(self, arrays: dict, meta: dict) -> None:
         self.p.flat[...] = arrays["dyn_theta"]
@@ -254,6 +266,7 @@ class Adapter:
         if self.bias_stamp is not None:
             self.bias_stamp[...] = arrays["dyn_bias_stamp"]
         self.n = int(meta["n"])
+        self.steps = int(meta.get("steps", 0))  # (older checkpoints: not counted)
         # any range may have moved before the checkpoint: a reset restores them all
         self._moved = [np.array([[0, self.p.flat.shape[0]]], dtype=np.int64)]
 
@@ -358,13 +371,10 @@ class DynamicScheduler:
 
 
 # ------------------------------------------------------------------- setup --
-# (lr, decay): what --dynamic auto chose for the 30-minute PTB LSTM on PTB valid and on
-# tinyshakespeare (bench/results/dynamic.json); see docs/scoring.md
-DEFAULTS = {"rms": (8e-4, 0.0), "sgd": (0.05, 0.0)}
 # --dynamic auto walks the step from the default by factors of LR_FACTOR (at most
 # LR_STEPS of them either way) while the perplexity on --tune-on falls; then the decay
 LR_FACTOR, LR_STEPS = 2.0, 6
-GRID_DECAY = (0.0, 1e-3, 1e-2)
+GRID_DECAY = (0.0, 1e-3, 1e-2, 3e-2)
 
 
 def walk(f, x0: float, factor: float = LR_FACTOR, steps: int = LR_STEPS) -> float:
@@ -442,25 +452,31 @@ def prepare(model, vocab, opts) -> tuple[Adapter, dict]:
 
     method = "rms" if opts.dynamic == "auto" else opts.dynamic
     rms, info = None, {"method": method, "tuned_on": None, "stats": opts.dynamic_stats}
+    stats_on = opts.dynamic_stats_on if opts.dynamic_stats_on is not None else opts.tune_on
     if method == "rms":
         if opts.dynamic_stats is not None and os.path.exists(opts.dynamic_stats):
             rms = load_stats(opts.dynamic_stats, model)
-        elif opts.tune_on is None:
-            raise UsageError("--dynamic rms needs --dynamic-stats FILE (measured before) or "
-                             "--tune-on FILE to measure the gradients' RMS on")
+            if opts.dynamic_stats_on is not None:
+                log.warning("--dynamic-stats %s exists: its statistics are read, not measured "
+                            "on %s (delete the file to measure them again)",
+                            opts.dynamic_stats, opts.dynamic_stats_on)
+        elif stats_on is None:
+            raise UsageError("--dynamic rms needs --dynamic-stats FILE (measured before), or "
+                             "--dynamic-stats-on FILE or --tune-on FILE to measure the "
+                             "gradients' RMS on")
         else:
             col = _Collector(model.params, opts.dynamic_segment)
-            _, n = _run_on(col, opts.tune_on, vocab, opts)
+            _, n = _run_on(col, stats_on, vocab, opts)
             rms = np.sqrt(col.sq / max(1, col.count)).astype(model.params.dtype)
             log.info("dynamic evaluation: gradients' RMS measured on %s (%s tokens, %d "
-                     "segments)", opts.tune_on, f"{n:,}", col.count)
-            info["stats_tokens"] = n
+                     "segments)", stats_on, f"{n:,}", col.count)
+            info.update(stats_on=os.fspath(stats_on), stats_tokens=n)
             if opts.dynamic_stats is not None:
                 from streamlm.data import store
 
                 store.save(opts.dynamic_stats, STATS_FORMAT, 1,
                            {"model": model.meta.get("sha256"), "segment": opts.dynamic_segment,
-                            "tokens": n, "tune_on": os.fspath(opts.tune_on)}, {"rms": rms})
+                            "tokens": n, "measured_on": os.fspath(stats_on)}, {"rms": rms})
     lr, decay = DEFAULTS[method]
     if opts.dynamic == "auto":
         tried: dict[tuple[float, float], float] = {}

@@ -338,11 +338,18 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
         sums = {k: math.fsum(t.mix[k] for t in acc.t if t.mix) for k in mixing.SUMS}
         tot["mix"] = {**mix_info, **mixing.summary(tot["tokens"], sums, tot["oov"])}
     if dyn_info is not None:
-        tot["dynamic"] = dyn_info
+        tot["dynamic"] = {**dyn_info, "steps": adapter.steps}
+        if adapter.steps == 0 and adapter.active and tot["tokens"] > 0:
+            log.warning("warning: dynamic evaluation took no step: no %s was longer than "
+                        "--dynamic-segment %d tokens, so every token was scored by the "
+                        "trained weights (a shorter --dynamic-segment adapts within them)",
+                        {"none": "input", "line": "line", "doc": "document"}.get(
+                            opts.reset.value, "unit"), adapter.settings.segment)
         if compare_static:  # the same tokens scored by the trained weights as they are
             st = score(m, inputs, opts.replace(dynamic=None, dynamic_lr=None,
                                                dynamic_decay=None, dynamic_stats=None,
-                                               tune_on=None, max_oov_rate=None,
+                                               dynamic_stats_on=None, tune_on=None,
+                                               max_oov_rate=None,
                                                engine=Engine.numba),
                        _vocab_warned=True).summary
             tot["dynamic"].update(static_perplexity=st["perplexity"],
