@@ -264,15 +264,21 @@ def test_reset_line_starts_every_line_from_the_trained_weights(job, tmp_path):
     assert math.isclose(together["logprob"], alone, rel_tol=1e-9)
 
 
-def test_rms_statistics_auto_and_the_summary(job, tmp_path):
+def test_rms_statistics_auto_and_the_summary(job, tmp_path, caplog):
+    import logging
+
     text, tune = job["dir"] / "text.txt", job["dir"] / "tune.txt"
     stats = tmp_path / "stats.npz"
     a = _score(job["gru"], text, dynamic="rms", tune_on=str(tune), dynamic_stats=str(stats))
     assert stats.exists()
-    b = _score(job["gru"], text, dynamic="rms", dynamic_stats=str(stats))  # read back
-    assert b["logprob"] == a["logprob"]
+    with caplog.at_level(logging.WARNING, logger="streamlm"):
+        b = _score(job["gru"], text, dynamic="rms", dynamic_stats=str(stats))  # read back
+    assert b["logprob"] == a["logprob"] and "statistics measured with" not in caplog.text
     assert a["dynamic"]["method"] == "rms" and a["dynamic"]["segment"] == DYNAMIC_SEGMENT
     assert a["dynamic"]["steps"] > 0
+    with caplog.at_level(logging.WARNING, logger="streamlm"):
+        _score(job["gru"], text, dynamic="rms", dynamic_stats=str(stats), dynamic_segment=7)
+    assert f"segments of {DYNAMIC_SEGMENT} tokens, used with --dynamic-segment 7" in caplog.text
     c = _score(job["gru"], text, dynamic="auto", tune_on=str(tune))
     assert c["dynamic"]["tuned_on"] == str(tune)
     with pytest.raises(Exception, match="--tune-on"):
@@ -420,3 +426,19 @@ def test_auto_walks_the_step_to_the_lowest_perplexity(best_k):
     if best_k == 0:
         assert len(calls) == 3  # x0, one step up, one step down
     assert len(calls) == len(set(calls))  # no perplexity computed twice
+
+
+def test_auto_refines_the_step_between_the_walks_points():
+    """The best step between two of the walk's points (x0 * sqrt(2)): refine finds it
+    in two more evaluations, and keeps x when neither midpoint is better."""
+    from streamlm.jobs.dynamic import refine, walk
+
+    x0, calls = 8e-4, []
+
+    def f(x):
+        calls.append(x)
+        return (math.log2(x / x0) - 0.5) ** 2
+
+    got = refine(f, walk(f, x0))
+    assert math.isclose(got, x0 * math.sqrt(2), rel_tol=1e-12)
+    assert refine(lambda x: (math.log2(x / x0)) ** 2, x0) == x0
