@@ -332,7 +332,8 @@ def gated_section(r) -> list[str]:
 
 
 def dynamic_section(r) -> list[str]:
-    out = [f"## Dynamic evaluation ({r['model']})", "",
+    stats = f"; RMS statistics from {r['stats_on']}" if r.get("stats_on") else ""
+    out = [f"## Dynamic evaluation ({r['model']}{stats})", "",
            "| text | tokens | static | dynamic (`auto`) | change | step, decay | "
            "plain SGD (defaults) |", "|---|---:|---:|---:|---:|---|---:|"]
     for k in ("ptb", "shakespeare"):
@@ -348,7 +349,9 @@ def dynamic_section(r) -> list[str]:
 
 
 def dynamic_segment_section(r) -> list[str]:
-    out = [f"## Dynamic evaluation's segment length ({r['model']})", "",
+    on = r["rows"][0].get("stats_on") if r["rows"] else None
+    stats = f"; RMS statistics from {on}" if on else ""
+    out = [f"## Dynamic evaluation's segment length ({r['model']}{stats})", "",
            "| segment | step | decay | PTB test | static | change | dynamic / static |",
            "|---:|---:|---:|---:|---:|---:|---:|"]
     for x in r["rows"]:
@@ -427,6 +430,10 @@ def main():
                      ("dynamic.json", dynamic_section),
                      ("dynamic_segment.json", dynamic_segment_section),
                      ("dynamic_segment_class.json", dynamic_segment_section),
+                     ("dynamic_train_stats.json", dynamic_section),
+                     ("dynamic_2x400.json", dynamic_section),
+                     ("dynamic_segment_train_stats.json", dynamic_segment_section),
+                     ("dynamic_segment_2x400.json", dynamic_segment_section),
                      ("torch_lstm2x200_ptb30.json", torch_lm_section)):
         r = _load(name)
         if r is not None:

@@ -289,7 +289,7 @@ def test_statistics_measured_on_another_text_than_the_tuning(job, tmp_path):
     """--dynamic-stats-on: the RMS measured on that text (Krause et al. measure it on
     the training text), the step still tuned on --tune-on; the file says where."""
     from streamlm.data import store
-    from streamlm.jobs.dynamic import STATS_FORMAT
+    from streamlm.jobs.dynamic_tuning import STATS_FORMAT
 
     text, tune = job["dir"] / "text.txt", job["dir"] / "tune.txt"
     other = tmp_path / "other.txt"
@@ -413,7 +413,7 @@ def test_the_api_stream_adapts_across_feeds_as_the_cli_does(job):
 def test_auto_walks_the_step_to_the_lowest_perplexity(best_k):
     """--dynamic auto's step: the best of x0 * 2**k (|k| <= 6) for a perplexity with one
     minimum, found up or down from x0, in few evaluations when x0 is near it."""
-    from streamlm.jobs.dynamic import walk
+    from streamlm.jobs.dynamic_tuning import walk
 
     x0, calls = 8e-4, []
 
@@ -431,7 +431,7 @@ def test_auto_walks_the_step_to_the_lowest_perplexity(best_k):
 def test_auto_refines_the_step_between_the_walks_points():
     """The best step between two of the walk's points (x0 * sqrt(2)): refine finds it
     in two more evaluations, and keeps x when neither midpoint is better."""
-    from streamlm.jobs.dynamic import refine, walk
+    from streamlm.jobs.dynamic_tuning import refine, walk
 
     x0, calls = 8e-4, []
 

@@ -231,8 +231,8 @@ def score_cmd(
     ] = None,
     dynamic: Annotated[Optional[str], typer.Option(
         "--dynamic", metavar="rms|sgd|auto",
-        help="Adapt to the text: after each segment is scored, one step on it "
-             "(Krause's RMS or Mikolov's SGD; auto: tuned on --tune-on).",
+        help="Adapt as it scores: Krause's rms, Mikolov's sgd, or auto (tuned on "
+             "--tune-on).",
         rich_help_panel="Dynamic evaluation")
     ] = None,
     dynamic_lr: Annotated[Optional[float], typer.Option(
@@ -250,13 +250,13 @@ def score_cmd(
                                   "document's) start.", rich_help_panel="Dynamic evaluation")
     ] = DYNAMIC_SEGMENT,
     dynamic_stats: Annotated[Optional[str], typer.Option(
-        "--dynamic-stats", help="RMS statistics of --dynamic rms: read, or measured on "
-                                "--tune-on and written here.",
+        "--dynamic-stats", help="RMS statistics of --dynamic rms: read, or measured "
+                                "and written here.",
         rich_help_panel="Dynamic evaluation")] = None,
     dynamic_stats_on: Annotated[Optional[str], typer.Option(
         "--dynamic-stats-on", metavar="FILE",
-        help="Measure the RMS statistics on this text (best: some of the model's "
-             "training text) instead of on --tune-on.", rich_help_panel="Dynamic evaluation")
+        help="Measure them on this text (best: training text), not --tune-on.",
+        rich_help_panel="Dynamic evaluation")
     ] = None,
     save_adapted: Annotated[Optional[str], typer.Option(
         "--save-adapted", help="Write the adapted model here (the input is never "

@@ -188,9 +188,9 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
         engine = Engine.numba
         if save_adapted is not None:
             check_writable(save_adapted, "--save-adapted")
-        from streamlm.jobs import dynamic
+        from streamlm.jobs.dynamic_tuning import prepare
 
-        adapter, dyn_info = dynamic.prepare(m, vocab, opts)
+        adapter, dyn_info = prepare(m, vocab, opts)
     elif save_adapted is not None or compare_static:
         raise UsageError("--save-adapted and --compare-static go with --dynamic")
     if engine == Engine.auto:
@@ -241,12 +241,12 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
                       "scored_this_run": acc.total_scored, "fraction": _fraction(sources, acc)})
 
     if adapter is not None:
-        from streamlm.jobs.dynamic import DynamicScheduler
+        from streamlm.jobs import dynamic
 
         rnn = adapter.rnn
-        scheduler = DynamicScheduler(sources, adapter, eos=vocab.eos_id,
-                                     reset=opts.reset.value, acc=acc, after_call=after_call,
-                                     dtype=m.params.dtype)
+        scheduler = dynamic.DynamicScheduler(sources, adapter, eos=vocab.eos_id,
+                                             reset=opts.reset.value, acc=acc,
+                                             after_call=after_call, dtype=m.params.dtype)
     else:
         rnn = scoring_model(m.params, engine)
         scheduler = Scheduler(sources, rnn, eos=vocab.eos_id,
@@ -338,13 +338,7 @@ def score(model, inputs: Sequence[str | os.PathLike], options: ScoreOptions | No
         sums = {k: math.fsum(t.mix[k] for t in acc.t if t.mix) for k in mixing.SUMS}
         tot["mix"] = {**mix_info, **mixing.summary(tot["tokens"], sums, tot["oov"])}
     if dyn_info is not None:
-        tot["dynamic"] = {**dyn_info, "steps": adapter.steps}
-        if adapter.steps == 0 and adapter.active and tot["tokens"] > 0:
-            log.warning("warning: dynamic evaluation took no step: no %s was longer than "
-                        "--dynamic-segment %d tokens, so every token was scored by the "
-                        "trained weights (a shorter --dynamic-segment adapts within them)",
-                        {"none": "input", "line": "line", "doc": "document"}.get(
-                            opts.reset.value, "unit"), adapter.settings.segment)
+        tot["dynamic"] = dynamic.summary(adapter, dyn_info, tot["tokens"], opts.reset.value)
         if compare_static:  # the same tokens scored by the trained weights as they are
             st = score(m, inputs, opts.replace(dynamic=None, dynamic_lr=None,
                                                dynamic_decay=None, dynamic_stats=None,
