@@ -122,6 +122,9 @@ RESULT_OPTIONS = ("reset", "level", "errors", "column", "text_field", "text_colu
                   "cutoffs", "bucket_field", "mix", "mix_lambda", "tune_on", "dynamic",
                   "dynamic_lr", "dynamic_decay", "dynamic_segment", "dynamic_stats",
                   "dynamic_stats_on")
+# ... of them, those added after checkpoints and Dask records first held the others:
+# left out while unset (unset is what every earlier run did), so that those still match
+LATER_OPTIONS = ("dynamic_stats_on",)
 
 
 def parse_every(value) -> tuple[int | None, float | None]:
@@ -288,7 +291,8 @@ class ScoreOptions:
 
     def result_options(self) -> dict:
         """The options that change results, as plain JSON values."""
-        return {k: _json(getattr(self, k)) for k in RESULT_OPTIONS}
+        return {k: _json(getattr(self, k)) for k in RESULT_OPTIONS
+                if k not in LATER_OPTIONS or getattr(self, k) is not None}
 
     def to_json(self) -> dict:
         return {f.name: _json(getattr(self, f.name)) for f in dataclasses.fields(self)}

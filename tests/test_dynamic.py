@@ -307,6 +307,13 @@ def test_statistics_measured_on_another_text_than_the_tuning(job, tmp_path):
     _score(job["lstm"], text, dynamic="rms", tune_on=str(tune), dynamic_stats=str(t))
     _, theirs = store.load(str(t), STATS_FORMAT, 1, what="stats")
     assert not np.array_equal(arrays["rms"], theirs["rms"])  # the option decided it
+    # unset, it is not in the fingerprint of checkpoints and Dask records (older ones
+    # lack it and still match); set, it is
+    assert "dynamic_stats_on" not in ScoreOptions(dynamic="rms").result_options()
+    assert ScoreOptions(dynamic="rms", dynamic_stats_on=str(other)).result_options()[
+        "dynamic_stats_on"] == str(other)
+    assert Settings.of({"method": "sgd"}).lr == 0.05  # the API's dicts: the CLI's defaults
+    assert (Settings.of({}).lr, Settings.of({}).segment) == (2.4e-3, DYNAMIC_SEGMENT)
     for bad in (dict(dynamic="sgd", dynamic_stats_on=str(other)),
                 dict(dynamic_stats_on=str(other))):
         with pytest.raises(Exception, match="--dynamic-stats-on"):
