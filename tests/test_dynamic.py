@@ -449,3 +449,17 @@ def test_auto_refines_the_step_between_the_walks_points():
     got = refine(f, walk(f, x0))
     assert math.isclose(got, x0 * math.sqrt(2), rel_tol=1e-12)
     assert refine(lambda x: (math.log2(x / x0)) ** 2, x0) == x0
+
+
+def test_a_checkpoint_resumes_only_with_its_own_settings():
+    """The step and decay come from defaults that may change between versions: a
+    checkpoint holds the settings it ran with, and another run's are refused."""
+    cfg = ModelConfig(V=12, D=4, H=4, cell="lstm")
+    p = Params.init(cfg, seed=0)
+    a = Adapter(p, Settings.of({"method": "sgd", "lr": 0.1}).check())
+    arrays, meta = a.state_arrays(), a.state_meta()
+    Adapter(p, Settings.of({"method": "sgd", "lr": 0.1}).check()).load_state(arrays, meta)
+    with pytest.raises(Exception, match="pass the same settings"):
+        Adapter(p, Settings.of({"method": "sgd", "lr": 0.2}).check()).load_state(arrays, meta)
+    old = {k: v for k, v in meta.items() if k != "settings"}  # (before they were kept)
+    Adapter(p, Settings.of({"method": "sgd", "lr": 0.2}).check()).load_state(arrays, old)

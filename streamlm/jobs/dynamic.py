@@ -256,9 +256,14 @@ class Adapter:
         return out
 
     def state_meta(self) -> dict:
-        return {"n": self.n, "steps": self.steps}
+        return {"n": self.n, "steps": self.steps, "settings": self.settings.to_json()}
 
     def load_state(self, arrays: dict, meta: dict) -> None:
+        saved = meta.get("settings")  # (the step resolved from defaults that may change)
+        if saved is not None and saved != self.settings.to_json():
+            raise UsageError(f"the checkpoint's dynamic evaluation ran with {saved}, this "
+                             f"run's is {self.settings.to_json()}: pass the same settings, "
+                             "or delete the checkpoint to start again")
         self.p.flat[...] = arrays["dyn_theta"]
         self.embed_stamp[...] = arrays["dyn_embed_stamp"]
         if self.row_stamp is not None:
