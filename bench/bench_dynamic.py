@@ -58,6 +58,16 @@ def shakespeare() -> tuple[Path, Path]:
     return tune, test
 
 
+def train_tail(directory: str, lines: int) -> Path:
+    """The last ``lines`` lines of PTB train written to ``directory`` (the model's
+    training text, for --dynamic-stats-on)."""
+    with gzip.open(SHARED / "ptb" / "ptb.train.txt.gz", "rt", encoding="utf-8") as f:
+        tail = f.readlines()[-lines:]
+    out = Path(directory) / "train_tail.txt"
+    out.write_text("".join(tail))
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
@@ -76,11 +86,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as d:
         stats_on = []
         if a.stats_train_lines:
-            with gzip.open(ptb / "ptb.train.txt.gz", "rt", encoding="utf-8") as f:
-                lines = f.readlines()[-a.stats_train_lines:]
-            tail = Path(d) / "train_tail.txt"
-            tail.write_text("".join(lines))
-            stats_on = ["--dynamic-stats-on", str(tail)]
+            stats_on = ["--dynamic-stats-on", str(train_tail(d, a.stats_train_lines))]
         for name, test, tune in (("ptb", ptb / "ptb.test.txt", ptb / "ptb.valid.txt"),
                                  ("shakespeare", sh_test, sh_tune)):
             stats = Path(d) / f"{name}.stats.npz"

@@ -24,7 +24,6 @@ chart.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import os
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.bench_dynamic import run
+from bench.bench_dynamic import run, train_tail
 from bench.common import RESULTS, SHARED, provenance, this_command
 
 
@@ -87,10 +86,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as d:
         stats_on = valid
         if a.stats_train_lines:
-            with gzip.open(ptb / "ptb.train.txt.gz", "rt", encoding="utf-8") as f:
-                lines = f.readlines()[-a.stats_train_lines:]
-            stats_on = str(Path(d) / "train_tail.txt")
-            Path(stats_on).write_text("".join(lines))
+            stats_on = str(train_tail(d, a.stats_train_lines))
         for K in a.segments:
             seg = ["--dynamic", "rms", "--dynamic-segment", str(K), "--dynamic-decay", str(a.decay)]
             stats = str(Path(d) / f"stats{K}.npz")

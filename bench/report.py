@@ -331,9 +331,13 @@ def gated_section(r) -> list[str]:
                   f"{t['twenty_streams']}×, training ≥ {t['train']}×.", ""]
 
 
+def _stats_from(on: str | None) -> str:
+    """The heading's note of where a dynamic run's RMS statistics came from."""
+    return f"; RMS statistics from {on}" if on else ""
+
+
 def dynamic_section(r) -> list[str]:
-    stats = f"; RMS statistics from {r['stats_on']}" if r.get("stats_on") else ""
-    out = [f"## Dynamic evaluation ({r['model']}{stats})", "",
+    out = [f"## Dynamic evaluation ({r['model']}{_stats_from(r.get('stats_on'))})", "",
            "| text | tokens | static | dynamic (`auto`) | change | step, decay | "
            "plain SGD (defaults) |", "|---|---:|---:|---:|---:|---|---:|"]
     for k in ("ptb", "shakespeare"):
@@ -349,8 +353,7 @@ def dynamic_section(r) -> list[str]:
 
 
 def dynamic_segment_section(r) -> list[str]:
-    on = r["rows"][0].get("stats_on") if r["rows"] else None
-    stats = f"; RMS statistics from {on}" if on else ""
+    stats = _stats_from(r["rows"][0].get("stats_on") if r["rows"] else None)
     out = [f"## Dynamic evaluation's segment length ({r['model']}{stats})", "",
            "| segment | step | decay | PTB test | static | change | dynamic / static |",
            "|---:|---:|---:|---:|---:|---:|---:|"]

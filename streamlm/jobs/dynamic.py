@@ -10,8 +10,8 @@ scored by the weights as they are, then the weights take one gradient step on it
 g the gradient of the segment's mean NLL (truncated BPTT over the segment, the
 state carried in), RMS the root mean square of such gradients, per parameter,
 measured on some of the model's training text (``--dynamic-stats-on``, as Krause
-et al. do) or on the held-out text the step is tuned on (``_Collector``), theta0
-the trained weights. ``sgd``
+et al. do) or on the held-out text the step is tuned on (streamlm.jobs.dynamic_tuning),
+theta0 the trained weights. ``sgd``
 is RMS = 1, eps = 0 (Mikolov's plain SGD with decay 0). No token is scored by
 weights that have seen it: a segment's NLL comes from the forward pass its step
 then learns from.
@@ -47,7 +47,6 @@ from streamlm.options import DYNAMIC_DEFAULTS, DYNAMIC_SEGMENT
 log = logging.getLogger("streamlm.jobs.dynamic")
 
 RMS_EPS = 1e-5
-DEFAULTS, SEGMENT = DYNAMIC_DEFAULTS, DYNAMIC_SEGMENT  # (streamlm.options)
 
 
 @dataclass(frozen=True)
@@ -57,13 +56,13 @@ class Settings:
     fills what the dict leaves out with the method's defaults."""
 
     method: str = "rms"
-    lr: float = DEFAULTS["rms"][0]
-    decay: float = DEFAULTS["rms"][1]
-    segment: int = SEGMENT
+    lr: float = DYNAMIC_DEFAULTS["rms"][0]
+    decay: float = DYNAMIC_DEFAULTS["rms"][1]
+    segment: int = DYNAMIC_SEGMENT
 
     @classmethod
     def of(cls, fields: dict) -> Settings:
-        lr, decay = DEFAULTS.get(fields.get("method", "rms"), DEFAULTS["rms"])
+        lr, decay = DYNAMIC_DEFAULTS.get(fields.get("method", "rms"), DYNAMIC_DEFAULTS["rms"])
         return cls(**{"lr": lr, "decay": decay, **fields})
 
     def check(self) -> Settings:

@@ -11,8 +11,9 @@ import math
 import numpy as np
 
 from streamlm.errors import UsageError
-from streamlm.jobs.dynamic import DEFAULTS, Adapter, DynamicScheduler, Settings
+from streamlm.jobs.dynamic import Adapter, DynamicScheduler, Settings
 from streamlm.nn.params import Params
+from streamlm.options import DYNAMIC_DEFAULTS
 
 log = logging.getLogger("streamlm.jobs.dynamic")
 
@@ -58,7 +59,7 @@ STATS_FORMAT = "streamlm-dynamic-stats"
 
 
 class _Collector(Adapter):
-    """Drives collect_rms through the DynamicScheduler: every segment's gradient
+    """Measures the RMS statistics through the DynamicScheduler: every segment's gradient
     squared into a sum, the weights never moving."""
 
     def __init__(self, params: Params, segment: int):
@@ -142,7 +143,7 @@ def prepare(model, vocab, opts) -> tuple[Adapter, dict]:
                 store.save(opts.dynamic_stats, STATS_FORMAT, 1,
                            {"model": model.meta.get("sha256"), "segment": opts.dynamic_segment,
                             "tokens": n, "measured_on": os.fspath(stats_on)}, {"rms": rms})
-    lr, decay = DEFAULTS[method]
+    lr, decay = DYNAMIC_DEFAULTS[method]
     if opts.dynamic == "auto":
         tried: dict[tuple[float, float], float] = {}
 
