@@ -438,7 +438,8 @@ def main():
                      ("dynamic_segment_train_stats.json", dynamic_segment_section),
                      ("dynamic_segment_2x400.json", dynamic_segment_section),
                      ("dynamic_segment_class_train_stats.json", dynamic_segment_section),
-                     ("torch_lstm2x200_ptb30.json", torch_lm_section)):
+                     ("torch_lstm2x200_ptb30.json", torch_lm_section),
+                     ("torch_lstm2x400_ptb120.json", torch_lm_section)):
         r = _load(name)
         if r is not None:
             lines += fn(r)
