@@ -206,11 +206,12 @@ def _score(model, text, **kw):
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "gru1"])
 def test_learning_rate_zero_is_static_scoring(job, cell, tmp_path):
-    """Every token's log-probability the same bits (the totals sum them in another
-    order: the same to rounding) for a one-layer full softmax; stacked layers' input
-    terms and a class model's class factor are GEMMs over the block's rows, which BLAS
-    may round differently in a block of another length: the same to float32's rounding
-    (1e-7), as any chunking of static scoring."""
+    """Every token's log-probability the same as static scoring's to float32's
+    rounding (1e-7), as any chunking of static scoring: the output layer, stacked
+    layers' input terms and a class model's class factor are GEMMs over the block's
+    rows, which a BLAS may round differently in a block of another length (a
+    one-layer tanh model gave the same bits with MKL and OpenBLAS on an Intel Xeon,
+    not with OpenBLAS on an AMD EPYC: 7e-10 apart)."""
     import pyarrow.parquet as pq
 
     from streamlm.jobs.score import score
@@ -222,11 +223,8 @@ def test_learning_rate_zero_is_static_scoring(job, cell, tmp_path):
                 dynamic_decay=0.0, output=b, level="word").summary
     assert dyn["tokens"] == static["tokens"]
     got, want = pq.read_table(b)["logprob"].to_pylist(), pq.read_table(a)["logprob"].to_pylist()
-    if cell == "rnn":
-        assert got == want
-        assert math.isclose(dyn["logprob"], static["logprob"], rel_tol=1e-13)
-    else:
-        np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
+    assert math.isclose(dyn["logprob"], static["logprob"], rel_tol=1e-7)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
