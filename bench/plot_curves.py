@@ -4,7 +4,9 @@ PyTorch's run of the same recipe (bench/torch_lm.py), one panel per budget.
     python -m bench.plot_curves \\
         --pair results/lstm2x200_ptb30_log.jsonl results/torch_lstm2x200_ptb30.json \\
         --pair results/lstm2x400_ptb120_log.jsonl results/torch_lstm2x400_ptb120.json \\
-        --test 90.13 --test 78.77 --out bench/figures/lstm_vs_torch_curves.png
+        --test 90.13 --test 78.77 --note "both on an Intel Xeon" \\
+        --note "streamlm on an Intel Xeon, PyTorch on an AMD EPYC" \\
+        --out bench/figures/lstm_vs_torch_curves.png
 
 The streamlm log is what ``streamlm train --log`` writes (records of kind
 "epoch" and the last one, "stop", each with ``valid_ppl`` and ``elapsed_s``);
@@ -49,6 +51,8 @@ def main(argv=None) -> None:
                     help="paths relative to bench/ or absolute")
     ap.add_argument("--test", type=float, action="append", default=[],
                     help="streamlm's test perplexity for each pair, in order (for the legend)")
+    ap.add_argument("--note", action="append", default=[],
+                    help="a second title line for each pair, in order (e.g. the machines)")
     ap.add_argument("--out", default=str(FIGURES / "lstm_vs_torch_curves.png"))
     a = ap.parse_args(argv)
 
@@ -73,7 +77,8 @@ def main(argv=None) -> None:
         ax.set_xlabel("wall time, minutes (2 cores)")
         ax.set_ylabel("PTB validation perplexity")
         ax.set_title(f"{o['layers']}×{o['hidden']} {o['model']}, tied, dropout {o['dropout']:g}, "
-                     f"{o['minutes']:g} min")
+                     f"{o['minutes']:g} min" + (f"\n{a.note[k]}" if k < len(a.note) else ""),
+                     fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend()
     fig.tight_layout()
