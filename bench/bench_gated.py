@@ -75,6 +75,7 @@ def text_of(tokens: int, lines: list[str]) -> tuple[Path, int]:
         n += len(line.split()) + 1
     f = CACHE / f"gated_text_{n}.txt"
     if not f.exists():
+        f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text("\n".join(out) + "\n")
     return f, n
 

@@ -428,6 +428,7 @@ def main():
                      ("kenlm_gated.json", kenlm_section),
                      ("gated.json", gated_section),
                      ("gated_1m.json", gated_section),
+                     ("gated_epyc.json", gated_section),
                      ("load.json", load_section),
                      ("load_lstm.json", load_section),
                      ("dynamic.json", dynamic_section),
