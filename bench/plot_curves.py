@@ -82,12 +82,11 @@ def main(argv=None) -> None:
         ax.grid(True, alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(out)
-    print(f"wrote {out}", file=sys.stderr)
+    from streamlm.data.atomic import atomic_path
+
+    with atomic_path(a.out, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    print(f"wrote {a.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
