@@ -36,7 +36,8 @@ def _load(name):
 
 def provenance_lines(r: dict, name: str) -> list[str]:
     """Where a section's figures came from: the file and its provenance."""
-    p = r.get("provenance") or {}
+    # bench/torch_lm.py writes its provenance at the top level of its result
+    p = r.get("provenance") or r
     threads = p.get("threads")
     threads = "each command's default" if threads is None else threads
     parts = [f"commit {p.get('commit') or 'not recorded'}"
@@ -440,7 +441,8 @@ def main():
                      ("dynamic_segment_2x400.json", dynamic_segment_section),
                      ("dynamic_segment_class_train_stats.json", dynamic_segment_section),
                      ("torch_lstm2x200_ptb30.json", torch_lm_section),
-                     ("torch_lstm2x400_ptb120.json", torch_lm_section)):
+                     ("torch_lstm2x400_ptb120.json", torch_lm_section),
+                     ("torch_lstm2x400_ptb120_xeon.json", torch_lm_section)):
         r = _load(name)
         if r is not None:
             lines += fn(r)
