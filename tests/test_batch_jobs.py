@@ -207,6 +207,7 @@ def test_an_output_that_cannot_be_written_fails_at_once_with_1(job, tmp_path):
                                       opt, ro / "x", "--epochs", "50"),
                                capture_output=True, text=True)
             assert_one_error_line(r.returncode, r.stderr, f"{ro / 'x'}: cannot write {what}")
+            assert r.returncode == 1
         for opt in ("--output", "--checkpoint"):
             r = subprocess.run(script("score", job / "model.npz", job / "small.txt", opt,
                                       ro / "s.jsonl"), capture_output=True, text=True)

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-report = pytest.importorskip("bench.report")  # the repository root is on sys.path (python -m pytest)
+# the repository root is on sys.path (python -m pytest)
+report = pytest.importorskip("bench.report")
 
 
 @pytest.mark.parametrize("nested", [True, False])

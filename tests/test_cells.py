@@ -11,6 +11,8 @@ where torch is installed.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import reference as ref
@@ -125,11 +127,12 @@ def test_few_rows_and_many_rows_give_the_same_gradients(cell, monkeypatch):
 
     p = make(cell, 2, H=5, V=9, D=4)
     xs, ts, s0 = block(p, N=3, T=6)
-    got = {}
+    got, few_rows = {}, cells.FEW_ROWS
+    assert few_rows > 0
     try:
         for threads in (1, 2):
             cpus.set_threads(threads)
-            for few in (cells.FEW_ROWS, 0):
+            for few in (few_rows, 0):
                 monkeypatch.setattr(cells, "FEW_ROWS", few)
                 m = RNNLM(p)
                 m.forward(xs, ts, s0)
@@ -139,6 +142,7 @@ def test_few_rows_and_many_rows_give_the_same_gradients(cell, monkeypatch):
                 got[threads, few > 0] = g.flat.copy()
     finally:
         cpus.set_threads(None)
+    assert sorted(got) == [(1, False), (1, True), (2, False), (2, True)]
     for k, v in got.items():
         np.testing.assert_allclose(v, got[1, False], rtol=1e-12, atol=1e-14, err_msg=str(k))
 
@@ -278,8 +282,15 @@ def test_every_scoring_path_takes_a_gated_model(gated, cell, tmp_path):
     assert doc["rows"] == 40
     first = (gated / "text.txt").read_text().splitlines()[0]
     q = run("query", m, "-v", "sentence", stdin=first + "\n")
-    assert q.startswith("Total: ")
-    assert len(run("generate", m, "--words", "12", "--seed", "3").split()) >= 1
+    total, oov = q.split()[1], q.split()[3]
+    (tmp_path / "first.txt").write_text(first + "\n")
+    alone = json.loads(run("score", m, tmp_path / "first.txt", "--json", "--reset", "line"))
+    assert oov == "0" and math.isclose(float(total), alone["log10prob"], rel_tol=1e-4), q
+    from streamlm.jobs.generate import format_words, generate
+
+    sampled = list(generate(m, words=12, seed=3))
+    assert len(sampled) == 12
+    assert run("generate", m, "--words", "12", "--seed", "3") == "".join(format_words(sampled))
     pytest.importorskip("distributed")
     dask = json.loads(run("score", m, text, "--json", "--dask", "local:1", "--reset", "line"))
     assert abs(dask["logprob"] - lines["logprob"]) < 1e-6 * abs(lines["logprob"])

@@ -220,19 +220,22 @@ def docs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("output", ["out.parquet", "out.jsonl", "-"])
-def test_keep_a_field_no_record_has_is_an_error(docs, tmp_path, output):
+def test_keep_a_field_no_record_has_is_an_error(docs, tmp_path, output, monkeypatch):
+    tmp = tmp_path.parent / f"{tmp_path.name}-tmp"  # the spool's place for stdout
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
     out = output if output == "-" else tmp_path / output
     rc, so, err = cli("score", docs / "m.npz", docs / "d.jsonl", "-o", out, "--keep", "id,title")
     assert rc == 2 and so == ""
     assert err.strip() == (f"streamlm: error: {docs / 'd.jsonl'}: no record has a field "
                            "'title' to keep (fields of the first record: id, text)")
-    assert sorted(os.listdir(tmp_path)) == []  # no output, no spool
+    assert sorted(os.listdir(tmp_path)) == [] and os.listdir(tmp) == []  # no output, no spool
     # the same typo on Parquet: an error too, naming the column
     rc, so, err = cli("score", docs / "m.npz", docs / "d.parquet", "-o", out, "--keep",
                       "id,title")
     assert rc == 2 and so == ""
     assert_one_error_line(rc, err, str(docs / "d.parquet"), "'title'")
-    assert sorted(os.listdir(tmp_path)) == []
+    assert sorted(os.listdir(tmp_path)) == [] and os.listdir(tmp) == []
 
 
 def test_keep_a_field_some_records_have_is_null_in_the_others(docs, tmp_path):
