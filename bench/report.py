@@ -392,6 +392,14 @@ def torch_lm_section(r) -> list[str]:
                   f"after {r['epochs']} epochs.", ""]
 
 
+def sgemm_section(r) -> list[str]:
+    sh = r["shape"]
+    return [f"## The machine's SGEMM rate ({sh['rows']}×{sh['hidden']} @ {sh['hidden']}×"
+            f"{sh['vocab']}, {r['blas']})", "", "| way | GFLOP/s (median of rounds) |",
+            "|---|---:|",
+            *(f"| {k} | {v:.0f} |" for k, v in r["median_gflops"].items()), ""]
+
+
 def main():
     lines = ["# streamlm benchmarks: the tables of bench/results/", "",
              "Written by `python -m bench.report` from the JSON the bench scripts leave in "
@@ -408,7 +416,8 @@ def main():
              "subword, by bits per byte), bench_gated.py (LSTM and GRU against PyTorch), "
              "bench_dynamic.py (dynamic against static scoring), bench_dynamic_segment.py "
              "(its segment length), bench_load.py (scoring on a shared machine), torch_lm.py "
-             "(PyTorch's PTB recipe for a wall-time budget).", ""]
+             "(PyTorch's PTB recipe for a wall-time budget), sgemm_rate.py (the machine's SGEMM "
+             "rate).", ""]
     t1 = lambda r: speed_section(r, "## Speed with ONE thread per library (per-core efficiency)")  # noqa: E731
     for name, fn in (("speed.json", speed_section),
                      ("speed_t1.json", t1),
@@ -442,7 +451,8 @@ def main():
                      ("dynamic_segment_class_train_stats.json", dynamic_segment_section),
                      ("torch_lstm2x200_ptb30.json", torch_lm_section),
                      ("torch_lstm2x400_ptb120.json", torch_lm_section),
-                     ("torch_lstm2x400_ptb120_xeon.json", torch_lm_section)):
+                     ("torch_lstm2x400_ptb120_xeon.json", torch_lm_section),
+                     ("sgemm_xeon.json", sgemm_section)):
         r = _load(name)
         if r is not None:
             lines += fn(r)
