@@ -400,6 +400,15 @@ def sgemm_section(r) -> list[str]:
             *(f"| {k} | {v:.0f} |" for k, v in r["median_gflops"].items()), ""]
 
 
+def profile_gated_section(r) -> list[str]:
+    o = r["options"]
+    return [f"## Where a gated training step goes ({o['layers']}×{o['hidden']} {o['cell']}, "
+            f"V={o['vocab']}, N=20, T=35, {r['blas']})", "", "| phase | ms | share | GFLOP/s |",
+            "|---|---:|---:|---:|",
+            *(f"| {x['phase']} | {x['ms']:.1f} | {100 * x['share']:.1f}% | {x['gflops']:.0f} |"
+              for x in r["rows"]), ""]
+
+
 def main():
     lines = ["# streamlm benchmarks: the tables of bench/results/", "",
              "Written by `python -m bench.report` from the JSON the bench scripts leave in "
@@ -417,7 +426,7 @@ def main():
              "bench_dynamic.py (dynamic against static scoring), bench_dynamic_segment.py "
              "(its segment length), bench_load.py (scoring on a shared machine), torch_lm.py "
              "(PyTorch's PTB recipe for a wall-time budget), sgemm_rate.py (the machine's SGEMM "
-             "rate).", ""]
+             "rate), profile_gated.py (where a gated training step goes).", ""]
     t1 = lambda r: speed_section(r, "## Speed with ONE thread per library (per-core efficiency)")  # noqa: E731
     for name, fn in (("speed.json", speed_section),
                      ("speed_t1.json", t1),
@@ -452,7 +461,8 @@ def main():
                      ("torch_lstm2x200_ptb30.json", torch_lm_section),
                      ("torch_lstm2x400_ptb120.json", torch_lm_section),
                      ("torch_lstm2x400_ptb120_xeon.json", torch_lm_section),
-                     ("sgemm_xeon.json", sgemm_section)):
+                     ("sgemm_xeon.json", sgemm_section),
+                     ("profile_gated_xeon.json", profile_gated_section)):
         r = _load(name)
         if r is not None:
             lines += fn(r)
