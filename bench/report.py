@@ -36,7 +36,8 @@ def _load(name):
 
 def provenance_lines(r: dict, name: str) -> list[str]:
     """Where a section's figures came from: the file and its provenance."""
-    # bench/torch_lm.py writes its provenance at the top level of its result
+    # bench_gated, bench_dynamic*, bench_load, torch_lm, sgemm_rate and profile_gated write
+    # their provenance at the top level of the result, the others under "provenance"
     p = r.get("provenance") or r
     threads = p.get("threads")
     threads = "each command's default" if threads is None else threads

@@ -282,7 +282,7 @@ def test_every_scoring_path_takes_a_gated_model(gated, cell, tmp_path):
     assert doc["rows"] == 40
     first = (gated / "text.txt").read_text().splitlines()[0]
     q = run("query", m, "-v", "sentence", stdin=first + "\n")
-    total, oov = q.split()[1], q.split()[3]
+    _, total, _, oov = q.split()  # Total: <log10> OOV: <n>
     (tmp_path / "first.txt").write_text(first + "\n")
     alone = json.loads(run("score", m, tmp_path / "first.txt", "--json", "--reset", "line"))
     assert oov == "0" and math.isclose(float(total), alone["log10prob"], rel_tol=1e-4), q
